@@ -1,0 +1,161 @@
+//! The front door of HubSpot's CRM API: authentication, fault injection and
+//! rate limits, applied to every `/crm/...` and `/account-info/...` request
+//! before its handler runs, with the `X-HubSpot-RateLimit-*` headers added to
+//! the answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::Sandbox;
+use super::error::ApiError;
+use super::model::Actor;
+use super::state::{Account, TokenKind, lock};
+use crate::sandbox::faults::RequestFault;
+
+/// The authenticated caller, handed to handlers through request extensions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The account the token opens.
+    pub account: Arc<Account>,
+    /// Who the writes are attributed to.
+    pub actor: Actor,
+    /// The app behind the token.
+    pub app_id: u64,
+    /// Private-app token (daily budget applies) rather than OAuth.
+    pub private_app: bool,
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Policy name for the search limit. HubSpot documents the limit (5/s per
+/// account) but not the body's `policyName`; "SECONDLY" is what the
+/// deprecated secondly headers call that window (UNVERIFIED).
+pub const SEARCH_POLICY: &str = "SECONDLY";
+
+struct RateHeaders {
+    max: u64,
+    remaining: u64,
+    daily: Option<(u64, u64)>,
+}
+
+impl RateHeaders {
+    fn apply(&self, headers: &mut HeaderMap) {
+        let mut put = |name: &'static str, value: u64| {
+            headers.insert(name, HeaderValue::from(value));
+        };
+        put("x-hubspot-ratelimit-interval-milliseconds", 10_000);
+        put("x-hubspot-ratelimit-max", self.max);
+        put("x-hubspot-ratelimit-remaining", self.remaining);
+        put("x-hubspot-ratelimit-secondly", self.max.div_ceil(10));
+        put("x-hubspot-ratelimit-secondly-remaining", self.remaining.min(self.max.div_ceil(10)));
+        if let Some((daily, left)) = self.daily {
+            put("x-hubspot-ratelimit-daily", daily);
+            put("x-hubspot-ratelimit-daily-remaining", left);
+        }
+    }
+}
+
+/// The middleware: 401 without a valid token; faults; budgets; headers.
+pub async fn gate(State(sandbox): State<Sandbox>, matched: Option<MatchedPath>, mut request: Request, next: Next) -> Response {
+    let route = format!("{} {}", request.method(), matched.as_ref().map(|m| m.as_str()).unwrap_or(request.uri().path()));
+    let is_search = request.uri().path().ends_with("/search");
+    let state = &sandbox.state;
+
+    let Some(info) = bearer(request.headers()).and_then(|t| state.token(t)) else {
+        return ApiError::unauthenticated().into_response();
+    };
+    if let TokenKind::OAuth { expires_at, .. } = info.kind {
+        let now = Instant::now();
+        if now >= expires_at {
+            return ApiError::expired(now.duration_since(expires_at).as_secs() as i64).into_response();
+        }
+    }
+    let Some(account) = state.account(info.portal_id) else {
+        return ApiError::unauthenticated().into_response();
+    };
+    *lock(&account.counters).requests.entry(route).or_default() += 1;
+
+    let (fault, latency_ms) = state.faults.roll_request();
+    if latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+    }
+    match fault {
+        RequestFault::None => {}
+        RequestFault::ServerError => {
+            lock(&account.counters).faults_injected += 1;
+            return ApiError::unavailable().into_response();
+        }
+        RequestFault::Timeout => {
+            lock(&account.counters).faults_injected += 1;
+            // Longer than any sane client timeout; the client gives up first.
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            return ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT", "timed out").into_response();
+        }
+        RequestFault::RateLimited => {
+            *lock(&account.counters).rate_limited.entry("INJECTED".into()).or_default() += 1;
+            return ApiError::rate_limited("TEN_SECONDLY_ROLLING").into_response();
+        }
+    }
+
+    let private_app = info.kind == TokenKind::PrivateApp;
+    let limits = *lock(&account.limits);
+    let verdict = {
+        let mut budget = lock(&account.budget);
+        budget.roll_day();
+        let now = Instant::now();
+        if private_app && budget.daily_used >= limits.daily {
+            Err("DAILY")
+        } else if is_search {
+            if budget.search.try_admit(now, limits.search_per_second) {
+                budget.daily_used += 1;
+                Ok(None)
+            } else {
+                Err(SEARCH_POLICY)
+            }
+        } else {
+            let window = budget.windows.entry(info.app_id).or_insert_with(|| crate::sandbox::window::RollingWindow::new(Duration::from_secs(10)));
+            if window.try_admit(now, limits.per_ten_seconds) {
+                let remaining = window.remaining(now, limits.per_ten_seconds);
+                budget.daily_used += 1;
+                Ok(Some(RateHeaders {
+                    max: limits.per_ten_seconds,
+                    remaining,
+                    daily: private_app.then(|| (limits.daily, limits.daily.saturating_sub(budget.daily_used))),
+                }))
+            } else {
+                Err("TEN_SECONDLY_ROLLING")
+            }
+        }
+    };
+    let headers = match verdict {
+        Ok(headers) => headers,
+        Err(policy) => {
+            *lock(&account.counters).rate_limited.entry(policy.to_string()).or_default() += 1;
+            let mut response = ApiError::rate_limited(policy).into_response();
+            if !is_search {
+                let used_today = lock(&account.budget).daily_used;
+                RateHeaders { max: limits.per_ten_seconds, remaining: 0, daily: private_app.then(|| (limits.daily, limits.daily.saturating_sub(used_today))) }
+                    .apply(response.headers_mut());
+            }
+            return response;
+        }
+    };
+
+    let actor = Actor::Integration { app_id: info.app_id };
+    request.extensions_mut().insert(Caller { account, actor, app_id: info.app_id, private_app });
+    let mut response = next.run(request).await;
+    if let Some(headers) = headers {
+        headers.apply(response.headers_mut());
+    }
+    response
+}

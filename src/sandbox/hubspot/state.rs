@@ -1,0 +1,367 @@
+//! The whole emulated HubSpot: apps (developer side), accounts (portals) with
+//! their data, tokens, rate budgets and counters. Shared by every handler
+//! behind an `Arc`; each account has its own locks so accounts never contend.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::model::{ObjectStore, ObjectType};
+use crate::sandbox::faults::Faults;
+use crate::sandbox::window::RollingWindow;
+
+/// Locks a mutex, recovering from poisoning: a panicking handler must not take
+/// the whole sandbox down with it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Milliseconds since the epoch, HubSpot's clock for `occurredAt` and timestamps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// An account's request budgets (facts sheet §1.4).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per app in any 10 seconds (HubSpot free/starter private apps: 100).
+    pub per_ten_seconds: u64,
+    /// Requests per account per day, private apps only (250,000).
+    pub daily: u64,
+    /// Search requests per account per second (5).
+    pub search_per_second: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { per_ten_seconds: 100, daily: 250_000, search_per_second: 5 }
+    }
+}
+
+/// The rate budget's live state for one account.
+#[derive(Debug)]
+pub struct Budget {
+    /// Per app id: the rolling 10-second window.
+    pub windows: HashMap<u64, RollingWindow>,
+    /// Search requests in the last second.
+    pub search: RollingWindow,
+    /// Calls counted today.
+    pub daily_used: u64,
+    /// The day `daily_used` counts (UTC; HubSpot uses the account's zone).
+    pub day: chrono::NaiveDate,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self { windows: HashMap::new(), search: RollingWindow::new(Duration::from_secs(1)), daily_used: 0, day: chrono::Utc::now().date_naive() }
+    }
+
+    /// Rolls the daily counter over at midnight.
+    pub fn roll_day(&mut self) {
+        let today = chrono::Utc::now().date_naive();
+        if today != self.day {
+            self.day = today;
+            self.daily_used = 0;
+        }
+    }
+}
+
+/// Per-account counters, readable through the control API for assertions.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    /// Requests served, by `METHOD /route`.
+    pub requests: BTreeMap<String, u64>,
+    /// 429 answers by policy (`TEN_SECONDLY_ROLLING`, `DAILY`, `SEARCH`, `INJECTED`).
+    pub rate_limited: BTreeMap<String, u64>,
+    /// 5xx and timeouts injected by the fault knobs.
+    pub faults_injected: u64,
+    /// Webhook delivery figures.
+    pub webhooks: WebhookCounters,
+}
+
+/// What the webhook sender did for one account.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookCounters {
+    /// Events generated (before batching).
+    pub events: u64,
+    /// HTTP requests sent (every attempt).
+    pub attempts: u64,
+    /// Batches acknowledged with a 2xx.
+    pub delivered_batches: u64,
+    /// Events in acknowledged batches.
+    pub delivered_events: u64,
+    /// Attempts that failed (non-2xx, timeout, connection error).
+    pub failed_attempts: u64,
+    /// Batches abandoned after the last retry.
+    pub abandoned_batches: u64,
+    /// Batches dropped by the fault knobs.
+    pub dropped_batches: u64,
+    /// Batches sent twice by the fault knobs.
+    pub duplicated_batches: u64,
+    /// Batches shuffled and delayed by the fault knobs.
+    pub reordered_batches: u64,
+    /// Events with no target URL to go to.
+    pub undeliverable_events: u64,
+}
+
+/// The mutable CRM data of one account.
+#[derive(Debug)]
+pub struct AccountData {
+    /// Next record id (shared by all object types, as HubSpot ids are unique per account).
+    pub next_id: u64,
+    /// Contacts.
+    pub contacts: ObjectStore,
+    /// Leads.
+    pub leads: ObjectStore,
+}
+
+impl AccountData {
+    fn new(portal_id: u64) -> Self {
+        Self {
+            next_id: 1000 + (portal_id % 1000) * 1_000_000,
+            contacts: ObjectStore::new(ObjectType::Contacts),
+            leads: ObjectStore::new(ObjectType::Leads),
+        }
+    }
+
+    /// The store for one object type.
+    pub fn store(&mut self, object: ObjectType) -> &mut ObjectStore {
+        match object {
+            ObjectType::Contacts => &mut self.contacts,
+            ObjectType::Leads => &mut self.leads,
+        }
+    }
+
+    /// Allocates a record id.
+    pub fn allocate_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+/// One HubSpot account (portal).
+#[derive(Debug)]
+pub struct Account {
+    /// The portal id (`portalId`, `hub_id`).
+    pub portal_id: u64,
+    /// Records.
+    pub data: Mutex<AccountData>,
+    /// Budgets in force.
+    pub limits: Mutex<Limits>,
+    /// Budget use.
+    pub budget: Mutex<Budget>,
+    /// Counters.
+    pub counters: Mutex<Counters>,
+    /// Apps installed here: their webhooks fire for this account's changes.
+    pub installed_apps: Mutex<BTreeSet<u64>>,
+}
+
+impl Account {
+    /// A fresh, empty account.
+    pub fn new(portal_id: u64, limits: Limits) -> Self {
+        Self {
+            portal_id,
+            data: Mutex::new(AccountData::new(portal_id)),
+            limits: Mutex::new(limits),
+            budget: Mutex::new(Budget::new()),
+            counters: Mutex::new(Counters::default()),
+            installed_apps: Mutex::new(BTreeSet::new()),
+        }
+    }
+}
+
+/// Webhook settings of an app (`/webhooks/v3/{appId}/settings`).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Where events are POSTed.
+    pub target_url: String,
+    /// In-flight requests per account (HubSpot default 10).
+    pub max_concurrent_requests: u64,
+    /// Throttling period (`SECONDLY` or `ROLLING_MINUTE`).
+    pub period: String,
+    /// Epoch ms.
+    pub created_ms: i64,
+    /// Epoch ms.
+    pub updated_ms: i64,
+}
+
+/// One webhook subscription of an app.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Id.
+    pub id: u64,
+    /// `contact.creation`, `object.propertyChange`, ...
+    pub event_type: String,
+    /// For `*.propertyChange`.
+    pub property_name: Option<String>,
+    /// For `object.*` (e.g. `0-136` for leads).
+    pub object_type_id: Option<String>,
+    /// Paused subscriptions deliver nothing.
+    pub active: bool,
+    /// Epoch ms.
+    pub created_ms: i64,
+    /// Epoch ms.
+    pub updated_ms: i64,
+}
+
+impl Subscription {
+    /// The `SubscriptionResponse` JSON.
+    pub fn to_json(&self) -> Value {
+        let mut out = json!({
+            "id": self.id.to_string(),
+            "eventType": self.event_type,
+            "active": self.active,
+            "createdAt": super::model::iso_ms(self.created_ms),
+            "updatedAt": super::model::iso_ms(self.updated_ms),
+        });
+        if let Some(p) = &self.property_name {
+            out["propertyName"] = json!(p);
+        }
+        if let Some(t) = &self.object_type_id {
+            out["objectTypeId"] = json!(t);
+        }
+        out
+    }
+}
+
+/// A public app registered with the developer account.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// App id (`appId`, `sourceId` of its writes).
+    pub app_id: u64,
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret; also the webhook signing key.
+    pub client_secret: String,
+    /// The developer account's API key (`hapikey`) that manages this app.
+    pub developer_api_key: String,
+    /// Webhook settings, once set.
+    pub settings: Option<WebhookSettings>,
+    /// Webhook subscriptions.
+    pub subscriptions: Vec<Subscription>,
+    /// Next subscription id.
+    pub next_subscription_id: u64,
+}
+
+/// How a token authenticates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenKind {
+    /// `pat-...`: never expires.
+    PrivateApp,
+    /// An OAuth access token.
+    OAuth {
+        /// When it stops working.
+        expires_at: Instant,
+        /// Epoch ms of issue.
+        issued_ms: i64,
+        /// The installing user.
+        user_id: u64,
+    },
+}
+
+/// What a bearer token stands for.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    /// The account it opens.
+    pub portal_id: u64,
+    /// The app it belongs to (its writes are attributed to this app).
+    pub app_id: u64,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+    /// Kind and lifetime.
+    pub kind: TokenKind,
+}
+
+/// An OAuth refresh token's grant.
+#[derive(Debug, Clone)]
+pub struct RefreshGrant {
+    /// Account.
+    pub portal_id: u64,
+    /// App.
+    pub app_id: u64,
+    /// Installing user.
+    pub user_id: u64,
+    /// Scopes.
+    pub scopes: Vec<String>,
+}
+
+/// An authorization code waiting to be exchanged.
+#[derive(Debug, Clone)]
+pub struct AuthCode {
+    /// The grant it will produce.
+    pub grant: RefreshGrant,
+    /// Must match the exchange's `redirect_uri`.
+    pub redirect_uri: String,
+}
+
+/// Settings the control API may change at run time.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Delay before a write is visible to search, ms.
+    pub index_lag_ms: u64,
+    /// OAuth access-token lifetime, s.
+    pub token_ttl_secs: u64,
+}
+
+/// Every token the sandbox issued.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    /// Bearer tokens.
+    pub access: HashMap<String, TokenInfo>,
+    /// Refresh tokens.
+    pub refresh: HashMap<String, RefreshGrant>,
+    /// Authorization codes.
+    pub codes: HashMap<String, AuthCode>,
+}
+
+/// The emulator's shared state.
+#[derive(Debug)]
+pub struct HubSpotState {
+    /// Accounts by portal id.
+    pub accounts: RwLock<BTreeMap<u64, Arc<Account>>>,
+    /// Apps by app id.
+    pub apps: Mutex<BTreeMap<u64, App>>,
+    /// Tokens.
+    pub tokens: Mutex<Tokens>,
+    /// Run-time settings.
+    pub runtime: Mutex<RuntimeSettings>,
+    /// Fault knobs.
+    pub faults: Faults,
+    /// Budgets given to accounts created later.
+    pub default_limits: Mutex<Limits>,
+}
+
+impl HubSpotState {
+    /// The account with this portal id.
+    pub fn account(&self, portal_id: u64) -> Option<Arc<Account>> {
+        self.accounts.read().unwrap_or_else(|p| p.into_inner()).get(&portal_id).cloned()
+    }
+
+    /// Creates an account, or returns the existing one.
+    pub fn ensure_account(&self, portal_id: u64) -> Arc<Account> {
+        let limits = *lock(&self.default_limits);
+        let mut accounts = self.accounts.write().unwrap_or_else(|p| p.into_inner());
+        accounts.entry(portal_id).or_insert_with(|| Arc::new(Account::new(portal_id, limits))).clone()
+    }
+
+    /// The search index lag now in force.
+    pub fn index_lag(&self) -> Duration {
+        Duration::from_millis(lock(&self.runtime).index_lag_ms)
+    }
+
+    /// The token's grant, if it is known (expired or not).
+    pub fn token(&self, token: &str) -> Option<TokenInfo> {
+        lock(&self.tokens).access.get(token).cloned()
+    }
+}
