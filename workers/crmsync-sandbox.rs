@@ -22,12 +22,23 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let cli = Cli::parse();
     let portal = cli.hubspot.portal_id;
-    let sandbox = Sandbox::new(cli.hubspot).map_err(anyhow::Error::msg).context("invalid sandbox settings")?;
-    let (addr, server) = sandbox.spawn(cli.listen).await.with_context(|| format!("failed to listen on {}", cli.listen))?;
-    println!("crmsync-sandbox: HubSpot emulator on http://{addr} (portal {portal}); control API at http://{addr}/_sandbox");
+    let sandbox = Sandbox::new(cli.hubspot)
+        .map_err(anyhow::Error::msg)
+        .context("invalid sandbox settings")?;
+    let (addr, server) = sandbox
+        .spawn(cli.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", cli.listen))?;
+    println!(
+        "crmsync-sandbox: HubSpot emulator on http://{addr} (portal {portal}); control API at http://{addr}/_sandbox"
+    );
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = server => {}

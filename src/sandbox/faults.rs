@@ -81,11 +81,15 @@ pub struct Faults {
 impl Faults {
     /// Knobs as given, dice seeded so that a run can be replayed.
     pub fn new(settings: FaultSettings, seed: u64) -> Self {
-        Self { inner: Mutex::new((settings, SplitMix64::new(seed ^ 0xFA17))) }
+        Self {
+            inner: Mutex::new((settings, SplitMix64::new(seed ^ 0xFA17))),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (FaultSettings, SplitMix64)> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The knobs now in force.
@@ -143,13 +147,22 @@ mod tests {
 
     #[test]
     fn rates_outside_zero_to_one_are_rejected_by_name() {
-        let bad = FaultSettings { webhook_drop_rate: 1.5, ..Default::default() };
+        let bad = FaultSettings {
+            webhook_drop_rate: 1.5,
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().contains("webhookDropRate"));
     }
 
     #[test]
     fn a_full_error_rate_fails_every_request() {
-        let faults = Faults::new(FaultSettings { error_rate: 1.0, ..Default::default() }, 1);
+        let faults = Faults::new(
+            FaultSettings {
+                error_rate: 1.0,
+                ..Default::default()
+            },
+            1,
+        );
         assert!((0..50).all(|_| faults.roll_request().0 == RequestFault::ServerError));
     }
 

@@ -15,7 +15,10 @@ pub struct RollingWindow {
 impl RollingWindow {
     /// An empty window of the given length.
     pub fn new(window: Duration) -> Self {
-        Self { window, admitted: VecDeque::new() }
+        Self {
+            window,
+            admitted: VecDeque::new(),
+        }
     }
 
     fn expire(&mut self, now: Instant) {

@@ -15,20 +15,28 @@ use serde_json::{Map, Value, json};
 use super::Sandbox;
 use super::error::ApiError;
 use super::model::{Actor, WriteError};
-use super::objects::{self, MergeInput, object_type, parse_body, query_one, query_pairs, write, write_error};
 use super::oauth::{self, DEFAULT_SCOPES};
+use super::objects::{
+    self, MergeInput, object_type, parse_body, query_one, query_pairs, write, write_error,
+};
 use super::seed;
 use super::state::{Account, Counters, Limits, RuntimeSettings, TokenInfo, TokenKind, lock};
 use crate::sandbox::faults::FaultSettings;
 use crate::sandbox::rng::random_token;
 
 fn account(sb: &Sandbox, portal_id: u64) -> Result<std::sync::Arc<Account>, ApiError> {
-    sb.state.account(portal_id).ok_or_else(|| ApiError::not_found(format!("No sandbox account {portal_id}")))
+    sb.state
+        .account(portal_id)
+        .ok_or_else(|| ApiError::not_found(format!("No sandbox account {portal_id}")))
 }
 
 fn user(q: &Option<String>) -> Actor {
     let pairs = query_pairs(q);
-    Actor::User { user_id: query_one(&pairs, "userId").and_then(|u| u.parse().ok()).unwrap_or(1) }
+    Actor::User {
+        user_id: query_one(&pairs, "userId")
+            .and_then(|u| u.parse().ok())
+            .unwrap_or(1),
+    }
 }
 
 /// `GET /_sandbox/health`.
@@ -38,8 +46,18 @@ pub async fn health() -> Response {
 
 fn account_summary(account: &Account) -> Value {
     let data = lock(&account.data);
-    let live = |s: &super::model::ObjectStore| s.objects.values().filter(|o| o.archived_ms.is_none()).count();
-    let archived = |s: &super::model::ObjectStore| s.objects.values().filter(|o| o.archived_ms.is_some()).count();
+    let live = |s: &super::model::ObjectStore| {
+        s.objects
+            .values()
+            .filter(|o| o.archived_ms.is_none())
+            .count()
+    };
+    let archived = |s: &super::model::ObjectStore| {
+        s.objects
+            .values()
+            .filter(|o| o.archived_ms.is_some())
+            .count()
+    };
     json!({
         "portalId": account.portal_id,
         "contacts": live(&data.contacts),
@@ -53,12 +71,23 @@ fn account_summary(account: &Account) -> Value {
 
 /// `GET /_sandbox/accounts`.
 pub async fn list_accounts(State(sb): State<Sandbox>) -> Response {
-    let accounts: Vec<_> = sb.state.accounts.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-    axum::Json(json!({"results": accounts.iter().map(|a| account_summary(a)).collect::<Vec<_>>()})).into_response()
+    let accounts: Vec<_> = sb
+        .state
+        .accounts
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    axum::Json(json!({"results": accounts.iter().map(|a| account_summary(a)).collect::<Vec<_>>()}))
+        .into_response()
 }
 
 /// `GET /_sandbox/accounts/{portalId}`.
-pub async fn get_account(State(sb): State<Sandbox>, Path(portal_id): Path<u64>) -> Result<Response, ApiError> {
+pub async fn get_account(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+) -> Result<Response, ApiError> {
     let account = account(&sb, portal_id)?;
     Ok(axum::Json(account_summary(&account)).into_response())
 }
@@ -81,20 +110,39 @@ fn yes() -> bool {
 pub fn add_private_app_token(sb: &Sandbox, portal_id: u64, token: String) -> String {
     lock(&sb.state.tokens).access.insert(
         token.clone(),
-        TokenInfo { portal_id, app_id: sb.config.app_id, scopes: DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(), kind: TokenKind::PrivateApp },
+        TokenInfo {
+            portal_id,
+            app_id: sb.config.app_id,
+            scopes: DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
+            kind: TokenKind::PrivateApp,
+        },
     );
     token
 }
 
 /// `POST /_sandbox/accounts` → `{portalId, privateAppToken, appId}`.
 pub async fn create_account(State(sb): State<Sandbox>, body: Bytes) -> Result<Response, ApiError> {
-    let input: NewAccount = if body.is_empty() { NewAccount { install_app: true, ..Default::default() } } else { parse_body(&body)? };
+    let input: NewAccount = if body.is_empty() {
+        NewAccount {
+            install_app: true,
+            ..Default::default()
+        }
+    } else {
+        parse_body(&body)?
+    };
     let portal_id = input.portal_id.unwrap_or_else(|| {
         let accounts = sb.state.accounts.read().unwrap_or_else(|p| p.into_inner());
-        accounts.keys().max().copied().unwrap_or(sb.config.portal_id) + 1
+        accounts
+            .keys()
+            .max()
+            .copied()
+            .unwrap_or(sb.config.portal_id)
+            + 1
     });
     if sb.state.account(portal_id).is_some() {
-        return Err(ApiError::conflict(format!("Account {portal_id} already exists")));
+        return Err(ApiError::conflict(format!(
+            "Account {portal_id} already exists"
+        )));
     }
     let account = sb.state.ensure_account(portal_id);
     if let Some(limits) = input.limits {
@@ -103,8 +151,20 @@ pub async fn create_account(State(sb): State<Sandbox>, body: Bytes) -> Result<Re
     if input.install_app {
         sb.install_app(portal_id, sb.config.app_id);
     }
-    let token = add_private_app_token(&sb, portal_id, input.private_app_token.unwrap_or_else(|| random_token("pat-na1-")));
-    Ok((StatusCode::CREATED, axum::Json(json!({"portalId": portal_id, "privateAppToken": token, "appId": sb.config.app_id}))).into_response())
+    let token = add_private_app_token(
+        &sb,
+        portal_id,
+        input
+            .private_app_token
+            .unwrap_or_else(|| random_token("pat-na1-")),
+    );
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(
+            json!({"portalId": portal_id, "privateAppToken": token, "appId": sb.config.app_id}),
+        ),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -118,10 +178,19 @@ struct SeedInput {
 }
 
 /// `POST /_sandbox/accounts/{portalId}/seed` `{contacts, leads, seed}`.
-pub async fn seed_account(State(sb): State<Sandbox>, Path(portal_id): Path<u64>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn seed_account(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let input: SeedInput = parse_body(&body)?;
     let account = account(&sb, portal_id)?;
-    let (contacts, leads) = seed::seed(&account, input.contacts, input.leads, input.seed.unwrap_or(sb.config.seed));
+    let (contacts, leads) = seed::seed(
+        &account,
+        input.contacts,
+        input.leads,
+        input.seed.unwrap_or(sb.config.seed),
+    );
     Ok(axum::Json(json!({"contacts": contacts.len(), "leads": leads.len(), "contactIds": [contacts.first(), contacts.last()], "leadIds": [leads.first(), leads.last()]})).into_response())
 }
 
@@ -139,8 +208,17 @@ pub async fn create_code(State(sb): State<Sandbox>, body: Bytes) -> Result<Respo
     let input: CodeInput = parse_body(&body)?;
     let portal_id = input.portal_id.unwrap_or(sb.config.portal_id);
     account(&sb, portal_id)?;
-    let scopes = input.scopes.unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
-    let code = oauth::authorize(&sb, portal_id, sb.config.app_id, input.user_id.unwrap_or(1), &input.redirect_uri, scopes);
+    let scopes = input
+        .scopes
+        .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+    let code = oauth::authorize(
+        &sb,
+        portal_id,
+        sb.config.app_id,
+        input.user_id.unwrap_or(1),
+        &input.redirect_uri,
+        scopes,
+    );
     Ok(axum::Json(json!({"code": code})).into_response())
 }
 
@@ -155,7 +233,10 @@ pub async fn expire_token(State(sb): State<Sandbox>, body: Bytes) -> Result<Resp
     let input: ExpireInput = parse_body(&body)?;
     let mut tokens = lock(&sb.state.tokens);
     match tokens.access.get_mut(&input.access_token) {
-        Some(TokenInfo { kind: TokenKind::OAuth { expires_at, .. }, .. }) => {
+        Some(TokenInfo {
+            kind: TokenKind::OAuth { expires_at, .. },
+            ..
+        }) => {
             *expires_at = Instant::now();
             Ok(StatusCode::NO_CONTENT.into_response())
         }
@@ -172,21 +253,45 @@ fn properties(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// `POST /_sandbox/accounts/{portalId}/objects/{objectType}`: a user creates a record.
-pub async fn user_create(State(sb): State<Sandbox>, Path((portal_id, ot)): Path<(u64, String)>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn user_create(
+    State(sb): State<Sandbox>,
+    Path((portal_id, ot)): Path<(u64, String)>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let account = account(&sb, portal_id)?;
-    objects::create_as(&sb, &account, user(&q), object, properties(&body)?).map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
+    objects::create_as(&sb, &account, user(&q), object, properties(&body)?)
+        .map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
 /// `PATCH /_sandbox/accounts/{portalId}/objects/{objectType}/{id}`: a user edits a record.
-pub async fn user_update(State(sb): State<Sandbox>, Path((portal_id, ot, id)): Path<(u64, String, String)>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn user_update(
+    State(sb): State<Sandbox>,
+    Path((portal_id, ot, id)): Path<(u64, String, String)>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let account = account(&sb, portal_id)?;
-    objects::update_as(&sb, &account, user(&q), object, &id, None, properties(&body)?).map(|v| axum::Json(v).into_response())
+    objects::update_as(
+        &sb,
+        &account,
+        user(&q),
+        object,
+        &id,
+        None,
+        properties(&body)?,
+    )
+    .map(|v| axum::Json(v).into_response())
 }
 
 /// `DELETE /_sandbox/accounts/{portalId}/objects/{objectType}/{id}`: a user deletes a record.
-pub async fn user_archive(State(sb): State<Sandbox>, Path((portal_id, ot, id)): Path<(u64, String, String)>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn user_archive(
+    State(sb): State<Sandbox>,
+    Path((portal_id, ot, id)): Path<(u64, String, String)>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let account = account(&sb, portal_id)?;
     objects::archive_as(&sb, &account, user(&q), object, &[id]);
@@ -194,24 +299,41 @@ pub async fn user_archive(State(sb): State<Sandbox>, Path((portal_id, ot, id)): 
 }
 
 /// `POST /_sandbox/accounts/{portalId}/objects/{objectType}/{id}/restore`.
-pub async fn user_restore(State(sb): State<Sandbox>, Path((portal_id, ot, id)): Path<(u64, String, String)>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn user_restore(
+    State(sb): State<Sandbox>,
+    Path((portal_id, ot, id)): Path<(u64, String, String)>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let account = account(&sb, portal_id)?;
-    let id: u64 = id.parse().map_err(|_| ApiError::validation("id must be a number"))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::validation("id must be a number"))?;
     let lag = sb.state.index_lag();
-    write(&sb, &account, user(&q), |data, now, clock| match data.store(object).restore(id, now, clock, lag) {
-        Ok(change) => (Ok(data.store(object).objects[&id].to_json(object, &[], &[])), vec![change]),
-        Err(e) => (Err(write_error(object, e)), vec![]),
+    write(&sb, &account, user(&q), |data, now, clock| {
+        match data.store(object).restore(id, now, clock, lag) {
+            Ok(change) => (
+                Ok(data.store(object).objects[&id].to_json(object, &[], &[])),
+                vec![change],
+            ),
+            Err(e) => (Err(write_error(object, e)), vec![]),
+        }
     })
     .map(|v| axum::Json(v).into_response())
 }
 
 /// `POST /_sandbox/accounts/{portalId}/objects/contacts/merge`: a user merges two contacts.
-pub async fn user_merge(State(sb): State<Sandbox>, Path((portal_id, ot)): Path<(u64, String)>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn user_merge(
+    State(sb): State<Sandbox>,
+    Path((portal_id, ot)): Path<(u64, String)>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let account = account(&sb, portal_id)?;
     let input: MergeInput = parse_body(&body)?;
-    objects::merge_as(&sb, &account, user(&q), object, &input).map(|v| axum::Json(v).into_response())
+    objects::merge_as(&sb, &account, user(&q), object, &input)
+        .map(|v| axum::Json(v).into_response())
 }
 
 #[derive(Deserialize)]
@@ -230,7 +352,12 @@ struct BulkUpdate {
 /// delta cursors). `ids`, or the first `limit` live records; with
 /// `suffixWithId` each string value gets ` #<id>` appended so every record
 /// really changes.
-pub async fn user_bulk_update(State(sb): State<Sandbox>, Path((portal_id, ot)): Path<(u64, String)>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn user_bulk_update(
+    State(sb): State<Sandbox>,
+    Path((portal_id, ot)): Path<(u64, String)>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let account = account(&sb, portal_id)?;
     let input: BulkUpdate = parse_body(&body)?;
@@ -244,11 +371,23 @@ pub async fn user_bulk_update(State(sb): State<Sandbox>, Path((portal_id, ot)): 
         };
         let ids: Vec<u64> = match &input.ids {
             Some(ids) => ids.clone(),
-            None => store.objects.values().filter(|o| o.archived_ms.is_none()).take(input.limit.unwrap_or(usize::MAX)).map(|o| o.id).collect(),
+            None => store
+                .objects
+                .values()
+                .filter(|o| o.archived_ms.is_none())
+                .take(input.limit.unwrap_or(usize::MAX))
+                .map(|o| o.id)
+                .collect(),
         };
         let (mut count, mut changes) = (0usize, Vec::new());
         for id in ids {
-            let values: BTreeMap<String, String> = if input.suffix_with_id { base.iter().map(|(k, v)| (k.clone(), format!("{v} #{id}"))).collect() } else { base.clone() };
+            let values: BTreeMap<String, String> = if input.suffix_with_id {
+                base.iter()
+                    .map(|(k, v)| (k.clone(), format!("{v} #{id}")))
+                    .collect()
+            } else {
+                base.clone()
+            };
             match store.update(id, values, actor, now, clock, lag) {
                 Ok(c) => {
                     count += usize::from(!c.is_empty());
@@ -264,7 +403,10 @@ pub async fn user_bulk_update(State(sb): State<Sandbox>, Path((portal_id, ot)): 
 }
 
 /// `GET /_sandbox/accounts/{portalId}/counters`.
-pub async fn get_counters(State(sb): State<Sandbox>, Path(portal_id): Path<u64>) -> Result<Response, ApiError> {
+pub async fn get_counters(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+) -> Result<Response, ApiError> {
     let account = account(&sb, portal_id)?;
     let counters = lock(&account.counters).clone();
     let mut out = serde_json::to_value(&counters).unwrap_or_default();
@@ -275,19 +417,29 @@ pub async fn get_counters(State(sb): State<Sandbox>, Path(portal_id): Path<u64>)
 }
 
 /// `DELETE /_sandbox/accounts/{portalId}/counters`.
-pub async fn reset_counters(State(sb): State<Sandbox>, Path(portal_id): Path<u64>) -> Result<Response, ApiError> {
+pub async fn reset_counters(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+) -> Result<Response, ApiError> {
     let account = account(&sb, portal_id)?;
     *lock(&account.counters) = Counters::default();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /_sandbox/accounts/{portalId}/limits`.
-pub async fn get_limits(State(sb): State<Sandbox>, Path(portal_id): Path<u64>) -> Result<Response, ApiError> {
+pub async fn get_limits(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+) -> Result<Response, ApiError> {
     Ok(axum::Json(*lock(&account(&sb, portal_id)?.limits)).into_response())
 }
 
 /// `PUT /_sandbox/accounts/{portalId}/limits` `{perTenSeconds, daily, searchPerSecond}`.
-pub async fn put_limits(State(sb): State<Sandbox>, Path(portal_id): Path<u64>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn put_limits(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let limits: Limits = parse_body(&body)?;
     *lock(&account(&sb, portal_id)?.limits) = limits;
     Ok(axum::Json(limits).into_response())

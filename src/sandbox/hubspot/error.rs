@@ -60,7 +60,11 @@ impl ApiError {
     /// The binding-error shape for a problem found at a position of the body.
     pub fn binding(line: usize, column: usize, detail: impl std::fmt::Display) -> Self {
         let detail = detail.to_string();
-        let detail = detail.split(" at line ").next().unwrap_or_default().to_string();
+        let detail = detail
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
         Self {
             status: StatusCode::BAD_REQUEST,
             body: json!({
@@ -105,7 +109,10 @@ impl ApiError {
     /// 429 with the rate-limit body (facts sheet §1.4: `errorType RATE_LIMIT`
     /// and `policyName`).
     pub fn rate_limited(policy: &str) -> Self {
-        let message = format!("You have reached your {} limit.", policy.to_ascii_lowercase());
+        let message = format!(
+            "You have reached your {} limit.",
+            policy.to_ascii_lowercase()
+        );
         let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITS", message);
         if let Value::Object(map) = &mut err.body {
             map.remove("category");
@@ -152,7 +159,8 @@ impl ApiError {
                 })
             })
             .collect();
-        Self::validation(format!("Property values were not valid: {list}")).with("errors", Value::Array(errors))
+        Self::validation(format!("Property values were not valid: {list}"))
+            .with("errors", Value::Array(errors))
     }
 }
 
@@ -170,15 +178,21 @@ pub struct PropertyFailure {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body)).into_response();
-        response
-            .headers_mut()
-            .insert("content-type", HeaderValue::from_static("application/json;charset=utf-8"));
+        response.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/json;charset=utf-8"),
+        );
         response
     }
 }
 
 /// Builds an object body from pairs, for the standard errors inside batch answers.
-pub fn standard_error(status: &str, category: &str, message: &str, context: Map<String, Value>) -> Value {
+pub fn standard_error(
+    status: &str,
+    category: &str,
+    message: &str,
+    context: Map<String, Value>,
+) -> Value {
     json!({
         "status": status,
         "category": category,
@@ -199,7 +213,10 @@ mod tests {
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(err.body["policyName"], "TEN_SECONDLY_ROLLING");
         assert_eq!(err.body["errorType"], "RATE_LIMIT");
-        assert_eq!(err.body["message"], "You have reached your ten_secondly_rolling limit.");
+        assert_eq!(
+            err.body["message"],
+            "You have reached your ten_secondly_rolling limit."
+        );
     }
 
     #[test]
@@ -210,7 +227,12 @@ mod tests {
             message: "Property \"nope\" does not exist".into(),
         }]);
         assert_eq!(err.body["category"], "VALIDATION_ERROR");
-        assert!(err.body["message"].as_str().unwrap_or("").contains("PROPERTY_DOESNT_EXIST"));
+        assert!(
+            err.body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("PROPERTY_DOESNT_EXIST")
+        );
         assert_eq!(err.body["errors"][0]["code"], "PROPERTY_DOESNT_EXIST");
     }
 }

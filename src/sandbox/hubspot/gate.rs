@@ -57,7 +57,10 @@ impl RateHeaders {
         put("x-hubspot-ratelimit-max", self.max);
         put("x-hubspot-ratelimit-remaining", self.remaining);
         put("x-hubspot-ratelimit-secondly", self.max.div_ceil(10));
-        put("x-hubspot-ratelimit-secondly-remaining", self.remaining.min(self.max.div_ceil(10)));
+        put(
+            "x-hubspot-ratelimit-secondly-remaining",
+            self.remaining.min(self.max.div_ceil(10)),
+        );
         if let Some((daily, left)) = self.daily {
             put("x-hubspot-ratelimit-daily", daily);
             put("x-hubspot-ratelimit-daily-remaining", left);
@@ -66,8 +69,20 @@ impl RateHeaders {
 }
 
 /// The middleware: 401 without a valid token; faults; budgets; headers.
-pub async fn gate(State(sandbox): State<Sandbox>, matched: Option<MatchedPath>, mut request: Request, next: Next) -> Response {
-    let route = format!("{} {}", request.method(), matched.as_ref().map(|m| m.as_str()).unwrap_or(request.uri().path()));
+pub async fn gate(
+    State(sandbox): State<Sandbox>,
+    matched: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let route = format!(
+        "{} {}",
+        request.method(),
+        matched
+            .as_ref()
+            .map(|m| m.as_str())
+            .unwrap_or(request.uri().path())
+    );
     let is_search = request.uri().path().ends_with("/search");
     let state = &sandbox.state;
 
@@ -77,7 +92,8 @@ pub async fn gate(State(sandbox): State<Sandbox>, matched: Option<MatchedPath>, 
     if let TokenKind::OAuth { expires_at, .. } = info.kind {
         let now = Instant::now();
         if now >= expires_at {
-            return ApiError::expired(now.duration_since(expires_at).as_secs() as i64).into_response();
+            return ApiError::expired(now.duration_since(expires_at).as_secs() as i64)
+                .into_response();
         }
     }
     let Some(account) = state.account(info.portal_id) else {
@@ -99,10 +115,18 @@ pub async fn gate(State(sandbox): State<Sandbox>, matched: Option<MatchedPath>, 
             lock(&account.counters).faults_injected += 1;
             // Longer than any sane client timeout; the client gives up first.
             tokio::time::sleep(Duration::from_secs(120)).await;
-            return ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT", "timed out").into_response();
+            return ApiError::new(
+                axum::http::StatusCode::GATEWAY_TIMEOUT,
+                "GATEWAY_TIMEOUT",
+                "timed out",
+            )
+            .into_response();
         }
         RequestFault::RateLimited => {
-            *lock(&account.counters).rate_limited.entry("INJECTED".into()).or_default() += 1;
+            *lock(&account.counters)
+                .rate_limited
+                .entry("INJECTED".into())
+                .or_default() += 1;
             return ApiError::rate_limited("TEN_SECONDLY_ROLLING").into_response();
         }
     }
@@ -123,14 +147,17 @@ pub async fn gate(State(sandbox): State<Sandbox>, matched: Option<MatchedPath>, 
                 Err(SEARCH_POLICY)
             }
         } else {
-            let window = budget.windows.entry(info.app_id).or_insert_with(|| crate::sandbox::window::RollingWindow::new(Duration::from_secs(10)));
+            let window = budget.windows.entry(info.app_id).or_insert_with(|| {
+                crate::sandbox::window::RollingWindow::new(Duration::from_secs(10))
+            });
             if window.try_admit(now, limits.per_ten_seconds) {
                 let remaining = window.remaining(now, limits.per_ten_seconds);
                 budget.daily_used += 1;
                 Ok(Some(RateHeaders {
                     max: limits.per_ten_seconds,
                     remaining,
-                    daily: private_app.then(|| (limits.daily, limits.daily.saturating_sub(budget.daily_used))),
+                    daily: private_app
+                        .then(|| (limits.daily, limits.daily.saturating_sub(budget.daily_used))),
                 }))
             } else {
                 Err("TEN_SECONDLY_ROLLING")
@@ -140,19 +167,34 @@ pub async fn gate(State(sandbox): State<Sandbox>, matched: Option<MatchedPath>, 
     let headers = match verdict {
         Ok(headers) => headers,
         Err(policy) => {
-            *lock(&account.counters).rate_limited.entry(policy.to_string()).or_default() += 1;
+            *lock(&account.counters)
+                .rate_limited
+                .entry(policy.to_string())
+                .or_default() += 1;
             let mut response = ApiError::rate_limited(policy).into_response();
             if !is_search {
                 let used_today = lock(&account.budget).daily_used;
-                RateHeaders { max: limits.per_ten_seconds, remaining: 0, daily: private_app.then(|| (limits.daily, limits.daily.saturating_sub(used_today))) }
-                    .apply(response.headers_mut());
+                RateHeaders {
+                    max: limits.per_ten_seconds,
+                    remaining: 0,
+                    daily: private_app
+                        .then(|| (limits.daily, limits.daily.saturating_sub(used_today))),
+                }
+                .apply(response.headers_mut());
             }
             return response;
         }
     };
 
-    let actor = Actor::Integration { app_id: info.app_id };
-    request.extensions_mut().insert(Caller { account, actor, app_id: info.app_id, private_app });
+    let actor = Actor::Integration {
+        app_id: info.app_id,
+    };
+    request.extensions_mut().insert(Caller {
+        account,
+        actor,
+        app_id: info.app_id,
+        private_app,
+    });
     let mut response = next.run(request).await;
     if let Some(headers) = headers {
         headers.apply(response.headers_mut());

@@ -140,7 +140,11 @@ impl Default for SandboxConfig {
 
 impl SandboxConfig {
     fn limits(&self) -> Limits {
-        Limits { per_ten_seconds: self.per_ten_seconds, daily: self.daily_limit, search_per_second: self.search_limit_per_sec }
+        Limits {
+            per_ten_seconds: self.per_ten_seconds,
+            daily: self.daily_limit,
+            search_per_second: self.search_limit_per_sec,
+        }
     }
 
     fn faults(&self) -> FaultSettings {
@@ -171,8 +175,21 @@ impl SandboxConfig {
 }
 
 /// Property names the `--webhook-target` shortcut subscribes to.
-const SUBSCRIBED_CONTACT_PROPERTIES: &[&str] = &["email", "firstname", "lastname", "company", "jobtitle", "phone", "hs_lead_status"];
-const SUBSCRIBED_LEAD_PROPERTIES: &[&str] = &["hs_lead_name", "hs_lead_type", "hs_lead_label", "hs_pipeline_stage"];
+const SUBSCRIBED_CONTACT_PROPERTIES: &[&str] = &[
+    "email",
+    "firstname",
+    "lastname",
+    "company",
+    "jobtitle",
+    "phone",
+    "hs_lead_status",
+];
+const SUBSCRIBED_LEAD_PROPERTIES: &[&str] = &[
+    "hs_lead_name",
+    "hs_lead_type",
+    "hs_lead_label",
+    "hs_pipeline_stage",
+];
 
 /// The running emulator: cheap to clone, shared by every handler.
 #[derive(Debug, Clone)]
@@ -202,11 +219,18 @@ impl Sandbox {
             accounts: RwLock::new(BTreeMap::new()),
             apps: Mutex::new(BTreeMap::new()),
             tokens: Mutex::new(Tokens::default()),
-            runtime: Mutex::new(RuntimeSettings { index_lag_ms: config.index_lag_ms, token_ttl_secs: config.token_ttl_secs }),
+            runtime: Mutex::new(RuntimeSettings {
+                index_lag_ms: config.index_lag_ms,
+                token_ttl_secs: config.token_ttl_secs,
+            }),
             faults: Faults::new(faults, config.seed),
             default_limits: Mutex::new(config.limits()),
         };
-        let sandbox = Self { state: Arc::new(state), webhooks: Arc::new(WebhookSender::new(tuning)), config: Arc::new(config) };
+        let sandbox = Self {
+            state: Arc::new(state),
+            webhooks: Arc::new(WebhookSender::new(tuning)),
+            config: Arc::new(config),
+        };
         sandbox.reset()?;
         Ok(sandbox)
     }
@@ -215,9 +239,16 @@ impl Sandbox {
     pub fn reset(&self) -> Result<(), String> {
         let config = &self.config;
         self.webhooks.reset_queues();
-        *self.state.accounts.write().unwrap_or_else(|p| p.into_inner()) = BTreeMap::new();
+        *self
+            .state
+            .accounts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = BTreeMap::new();
         *lock(&self.state.tokens) = Tokens::default();
-        *lock(&self.state.runtime) = RuntimeSettings { index_lag_ms: config.index_lag_ms, token_ttl_secs: config.token_ttl_secs };
+        *lock(&self.state.runtime) = RuntimeSettings {
+            index_lag_ms: config.index_lag_ms,
+            token_ttl_secs: config.token_ttl_secs,
+        };
         *lock(&self.state.default_limits) = config.limits();
         self.state.faults.set(config.faults());
         let mut apps = BTreeMap::new();
@@ -238,10 +269,16 @@ impl Sandbox {
         self.install_app(config.portal_id, config.app_id);
         control::add_private_app_token(self, config.portal_id, config.private_app_token.clone());
         if config.seed_contacts > 0 || config.seed_leads > 0 {
-            seed::seed(&account, config.seed_contacts, config.seed_leads, config.seed);
+            seed::seed(
+                &account,
+                config.seed_contacts,
+                config.seed_leads,
+                config.seed,
+            );
         }
         if let Some(target) = &config.webhook_target {
-            self.subscribe_everything(target).map_err(|e| format!("--webhook-target: {}", e.body["message"]))?;
+            self.subscribe_everything(target)
+                .map_err(|e| format!("--webhook-target: {}", e.body["message"]))?;
         }
         Ok(())
     }
@@ -250,14 +287,35 @@ impl Sandbox {
     /// every contact event and every lead `object.*` event (active).
     pub fn subscribe_everything(&self, target: &str) -> Result<(), ApiError> {
         let app_id = self.config.app_id;
-        webhooks::put_settings_for(self, app_id, target, self.config.webhook_max_concurrent.max(6), "SECONDLY")?;
+        webhooks::put_settings_for(
+            self,
+            app_id,
+            target,
+            self.config.webhook_max_concurrent.max(6),
+            "SECONDLY",
+        )?;
         let exists = |e: &ApiError| e.status == axum::http::StatusCode::CONFLICT;
-        let add = |event: &str, property: Option<&str>, object: Option<&str>| match webhooks::add_subscription(self, app_id, event, property.map(String::from), object.map(String::from), true) {
-            Ok(_) => Ok(()),
-            Err(e) if exists(&e) => Ok(()),
-            Err(e) => Err(e),
+        let add = |event: &str, property: Option<&str>, object: Option<&str>| {
+            match webhooks::add_subscription(
+                self,
+                app_id,
+                event,
+                property.map(String::from),
+                object.map(String::from),
+                true,
+            ) {
+                Ok(_) => Ok(()),
+                Err(e) if exists(&e) => Ok(()),
+                Err(e) => Err(e),
+            }
         };
-        for event in ["contact.creation", "contact.deletion", "contact.merge", "contact.restore", "contact.privacyDeletion"] {
+        for event in [
+            "contact.creation",
+            "contact.deletion",
+            "contact.merge",
+            "contact.restore",
+            "contact.privacyDeletion",
+        ] {
             add(event, None, None)?;
         }
         for property in SUBSCRIBED_CONTACT_PROPERTIES {
@@ -275,59 +333,155 @@ impl Sandbox {
     /// The HTTP application.
     pub fn router(&self) -> Router {
         let crm = Router::new()
-            .route("/crm/v3/objects/{object_type}", get(objects::list).post(objects::create))
+            .route(
+                "/crm/v3/objects/{object_type}",
+                get(objects::list).post(objects::create),
+            )
             .route("/crm/v3/objects/{object_type}/search", post(search::search))
             .route("/crm/v3/objects/{object_type}/merge", post(objects::merge))
-            .route("/crm/v3/objects/{object_type}/gdpr-delete", post(objects::gdpr_delete))
-            .route("/crm/v3/objects/{object_type}/batch/read", post(objects::batch_read))
-            .route("/crm/v3/objects/{object_type}/batch/create", post(objects::batch_create))
-            .route("/crm/v3/objects/{object_type}/batch/update", post(objects::batch_update))
-            .route("/crm/v3/objects/{object_type}/batch/upsert", post(objects::batch_upsert))
-            .route("/crm/v3/objects/{object_type}/batch/archive", post(objects::batch_archive))
-            .route("/crm/v3/objects/{object_type}/{object_id}", get(objects::get_one).patch(objects::update).delete(objects::archive))
-            .route("/crm/v3/properties/{object_type}", get(properties::list).post(properties::create))
-            .route("/crm/v3/properties/{object_type}/{property_name}", get(properties::get_one))
+            .route(
+                "/crm/v3/objects/{object_type}/gdpr-delete",
+                post(objects::gdpr_delete),
+            )
+            .route(
+                "/crm/v3/objects/{object_type}/batch/read",
+                post(objects::batch_read),
+            )
+            .route(
+                "/crm/v3/objects/{object_type}/batch/create",
+                post(objects::batch_create),
+            )
+            .route(
+                "/crm/v3/objects/{object_type}/batch/update",
+                post(objects::batch_update),
+            )
+            .route(
+                "/crm/v3/objects/{object_type}/batch/upsert",
+                post(objects::batch_upsert),
+            )
+            .route(
+                "/crm/v3/objects/{object_type}/batch/archive",
+                post(objects::batch_archive),
+            )
+            .route(
+                "/crm/v3/objects/{object_type}/{object_id}",
+                get(objects::get_one)
+                    .patch(objects::update)
+                    .delete(objects::archive),
+            )
+            .route(
+                "/crm/v3/properties/{object_type}",
+                get(properties::list).post(properties::create),
+            )
+            .route(
+                "/crm/v3/properties/{object_type}/{property_name}",
+                get(properties::get_one),
+            )
             .route("/account-info/v3/details", get(oauth::account_details))
-            .route("/account-info/v3/api-usage/daily/private-apps", get(oauth::daily_usage))
-            .route_layer(axum::middleware::from_fn_with_state(self.clone(), gate::gate));
+            .route(
+                "/account-info/v3/api-usage/daily/private-apps",
+                get(oauth::daily_usage),
+            )
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                gate::gate,
+            ));
         let open = Router::new()
             .route("/oauth/v1/token", post(oauth::token))
             .route("/oauth/v3/token", post(oauth::token))
             .route("/oauth/authorize", get(oauth::authorize_page))
-            .route("/oauth/v1/access-tokens/{token}", get(oauth::access_token_info))
-            .route("/oauth/v1/refresh-tokens/{token}", get(oauth::refresh_token_info).delete(oauth::delete_refresh_token))
+            .route(
+                "/oauth/v1/access-tokens/{token}",
+                get(oauth::access_token_info),
+            )
+            .route(
+                "/oauth/v1/refresh-tokens/{token}",
+                get(oauth::refresh_token_info).delete(oauth::delete_refresh_token),
+            )
             .route("/oauth/v3/token/introspect", post(oauth::introspect))
             .route("/oauth/v3/token/revoke", post(oauth::revoke))
-            .route("/webhooks/v3/{app_id}/settings", get(webhooks::get_settings).put(webhooks::put_settings).delete(webhooks::delete_settings))
-            .route("/webhooks/v3/{app_id}/subscriptions", get(webhooks::list_subscriptions).post(webhooks::create_subscription))
-            .route("/webhooks/v3/{app_id}/subscriptions/batch/update", post(webhooks::batch_update_subscriptions))
+            .route(
+                "/webhooks/v3/{app_id}/settings",
+                get(webhooks::get_settings)
+                    .put(webhooks::put_settings)
+                    .delete(webhooks::delete_settings),
+            )
+            .route(
+                "/webhooks/v3/{app_id}/subscriptions",
+                get(webhooks::list_subscriptions).post(webhooks::create_subscription),
+            )
+            .route(
+                "/webhooks/v3/{app_id}/subscriptions/batch/update",
+                post(webhooks::batch_update_subscriptions),
+            )
             .route(
                 "/webhooks/v3/{app_id}/subscriptions/{subscription_id}",
-                get(webhooks::get_subscription).patch(webhooks::patch_subscription).delete(webhooks::delete_subscription),
+                get(webhooks::get_subscription)
+                    .patch(webhooks::patch_subscription)
+                    .delete(webhooks::delete_subscription),
             );
         let control = Router::new()
             .route("/_sandbox/health", get(control::health))
             .route("/_sandbox/reset", post(control::reset))
-            .route("/_sandbox/faults", get(control::get_faults).put(control::put_faults))
-            .route("/_sandbox/settings", get(control::get_settings).put(control::put_settings))
+            .route(
+                "/_sandbox/faults",
+                get(control::get_faults).put(control::put_faults),
+            )
+            .route(
+                "/_sandbox/settings",
+                get(control::get_settings).put(control::put_settings),
+            )
             .route("/_sandbox/oauth/codes", post(control::create_code))
             .route("/_sandbox/oauth/expire", post(control::expire_token))
-            .route("/_sandbox/accounts", get(control::list_accounts).post(control::create_account))
+            .route(
+                "/_sandbox/accounts",
+                get(control::list_accounts).post(control::create_account),
+            )
             .route("/_sandbox/accounts/{portal_id}", get(control::get_account))
-            .route("/_sandbox/accounts/{portal_id}/seed", post(control::seed_account))
-            .route("/_sandbox/accounts/{portal_id}/counters", get(control::get_counters).delete(control::reset_counters))
-            .route("/_sandbox/accounts/{portal_id}/limits", get(control::get_limits).put(control::put_limits))
-            .route("/_sandbox/accounts/{portal_id}/objects/{object_type}", post(control::user_create))
-            .route("/_sandbox/accounts/{portal_id}/objects/{object_type}/merge", post(control::user_merge))
-            .route("/_sandbox/accounts/{portal_id}/objects/{object_type}/bulk-update", post(control::user_bulk_update))
-            .route("/_sandbox/accounts/{portal_id}/objects/{object_type}/{object_id}", patch(control::user_update).delete(control::user_archive))
-            .route("/_sandbox/accounts/{portal_id}/objects/{object_type}/{object_id}/restore", post(control::user_restore));
-        crm.merge(open).merge(control).fallback(not_found).with_state(self.clone())
+            .route(
+                "/_sandbox/accounts/{portal_id}/seed",
+                post(control::seed_account),
+            )
+            .route(
+                "/_sandbox/accounts/{portal_id}/counters",
+                get(control::get_counters).delete(control::reset_counters),
+            )
+            .route(
+                "/_sandbox/accounts/{portal_id}/limits",
+                get(control::get_limits).put(control::put_limits),
+            )
+            .route(
+                "/_sandbox/accounts/{portal_id}/objects/{object_type}",
+                post(control::user_create),
+            )
+            .route(
+                "/_sandbox/accounts/{portal_id}/objects/{object_type}/merge",
+                post(control::user_merge),
+            )
+            .route(
+                "/_sandbox/accounts/{portal_id}/objects/{object_type}/bulk-update",
+                post(control::user_bulk_update),
+            )
+            .route(
+                "/_sandbox/accounts/{portal_id}/objects/{object_type}/{object_id}",
+                patch(control::user_update).delete(control::user_archive),
+            )
+            .route(
+                "/_sandbox/accounts/{portal_id}/objects/{object_type}/{object_id}/restore",
+                post(control::user_restore),
+            );
+        crm.merge(open)
+            .merge(control)
+            .fallback(not_found)
+            .with_state(self.clone())
     }
 
     /// Serves on `addr` until the returned task is aborted; returns the bound
     /// address (so `127.0.0.1:0` picks a free port).
-    pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    pub async fn spawn(
+        self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let app = self.router();
@@ -341,11 +495,17 @@ impl Sandbox {
 
     /// Per-account counters, for in-process assertions.
     pub fn counters(&self, portal_id: u64) -> Option<state::Counters> {
-        self.state.account(portal_id).map(|a| lock(&a.counters).clone())
+        self.state
+            .account(portal_id)
+            .map(|a| lock(&a.counters).clone())
     }
 }
 
 async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
-    ApiError::new(axum::http::StatusCode::NOT_FOUND, "OBJECT_NOT_FOUND", format!("No HubSpot API at {}", uri.path())).into_response()
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "OBJECT_NOT_FOUND",
+        format!("No HubSpot API at {}", uri.path()),
+    )
+    .into_response()
 }
-

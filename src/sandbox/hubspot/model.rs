@@ -81,14 +81,30 @@ impl ObjectType {
     /// Properties returned when a request names none (facts sheet §1.2 for contacts).
     pub fn default_properties(self) -> &'static [&'static str] {
         match self {
-            Self::Contacts => &["createdate", "email", "firstname", "hs_object_id", "lastmodifieddate", "lastname"],
-            Self::Leads => &["hs_createdate", "hs_lastmodifieddate", "hs_object_id", "hs_lead_name"],
+            Self::Contacts => &[
+                "createdate",
+                "email",
+                "firstname",
+                "hs_object_id",
+                "lastmodifieddate",
+                "lastname",
+            ],
+            Self::Leads => &[
+                "hs_createdate",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "hs_lead_name",
+            ],
         }
     }
 
     /// Properties always present in a response, asked for or not.
     pub fn system_properties(self) -> [&'static str; 3] {
-        [self.created_property(), "hs_object_id", self.modified_property()]
+        [
+            self.created_property(),
+            "hs_object_id",
+            self.modified_property(),
+        ]
     }
 
     /// Properties the free-text `query` of a search looks in.
@@ -114,7 +130,9 @@ pub fn parse_time_ms(raw: &str) -> Option<i64> {
     if let Ok(ms) = raw.trim().parse::<i64>() {
         return Some(ms);
     }
-    chrono::DateTime::parse_from_rfc3339(raw.trim()).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(raw.trim())
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// One allowed value of an enumeration property.
@@ -229,7 +247,10 @@ fn lead_status_options() -> Vec<PropertyOption> {
         ("Bad Timing", "BAD_TIMING"),
     ]
     .iter()
-    .map(|(label, value)| PropertyOption { label: (*label).into(), value: (*value).into() })
+    .map(|(label, value)| PropertyOption {
+        label: (*label).into(),
+        value: (*value).into(),
+    })
     .collect()
 }
 
@@ -244,36 +265,89 @@ pub fn builtin_properties(object: ObjectType) -> Vec<PropertyDef> {
             PropertyDef::builtin("jobtitle", "Job Title", "string", "text", false),
             PropertyDef::builtin("phone", "Phone Number", "string", "phonenumber", false),
             PropertyDef::builtin("website", "Website URL", "string", "text", false),
-            PropertyDef::builtin("lifecyclestage", "Lifecycle Stage", "enumeration", "radio", false),
+            PropertyDef::builtin(
+                "lifecyclestage",
+                "Lifecycle Stage",
+                "enumeration",
+                "radio",
+                false,
+            ),
             PropertyDef {
                 options: lead_status_options(),
-                ..PropertyDef::builtin("hs_lead_status", "Lead Status", "enumeration", "radio", false)
+                ..PropertyDef::builtin(
+                    "hs_lead_status",
+                    "Lead Status",
+                    "enumeration",
+                    "radio",
+                    false,
+                )
             },
             PropertyDef::builtin("createdate", "Create Date", "datetime", "date", true),
-            PropertyDef::builtin("lastmodifieddate", "Last Modified Date", "datetime", "date", true),
-            PropertyDef::builtin("hs_merged_object_ids", "Merged Contact IDs", "enumeration", "checkbox", true),
+            PropertyDef::builtin(
+                "lastmodifieddate",
+                "Last Modified Date",
+                "datetime",
+                "date",
+                true,
+            ),
+            PropertyDef::builtin(
+                "hs_merged_object_ids",
+                "Merged Contact IDs",
+                "enumeration",
+                "checkbox",
+                true,
+            ),
         ],
         ObjectType::Leads => vec![
             PropertyDef::builtin("hs_lead_name", "Lead name", "string", "text", false),
             PropertyDef::builtin("hs_lead_type", "Lead type", "string", "text", false),
             PropertyDef::builtin("hs_lead_label", "Lead label", "string", "text", false),
             PropertyDef::builtin("hs_pipeline", "Pipeline", "string", "text", false),
-            PropertyDef::builtin("hs_pipeline_stage", "Pipeline stage", "string", "text", false),
+            PropertyDef::builtin(
+                "hs_pipeline_stage",
+                "Pipeline stage",
+                "string",
+                "text",
+                false,
+            ),
             PropertyDef::builtin("hs_createdate", "Create Date", "datetime", "date", true),
-            PropertyDef::builtin("hs_lastmodifieddate", "Last Modified Date", "datetime", "date", true),
+            PropertyDef::builtin(
+                "hs_lastmodifieddate",
+                "Last Modified Date",
+                "datetime",
+                "date",
+                true,
+            ),
         ],
     };
-    defs.push(PropertyDef::builtin("hs_object_id", "Record ID", "number", "number", true));
+    defs.push(PropertyDef::builtin(
+        "hs_object_id",
+        "Record ID",
+        "number",
+        "number",
+        true,
+    ));
     if object == ObjectType::Leads {
         for def in &mut defs {
             def.group_name = "lead_information".into();
         }
     }
     if let Some(lifecycle) = defs.iter_mut().find(|d| d.name == "lifecyclestage") {
-        lifecycle.options = ["subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer", "other"]
-            .iter()
-            .map(|v| PropertyOption { label: (*v).into(), value: (*v).into() })
-            .collect();
+        lifecycle.options = [
+            "subscriber",
+            "lead",
+            "marketingqualifiedlead",
+            "salesqualifiedlead",
+            "opportunity",
+            "customer",
+            "other",
+        ]
+        .iter()
+        .map(|v| PropertyOption {
+            label: (*v).into(),
+            value: (*v).into(),
+        })
+        .collect();
     }
     defs
 }
@@ -376,7 +450,11 @@ impl StoredObject {
         if self.archived_ms.is_some() {
             return None;
         }
-        Some(Arc::new(IndexedView { values: self.values.clone(), created_ms: self.created_ms, updated_ms: self.updated_ms }))
+        Some(Arc::new(IndexedView {
+            values: self.values.clone(),
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+        }))
     }
 
     /// Queues the record's present state for the search index, visible after `lag`.
@@ -410,10 +488,27 @@ impl StoredObject {
 
     /// The response JSON (`SimplePublicObject`): requested properties (null when
     /// unset), the system properties always, history when asked.
-    pub fn to_json(&self, object: ObjectType, properties: &[String], with_history: &[String]) -> Value {
-        render(object, self.id, &self.values, self.created_ms, self.updated_ms, self.archived_ms, properties, Some((&self.history, with_history)))
+    pub fn to_json(
+        &self,
+        object: ObjectType,
+        properties: &[String],
+        with_history: &[String],
+    ) -> Value {
+        render(
+            object,
+            self.id,
+            &self.values,
+            self.created_ms,
+            self.updated_ms,
+            self.archived_ms,
+            properties,
+            Some((&self.history, with_history)),
+        )
     }
 }
+
+/// A record's history and the properties whose history was asked for.
+pub type HistoryRequest<'a> = (&'a HashMap<String, Vec<HistoryEntry>>, &'a [String]);
 
 /// Renders a record (live or indexed) in HubSpot's `SimplePublicObject` shape.
 #[allow(clippy::too_many_arguments)]
@@ -425,7 +520,7 @@ pub fn render(
     updated_ms: i64,
     archived_ms: Option<i64>,
     properties: &[String],
-    history: Option<(&HashMap<String, Vec<HistoryEntry>>, &[String])>,
+    history: Option<HistoryRequest<'_>>,
 ) -> Value {
     let mut props = Map::new();
     let requested: Vec<&str> = if properties.is_empty() {
@@ -434,7 +529,10 @@ pub fn render(
         properties.iter().map(String::as_str).collect()
     };
     for name in requested.iter().copied().chain(object.system_properties()) {
-        props.insert(name.to_string(), values.get(name).map(|v| json!(v)).unwrap_or(Value::Null));
+        props.insert(
+            name.to_string(),
+            values.get(name).map(|v| json!(v)).unwrap_or(Value::Null),
+        );
     }
     let mut out = json!({
         "id": id.to_string(),
@@ -451,7 +549,10 @@ pub fn render(
     {
         let mut map = Map::new();
         for name in wanted {
-            let entries: Vec<Value> = all.get(name).map(|h| h.iter().map(HistoryEntry::to_json).collect()).unwrap_or_default();
+            let entries: Vec<Value> = all
+                .get(name)
+                .map(|h| h.iter().map(HistoryEntry::to_json).collect())
+                .unwrap_or_default();
             map.insert(name.clone(), Value::Array(entries));
         }
         out["propertiesWithHistory"] = Value::Object(map);
@@ -553,19 +654,32 @@ pub struct ObjectStore {
 }
 
 fn normalise_unique(property: &str, value: &str) -> String {
-    if property == "email" { value.trim().to_ascii_lowercase() } else { value.to_string() }
+    if property == "email" {
+        value.trim().to_ascii_lowercase()
+    } else {
+        value.to_string()
+    }
 }
 
 impl ObjectStore {
     /// An empty store with the built-in properties.
     pub fn new(object: ObjectType) -> Self {
-        let properties: BTreeMap<String, PropertyDef> = builtin_properties(object).into_iter().map(|d| (d.name.clone(), d)).collect();
+        let properties: BTreeMap<String, PropertyDef> = builtin_properties(object)
+            .into_iter()
+            .map(|d| (d.name.clone(), d))
+            .collect();
         let mut unique = HashMap::new();
         if object == ObjectType::Contacts {
             // HubSpot deduplicates contacts by email (409 "Contact already exists").
             unique.insert("email".to_string(), HashMap::new());
         }
-        Self { object, properties, objects: BTreeMap::new(), unique, merged_into: HashMap::new() }
+        Self {
+            object,
+            properties,
+            objects: BTreeMap::new(),
+            unique,
+            merged_into: HashMap::new(),
+        }
     }
 
     /// Whether `name` can serve as `idProperty` (email for contacts, or a property with unique values).
@@ -573,10 +687,10 @@ impl ObjectStore {
         name == "hs_object_id" || self.unique.contains_key(name)
     }
 
-    /// Adds a property definition; `Err` when the name exists.
-    pub fn add_property(&mut self, def: PropertyDef) -> Result<(), ()> {
+    /// Adds a property definition; false when the name is taken.
+    pub fn add_property(&mut self, def: PropertyDef) -> bool {
         if self.properties.contains_key(&def.name) {
-            return Err(());
+            return false;
         }
         if def.has_unique_value {
             let mut index = HashMap::new();
@@ -588,7 +702,7 @@ impl ObjectStore {
             self.unique.insert(def.name.clone(), index);
         }
         self.properties.insert(def.name.clone(), def);
-        Ok(())
+        true
     }
 
     /// Resolves an id through merges.
@@ -606,13 +720,25 @@ impl ObjectStore {
     /// Finds a record id by `idProperty` (or by id when `id_property` is None).
     pub fn find(&self, key: &str, id_property: Option<&str>) -> Option<u64> {
         match id_property {
-            None | Some("hs_object_id") => key.trim().parse::<u64>().ok().map(|id| self.resolve(id)).filter(|id| self.objects.contains_key(id)),
-            Some(prop) => self.unique.get(prop)?.get(&normalise_unique(prop, key)).copied(),
+            None | Some("hs_object_id") => key
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(|id| self.resolve(id))
+                .filter(|id| self.objects.contains_key(id)),
+            Some(prop) => self
+                .unique
+                .get(prop)?
+                .get(&normalise_unique(prop, key))
+                .copied(),
         }
     }
 
     /// Checks input values against the definitions; returns them as strings.
-    pub fn validate(&self, input: &Map<String, Value>) -> Result<BTreeMap<String, String>, Vec<PropertyFailure>> {
+    pub fn validate(
+        &self,
+        input: &Map<String, Value>,
+    ) -> Result<BTreeMap<String, String>, Vec<PropertyFailure>> {
         let mut out = BTreeMap::new();
         let mut failures = Vec::new();
         for (name, raw) in input {
@@ -635,17 +761,25 @@ impl ObjectStore {
                 failures.push(PropertyFailure {
                     name: name.clone(),
                     code: "READ_ONLY_VALUE",
-                    message: format!("\"{name}\" is a read only property; its value cannot be set."),
+                    message: format!(
+                        "\"{name}\" is a read only property; its value cannot be set."
+                    ),
                 });
                 continue;
             }
             if !value.is_empty() {
-                if def.kind == "enumeration" && def.field_type != "checkbox" && !def.options.iter().any(|o| o.value == value) {
+                if def.kind == "enumeration"
+                    && def.field_type != "checkbox"
+                    && !def.options.iter().any(|o| o.value == value)
+                {
                     let allowed: Vec<&str> = def.options.iter().map(|o| o.value.as_str()).collect();
                     failures.push(PropertyFailure {
                         name: name.clone(),
                         code: "INVALID_OPTION",
-                        message: format!("{value} was not one of the allowed options: [{}]", allowed.join(", ")),
+                        message: format!(
+                            "{value} was not one of the allowed options: [{}]",
+                            allowed.join(", ")
+                        ),
                     });
                     continue;
                 }
@@ -657,7 +791,10 @@ impl ObjectStore {
                     });
                     continue;
                 }
-                if name == "email" && self.object == ObjectType::Contacts && !looks_like_email(&value) {
+                if name == "email"
+                    && self.object == ObjectType::Contacts
+                    && !looks_like_email(&value)
+                {
                     failures.push(PropertyFailure {
                         name: name.clone(),
                         code: "INVALID_EMAIL",
@@ -668,11 +805,19 @@ impl ObjectStore {
             }
             out.insert(name.clone(), value);
         }
-        if failures.is_empty() { Ok(out) } else { Err(failures) }
+        if failures.is_empty() {
+            Ok(out)
+        } else {
+            Err(failures)
+        }
     }
 
     /// The record holding a unique value other than `except`, if any.
-    pub fn unique_conflict(&self, values: &BTreeMap<String, String>, except: Option<u64>) -> Option<WriteError> {
+    pub fn unique_conflict(
+        &self,
+        values: &BTreeMap<String, String>,
+        except: Option<u64>,
+    ) -> Option<WriteError> {
         for (property, value) in values {
             if value.is_empty() {
                 continue;
@@ -681,14 +826,20 @@ impl ObjectStore {
                 && let Some(&holder) = index.get(&normalise_unique(property, value))
                 && Some(holder) != except
             {
-                return Some(WriteError::Duplicate { property: property.clone(), value: value.clone(), existing_id: holder });
+                return Some(WriteError::Duplicate {
+                    property: property.clone(),
+                    value: value.clone(),
+                    existing_id: holder,
+                });
             }
         }
         None
     }
 
     fn unindex_unique(&mut self, id: u64) {
-        let Some(obj) = self.objects.get(&id) else { return };
+        let Some(obj) = self.objects.get(&id) else {
+            return;
+        };
         for (property, index) in self.unique.iter_mut() {
             if let Some(v) = obj.values.get(property) {
                 let key = normalise_unique(property, v);
@@ -700,7 +851,9 @@ impl ObjectStore {
     }
 
     fn index_unique(&mut self, id: u64) {
-        let Some(obj) = self.objects.get(&id) else { return };
+        let Some(obj) = self.objects.get(&id) else {
+            return;
+        };
         if obj.archived_ms.is_some() {
             return;
         }
@@ -712,7 +865,15 @@ impl ObjectStore {
     }
 
     /// Creates a record with validated values.
-    pub fn create(&mut self, id: u64, values: BTreeMap<String, String>, actor: Actor, now_ms: i64, clock: Instant, lag: Duration) -> Result<Change, WriteError> {
+    pub fn create(
+        &mut self,
+        id: u64,
+        values: BTreeMap<String, String>,
+        actor: Actor,
+        now_ms: i64,
+        clock: Instant,
+        lag: Duration,
+    ) -> Result<Change, WriteError> {
         if let Some(conflict) = self.unique_conflict(&values, None) {
             return Err(conflict);
         }
@@ -731,22 +892,46 @@ impl ObjectStore {
             if value.is_empty() {
                 continue;
             }
-            obj.history.entry(name.clone()).or_default().insert(0, HistoryEntry { value: value.clone(), timestamp_ms: now_ms, actor });
+            obj.history.entry(name.clone()).or_default().insert(
+                0,
+                HistoryEntry {
+                    value: value.clone(),
+                    timestamp_ms: now_ms,
+                    actor,
+                },
+            );
             obj.values.insert(name.clone(), value.clone());
             set.push((name, value));
         }
         obj.values.insert("hs_object_id".into(), id.to_string());
-        obj.values.insert(self.object.created_property().into(), iso_ms(now_ms));
-        obj.values.insert(self.object.modified_property().into(), iso_ms(now_ms));
+        obj.values
+            .insert(self.object.created_property().into(), iso_ms(now_ms));
+        obj.values
+            .insert(self.object.modified_property().into(), iso_ms(now_ms));
         obj.reindex(clock, lag);
         self.objects.insert(id, obj);
         self.index_unique(id);
-        Ok(Change::Created { object: self.object, id, values: set })
+        Ok(Change::Created {
+            object: self.object,
+            id,
+            values: set,
+        })
     }
 
     /// Updates a live record; only values that differ are changed and reported.
-    pub fn update(&mut self, id: u64, values: BTreeMap<String, String>, actor: Actor, now_ms: i64, clock: Instant, lag: Duration) -> Result<Vec<Change>, WriteError> {
-        let live = self.objects.get(&id).is_some_and(|o| o.archived_ms.is_none());
+    pub fn update(
+        &mut self,
+        id: u64,
+        values: BTreeMap<String, String>,
+        actor: Actor,
+        now_ms: i64,
+        clock: Instant,
+        lag: Duration,
+    ) -> Result<Vec<Change>, WriteError> {
+        let live = self
+            .objects
+            .get(&id)
+            .is_some_and(|o| o.archived_ms.is_none());
         if !live {
             return Err(WriteError::NotFound(id.to_string()));
         }
@@ -763,18 +948,31 @@ impl ObjectStore {
                     continue;
                 }
                 let history = obj.history.entry(name.clone()).or_default();
-                history.insert(0, HistoryEntry { value: value.clone(), timestamp_ms: now_ms, actor });
+                history.insert(
+                    0,
+                    HistoryEntry {
+                        value: value.clone(),
+                        timestamp_ms: now_ms,
+                        actor,
+                    },
+                );
                 history.truncate(HISTORY_CAP);
                 if value.is_empty() {
                     obj.values.remove(&name);
                 } else {
                     obj.values.insert(name.clone(), value.clone());
                 }
-                changes.push(Change::PropertyChanged { object, id, name, value });
+                changes.push(Change::PropertyChanged {
+                    object,
+                    id,
+                    name,
+                    value,
+                });
             }
             if !changes.is_empty() {
                 obj.updated_ms = now_ms;
-                obj.values.insert(object.modified_property().into(), iso_ms(now_ms));
+                obj.values
+                    .insert(object.modified_property().into(), iso_ms(now_ms));
                 obj.reindex(clock, lag);
             }
         }
@@ -783,8 +981,17 @@ impl ObjectStore {
     }
 
     /// Archives a live record (restorable); archiving an archived or unknown id is a no-op.
-    pub fn archive(&mut self, id: u64, now_ms: i64, clock: Instant, lag: Duration) -> Option<Change> {
-        let live = self.objects.get(&id).is_some_and(|o| o.archived_ms.is_none());
+    pub fn archive(
+        &mut self,
+        id: u64,
+        now_ms: i64,
+        clock: Instant,
+        lag: Duration,
+    ) -> Option<Change> {
+        let live = self
+            .objects
+            .get(&id)
+            .is_some_and(|o| o.archived_ms.is_none());
         if !live {
             return None;
         }
@@ -793,11 +1000,20 @@ impl ObjectStore {
         obj.archived_ms = Some(now_ms);
         obj.updated_ms = now_ms;
         obj.reindex(clock, lag);
-        Some(Change::Deleted { object: self.object, id })
+        Some(Change::Deleted {
+            object: self.object,
+            id,
+        })
     }
 
     /// Restores an archived record, unless its unique values are now taken.
-    pub fn restore(&mut self, id: u64, now_ms: i64, clock: Instant, lag: Duration) -> Result<Change, WriteError> {
+    pub fn restore(
+        &mut self,
+        id: u64,
+        now_ms: i64,
+        clock: Instant,
+        lag: Duration,
+    ) -> Result<Change, WriteError> {
         let values = match self.objects.get(&id) {
             Some(obj) if obj.archived_ms.is_some() => obj.values.clone(),
             _ => return Err(WriteError::NotFound(id.to_string())),
@@ -808,17 +1024,29 @@ impl ObjectStore {
         if let Some(obj) = self.objects.get_mut(&id) {
             obj.archived_ms = None;
             obj.updated_ms = now_ms;
-            obj.values.insert(self.object.modified_property().into(), iso_ms(now_ms));
+            obj.values
+                .insert(self.object.modified_property().into(), iso_ms(now_ms));
             obj.reindex(clock, lag);
         }
         self.index_unique(id);
-        Ok(Change::Restored { object: self.object, id })
+        Ok(Change::Restored {
+            object: self.object,
+            id,
+        })
     }
 
     /// Merges `absorbed` into `primary`: the primary keeps its values and takes the
     /// absorbed record's values for properties it lacks; the absorbed id then
     /// resolves to the primary.
-    pub fn merge(&mut self, primary: u64, absorbed: u64, actor: Actor, now_ms: i64, clock: Instant, lag: Duration) -> Result<Change, WriteError> {
+    pub fn merge(
+        &mut self,
+        primary: u64,
+        absorbed: u64,
+        actor: Actor,
+        now_ms: i64,
+        clock: Instant,
+        lag: Duration,
+    ) -> Result<Change, WriteError> {
         let live = |s: &Self, id: u64| s.objects.get(&id).is_some_and(|o| o.archived_ms.is_none());
         if !live(self, primary) {
             return Err(WriteError::NotFound(primary.to_string()));
@@ -829,41 +1057,76 @@ impl ObjectStore {
         self.unindex_unique(absorbed);
         self.unindex_unique(primary);
         let system = self.object.system_properties();
-        let taken = self.objects.remove(&absorbed).map(|o| o.values).unwrap_or_default();
+        let taken = self
+            .objects
+            .remove(&absorbed)
+            .map(|o| o.values)
+            .unwrap_or_default();
         let mut moved = 0;
         if let Some(obj) = self.objects.get_mut(&primary) {
             for (name, value) in taken {
-                if system.contains(&name.as_str()) || name == "hs_merged_object_ids" || obj.values.contains_key(&name) {
+                if system.contains(&name.as_str())
+                    || name == "hs_merged_object_ids"
+                    || obj.values.contains_key(&name)
+                {
                     continue;
                 }
-                obj.history.entry(name.clone()).or_default().insert(0, HistoryEntry { value: value.clone(), timestamp_ms: now_ms, actor });
+                obj.history.entry(name.clone()).or_default().insert(
+                    0,
+                    HistoryEntry {
+                        value: value.clone(),
+                        timestamp_ms: now_ms,
+                        actor,
+                    },
+                );
                 obj.values.insert(name, value);
                 moved += 1;
             }
-            let mut merged_ids: Vec<String> = obj.values.get("hs_merged_object_ids").map(|s| s.split(';').map(String::from).collect()).unwrap_or_default();
+            let mut merged_ids: Vec<String> = obj
+                .values
+                .get("hs_merged_object_ids")
+                .map(|s| s.split(';').map(String::from).collect())
+                .unwrap_or_default();
             merged_ids.push(absorbed.to_string());
-            obj.values.insert("hs_merged_object_ids".into(), merged_ids.join(";"));
+            obj.values
+                .insert("hs_merged_object_ids".into(), merged_ids.join(";"));
             obj.updated_ms = now_ms;
-            obj.values.insert(self.object.modified_property().into(), iso_ms(now_ms));
+            obj.values
+                .insert(self.object.modified_property().into(), iso_ms(now_ms));
             obj.reindex(clock, lag);
         }
         self.merged_into.insert(absorbed, primary);
         self.index_unique(primary);
-        Ok(Change::Merged { object: self.object, primary, merged: vec![absorbed, primary], new_id: primary, moved })
+        Ok(Change::Merged {
+            object: self.object,
+            primary,
+            merged: vec![absorbed, primary],
+            new_id: primary,
+            moved,
+        })
     }
 
     /// Erases a record for good (GDPR delete); no restore.
     pub fn erase(&mut self, id: u64) -> Option<Change> {
         self.unindex_unique(id);
         self.objects.remove(&id)?;
-        Some(Change::PrivacyDeleted { object: self.object, id })
+        Some(Change::PrivacyDeleted {
+            object: self.object,
+            id,
+        })
     }
 }
 
 fn looks_like_email(value: &str) -> bool {
     let trimmed = value.trim();
     match trimmed.split_once('@') {
-        Some((local, domain)) => !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.') && !trimmed.contains(' '),
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !trimmed.contains(' ')
+        }
         None => false,
     }
 }
@@ -873,7 +1136,10 @@ mod tests {
     use super::*;
 
     fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const USER: Actor = Actor::User { user_id: 7 };
@@ -882,20 +1148,75 @@ mod tests {
     fn contact_emails_are_unique_case_insensitively() {
         let mut store = ObjectStore::new(ObjectType::Contacts);
         let t = Instant::now();
-        store.create(1, values(&[("email", "A@x.io")]), USER, 1, t, Duration::ZERO).unwrap();
-        let err = store.create(2, values(&[("email", "a@X.io")]), USER, 2, t, Duration::ZERO).unwrap_err();
-        assert_eq!(err, WriteError::Duplicate { property: "email".into(), value: "a@X.io".into(), existing_id: 1 });
+        store
+            .create(
+                1,
+                values(&[("email", "A@x.io")]),
+                USER,
+                1,
+                t,
+                Duration::ZERO,
+            )
+            .unwrap();
+        let err = store
+            .create(
+                2,
+                values(&[("email", "a@X.io")]),
+                USER,
+                2,
+                t,
+                Duration::ZERO,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            WriteError::Duplicate {
+                property: "email".into(),
+                value: "a@X.io".into(),
+                existing_id: 1
+            }
+        );
     }
 
     #[test]
     fn update_reports_only_changed_values_and_bumps_modified_time() {
         let mut store = ObjectStore::new(ObjectType::Contacts);
         let t = Instant::now();
-        store.create(1, values(&[("email", "a@x.io"), ("firstname", "Ann")]), USER, 1000, t, Duration::ZERO).unwrap();
-        let changes = store.update(1, values(&[("email", "a@x.io"), ("firstname", "Anna")]), USER, 2000, t, Duration::ZERO).unwrap();
+        store
+            .create(
+                1,
+                values(&[("email", "a@x.io"), ("firstname", "Ann")]),
+                USER,
+                1000,
+                t,
+                Duration::ZERO,
+            )
+            .unwrap();
+        let changes = store
+            .update(
+                1,
+                values(&[("email", "a@x.io"), ("firstname", "Anna")]),
+                USER,
+                2000,
+                t,
+                Duration::ZERO,
+            )
+            .unwrap();
         assert_eq!(changes.len(), 1);
         assert_eq!(store.objects[&1].values["lastmodifieddate"], iso_ms(2000));
-        assert!(store.update(1, values(&[("firstname", "Anna")]), USER, 3000, t, Duration::ZERO).unwrap().is_empty());
+        assert!(
+            store
+                .update(
+                    1,
+                    values(&[("firstname", "Anna")]),
+                    USER,
+                    3000,
+                    t,
+                    Duration::ZERO
+                )
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(store.objects[&1].updated_ms, 2000);
     }
 
@@ -903,7 +1224,16 @@ mod tests {
     fn search_sees_a_write_only_after_the_lag() {
         let mut store = ObjectStore::new(ObjectType::Contacts);
         let t = Instant::now();
-        store.create(1, values(&[("email", "a@x.io")]), USER, 1, t, Duration::from_millis(500)).unwrap();
+        store
+            .create(
+                1,
+                values(&[("email", "a@x.io")]),
+                USER,
+                1,
+                t,
+                Duration::from_millis(500),
+            )
+            .unwrap();
         let obj = store.objects.get_mut(&1).unwrap();
         assert!(obj.search_view(t).is_none());
         assert!(obj.search_view(t + Duration::from_millis(500)).is_some());
@@ -913,10 +1243,35 @@ mod tests {
     fn merged_ids_resolve_to_the_survivor() {
         let mut store = ObjectStore::new(ObjectType::Contacts);
         let t = Instant::now();
-        store.create(1, values(&[("email", "a@x.io")]), USER, 1, t, Duration::ZERO).unwrap();
-        store.create(2, values(&[("email", "b@x.io"), ("phone", "123")]), USER, 1, t, Duration::ZERO).unwrap();
+        store
+            .create(
+                1,
+                values(&[("email", "a@x.io")]),
+                USER,
+                1,
+                t,
+                Duration::ZERO,
+            )
+            .unwrap();
+        store
+            .create(
+                2,
+                values(&[("email", "b@x.io"), ("phone", "123")]),
+                USER,
+                1,
+                t,
+                Duration::ZERO,
+            )
+            .unwrap();
         let change = store.merge(1, 2, USER, 5, t, Duration::ZERO).unwrap();
-        assert!(matches!(change, Change::Merged { new_id: 1, moved: 1, .. }));
+        assert!(matches!(
+            change,
+            Change::Merged {
+                new_id: 1,
+                moved: 1,
+                ..
+            }
+        ));
         assert_eq!(store.find("2", None), Some(1));
         assert_eq!(store.objects[&1].values["phone"], "123");
         assert_eq!(store.find("b@x.io", Some("email")), None);
@@ -931,6 +1286,9 @@ mod tests {
         input.insert("hs_lead_status".into(), json!("WHATEVER"));
         let failures = store.validate(&input).unwrap_err();
         let codes: Vec<&str> = failures.iter().map(|f| f.code).collect();
-        assert_eq!(codes, vec!["INVALID_OPTION", "READ_ONLY_VALUE", "PROPERTY_DOESNT_EXIST"]);
+        assert_eq!(
+            codes,
+            vec!["INVALID_OPTION", "READ_ONLY_VALUE", "PROPERTY_DOESNT_EXIST"]
+        );
     }
 }

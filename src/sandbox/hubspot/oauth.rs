@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use serde_json::{Value, json};
 
 use super::Sandbox;
@@ -21,7 +21,14 @@ use super::state::{AuthCode, RefreshGrant, TokenInfo, TokenKind, lock, now_ms};
 use crate::sandbox::rng::random_token;
 
 /// Scopes granted when a request names none.
-pub const DEFAULT_SCOPES: &[&str] = &["oauth", "crm.objects.contacts.read", "crm.objects.contacts.write", "crm.objects.leads.read", "crm.objects.leads.write", "crm.schemas.contacts.write"];
+pub const DEFAULT_SCOPES: &[&str] = &[
+    "oauth",
+    "crm.objects.contacts.read",
+    "crm.objects.contacts.write",
+    "crm.objects.leads.read",
+    "crm.objects.leads.write",
+    "crm.schemas.contacts.write",
+];
 
 /// The token endpoint's own error shape (not the CRM `Error`): HTTP 400 with
 /// `status` such as `BAD_REFRESH_TOKEN` and the OAuth `error` code.
@@ -53,7 +60,11 @@ pub fn issue(sb: &Sandbox, grant: &RefreshGrant, refresh_token: &str) -> Value {
             portal_id: grant.portal_id,
             app_id: grant.app_id,
             scopes: grant.scopes.clone(),
-            kind: TokenKind::OAuth { expires_at: Instant::now() + Duration::from_secs(ttl), issued_ms: now_ms(), user_id: grant.user_id },
+            kind: TokenKind::OAuth {
+                expires_at: Instant::now() + Duration::from_secs(ttl),
+                issued_ms: now_ms(),
+                user_id: grant.user_id,
+            },
         },
     );
     json!({
@@ -69,9 +80,27 @@ pub fn issue(sb: &Sandbox, grant: &RefreshGrant, refresh_token: &str) -> Value {
 }
 
 /// Creates an authorization code, as a user's consent on HubSpot's install page would.
-pub fn authorize(sb: &Sandbox, portal_id: u64, app_id: u64, user_id: u64, redirect_uri: &str, scopes: Vec<String>) -> String {
+pub fn authorize(
+    sb: &Sandbox,
+    portal_id: u64,
+    app_id: u64,
+    user_id: u64,
+    redirect_uri: &str,
+    scopes: Vec<String>,
+) -> String {
     let code = random_token("code-");
-    lock(&sb.state.tokens).codes.insert(code.clone(), AuthCode { grant: RefreshGrant { portal_id, app_id, user_id, scopes }, redirect_uri: redirect_uri.to_string() });
+    lock(&sb.state.tokens).codes.insert(
+        code.clone(),
+        AuthCode {
+            grant: RefreshGrant {
+                portal_id,
+                app_id,
+                user_id,
+                scopes,
+            },
+            redirect_uri: redirect_uri.to_string(),
+        },
+    );
     code
 }
 
@@ -80,24 +109,45 @@ pub async fn token(State(sb): State<Sandbox>, body: Bytes) -> Response {
     let fields = form(&body);
     let get = |k: &str| query_one(&fields, k).unwrap_or_default().to_string();
     let client_id = get("client_id");
-    let app = lock(&sb.state.apps).values().find(|a| a.client_id == client_id).cloned();
+    let app = lock(&sb.state.apps)
+        .values()
+        .find(|a| a.client_id == client_id)
+        .cloned();
     let Some(app) = app else {
-        return token_error("BAD_CLIENT_ID", "invalid_client", "missing or unknown client id");
+        return token_error(
+            "BAD_CLIENT_ID",
+            "invalid_client",
+            "missing or unknown client id",
+        );
     };
     if get("client_secret") != app.client_secret {
-        return token_error("BAD_CLIENT_SECRET", "invalid_client", "missing or invalid client secret");
+        return token_error(
+            "BAD_CLIENT_SECRET",
+            "invalid_client",
+            "missing or invalid client secret",
+        );
     }
     match get("grant_type").as_str() {
         "authorization_code" => {
             let code = lock(&sb.state.tokens).codes.remove(&get("code"));
             let Some(code) = code.filter(|c| c.grant.app_id == app.app_id) else {
-                return token_error("BAD_AUTH_CODE", "invalid_grant", "missing or unknown auth code");
+                return token_error(
+                    "BAD_AUTH_CODE",
+                    "invalid_grant",
+                    "missing or unknown auth code",
+                );
             };
             if code.redirect_uri != get("redirect_uri") {
-                return token_error("BAD_REDIRECT_URI", "invalid_grant", "redirect_uri does not match the authorization request");
+                return token_error(
+                    "BAD_REDIRECT_URI",
+                    "invalid_grant",
+                    "redirect_uri does not match the authorization request",
+                );
             }
             let refresh = random_token("na1-");
-            lock(&sb.state.tokens).refresh.insert(refresh.clone(), code.grant.clone());
+            lock(&sb.state.tokens)
+                .refresh
+                .insert(refresh.clone(), code.grant.clone());
             sb.state.ensure_account(code.grant.portal_id);
             sb.install_app(code.grant.portal_id, app.app_id);
             axum::Json(issue(&sb, &code.grant, &refresh)).into_response()
@@ -107,10 +157,18 @@ pub async fn token(State(sb): State<Sandbox>, body: Bytes) -> Response {
             let grant = lock(&sb.state.tokens).refresh.get(&refresh).cloned();
             match grant.filter(|g| g.app_id == app.app_id) {
                 Some(grant) => axum::Json(issue(&sb, &grant, &refresh)).into_response(),
-                None => token_error("BAD_REFRESH_TOKEN", "invalid_grant", "refresh token is invalid, expired or revoked"),
+                None => token_error(
+                    "BAD_REFRESH_TOKEN",
+                    "invalid_grant",
+                    "refresh token is invalid, expired or revoked",
+                ),
             }
         }
-        other => token_error("BAD_GRANT_TYPE", "unsupported_grant_type", &format!("unsupported grant_type: {other}")),
+        other => token_error(
+            "BAD_GRANT_TYPE",
+            "unsupported_grant_type",
+            &format!("unsupported grant_type: {other}"),
+        ),
     }
 }
 
@@ -120,18 +178,35 @@ pub async fn token(State(sb): State<Sandbox>, body: Bytes) -> Response {
 pub async fn authorize_page(State(sb): State<Sandbox>, RawQuery(q): RawQuery) -> Response {
     let pairs = query_pairs(&q);
     let client_id = query_one(&pairs, "client_id").unwrap_or_default();
-    let redirect = query_one(&pairs, "redirect_uri").unwrap_or_default().to_string();
-    let app = lock(&sb.state.apps).values().find(|a| a.client_id == client_id).cloned();
+    let redirect = query_one(&pairs, "redirect_uri")
+        .unwrap_or_default()
+        .to_string();
+    let app = lock(&sb.state.apps)
+        .values()
+        .find(|a| a.client_id == client_id)
+        .cloned();
     let Some(app) = app else {
         return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
     };
     if redirect.is_empty() {
         return (StatusCode::BAD_REQUEST, "redirect_uri is required").into_response();
     }
-    let portal_id = query_one(&pairs, "portal_id").and_then(|p| p.parse().ok()).unwrap_or(sb.config.portal_id);
-    let scopes: Vec<String> = query_one(&pairs, "scope").map(|s| s.split([' ', '+']).filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+    let portal_id = query_one(&pairs, "portal_id")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(sb.config.portal_id);
+    let scopes: Vec<String> = query_one(&pairs, "scope")
+        .map(|s| {
+            s.split([' ', '+'])
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
     let code = authorize(&sb, portal_id, app.app_id, 1, &redirect, scopes);
-    let mut target = format!("{redirect}{}code={code}", if redirect.contains('?') { '&' } else { '?' });
+    let mut target = format!(
+        "{redirect}{}code={code}",
+        if redirect.contains('?') { '&' } else { '?' }
+    );
     if let Some(state) = query_one(&pairs, "state") {
         target.push_str("&state=");
         target.extend(form_urlencoded::byte_serialize(state.as_bytes()));
@@ -148,9 +223,21 @@ fn hub_domain(portal_id: u64) -> String {
 }
 
 fn access_info(sb: &Sandbox, token: &str, info: &TokenInfo) -> Value {
-    let client_id = lock(&sb.state.apps).get(&info.app_id).map(|a| a.client_id.clone()).unwrap_or_default();
+    let client_id = lock(&sb.state.apps)
+        .get(&info.app_id)
+        .map(|a| a.client_id.clone())
+        .unwrap_or_default();
     let (expires_in, user_id) = match info.kind {
-        TokenKind::OAuth { expires_at, user_id, .. } => (expires_at.saturating_duration_since(Instant::now()).as_secs(), user_id),
+        TokenKind::OAuth {
+            expires_at,
+            user_id,
+            ..
+        } => (
+            expires_at
+                .saturating_duration_since(Instant::now())
+                .as_secs(),
+            user_id,
+        ),
         TokenKind::PrivateApp => (0, 0),
     };
     json!({
@@ -187,7 +274,10 @@ pub async fn access_token_info(State(sb): State<Sandbox>, Path(token): Path<Stri
 }
 
 fn refresh_info(sb: &Sandbox, token: &str, grant: &RefreshGrant) -> Value {
-    let client_id = lock(&sb.state.apps).get(&grant.app_id).map(|a| a.client_id.clone()).unwrap_or_default();
+    let client_id = lock(&sb.state.apps)
+        .get(&grant.app_id)
+        .map(|a| a.client_id.clone())
+        .unwrap_or_default();
     json!({
         "token": token,
         "client_id": client_id,
@@ -211,23 +301,35 @@ pub async fn refresh_token_info(State(sb): State<Sandbox>, Path(token): Path<Str
 }
 
 /// `DELETE /oauth/v1/refresh-tokens/{token}` → 204 ("will only delete the refresh token").
-pub async fn delete_refresh_token(State(sb): State<Sandbox>, Path(token): Path<String>) -> Response {
+pub async fn delete_refresh_token(
+    State(sb): State<Sandbox>,
+    Path(token): Path<String>,
+) -> Response {
     lock(&sb.state.tokens).refresh.remove(&token);
     StatusCode::NO_CONTENT.into_response()
 }
 
-fn client_checked(sb: &Sandbox, fields: &[(String, String)]) -> Result<(), Response> {
+fn client_ok(sb: &Sandbox, fields: &[(String, String)]) -> bool {
     let client_id = query_one(fields, "client_id").unwrap_or_default();
     let secret = query_one(fields, "client_secret").unwrap_or_default();
-    let ok = lock(&sb.state.apps).values().any(|a| a.client_id == client_id && a.client_secret == secret);
-    if ok { Ok(()) } else { Err(token_error("BAD_CLIENT_ID", "invalid_client", "missing or invalid client credentials")) }
+    lock(&sb.state.apps)
+        .values()
+        .any(|a| a.client_id == client_id && a.client_secret == secret)
+}
+
+fn bad_client() -> Response {
+    token_error(
+        "BAD_CLIENT_ID",
+        "invalid_client",
+        "missing or invalid client credentials",
+    )
 }
 
 /// `POST /oauth/v3/token/introspect` → the token's grant, or `{"active": false}`.
 pub async fn introspect(State(sb): State<Sandbox>, body: Bytes) -> Response {
     let fields = form(&body);
-    if let Err(response) = client_checked(&sb, &fields) {
-        return response;
+    if !client_ok(&sb, &fields) {
+        return bad_client();
     }
     let token = query_one(&fields, "token").unwrap_or_default().to_string();
     if let Some(info) = live_access(&sb, &token) {
@@ -253,8 +355,8 @@ pub async fn introspect(State(sb): State<Sandbox>, body: Bytes) -> Response {
 /// `POST /oauth/v3/token/revoke`: forgets an access or refresh token.
 pub async fn revoke(State(sb): State<Sandbox>, body: Bytes) -> Response {
     let fields = form(&body);
-    if let Err(response) = client_checked(&sb, &fields) {
-        return response;
+    if !client_ok(&sb, &fields) {
+        return bad_client();
     }
     let token = query_one(&fields, "token").unwrap_or_default().to_string();
     let mut tokens = lock(&sb.state.tokens);
@@ -285,7 +387,10 @@ pub async fn account_details(Extension(caller): Extension<Caller>) -> Response {
 pub async fn daily_usage(Extension(caller): Extension<Caller>) -> Response {
     let limit = lock(&caller.account.limits).daily;
     let used = lock(&caller.account.budget).daily_used;
-    let tomorrow = (chrono::Utc::now().date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis()).unwrap_or(0);
+    let tomorrow = (chrono::Utc::now().date_naive() + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc().timestamp_millis())
+        .unwrap_or(0);
     axum::Json(json!({"results": [{
         "name": "api-calls-daily",
         "usageLimit": limit,

@@ -26,13 +26,20 @@ pub const BATCH_LIMIT: usize = 100;
 pub const LIST_LIMIT: usize = 100;
 
 /// Parses a JSON body, answering HubSpot's 400 on anything malformed.
+/// Every HubSpot request body is a JSON object; serde would otherwise read a
+/// struct from an array too.
 pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(ApiError::invalid_json)
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => serde_json::from_slice(body).map_err(ApiError::invalid_json),
+        Some(_) => Err(ApiError::binding(1, 1, "Cannot deserialize value: expected a JSON object")),
+    }
 }
 
 /// Query pairs in order; repeated keys kept (`properties=a&properties=b`).
 pub fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
-    raw.as_deref().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+    raw.as_deref()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 /// A list parameter given repeated or comma-separated.
@@ -40,28 +47,57 @@ pub fn query_list(pairs: &[(String, String)], key: &str) -> Vec<String> {
     pairs
         .iter()
         .filter(|(k, _)| k == key)
-        .flat_map(|(_, v)| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>())
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
 /// A single query parameter.
 pub fn query_one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A boolean query parameter; `True` counts too, as HubSpot's Python client
+/// sends Python booleans verbatim and HubSpot accepts them.
+pub fn query_flag(pairs: &[(String, String)], key: &str) -> bool {
+    query_one(pairs, key).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// Resolves the `{objectType}` path segment.
 pub fn object_type(raw: &str) -> Result<ObjectType, ApiError> {
-    ObjectType::parse(raw).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", format!("Unable to infer object type from: {raw}")))
+    ObjectType::parse(raw).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            format!("Unable to infer object type from: {raw}"),
+        )
+    })
 }
 
 /// Maps a refused write to HubSpot's answer.
 pub fn write_error(object: ObjectType, err: WriteError) -> ApiError {
     match err {
         WriteError::Invalid(failures) => ApiError::invalid_properties(&failures),
-        WriteError::Duplicate { property, existing_id, .. } if property == "email" && object == ObjectType::Contacts => {
-            ApiError::conflict(format!("Contact already exists. Existing ID: {existing_id}"))
-        }
-        WriteError::Duplicate { property, value, existing_id } => ApiError::conflict(format!(
+        WriteError::Duplicate {
+            property,
+            existing_id,
+            ..
+        } if property == "email" && object == ObjectType::Contacts => ApiError::conflict(format!(
+            "Contact already exists. Existing ID: {existing_id}"
+        )),
+        WriteError::Duplicate {
+            property,
+            value,
+            existing_id,
+        } => ApiError::conflict(format!(
             "A {} with the unique value \"{value}\" for property \"{property}\" already exists. Existing ID: {existing_id}",
             object.upper_name().to_ascii_lowercase()
         )),
@@ -70,7 +106,12 @@ pub fn write_error(object: ObjectType, err: WriteError) -> ApiError {
 }
 
 /// Runs a write under the account lock and emits its webhooks afterwards.
-pub fn write<T>(sandbox: &Sandbox, account: &Account, actor: Actor, f: impl FnOnce(&mut super::state::AccountData, i64, Instant) -> (T, Vec<Change>)) -> T {
+pub fn write<T>(
+    sandbox: &Sandbox,
+    account: &Account,
+    actor: Actor,
+    f: impl FnOnce(&mut super::state::AccountData, i64, Instant) -> (T, Vec<Change>),
+) -> T {
     let now = now_ms();
     let (out, changes) = {
         let mut data = lock(&account.data);
@@ -91,21 +132,32 @@ fn properties_input(body: &Value) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// `GET /crm/v3/objects/{objectType}`.
-pub async fn list(State(_sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn list(
+    State(_sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let pairs = query_pairs(&q);
     let limit = match query_one(&pairs, "limit") {
         None => 10,
-        Some(raw) => raw.parse::<usize>().map_err(|_| ApiError::validation(format!("Invalid limit: {raw}")))?,
+        Some(raw) => raw
+            .parse::<usize>()
+            .map_err(|_| ApiError::validation(format!("Invalid limit: {raw}")))?,
     };
     if limit == 0 || limit > LIST_LIMIT {
-        return Err(ApiError::validation(format!("limit must be between 1 and {LIST_LIMIT}, got {limit}")));
+        return Err(ApiError::validation(format!(
+            "limit must be between 1 and {LIST_LIMIT}, got {limit}"
+        )));
     }
     let after = match query_one(&pairs, "after") {
         None | Some("") => 0,
-        Some(raw) => raw.parse::<u64>().map_err(|_| ApiError::validation(format!("Invalid after: {raw}")))?,
+        Some(raw) => raw
+            .parse::<u64>()
+            .map_err(|_| ApiError::validation(format!("Invalid after: {raw}")))?,
     };
-    let archived = query_one(&pairs, "archived") == Some("true");
+    let archived = query_flag(&pairs, "archived");
     let properties = query_list(&pairs, "properties");
     let history = query_list(&pairs, "propertiesWithHistory");
     let data = lock(&caller.account.data);
@@ -133,38 +185,65 @@ pub async fn list(State(_sb): State<Sandbox>, Extension(caller): Extension<Calle
 }
 
 /// `GET /crm/v3/objects/{objectType}/{id}` (by id or `idProperty`).
-pub async fn get_one(State(_sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path((ot, key)): Path<(String, String)>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn get_one(
+    State(_sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path((ot, key)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let pairs = query_pairs(&q);
     let id_property = query_one(&pairs, "idProperty");
-    let archived = query_one(&pairs, "archived") == Some("true");
+    let archived = query_flag(&pairs, "archived");
     let mut data = lock(&caller.account.data);
     let store = data.store(object);
     check_id_property(store, id_property)?;
-    let found = store.find(&key, id_property).and_then(|id| store.objects.get(&id)).filter(|o| o.archived_ms.is_some() == archived);
+    let found = store
+        .find(&key, id_property)
+        .and_then(|id| store.objects.get(&id))
+        .filter(|o| o.archived_ms.is_some() == archived);
     match found {
-        Some(obj) => Ok(axum::Json(obj.to_json(object, &query_list(&pairs, "properties"), &query_list(&pairs, "propertiesWithHistory"))).into_response()),
+        Some(obj) => Ok(axum::Json(obj.to_json(
+            object,
+            &query_list(&pairs, "properties"),
+            &query_list(&pairs, "propertiesWithHistory"),
+        ))
+        .into_response()),
         None => Err(ApiError::not_found(format!("resource not found: {key}"))),
     }
 }
 
 fn check_id_property(store: &ObjectStore, id_property: Option<&str>) -> Result<(), ApiError> {
     match id_property {
-        Some(p) if !store.is_id_property(p) => Err(ApiError::validation(format!("Property \"{p}\" is not a unique identifier property and cannot be used as idProperty"))),
+        Some(p) if !store.is_id_property(p) => Err(ApiError::validation(format!(
+            "Property \"{p}\" is not a unique identifier property and cannot be used as idProperty"
+        ))),
         _ => Ok(()),
     }
 }
 
 /// `POST /crm/v3/objects/{objectType}`.
-pub async fn create(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let body: Value = parse_body(&body)?;
     let input = properties_input(&body)?;
-    create_as(&sb, &caller.account, caller.actor, object, input).map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
+    create_as(&sb, &caller.account, caller.actor, object, input)
+        .map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
 /// Creates one record as `actor` (shared with the control API's user actions).
-pub fn create_as(sb: &Sandbox, account: &Account, actor: Actor, object: ObjectType, input: Map<String, Value>) -> Result<Value, ApiError> {
+pub fn create_as(
+    sb: &Sandbox,
+    account: &Account,
+    actor: Actor,
+    object: ObjectType,
+    input: Map<String, Value>,
+) -> Result<Value, ApiError> {
     let lag = sb.state.index_lag();
     write(sb, account, actor, |data, now, clock| {
         let values = match data.store(object).validate(&input) {
@@ -174,57 +253,111 @@ pub fn create_as(sb: &Sandbox, account: &Account, actor: Actor, object: ObjectTy
         let id = data.allocate_id();
         let store = data.store(object);
         match store.create(id, values, actor, now, clock, lag) {
-            Ok(change) => (Ok(store.objects[&id].to_json(object, &[], &[])), vec![change]),
+            Ok(change) => (
+                Ok(store.objects[&id].to_json(object, &[], &[])),
+                vec![change],
+            ),
             Err(e) => (Err(write_error(object, e)), vec![]),
         }
     })
 }
 
 /// `PATCH /crm/v3/objects/{objectType}/{id}`.
-pub async fn update(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path((ot, key)): Path<(String, String)>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn update(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path((ot, key)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let body: Value = parse_body(&body)?;
     let input = properties_input(&body)?;
     let pairs = query_pairs(&q);
-    update_as(&sb, &caller.account, caller.actor, object, &key, query_one(&pairs, "idProperty"), input).map(|v| axum::Json(v).into_response())
+    update_as(
+        &sb,
+        &caller.account,
+        caller.actor,
+        object,
+        &key,
+        query_one(&pairs, "idProperty"),
+        input,
+    )
+    .map(|v| axum::Json(v).into_response())
 }
 
 /// Updates one record as `actor`.
-pub fn update_as(sb: &Sandbox, account: &Account, actor: Actor, object: ObjectType, key: &str, id_property: Option<&str>, input: Map<String, Value>) -> Result<Value, ApiError> {
+pub fn update_as(
+    sb: &Sandbox,
+    account: &Account,
+    actor: Actor,
+    object: ObjectType,
+    key: &str,
+    id_property: Option<&str>,
+    input: Map<String, Value>,
+) -> Result<Value, ApiError> {
     let lag = sb.state.index_lag();
     write(sb, account, actor, |data, now, clock| {
         let store = data.store(object);
         if let Err(e) = check_id_property(store, id_property) {
             return (Err(e), vec![]);
         }
-        let Some(id) = store.find(key, id_property).filter(|id| store.objects.get(id).is_some_and(|o| o.archived_ms.is_none())) else {
-            return (Err(ApiError::not_found(format!("resource not found: {key}"))), vec![]);
+        let Some(id) = store.find(key, id_property).filter(|id| {
+            store
+                .objects
+                .get(id)
+                .is_some_and(|o| o.archived_ms.is_none())
+        }) else {
+            return (
+                Err(ApiError::not_found(format!("resource not found: {key}"))),
+                vec![],
+            );
         };
         let values = match store.validate(&input) {
             Ok(v) => v,
             Err(f) => return (Err(write_error(object, WriteError::Invalid(f))), vec![]),
         };
         match store.update(id, values, actor, now, clock, lag) {
-            Ok(changes) => (Ok(store.objects[&id].to_json(object, &input.keys().cloned().collect::<Vec<_>>(), &[])), changes),
+            Ok(changes) => (
+                Ok(store.objects[&id].to_json(
+                    object,
+                    &input.keys().cloned().collect::<Vec<_>>(),
+                    &[],
+                )),
+                changes,
+            ),
             Err(e) => (Err(write_error(object, e)), vec![]),
         }
     })
 }
 
 /// `DELETE /crm/v3/objects/{objectType}/{id}` → 204, also for an id already gone.
-pub async fn archive(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path((ot, key)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn archive(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path((ot, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     archive_as(&sb, &caller.account, caller.actor, object, &[key]);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Archives records as `actor`.
-pub fn archive_as(sb: &Sandbox, account: &Account, actor: Actor, object: ObjectType, keys: &[String]) {
+pub fn archive_as(
+    sb: &Sandbox,
+    account: &Account,
+    actor: Actor,
+    object: ObjectType,
+    keys: &[String],
+) {
     let lag = sb.state.index_lag();
     write(sb, account, actor, |data, now, clock| {
         let store = data.store(object);
         let ids: Vec<u64> = keys.iter().filter_map(|k| store.find(k, None)).collect();
-        let changes = ids.into_iter().filter_map(|id| store.archive(id, now, clock, lag)).collect();
+        let changes = ids
+            .into_iter()
+            .filter_map(|id| store.archive(id, now, clock, lag))
+            .collect();
         ((), changes)
     })
 }
@@ -255,14 +388,21 @@ fn id_string(v: &Value) -> String {
 fn batch_size(len: usize) -> Result<(), ApiError> {
     if len > BATCH_LIMIT {
         // HubSpot's wording is not documented; the limit is (facts sheet §1.2).
-        return Err(ApiError::validation(format!("Batch input size {len} is larger than the maximum allowed batch size of {BATCH_LIMIT}")));
+        return Err(ApiError::validation(format!(
+            "Batch input size {len} is larger than the maximum allowed batch size of {BATCH_LIMIT}"
+        )));
     }
     Ok(())
 }
 
 /// The `BatchResponse…` envelope: 200/201 when every input succeeded, 207 with
 /// `numErrors` and `errors[]` otherwise.
-fn batch_response(ok_status: StatusCode, results: Vec<Value>, errors: Vec<Value>, started: i64) -> Response {
+fn batch_response(
+    ok_status: StatusCode,
+    results: Vec<Value>,
+    errors: Vec<Value>,
+    started: i64,
+) -> Response {
     let mut body = json!({
         "status": "COMPLETE",
         "results": results,
@@ -282,16 +422,30 @@ fn batch_response(ok_status: StatusCode, results: Vec<Value>, errors: Vec<Value>
 fn not_found_error(object: ObjectType, action: &str, ids: Vec<String>) -> Value {
     let mut ctx = Map::new();
     ctx.insert("ids".into(), json!(ids));
-    standard_error("error", "OBJECT_NOT_FOUND", &format!("Could not {action} some {} objects, they may be deleted or not exist. Check that ids are valid.", object.upper_name()), ctx)
+    standard_error(
+        "error",
+        "OBJECT_NOT_FOUND",
+        &format!(
+            "Could not {action} some {} objects, they may be deleted or not exist. Check that ids are valid.",
+            object.upper_name()
+        ),
+        ctx,
+    )
 }
 
 /// `POST .../batch/read`.
-pub async fn batch_read(State(_sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn batch_read(
+    State(_sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let started = now_ms();
     let object = object_type(&ot)?;
     let req: BatchRead = parse_body(&body)?;
     batch_size(req.inputs.len())?;
-    let archived = query_one(&query_pairs(&q), "archived") == Some("true");
+    let archived = query_flag(&query_pairs(&q), "archived");
     let mut data = lock(&caller.account.data);
     let store = data.store(object);
     check_id_property(store, req.id_property.as_deref())?;
@@ -299,7 +453,11 @@ pub async fn batch_read(State(_sb): State<Sandbox>, Extension(caller): Extension
     let mut missing = Vec::new();
     for input in &req.inputs {
         let key = id_string(&input.id);
-        match store.find(&key, req.id_property.as_deref()).and_then(|id| store.objects.get(&id)).filter(|o| o.archived_ms.is_some() == archived) {
+        match store
+            .find(&key, req.id_property.as_deref())
+            .and_then(|id| store.objects.get(&id))
+            .filter(|o| o.archived_ms.is_some() == archived)
+        {
             Some(obj) => {
                 let mut out = obj.to_json(object, &req.properties, &req.properties_with_history);
                 if obj.id.to_string() != key && req.id_property.is_none() {
@@ -311,7 +469,11 @@ pub async fn batch_read(State(_sb): State<Sandbox>, Extension(caller): Extension
             None => missing.push(key),
         }
     }
-    let errors = if missing.is_empty() { vec![] } else { vec![not_found_error(object, "get", missing)] };
+    let errors = if missing.is_empty() {
+        vec![]
+    } else {
+        vec![not_found_error(object, "get", missing)]
+    };
     Ok(batch_response(StatusCode::OK, results, errors, started))
 }
 
@@ -322,12 +484,21 @@ struct BatchCreate {
 
 /// `POST .../batch/create`: every input is validated first (one invalid input
 /// fails the request with 400); unique-value clashes fail only their input (207).
-pub async fn batch_create(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn batch_create(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let started = now_ms();
     let object = object_type(&ot)?;
     let req: BatchCreate = parse_body(&body)?;
     batch_size(req.inputs.len())?;
-    let inputs = req.inputs.iter().map(properties_input).collect::<Result<Vec<_>, _>>()?;
+    let inputs = req
+        .inputs
+        .iter()
+        .map(properties_input)
+        .collect::<Result<Vec<_>, _>>()?;
     let lag = sb.state.index_lag();
     let (results, errors) = write(&sb, &caller.account, caller.actor, |data, now, clock| {
         let mut validated = Vec::new();
@@ -351,18 +522,31 @@ pub async fn batch_create(State(sb): State<Sandbox>, Extension(caller): Extensio
         }
         (Ok((results, errors)), changes)
     })?;
-    Ok(batch_response(StatusCode::CREATED, results, errors, started))
+    Ok(batch_response(
+        StatusCode::CREATED,
+        results,
+        errors,
+        started,
+    ))
 }
 
 fn conflict_item(object: ObjectType, err: WriteError) -> Value {
     let api = write_error(object, err);
     let mut ctx = Map::new();
     if let Some(msg) = api.body["message"].as_str()
-        && let Some(id) = msg.rsplit("Existing ID: ").next().filter(|_| msg.contains("Existing ID: "))
+        && let Some(id) = msg
+            .rsplit("Existing ID: ")
+            .next()
+            .filter(|_| msg.contains("Existing ID: "))
     {
         ctx.insert("existingId".into(), json!([id]));
     }
-    standard_error("error", api.body["category"].as_str().unwrap_or("CONFLICT"), api.body["message"].as_str().unwrap_or(""), ctx)
+    standard_error(
+        "error",
+        api.body["category"].as_str().unwrap_or("CONFLICT"),
+        api.body["message"].as_str().unwrap_or(""),
+        ctx,
+    )
 }
 
 #[derive(Deserialize)]
@@ -379,7 +563,12 @@ struct BatchUpdate {
 }
 
 /// `POST .../batch/update`: unknown ids fail their input (207).
-pub async fn batch_update(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn batch_update(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let started = now_ms();
     let object = object_type(&ot)?;
     let req: BatchUpdate = parse_body(&body)?;
@@ -393,7 +582,12 @@ pub async fn batch_update(State(sb): State<Sandbox>, Extension(caller): Extensio
                 return (Err(e), vec![]);
             }
             match store.validate(&input.properties) {
-                Ok(v) => validated.push((id_string(&input.id), input.id_property.clone(), v, input.properties.keys().cloned().collect::<Vec<_>>())),
+                Ok(v) => validated.push((
+                    id_string(&input.id),
+                    input.id_property.clone(),
+                    v,
+                    input.properties.keys().cloned().collect::<Vec<_>>(),
+                )),
                 Err(f) => return (Err(write_error(object, WriteError::Invalid(f))), vec![]),
             }
         }
@@ -423,7 +617,12 @@ pub async fn batch_update(State(sb): State<Sandbox>, Extension(caller): Extensio
 /// `POST .../batch/upsert`: by `idProperty` (a unique property); creates the
 /// record with that property set to `id` when none holds it. Each result says
 /// whether it is `new`.
-pub async fn batch_upsert(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn batch_upsert(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let started = now_ms();
     let object = object_type(&ot)?;
     let req: BatchUpdate = parse_body(&body)?;
@@ -434,10 +633,18 @@ pub async fn batch_upsert(State(sb): State<Sandbox>, Extension(caller): Extensio
         for input in &req.inputs {
             let store = data.store(object);
             let Some(id_property) = input.id_property.clone() else {
-                return (Err(ApiError::validation("idProperty is required for upsert")), vec![]);
+                return (
+                    Err(ApiError::validation("idProperty is required for upsert")),
+                    vec![],
+                );
             };
             if id_property == "hs_object_id" || !store.is_id_property(&id_property) {
-                return (Err(ApiError::validation(format!("Property \"{id_property}\" is not a unique identifier property and cannot be used as idProperty"))), vec![]);
+                return (
+                    Err(ApiError::validation(format!(
+                        "Property \"{id_property}\" is not a unique identifier property and cannot be used as idProperty"
+                    ))),
+                    vec![],
+                );
             }
             match store.validate(&input.properties) {
                 Ok(v) => validated.push((id_string(&input.id), id_property, v)),
@@ -448,11 +655,16 @@ pub async fn batch_upsert(State(sb): State<Sandbox>, Extension(caller): Extensio
         for (key, id_property, mut values) in validated {
             let existing = data.store(object).find(&key, Some(&id_property));
             let outcome = match existing {
-                Some(id) => data.store(object).update(id, values, caller.actor, now, clock, lag).map(|c| (id, c, false)),
+                Some(id) => data
+                    .store(object)
+                    .update(id, values, caller.actor, now, clock, lag)
+                    .map(|c| (id, c, false)),
                 None => {
                     values.insert(id_property.clone(), key.clone());
                     let id = data.allocate_id();
-                    data.store(object).create(id, values, caller.actor, now, clock, lag).map(|c| (id, vec![c], true))
+                    data.store(object)
+                        .create(id, values, caller.actor, now, clock, lag)
+                        .map(|c| (id, vec![c], true))
                 }
             };
             match outcome {
@@ -476,7 +688,12 @@ struct BatchArchive {
 }
 
 /// `POST .../batch/archive` → 204.
-pub async fn batch_archive(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn batch_archive(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let req: BatchArchive = parse_body(&body)?;
     batch_size(req.inputs.len())?;
@@ -496,26 +713,54 @@ pub struct MergeInput {
 }
 
 /// `POST /crm/v3/objects/contacts/merge` → the surviving record.
-pub async fn merge(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn merge(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let input: MergeInput = parse_body(&body)?;
-    merge_as(&sb, &caller.account, caller.actor, object, &input).map(|v| axum::Json(v).into_response())
+    merge_as(&sb, &caller.account, caller.actor, object, &input)
+        .map(|v| axum::Json(v).into_response())
 }
 
 /// Merges as `actor`.
-pub fn merge_as(sb: &Sandbox, account: &Account, actor: Actor, object: ObjectType, input: &MergeInput) -> Result<Value, ApiError> {
+pub fn merge_as(
+    sb: &Sandbox,
+    account: &Account,
+    actor: Actor,
+    object: ObjectType,
+    input: &MergeInput,
+) -> Result<Value, ApiError> {
     if object != ObjectType::Contacts {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "OBJECT_NOT_FOUND", "Merge is not supported for this object type"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            "Merge is not supported for this object type",
+        ));
     }
-    let primary = id_string(&input.primary_object_id).parse::<u64>().map_err(|_| ApiError::validation("primaryObjectId must be a record id"))?;
-    let absorbed = id_string(&input.object_id_to_merge).parse::<u64>().map_err(|_| ApiError::validation("objectIdToMerge must be a record id"))?;
+    let primary = id_string(&input.primary_object_id)
+        .parse::<u64>()
+        .map_err(|_| ApiError::validation("primaryObjectId must be a record id"))?;
+    let absorbed = id_string(&input.object_id_to_merge)
+        .parse::<u64>()
+        .map_err(|_| ApiError::validation("objectIdToMerge must be a record id"))?;
     let lag = sb.state.index_lag();
     write(sb, account, actor, |data, now, clock| {
         let store = data.store(object);
         let (p, a) = (store.resolve(primary), store.resolve(absorbed));
         match store.merge(p, a, actor, now, clock, lag) {
-            Ok(change) => (Ok(store.objects[&p].to_json(object, &[], &[])), vec![change]),
-            Err(WriteError::NotFound(id)) => (Err(ApiError::validation(format!("Object {id} could not be merged: it does not exist or was already merged"))), vec![]),
+            Ok(change) => (
+                Ok(store.objects[&p].to_json(object, &[], &[])),
+                vec![change],
+            ),
+            Err(WriteError::NotFound(id)) => (
+                Err(ApiError::validation(format!(
+                    "Object {id} could not be merged: it does not exist or was already merged"
+                ))),
+                vec![],
+            ),
             Err(e) => (Err(write_error(object, e)), vec![]),
         }
     })
@@ -529,7 +774,12 @@ struct GdprInput {
 }
 
 /// `POST /crm/v3/objects/contacts/gdpr-delete` → 204; the record is erased for good.
-pub async fn gdpr_delete(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn gdpr_delete(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let input: GdprInput = parse_body(&body)?;
     let key = id_string(&input.object_id);
@@ -552,6 +802,11 @@ pub async fn gdpr_delete(State(sb): State<Sandbox>, Extension(caller): Extension
 }
 
 /// Values for a seeded or user-created record, already validated.
-pub fn validated(store: &ObjectStore, input: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {
-    store.validate(input).map_err(|f| write_error(store.object, WriteError::Invalid(f)))
+pub fn validated(
+    store: &ObjectStore,
+    input: &Map<String, Value>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    store
+        .validate(input)
+        .map_err(|f| write_error(store.object, WriteError::Invalid(f)))
 }

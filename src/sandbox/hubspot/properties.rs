@@ -18,24 +18,59 @@ use super::model::{PropertyDef, PropertyOption};
 use super::objects::{object_type, parse_body};
 use super::state::{lock, now_ms};
 
-const TYPES: &[&str] = &["bool", "date", "datetime", "enumeration", "number", "phone_number", "string"];
-const FIELD_TYPES: &[&str] = &["booleancheckbox", "calculation_equation", "checkbox", "date", "file", "html", "number", "phonenumber", "radio", "select", "text", "textarea"];
+const TYPES: &[&str] = &[
+    "bool",
+    "date",
+    "datetime",
+    "enumeration",
+    "number",
+    "phone_number",
+    "string",
+];
+const FIELD_TYPES: &[&str] = &[
+    "booleancheckbox",
+    "calculation_equation",
+    "checkbox",
+    "date",
+    "file",
+    "html",
+    "number",
+    "phonenumber",
+    "radio",
+    "select",
+    "text",
+    "textarea",
+];
 
 /// `GET /crm/v3/properties/{objectType}` → `{results}` (no paging).
-pub async fn list(Extension(caller): Extension<Caller>, Path(ot): Path<String>) -> Result<Response, ApiError> {
+pub async fn list(
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let mut data = lock(&caller.account.data);
-    let results: Vec<Value> = data.store(object).properties.values().map(PropertyDef::to_json).collect();
+    let results: Vec<Value> = data
+        .store(object)
+        .properties
+        .values()
+        .map(PropertyDef::to_json)
+        .collect();
     Ok(axum::Json(json!({ "results": results })).into_response())
 }
 
 /// `GET /crm/v3/properties/{objectType}/{propertyName}`.
-pub async fn get_one(Extension(caller): Extension<Caller>, Path((ot, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn get_one(
+    Extension(caller): Extension<Caller>,
+    Path((ot, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let mut data = lock(&caller.account.data);
     match data.store(object).properties.get(&name) {
         Some(def) => Ok(axum::Json(def.to_json()).into_response()),
-        None => Err(ApiError::not_found(format!("Unable to find property {name} for object type {}", object.type_id()))),
+        None => Err(ApiError::not_found(format!(
+            "Unable to find property {name} for object type {}",
+            object.type_id()
+        ))),
     }
 }
 
@@ -68,30 +103,57 @@ struct PropertyCreate {
 
 /// `POST /crm/v3/properties/{objectType}` → 201 with `Location`; 409
 /// `OBJECT_ALREADY_EXISTS` for a taken name.
-pub async fn create(State(_sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(_sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let input: PropertyCreate = parse_body(&body)?;
     let mut missing = Vec::new();
-    for (field, value) in [("name", &input.name), ("label", &input.label), ("type", &input.kind), ("fieldType", &input.field_type), ("groupName", &input.group_name)] {
+    for (field, value) in [
+        ("name", &input.name),
+        ("label", &input.label),
+        ("type", &input.kind),
+        ("fieldType", &input.field_type),
+        ("groupName", &input.group_name),
+    ] {
         if value.as_deref().is_none_or(str::is_empty) {
             missing.push(field);
         }
     }
     if !missing.is_empty() {
         let errors: Vec<Value> = missing.iter().map(|f| json!({"message": format!("{f} is required"), "code": "REQUIRED_FIELD", "in": f})).collect();
-        return Err(ApiError::validation(format!("Missing required fields: {}", missing.join(", "))).with("errors", Value::Array(errors)));
+        return Err(ApiError::validation(format!(
+            "Missing required fields: {}",
+            missing.join(", ")
+        ))
+        .with("errors", Value::Array(errors)));
     }
     let kind = input.kind.unwrap_or_default();
     let field_type = input.field_type.unwrap_or_default();
     if !TYPES.contains(&kind.as_str()) {
-        return Err(ApiError::validation(format!("Invalid type {kind}; expected one of {}", TYPES.join(", "))));
+        return Err(ApiError::validation(format!(
+            "Invalid type {kind}; expected one of {}",
+            TYPES.join(", ")
+        )));
     }
     if !FIELD_TYPES.contains(&field_type.as_str()) {
-        return Err(ApiError::validation(format!("Invalid fieldType {field_type}; expected one of {}", FIELD_TYPES.join(", "))));
+        return Err(ApiError::validation(format!(
+            "Invalid fieldType {field_type}; expected one of {}",
+            FIELD_TYPES.join(", ")
+        )));
     }
     let name = input.name.unwrap_or_default();
-    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || name.starts_with("hs_") {
-        return Err(ApiError::validation(format!("Invalid property name {name}: use lowercase letters, digits and underscores, not starting with hs_")));
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        || name.starts_with("hs_")
+    {
+        return Err(ApiError::validation(format!(
+            "Invalid property name {name}: use lowercase letters, digits and underscores, not starting with hs_"
+        )));
     }
     let def = PropertyDef {
         name: name.clone(),
@@ -103,18 +165,31 @@ pub async fn create(State(_sb): State<Sandbox>, Extension(caller): Extension<Cal
         has_unique_value: input.has_unique_value,
         read_only: false,
         hubspot_defined: false,
-        options: input.options.into_iter().map(|o| PropertyOption { label: o.label, value: o.value }).collect(),
+        options: input
+            .options
+            .into_iter()
+            .map(|o| PropertyOption {
+                label: o.label,
+                value: o.value,
+            })
+            .collect(),
         created_ms: now_ms(),
         display_order: input.display_order.unwrap_or(-1),
         form_field: input.form_field,
     };
     let json = def.to_json();
     let mut data = lock(&caller.account.data);
-    if data.store(object).add_property(def).is_err() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "OBJECT_ALREADY_EXISTS", format!("A property named '{name}' already exists.")));
+    if !data.store(object).add_property(def) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "OBJECT_ALREADY_EXISTS",
+            format!("A property named '{name}' already exists."),
+        ));
     }
     let mut response = (StatusCode::CREATED, axum::Json(json)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/crm/v3/properties/{}/{name}", object.path_name())) {
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/crm/v3/properties/{}/{name}", object.path_name()))
+    {
         response.headers_mut().insert("location", location);
     }
     Ok(response)

@@ -125,14 +125,25 @@ enum Key {
 fn key_of(def: Option<&PropertyDef>, raw: &str) -> Key {
     match def {
         Some(d) if d.is_numeric() => {
-            let n = if matches!(d.kind.as_str(), "datetime" | "date") { parse_time_ms(raw).map(|v| v as f64) } else { raw.trim().parse::<f64>().ok() };
-            n.map(Key::Number).unwrap_or_else(|| Key::Text(raw.to_lowercase()))
+            let n = if matches!(d.kind.as_str(), "datetime" | "date") {
+                parse_time_ms(raw).map(|v| v as f64)
+            } else {
+                raw.trim().parse::<f64>().ok()
+            };
+            n.map(Key::Number)
+                .unwrap_or_else(|| Key::Text(raw.to_lowercase()))
         }
         _ => Key::Text(raw.to_lowercase()),
     }
 }
 
-fn record_key(object: ObjectType, def: Option<&PropertyDef>, name: &str, id: u64, view: &IndexedView) -> Option<Key> {
+fn record_key(
+    object: ObjectType,
+    def: Option<&PropertyDef>,
+    name: &str,
+    id: u64,
+    view: &IndexedView,
+) -> Option<Key> {
     // Fast paths for the properties every delta sync sorts and filters on.
     if name == object.modified_property() {
         return Some(Key::Number(view.updated_ms as f64));
@@ -147,7 +158,10 @@ fn record_key(object: ObjectType, def: Option<&PropertyDef>, name: &str, id: u64
 }
 
 fn tokens(value: &str) -> impl Iterator<Item = String> + '_ {
-    value.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '@' | '.' | '-' | '_')).filter(|t| !t.is_empty()).map(str::to_lowercase)
+    value
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '@' | '.' | '-' | '_'))
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
 }
 
 fn glob(pattern: &str, text: &str) -> bool {
@@ -183,7 +197,13 @@ fn contains_token(raw: &str, wanted: &str) -> bool {
 }
 
 /// Whether one record passes one filter.
-fn passes(object: ObjectType, defs: &std::collections::BTreeMap<String, PropertyDef>, id: u64, view: &IndexedView, filter: &Filter) -> bool {
+fn passes(
+    object: ObjectType,
+    defs: &std::collections::BTreeMap<String, PropertyDef>,
+    id: u64,
+    view: &IndexedView,
+    filter: &Filter,
+) -> bool {
     let def = defs.get(&filter.property_name);
     let current = record_key(object, def, &filter.property_name, id, view);
     let operand = |v: &Option<Value>| v.as_ref().map(|v| key_of(def, &text(v)));
@@ -196,9 +216,17 @@ fn passes(object: ObjectType, defs: &std::collections::BTreeMap<String, Property
         Operator::Lte => matches!((current, operand(&filter.value)), (Some(a), Some(b)) if a <= b),
         Operator::Gt => matches!((current, operand(&filter.value)), (Some(a), Some(b)) if a > b),
         Operator::Gte => matches!((current, operand(&filter.value)), (Some(a), Some(b)) if a >= b),
-        Operator::Between => matches!((current, operand(&filter.value), operand(&filter.high_value)), (Some(a), Some(lo), Some(hi)) if lo <= a && a <= hi),
+        Operator::Between => {
+            matches!((current, operand(&filter.value), operand(&filter.high_value)), (Some(a), Some(lo), Some(hi)) if lo <= a && a <= hi)
+        }
         Operator::In | Operator::NotIn => {
-            let found = current.is_some_and(|c| filter.values.iter().flatten().any(|v| key_of(def, &text(v)) == c));
+            let found = current.is_some_and(|c| {
+                filter
+                    .values
+                    .iter()
+                    .flatten()
+                    .any(|v| key_of(def, &text(v)) == c)
+            });
             found == (filter.operator == Operator::In)
         }
         Operator::ContainsToken | Operator::NotContainsToken => {
@@ -213,7 +241,10 @@ fn passes(object: ObjectType, defs: &std::collections::BTreeMap<String, Property
 fn check_filters(groups: &[FilterGroup]) -> Result<(), ApiError> {
     let (max_groups, max_per_group, max_total) = FILTER_LIMITS;
     let total: usize = groups.iter().map(|g| g.filters.len()).sum();
-    if groups.len() > max_groups || groups.iter().any(|g| g.filters.len() > max_per_group) || total > max_total {
+    if groups.len() > max_groups
+        || groups.iter().any(|g| g.filters.len() > max_per_group)
+        || total > max_total
+    {
         return Err(ApiError::validation(format!(
             "Too many filters: at most {max_groups} filterGroups, {max_per_group} filters per group and {max_total} filters in total are allowed (got {} groups, {total} filters).",
             groups.len()
@@ -221,9 +252,22 @@ fn check_filters(groups: &[FilterGroup]) -> Result<(), ApiError> {
     }
     for filter in groups.iter().flat_map(|g| &g.filters) {
         let problem = match filter.operator {
-            Operator::Between if filter.high_value.is_none() || filter.value.is_none() => Some("operator BETWEEN requires a highValue"),
-            Operator::In | Operator::NotIn if filter.values.as_ref().is_none_or(|v| v.is_empty()) => Some("operator IN requires values"),
-            Operator::Eq | Operator::Neq | Operator::Lt | Operator::Lte | Operator::Gt | Operator::Gte | Operator::ContainsToken | Operator::NotContainsToken
+            Operator::Between if filter.high_value.is_none() || filter.value.is_none() => {
+                Some("operator BETWEEN requires a highValue")
+            }
+            Operator::In | Operator::NotIn
+                if filter.values.as_ref().is_none_or(|v| v.is_empty()) =>
+            {
+                Some("operator IN requires values")
+            }
+            Operator::Eq
+            | Operator::Neq
+            | Operator::Lt
+            | Operator::Lte
+            | Operator::Gt
+            | Operator::Gte
+            | Operator::ContainsToken
+            | Operator::NotContainsToken
                 if filter.value.is_none() =>
             {
                 Some("operator requires a value")
@@ -231,37 +275,57 @@ fn check_filters(groups: &[FilterGroup]) -> Result<(), ApiError> {
             _ => None,
         };
         if let Some(problem) = problem {
-            return Err(ApiError::binding(1, 1, format!("Cannot construct instance of `Filter`, problem: {problem}")));
+            return Err(ApiError::binding(
+                1,
+                1,
+                format!("Cannot construct instance of `Filter`, problem: {problem}"),
+            ));
         }
     }
     Ok(())
 }
 
 /// The handler.
-pub async fn search(State(sb): State<Sandbox>, Extension(caller): Extension<Caller>, Path(ot): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn search(
+    State(sb): State<Sandbox>,
+    Extension(caller): Extension<Caller>,
+    Path(ot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let req: SearchRequest = parse_body(&body)?;
     check_filters(&req.filter_groups)?;
     let limit = req.limit.unwrap_or(10);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::validation(format!("limit must be between 1 and {MAX_PAGE}, got {limit}")));
+        return Err(ApiError::validation(format!(
+            "limit must be between 1 and {MAX_PAGE}, got {limit}"
+        )));
     }
     let after = match &req.after {
         None | Some(Value::Null) => 0,
         Some(v) => {
             let raw = text(v);
-            if raw.is_empty() { 0 } else { raw.parse::<usize>().map_err(|_| ApiError::validation(format!("Invalid after: {raw}")))? }
+            if raw.is_empty() {
+                0
+            } else {
+                raw.parse::<usize>()
+                    .map_err(|_| ApiError::validation(format!("Invalid after: {raw}")))?
+            }
         }
     };
     if after >= RESULT_CAP {
         // "Attempting to page beyond 10,000 will result in a 400 error." (search guide)
-        return Err(ApiError::validation(format!("Paging beyond {RESULT_CAP} results is not supported: after={after}")));
+        return Err(ApiError::validation(format!(
+            "Paging beyond {RESULT_CAP} results is not supported: after={after}"
+        )));
     }
     if req.sorts.len() > 1 {
         return Err(ApiError::validation("Only one sort is supported"));
     }
     if req.query.as_ref().is_some_and(|q| q.len() > 3000) {
-        return Err(ApiError::validation("query must be at most 3000 characters"));
+        return Err(ApiError::validation(
+            "query must be at most 3000 characters",
+        ));
     }
     let (sort_property, descending) = match req.sorts.first() {
         None => ("hs_object_id".to_string(), false),
@@ -269,9 +333,21 @@ pub async fn search(State(sb): State<Sandbox>, Extension(caller): Extension<Call
             Some(name) => (name.to_string(), true),
             None => (s.clone(), false),
         },
-        Some(SortSpec::Object { property_name, direction }) => (property_name.clone(), direction.as_deref().is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING"))),
+        Some(SortSpec::Object {
+            property_name,
+            direction,
+        }) => (
+            property_name.clone(),
+            direction
+                .as_deref()
+                .is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING")),
+        ),
     };
-    let query = req.query.as_ref().map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
+    let query = req
+        .query
+        .as_ref()
+        .map(|q| q.trim().to_lowercase())
+        .filter(|q| !q.is_empty());
 
     let now = Instant::now();
     let mut data = lock(&caller.account.data);
@@ -280,17 +356,32 @@ pub async fn search(State(sb): State<Sandbox>, Extension(caller): Extension<Call
     let sort_def = defs.get(&sort_property).cloned();
     let mut matches: Vec<(Option<Key>, u64, Arc<IndexedView>)> = Vec::new();
     for (id, obj) in store.objects.iter_mut() {
-        let Some(view) = obj.search_view(now) else { continue };
-        let group_ok = req.filter_groups.is_empty() || req.filter_groups.iter().any(|g| g.filters.iter().all(|f| passes(object, &defs, *id, &view, f)));
+        let Some(view) = obj.search_view(now) else {
+            continue;
+        };
+        let group_ok = req.filter_groups.is_empty()
+            || req.filter_groups.iter().any(|g| {
+                g.filters
+                    .iter()
+                    .all(|f| passes(object, &defs, *id, &view, f))
+            });
         if !group_ok {
             continue;
         }
         if let Some(q) = &query
-            && !object.query_properties().iter().any(|p| view.values.get(*p).is_some_and(|v| v.to_lowercase().contains(q.as_str())))
+            && !object.query_properties().iter().any(|p| {
+                view.values
+                    .get(*p)
+                    .is_some_and(|v| v.to_lowercase().contains(q.as_str()))
+            })
         {
             continue;
         }
-        matches.push((record_key(object, sort_def.as_ref(), &sort_property, *id, &view), *id, view));
+        matches.push((
+            record_key(object, sort_def.as_ref(), &sort_property, *id, &view),
+            *id,
+            view,
+        ));
     }
     drop(data);
     // Records without the sort property go last; equal keys keep id order (undocumented; deterministic).
@@ -312,11 +403,23 @@ pub async fn search(State(sb): State<Sandbox>, Extension(caller): Extension<Call
         .get(after..end)
         .unwrap_or_default()
         .iter()
-        .map(|(_, id, view)| render(object, *id, &view.values, view.created_ms, view.updated_ms, None, &req.properties, None))
+        .map(|(_, id, view)| {
+            render(
+                object,
+                *id,
+                &view.values,
+                view.created_ms,
+                view.updated_ms,
+                None,
+                &req.properties,
+                None,
+            )
+        })
         .collect();
     let mut body = json!({ "total": total, "results": results });
     if end < total {
-        body["paging"] = json!({"next": {"after": end.to_string(), "link": format!("?after={end}")}});
+        body["paging"] =
+            json!({"next": {"after": end.to_string(), "link": format!("?after={end}")}});
     }
     let _ = &sb;
     Ok(axum::Json(body).into_response())
@@ -336,7 +439,13 @@ mod tests {
 
     #[test]
     fn datetime_keys_compare_epoch_ms_and_iso_alike() {
-        let def = PropertyDef { kind: "datetime".into(), ..super::super::model::builtin_properties(ObjectType::Contacts).remove(0) };
-        assert_eq!(key_of(Some(&def), "1700000000000"), key_of(Some(&def), "2023-11-14T22:13:20.000Z"));
+        let def = PropertyDef {
+            kind: "datetime".into(),
+            ..super::super::model::builtin_properties(ObjectType::Contacts).remove(0)
+        };
+        assert_eq!(
+            key_of(Some(&def), "1700000000000"),
+            key_of(Some(&def), "2023-11-14T22:13:20.000Z")
+        );
     }
 }

@@ -8,14 +8,98 @@ use super::model::{Actor, ObjectType};
 use super::state::{Account, lock, now_ms};
 use crate::sandbox::rng::SplitMix64;
 
-const FIRST: &[&str] = &["Ada", "Alan", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Radia", "Edsger", "Frances", "John", "Katherine", "Tim", "Hedy", "Donald", "Annie", "Niklaus", "Sophie", "Yukihiro", "Zoë", "José", "Amélie", "Chidi"];
-const LAST: &[&str] = &["Lovelace", "Turing", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie", "Perlman", "Dijkstra", "Allen", "Backus", "Johnson", "Berners-Lee", "Lamarr", "Knuth", "Easley", "Wirth", "Wilson", "Matsumoto", "O'Neil", "Núñez"];
-const COMPANIES: &[&str] = &["Acme Corp", "Globex", "Initech", "Umbrella", "Hooli", "Stark Industries", "Wayne Enterprises", "Wonka Industries", "Cyberdyne", "Soylent", "Tyrell", "Aperture Science"];
-const TITLES: &[&str] = &["CTO", "VP Sales", "Head of Marketing", "Engineer", "Product Manager", "Founder", "Office Manager", "Data Analyst", "Account Executive"];
-const STATUSES: &[&str] = &["NEW", "OPEN", "IN_PROGRESS", "OPEN_DEAL", "UNQUALIFIED", "ATTEMPTED_TO_CONTACT", "CONNECTED", "BAD_TIMING"];
+const FIRST: &[&str] = &[
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Dennis",
+    "Radia",
+    "Edsger",
+    "Frances",
+    "John",
+    "Katherine",
+    "Tim",
+    "Hedy",
+    "Donald",
+    "Annie",
+    "Niklaus",
+    "Sophie",
+    "Yukihiro",
+    "Zoë",
+    "José",
+    "Amélie",
+    "Chidi",
+];
+const LAST: &[&str] = &[
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "Ritchie",
+    "Perlman",
+    "Dijkstra",
+    "Allen",
+    "Backus",
+    "Johnson",
+    "Berners-Lee",
+    "Lamarr",
+    "Knuth",
+    "Easley",
+    "Wirth",
+    "Wilson",
+    "Matsumoto",
+    "O'Neil",
+    "Núñez",
+];
+const COMPANIES: &[&str] = &[
+    "Acme Corp",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Stark Industries",
+    "Wayne Enterprises",
+    "Wonka Industries",
+    "Cyberdyne",
+    "Soylent",
+    "Tyrell",
+    "Aperture Science",
+];
+const TITLES: &[&str] = &[
+    "CTO",
+    "VP Sales",
+    "Head of Marketing",
+    "Engineer",
+    "Product Manager",
+    "Founder",
+    "Office Manager",
+    "Data Analyst",
+    "Account Executive",
+];
+const STATUSES: &[&str] = &[
+    "NEW",
+    "OPEN",
+    "IN_PROGRESS",
+    "OPEN_DEAL",
+    "UNQUALIFIED",
+    "ATTEMPTED_TO_CONTACT",
+    "CONNECTED",
+    "BAD_TIMING",
+];
 
 fn domain(company: &str) -> String {
-    let slug: String = company.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
+    let slug: String = company
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
     format!("{slug}.example")
 }
 
@@ -24,14 +108,21 @@ pub fn contact_values(rng: &mut SplitMix64, n: u64) -> BTreeMap<String, String> 
     let first = *rng.pick(FIRST);
     let last = *rng.pick(LAST);
     let company = *rng.pick(COMPANIES);
-    let local: String = format!("{first}.{last}").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').collect::<String>().to_ascii_lowercase();
+    let local: String = format!("{first}.{last}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .collect::<String>()
+        .to_ascii_lowercase();
     let mut v = BTreeMap::new();
     v.insert("email".into(), format!("{local}.{n}@{}", domain(company)));
     v.insert("firstname".into(), first.into());
     v.insert("lastname".into(), last.into());
     v.insert("company".into(), company.into());
     v.insert("jobtitle".into(), (*rng.pick(TITLES)).into());
-    v.insert("phone".into(), format!("+1 555 {:03} {:04}", rng.below(1000), rng.below(10_000)));
+    v.insert(
+        "phone".into(),
+        format!("+1 555 {:03} {:04}", rng.below(1000), rng.below(10_000)),
+    );
     v.insert("hs_lead_status".into(), (*rng.pick(STATUSES)).into());
     v
 }
@@ -42,9 +133,18 @@ pub fn lead_values(rng: &mut SplitMix64, n: u64) -> BTreeMap<String, String> {
     let last = *rng.pick(LAST);
     let company = *rng.pick(COMPANIES);
     let mut v = BTreeMap::new();
-    v.insert("hs_lead_name".into(), format!("{first} {last} ({company}) #{n}"));
-    v.insert("hs_lead_type".into(), (*rng.pick(&["NEW_BUSINESS", "EXISTING_BUSINESS"])).into());
-    v.insert("hs_lead_label".into(), (*rng.pick(&["COLD", "WARM", "HOT"])).into());
+    v.insert(
+        "hs_lead_name".into(),
+        format!("{first} {last} ({company}) #{n}"),
+    );
+    v.insert(
+        "hs_lead_type".into(),
+        (*rng.pick(&["NEW_BUSINESS", "EXISTING_BUSINESS"])).into(),
+    );
+    v.insert(
+        "hs_lead_label".into(),
+        (*rng.pick(&["COLD", "WARM", "HOT"])).into(),
+    );
     v.insert("hs_pipeline".into(), "lead-pipeline-id".into());
     v.insert("hs_pipeline_stage".into(), "new-stage-id".into());
     v
@@ -65,7 +165,11 @@ pub fn seed(account: &Account, contacts: u64, leads: u64, seed: u64) -> (Vec<u64
         let values = contact_values(&mut rng, offset + n);
         let id = data.allocate_id();
         // Seeded emails carry their index, so they never clash.
-        if data.store(ObjectType::Contacts).create(id, values, actor, now, clock, std::time::Duration::ZERO).is_ok() {
+        if data
+            .store(ObjectType::Contacts)
+            .create(id, values, actor, now, clock, std::time::Duration::ZERO)
+            .is_ok()
+        {
             contact_ids.push(id);
         }
     }
@@ -74,7 +178,11 @@ pub fn seed(account: &Account, contacts: u64, leads: u64, seed: u64) -> (Vec<u64
     for n in 0..leads {
         let values = lead_values(&mut rng, lead_offset + n);
         let id = data.allocate_id();
-        if data.store(ObjectType::Leads).create(id, values, actor, now, clock, std::time::Duration::ZERO).is_ok() {
+        if data
+            .store(ObjectType::Leads)
+            .create(id, values, actor, now, clock, std::time::Duration::ZERO)
+            .is_ok()
+        {
             lead_ids.push(id);
         }
     }

@@ -55,29 +55,53 @@ mod tests {
 
     #[test]
     fn official_v1_vectors() {
-        assert_eq!(v1(SECRET, SDK_BODY.as_bytes()), "232db2615f3d666fe21a8ec971ac7b5402d33b9a925784df3ca654d05f4817de");
-        assert_eq!(v1(SECRET, b"{'example_field':'example_value'}"), "69fc6631a867edd4f9e9e627fc5c1148e3fbdd8b21837b6d2b8901c1fa57f750");
+        assert_eq!(
+            v1(SECRET, SDK_BODY.as_bytes()),
+            "232db2615f3d666fe21a8ec971ac7b5402d33b9a925784df3ca654d05f4817de"
+        );
+        assert_eq!(
+            v1(SECRET, b"{'example_field':'example_value'}"),
+            "69fc6631a867edd4f9e9e627fc5c1148e3fbdd8b21837b6d2b8901c1fa57f750"
+        );
     }
 
     #[test]
     fn official_v2_vectors() {
-        assert_eq!(v2(SECRET, "GET", URI, b""), "eee2dddcc73c94d699f5e395f4b9d454a069a6855fbfa152e91e88823087200e");
-        assert_eq!(v2(SECRET, "POST", URI, br#"{"example_field":"example_value"}"#), "9569219f8ba981ffa6f6f16aa0f48637d35d728c7e4d93d0d52efaa512af7900");
-        assert_eq!(v2(SECRET, "POST", URI, b"{'example_field':'example_value'}"), "4fe4e3a7d3cf09db53be39d0a58130e2aaba074ec123a9e355b876a689a1c383");
+        assert_eq!(
+            v2(SECRET, "GET", URI, b""),
+            "eee2dddcc73c94d699f5e395f4b9d454a069a6855fbfa152e91e88823087200e"
+        );
+        assert_eq!(
+            v2(SECRET, "POST", URI, br#"{"example_field":"example_value"}"#),
+            "9569219f8ba981ffa6f6f16aa0f48637d35d728c7e4d93d0d52efaa512af7900"
+        );
+        assert_eq!(
+            v2(SECRET, "POST", URI, b"{'example_field':'example_value'}"),
+            "4fe4e3a7d3cf09db53be39d0a58130e2aaba074ec123a9e355b876a689a1c383"
+        );
     }
 
     #[test]
     fn official_v3_vectors() {
         let body = b"{'example_field':'example_value'}";
-        assert_eq!(v3(SECRET, "POST", URI, body, 1693657560000), "K36dawei4A+QBNolUOqo7s91KQDWQ5MXZ/QufNYuk/Y=");
-        assert_eq!(v3(SECRET, "POST", URI, body, 1700000300000), "RnbPH7+UMKVkbV32P8bz450N4M56aPmcru1+D3kSDtw=");
+        assert_eq!(
+            v3(SECRET, "POST", URI, body, 1693657560000),
+            "K36dawei4A+QBNolUOqo7s91KQDWQ5MXZ/QufNYuk/Y="
+        );
+        assert_eq!(
+            v3(SECRET, "POST", URI, body, 1700000300000),
+            "RnbPH7+UMKVkbV32P8bz450N4M56aPmcru1+D3kSDtw="
+        );
     }
 
     #[test]
     fn facts_sheet_v3_vector_with_decoded_uri() {
         let body = r#"[{"eventId":1,"subscriptionId":12345,"portalId":62515,"occurredAt":1564113600000,"subscriptionType":"contact.propertyChange","attemptNumber":0,"objectId":123,"propertyName":"firstname","propertyValue":"Zoë","changeSource":"INTEGRATION","sourceId":"54321","appId":54321}]"#;
         let decoded = "https://example.com/hubspot/webhook?src=hs:app/v3&x=(a)&sp=a%20b";
-        assert_eq!(v3(SECRET, "POST", decoded, body.as_bytes(), 1700000000000), "otu9uGV5hSG3Ddxy0lTPyx7GNS9QIAtyfGRID+kaixM=");
+        assert_eq!(
+            v3(SECRET, "POST", decoded, body.as_bytes(), 1700000000000),
+            "otu9uGV5hSG3Ddxy0lTPyx7GNS9QIAtyfGRID+kaixM="
+        );
     }
 
     proptest::proptest! {

@@ -16,7 +16,9 @@ use crate::sandbox::window::RollingWindow;
 /// Locks a mutex, recovering from poisoning: a panicking handler must not take
 /// the whole sandbox down with it.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Milliseconds since the epoch, HubSpot's clock for `occurredAt` and timestamps.
@@ -41,7 +43,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { per_ten_seconds: 100, daily: 250_000, search_per_second: 5 }
+        Self {
+            per_ten_seconds: 100,
+            daily: 250_000,
+            search_per_second: 5,
+        }
     }
 }
 
@@ -60,7 +66,12 @@ pub struct Budget {
 
 impl Budget {
     fn new() -> Self {
-        Self { windows: HashMap::new(), search: RollingWindow::new(Duration::from_secs(1)), daily_used: 0, day: chrono::Utc::now().date_naive() }
+        Self {
+            windows: HashMap::new(),
+            search: RollingWindow::new(Duration::from_secs(1)),
+            daily_used: 0,
+            day: chrono::Utc::now().date_naive(),
+        }
     }
 
     /// Rolls the daily counter over at midnight.
@@ -345,14 +356,21 @@ pub struct HubSpotState {
 impl HubSpotState {
     /// The account with this portal id.
     pub fn account(&self, portal_id: u64) -> Option<Arc<Account>> {
-        self.accounts.read().unwrap_or_else(|p| p.into_inner()).get(&portal_id).cloned()
+        self.accounts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&portal_id)
+            .cloned()
     }
 
     /// Creates an account, or returns the existing one.
     pub fn ensure_account(&self, portal_id: u64) -> Arc<Account> {
         let limits = *lock(&self.default_limits);
         let mut accounts = self.accounts.write().unwrap_or_else(|p| p.into_inner());
-        accounts.entry(portal_id).or_insert_with(|| Arc::new(Account::new(portal_id, limits))).clone()
+        accounts
+            .entry(portal_id)
+            .or_insert_with(|| Arc::new(Account::new(portal_id, limits)))
+            .clone()
     }
 
     /// The search index lag now in force.

@@ -32,14 +32,54 @@ pub const MAX_BATCH: usize = 100;
 /// Every `eventType` the v3 spec accepts; the sandbox raises events for the
 /// `contact.*` and `object.*` ones.
 pub const EVENT_TYPES: &[&str] = &[
-    "company.associationChange", "company.creation", "company.deletion", "company.merge", "company.propertyChange", "company.restore",
-    "contact.associationChange", "contact.creation", "contact.deletion", "contact.merge", "contact.privacyDeletion", "contact.propertyChange", "contact.restore",
-    "conversation.creation", "conversation.deletion", "conversation.newMessage", "conversation.privacyDeletion", "conversation.propertyChange",
-    "deal.associationChange", "deal.creation", "deal.deletion", "deal.merge", "deal.propertyChange", "deal.restore", "event.completed",
-    "line_item.associationChange", "line_item.creation", "line_item.deletion", "line_item.merge", "line_item.propertyChange", "line_item.restore",
-    "object.associationChange", "object.creation", "object.deletion", "object.merge", "object.propertyChange", "object.restore",
-    "product.creation", "product.deletion", "product.merge", "product.propertyChange", "product.restore",
-    "ticket.associationChange", "ticket.creation", "ticket.deletion", "ticket.merge", "ticket.propertyChange", "ticket.restore",
+    "company.associationChange",
+    "company.creation",
+    "company.deletion",
+    "company.merge",
+    "company.propertyChange",
+    "company.restore",
+    "contact.associationChange",
+    "contact.creation",
+    "contact.deletion",
+    "contact.merge",
+    "contact.privacyDeletion",
+    "contact.propertyChange",
+    "contact.restore",
+    "conversation.creation",
+    "conversation.deletion",
+    "conversation.newMessage",
+    "conversation.privacyDeletion",
+    "conversation.propertyChange",
+    "deal.associationChange",
+    "deal.creation",
+    "deal.deletion",
+    "deal.merge",
+    "deal.propertyChange",
+    "deal.restore",
+    "event.completed",
+    "line_item.associationChange",
+    "line_item.creation",
+    "line_item.deletion",
+    "line_item.merge",
+    "line_item.propertyChange",
+    "line_item.restore",
+    "object.associationChange",
+    "object.creation",
+    "object.deletion",
+    "object.merge",
+    "object.propertyChange",
+    "object.restore",
+    "product.creation",
+    "product.deletion",
+    "product.merge",
+    "product.propertyChange",
+    "product.restore",
+    "ticket.associationChange",
+    "ticket.creation",
+    "ticket.deletion",
+    "ticket.merge",
+    "ticket.propertyChange",
+    "ticket.restore",
 ];
 
 /// How the sender behaves; HubSpot spreads 10 retries over 24 hours, the
@@ -60,7 +100,13 @@ pub struct WebhookTuning {
 
 impl Default for WebhookTuning {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(5), max_retries: 10, retry_base: Duration::from_secs(1), retry_max: Duration::from_secs(60), batch_window: Duration::from_millis(25) }
+        Self {
+            timeout: Duration::from_secs(5),
+            max_retries: 10,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            batch_window: Duration::from_millis(25),
+        }
     }
 }
 
@@ -79,15 +125,25 @@ pub struct WebhookSender {
 
 impl std::fmt::Debug for WebhookSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookSender").field("tuning", &self.tuning).finish_non_exhaustive()
+        f.debug_struct("WebhookSender")
+            .field("tuning", &self.tuning)
+            .finish_non_exhaustive()
     }
 }
 
 impl WebhookSender {
     /// A sender with its own HTTP client.
     pub fn new(tuning: WebhookTuning) -> Self {
-        let client = reqwest::Client::builder().user_agent("HubSpot Connect 2.0 (crmsync sandbox)").build().unwrap_or_default();
-        Self { client, tuning, queues: std::sync::Mutex::new(HashMap::new()), event_seq: AtomicU64::new(1) }
+        let client = reqwest::Client::builder()
+            .user_agent("HubSpot Connect 2.0 (crmsync sandbox)")
+            .build()
+            .unwrap_or_default();
+        Self {
+            client,
+            tuning,
+            queues: std::sync::Mutex::new(HashMap::new()),
+            event_seq: AtomicU64::new(1),
+        }
     }
 
     /// Forgets the queues (settings changed or reset); in-flight batches finish.
@@ -107,7 +163,12 @@ fn event_types_for(change: &Change) -> (&'static str, ObjectType) {
     }
 }
 
-fn subscription_matches(sub: &Subscription, object: ObjectType, action: &str, property: Option<&str>) -> bool {
+fn subscription_matches(
+    sub: &Subscription,
+    object: ObjectType,
+    action: &str,
+    property: Option<&str>,
+) -> bool {
     if !sub.active {
         return false;
     }
@@ -117,7 +178,9 @@ fn subscription_matches(sub: &Subscription, object: ObjectType, action: &str, pr
         "object" => sub.object_type_id.as_deref().and_then(ObjectType::parse) == Some(object),
         _ => false,
     };
-    family_ok && sub_action == action && (action != "propertyChange" || sub.property_name.as_deref() == property)
+    family_ok
+        && sub_action == action
+        && (action != "propertyChange" || sub.property_name.as_deref() == property)
 }
 
 impl Sandbox {
@@ -133,7 +196,9 @@ impl Sandbox {
     pub fn emit(&self, account: &Account, actor: Actor, occurred_at: i64, changes: Vec<Change>) {
         let installed: Vec<u64> = lock(&account.installed_apps).iter().copied().collect();
         for app_id in installed {
-            let Some(app) = lock(&self.state.apps).get(&app_id).cloned() else { continue };
+            let Some(app) = lock(&self.state.apps).get(&app_id).cloned() else {
+                continue;
+            };
             let mut events = Vec::new();
             for change in &changes {
                 events.extend(self.events_for(&app, account.portal_id, actor, occurred_at, change));
@@ -146,9 +211,17 @@ impl Sandbox {
                 lock(&account.counters).webhooks.undeliverable_events += events.len() as u64;
                 continue;
             }
-            let max_concurrent = app.settings.as_ref().map(|s| s.max_concurrent_requests).unwrap_or(10);
+            let max_concurrent = app
+                .settings
+                .as_ref()
+                .map(|s| s.max_concurrent_requests)
+                .unwrap_or(10);
             let mut queues = lock(&self.webhooks.queues);
-            let dispatcher = queues.entry((app_id, account.portal_id)).or_insert_with(|| self.spawn_dispatcher(app_id, account.portal_id, max_concurrent));
+            let dispatcher = queues
+                .entry((app_id, account.portal_id))
+                .or_insert_with(|| {
+                    self.spawn_dispatcher(app_id, account.portal_id, max_concurrent)
+                });
             for event in events {
                 // A closed queue means its task ended with the runtime; nothing to deliver to.
                 let _ = dispatcher.events.send(event);
@@ -156,33 +229,41 @@ impl Sandbox {
         }
     }
 
-    fn events_for(&self, app: &App, portal_id: u64, actor: Actor, occurred_at: i64, change: &Change) -> Vec<Value> {
+    fn events_for(
+        &self,
+        app: &App,
+        portal_id: u64,
+        actor: Actor,
+        occurred_at: i64,
+        change: &Change,
+    ) -> Vec<Value> {
         let (action, object) = event_types_for(change);
         let mut out = Vec::new();
-        let mut push = |sub: &Subscription, action: &str, extra: Map<String, Value>, object_id: u64| {
-            let mut event = json!({
-                "eventId": self.webhooks.event_seq.fetch_add(1, Ordering::Relaxed),
-                "subscriptionId": sub.id,
-                "portalId": portal_id,
-                "appId": app.app_id,
-                "occurredAt": occurred_at,
-                "subscriptionType": sub.event_type,
-                "attemptNumber": 0,
-                "objectId": object_id,
-                "changeSource": actor.source_type(),
-                "sourceId": actor.source_id(),
-            });
-            if sub.event_type.starts_with("object.") {
-                event["objectTypeId"] = json!(object.type_id());
-            }
-            if action == "creation" {
-                event["changeFlag"] = json!("CREATED");
-            }
-            if let Value::Object(map) = &mut event {
-                map.extend(extra);
-            }
-            out.push(event);
-        };
+        let mut push =
+            |sub: &Subscription, action: &str, extra: Map<String, Value>, object_id: u64| {
+                let mut event = json!({
+                    "eventId": self.webhooks.event_seq.fetch_add(1, Ordering::Relaxed),
+                    "subscriptionId": sub.id,
+                    "portalId": portal_id,
+                    "appId": app.app_id,
+                    "occurredAt": occurred_at,
+                    "subscriptionType": sub.event_type,
+                    "attemptNumber": 0,
+                    "objectId": object_id,
+                    "changeSource": actor.source_type(),
+                    "sourceId": actor.source_id(),
+                });
+                if sub.event_type.starts_with("object.") {
+                    event["objectTypeId"] = json!(object.type_id());
+                }
+                if action == "creation" {
+                    event["changeFlag"] = json!("CREATED");
+                }
+                if let Value::Object(map) = &mut event {
+                    map.extend(extra);
+                }
+                out.push(event);
+            };
         for sub in &app.subscriptions {
             match change {
                 Change::Created { id, values, .. } => {
@@ -196,7 +277,9 @@ impl Sandbox {
                         }
                     }
                 }
-                Change::PropertyChanged { id, name, value, .. } => {
+                Change::PropertyChanged {
+                    id, name, value, ..
+                } => {
                     if subscription_matches(sub, object, "propertyChange", Some(name)) {
                         push(sub, "propertyChange", property_fields(name, value), *id);
                     }
@@ -214,7 +297,13 @@ impl Sandbox {
                         }
                     }
                 }
-                Change::Merged { primary, merged, new_id, moved, .. } => {
+                Change::Merged {
+                    primary,
+                    merged,
+                    new_id,
+                    moved,
+                    ..
+                } => {
                     if subscription_matches(sub, object, "merge", None) {
                         let mut extra = Map::new();
                         extra.insert("primaryObjectId".into(), json!(primary));
@@ -252,8 +341,16 @@ impl Sandbox {
         Dispatcher { events: tx }
     }
 
-    async fn deliver(&self, app_id: u64, portal_id: u64, mut batch: Vec<Value>, permits: Arc<Semaphore>) {
-        let Some(account) = self.state.account(portal_id) else { return };
+    async fn deliver(
+        &self,
+        app_id: u64,
+        portal_id: u64,
+        mut batch: Vec<Value>,
+        permits: Arc<Semaphore>,
+    ) {
+        let Some(account) = self.state.account(portal_id) else {
+            return;
+        };
         let fault = self.state.faults.roll_delivery();
         if fault.drop {
             lock(&account.counters).webhooks.dropped_batches += 1;
@@ -269,16 +366,30 @@ impl Sandbox {
             lock(&account.counters).webhooks.duplicated_batches += 1;
             let sb = self.clone();
             let (copy, permits, account) = (batch.clone(), permits.clone(), account.clone());
-            tokio::spawn(async move { sb.attempt_until_acknowledged(app_id, &account, copy, permits).await });
+            tokio::spawn(async move {
+                sb.attempt_until_acknowledged(app_id, &account, copy, permits)
+                    .await
+            });
         }
-        self.attempt_until_acknowledged(app_id, &account, batch, permits).await;
+        self.attempt_until_acknowledged(app_id, &account, batch, permits)
+            .await;
     }
 
-    async fn attempt_until_acknowledged(&self, app_id: u64, account: &Account, mut batch: Vec<Value>, permits: Arc<Semaphore>) {
+    async fn attempt_until_acknowledged(
+        &self,
+        app_id: u64,
+        account: &Account,
+        mut batch: Vec<Value>,
+        permits: Arc<Semaphore>,
+    ) {
         let tuning = &self.webhooks.tuning;
         let mut rng = SplitMix64::new(now_ms() as u64 ^ app_id);
         for attempt in 0..=tuning.max_retries {
-            let target = lock(&self.state.apps).get(&app_id).and_then(|a| a.settings.as_ref().map(|s| (s.target_url.clone(), a.client_secret.clone())));
+            let target = lock(&self.state.apps).get(&app_id).and_then(|a| {
+                a.settings
+                    .as_ref()
+                    .map(|s| (s.target_url.clone(), a.client_secret.clone()))
+            });
             let Some((url, secret)) = target else {
                 lock(&account.counters).webhooks.undeliverable_events += batch.len() as u64;
                 return;
@@ -295,7 +406,10 @@ impl Sandbox {
                 .header("content-type", "application/json")
                 .header("x-hubspot-signature", signature::v1(&secret, &body))
                 .header("x-hubspot-signature-version", "v1")
-                .header("x-hubspot-signature-v3", signature::v3(&secret, "POST", &url, &body, timestamp))
+                .header(
+                    "x-hubspot-signature-v3",
+                    signature::v3(&secret, "POST", &url, &body, timestamp),
+                )
                 .header("x-hubspot-request-timestamp", timestamp.to_string())
                 .timeout(tuning.timeout)
                 .body(body);
@@ -355,11 +469,17 @@ fn settings_json(settings: &WebhookSettings) -> Value {
 }
 
 /// `GET /webhooks/v3/{appId}/settings`.
-pub async fn get_settings(State(sb): State<Sandbox>, Path(app_id): Path<u64>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn get_settings(
+    State(sb): State<Sandbox>,
+    Path(app_id): Path<u64>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let app = developer_app(&sb, app_id, &q)?;
     match &app.settings {
         Some(settings) => Ok(axum::Json(settings_json(settings)).into_response()),
-        None => Err(ApiError::not_found(format!("No webhook settings for app {app_id}"))),
+        None => Err(ApiError::not_found(format!(
+            "No webhook settings for app {app_id}"
+        ))),
     }
 }
 
@@ -378,21 +498,41 @@ struct SettingsChange {
 }
 
 /// Validates and stores an app's webhook settings (shared with `--webhook-target`).
-pub fn put_settings_for(sb: &Sandbox, app_id: u64, target_url: &str, max_concurrent_requests: u64, period: &str) -> Result<Value, ApiError> {
+pub fn put_settings_for(
+    sb: &Sandbox,
+    app_id: u64,
+    target_url: &str,
+    max_concurrent_requests: u64,
+    period: &str,
+) -> Result<Value, ApiError> {
     if !(target_url.starts_with("http://") || target_url.starts_with("https://")) {
-        return Err(ApiError::validation(format!("targetUrl must be an http(s) URL, got {target_url:?}")));
+        return Err(ApiError::validation(format!(
+            "targetUrl must be an http(s) URL, got {target_url:?}"
+        )));
     }
     if max_concurrent_requests <= 5 {
-        return Err(ApiError::validation("throttling.maxConcurrentRequests must be a number greater than five"));
+        return Err(ApiError::validation(
+            "throttling.maxConcurrentRequests must be a number greater than five",
+        ));
     }
     if !matches!(period, "SECONDLY" | "ROLLING_MINUTE") {
-        return Err(ApiError::validation("throttling.period must be SECONDLY or ROLLING_MINUTE"));
+        return Err(ApiError::validation(
+            "throttling.period must be SECONDLY or ROLLING_MINUTE",
+        ));
     }
     let now = now_ms();
     let mut apps = lock(&sb.state.apps);
-    let app = apps.get_mut(&app_id).ok_or_else(|| ApiError::not_found(format!("App {app_id} not found")))?;
+    let app = apps
+        .get_mut(&app_id)
+        .ok_or_else(|| ApiError::not_found(format!("App {app_id} not found")))?;
     let created_ms = app.settings.as_ref().map(|s| s.created_ms).unwrap_or(now);
-    let settings = WebhookSettings { target_url: target_url.to_string(), max_concurrent_requests, period: period.to_string(), created_ms, updated_ms: now };
+    let settings = WebhookSettings {
+        target_url: target_url.to_string(),
+        max_concurrent_requests,
+        period: period.to_string(),
+        created_ms,
+        updated_ms: now,
+    };
     let out = settings_json(&settings);
     app.settings = Some(settings);
     drop(apps);
@@ -402,17 +542,39 @@ pub fn put_settings_for(sb: &Sandbox, app_id: u64, target_url: &str, max_concurr
 }
 
 /// `PUT /webhooks/v3/{appId}/settings`.
-pub async fn put_settings(State(sb): State<Sandbox>, Path(app_id): Path<u64>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn put_settings(
+    State(sb): State<Sandbox>,
+    Path(app_id): Path<u64>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     developer_app(&sb, app_id, &q)?;
     let change: SettingsChange = parse_body(&body)?;
-    let target = change.target_url.ok_or_else(|| ApiError::validation("targetUrl is required"))?;
-    let throttling = change.throttling.ok_or_else(|| ApiError::validation("throttling is required"))?;
-    let max = throttling.max_concurrent_requests.ok_or_else(|| ApiError::validation("throttling.maxConcurrentRequests is required"))?;
-    put_settings_for(&sb, app_id, &target, max, throttling.period.as_deref().unwrap_or("SECONDLY")).map(|v| axum::Json(v).into_response())
+    let target = change
+        .target_url
+        .ok_or_else(|| ApiError::validation("targetUrl is required"))?;
+    let throttling = change
+        .throttling
+        .ok_or_else(|| ApiError::validation("throttling is required"))?;
+    let max = throttling
+        .max_concurrent_requests
+        .ok_or_else(|| ApiError::validation("throttling.maxConcurrentRequests is required"))?;
+    put_settings_for(
+        &sb,
+        app_id,
+        &target,
+        max,
+        throttling.period.as_deref().unwrap_or("SECONDLY"),
+    )
+    .map(|v| axum::Json(v).into_response())
 }
 
 /// `DELETE /webhooks/v3/{appId}/settings` → 204; deliveries stop.
-pub async fn delete_settings(State(sb): State<Sandbox>, Path(app_id): Path<u64>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn delete_settings(
+    State(sb): State<Sandbox>,
+    Path(app_id): Path<u64>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     developer_app(&sb, app_id, &q)?;
     if let Some(app) = lock(&sb.state.apps).get_mut(&app_id) {
         app.settings = None;
@@ -421,9 +583,17 @@ pub async fn delete_settings(State(sb): State<Sandbox>, Path(app_id): Path<u64>,
 }
 
 /// `GET /webhooks/v3/{appId}/subscriptions` → `{results}`.
-pub async fn list_subscriptions(State(sb): State<Sandbox>, Path(app_id): Path<u64>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn list_subscriptions(
+    State(sb): State<Sandbox>,
+    Path(app_id): Path<u64>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let app = developer_app(&sb, app_id, &q)?;
-    let results: Vec<Value> = app.subscriptions.iter().map(Subscription::to_json).collect();
+    let results: Vec<Value> = app
+        .subscriptions
+        .iter()
+        .map(Subscription::to_json)
+        .collect();
     Ok(axum::Json(json!({ "results": results })).into_response())
 }
 
@@ -437,29 +607,67 @@ struct SubscriptionCreate {
 }
 
 /// Validates and adds a subscription (shared with `--webhook-target`).
-pub fn add_subscription(sb: &Sandbox, app_id: u64, event_type: &str, property_name: Option<String>, object_type_id: Option<String>, active: bool) -> Result<Value, ApiError> {
+pub fn add_subscription(
+    sb: &Sandbox,
+    app_id: u64,
+    event_type: &str,
+    property_name: Option<String>,
+    object_type_id: Option<String>,
+    active: bool,
+) -> Result<Value, ApiError> {
     if !EVENT_TYPES.contains(&event_type) {
-        return Err(ApiError::validation(format!("Invalid eventType {event_type}")));
+        return Err(ApiError::validation(format!(
+            "Invalid eventType {event_type}"
+        )));
     }
-    if event_type.ends_with(".propertyChange") && property_name.as_deref().is_none_or(str::is_empty) {
-        return Err(ApiError::validation("propertyName is required for propertyChange subscriptions"));
+    if event_type.ends_with(".propertyChange") && property_name.as_deref().is_none_or(str::is_empty)
+    {
+        return Err(ApiError::validation(
+            "propertyName is required for propertyChange subscriptions",
+        ));
     }
     if event_type.starts_with("object.") && object_type_id.as_deref().is_none_or(str::is_empty) {
-        return Err(ApiError::validation("objectTypeId is required for object.* subscriptions"));
+        return Err(ApiError::validation(
+            "objectTypeId is required for object.* subscriptions",
+        ));
     }
     let now = now_ms();
     let mut apps = lock(&sb.state.apps);
-    let app = apps.get_mut(&app_id).ok_or_else(|| ApiError::not_found(format!("App {app_id} not found")))?;
+    let app = apps
+        .get_mut(&app_id)
+        .ok_or_else(|| ApiError::not_found(format!("App {app_id} not found")))?;
     if app.subscriptions.len() >= 1000 {
-        return Err(ApiError::validation("An app may have at most 1000 subscriptions"));
+        return Err(ApiError::validation(
+            "An app may have at most 1000 subscriptions",
+        ));
     }
     // Normalise `leads` → `0-136` so events carry the raw type id.
-    let object_type_id = object_type_id.map(|t| ObjectType::parse(&t).map(|o| o.type_id().to_string()).unwrap_or(t));
-    let duplicate = app.subscriptions.iter().any(|s| s.event_type == event_type && s.property_name == property_name && s.object_type_id == object_type_id);
+    let object_type_id = object_type_id.map(|t| {
+        ObjectType::parse(&t)
+            .map(|o| o.type_id().to_string())
+            .unwrap_or(t)
+    });
+    let duplicate = app.subscriptions.iter().any(|s| {
+        s.event_type == event_type
+            && s.property_name == property_name
+            && s.object_type_id == object_type_id
+    });
     if duplicate {
-        return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", "A subscription for this event already exists"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            "A subscription for this event already exists",
+        ));
     }
-    let sub = Subscription { id: app.next_subscription_id, event_type: event_type.to_string(), property_name, object_type_id, active, created_ms: now, updated_ms: now };
+    let sub = Subscription {
+        id: app.next_subscription_id,
+        event_type: event_type.to_string(),
+        property_name,
+        object_type_id,
+        active,
+        created_ms: now,
+        updated_ms: now,
+    };
     app.next_subscription_id += 1;
     let out = sub.to_json();
     app.subscriptions.push(sub);
@@ -467,21 +675,50 @@ pub fn add_subscription(sb: &Sandbox, app_id: u64, event_type: &str, property_na
 }
 
 /// `POST /webhooks/v3/{appId}/subscriptions` → 201 (created paused unless `active`).
-pub async fn create_subscription(State(sb): State<Sandbox>, Path(app_id): Path<u64>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_subscription(
+    State(sb): State<Sandbox>,
+    Path(app_id): Path<u64>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     developer_app(&sb, app_id, &q)?;
     let input: SubscriptionCreate = parse_body(&body)?;
-    let event_type = input.event_type.ok_or_else(|| ApiError::validation("eventType is required"))?;
-    add_subscription(&sb, app_id, &event_type, input.property_name, input.object_type_id, input.active.unwrap_or(false)).map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
+    let event_type = input
+        .event_type
+        .ok_or_else(|| ApiError::validation("eventType is required"))?;
+    add_subscription(
+        &sb,
+        app_id,
+        &event_type,
+        input.property_name,
+        input.object_type_id,
+        input.active.unwrap_or(false),
+    )
+    .map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
 /// `GET /webhooks/v3/{appId}/subscriptions/{subscriptionId}`.
-pub async fn get_subscription(State(sb): State<Sandbox>, Path((app_id, sub_id)): Path<(u64, u64)>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn get_subscription(
+    State(sb): State<Sandbox>,
+    Path((app_id, sub_id)): Path<(u64, u64)>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let app = developer_app(&sb, app_id, &q)?;
-    app.subscriptions.iter().find(|s| s.id == sub_id).map(|s| axum::Json(s.to_json()).into_response()).ok_or_else(|| sub_not_found(sub_id))
+    app.subscriptions
+        .iter()
+        .find(|s| s.id == sub_id)
+        .map(|s| axum::Json(s.to_json()).into_response())
+        .ok_or_else(|| sub_not_found(sub_id))
 }
 
 fn sub_not_found(sub_id: u64) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "SUBSCRIPTION_ID_NOT_FOUND", format!("Failed to find subscriptions by id `{sub_id}`. Try again using a different subscriptionId."))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "SUBSCRIPTION_ID_NOT_FOUND",
+        format!(
+            "Failed to find subscriptions by id `{sub_id}`. Try again using a different subscriptionId."
+        ),
+    )
 }
 
 #[derive(Deserialize)]
@@ -491,7 +728,11 @@ struct SubscriptionPatch {
 
 fn set_active(sb: &Sandbox, app_id: u64, sub_id: u64, active: Option<bool>) -> Option<Value> {
     let mut apps = lock(&sb.state.apps);
-    let sub = apps.get_mut(&app_id)?.subscriptions.iter_mut().find(|s| s.id == sub_id)?;
+    let sub = apps
+        .get_mut(&app_id)?
+        .subscriptions
+        .iter_mut()
+        .find(|s| s.id == sub_id)?;
     if let Some(active) = active {
         sub.active = active;
         sub.updated_ms = now_ms();
@@ -500,17 +741,30 @@ fn set_active(sb: &Sandbox, app_id: u64, sub_id: u64, active: Option<bool>) -> O
 }
 
 /// `PATCH /webhooks/v3/{appId}/subscriptions/{subscriptionId}` (`{active}`).
-pub async fn patch_subscription(State(sb): State<Sandbox>, Path((app_id, sub_id)): Path<(u64, u64)>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn patch_subscription(
+    State(sb): State<Sandbox>,
+    Path((app_id, sub_id)): Path<(u64, u64)>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     developer_app(&sb, app_id, &q)?;
     let patch: SubscriptionPatch = parse_body(&body)?;
-    set_active(&sb, app_id, sub_id, patch.active).map(|v| axum::Json(v).into_response()).ok_or_else(|| sub_not_found(sub_id))
+    set_active(&sb, app_id, sub_id, patch.active)
+        .map(|v| axum::Json(v).into_response())
+        .ok_or_else(|| sub_not_found(sub_id))
 }
 
 /// `DELETE /webhooks/v3/{appId}/subscriptions/{subscriptionId}` → 204.
-pub async fn delete_subscription(State(sb): State<Sandbox>, Path((app_id, sub_id)): Path<(u64, u64)>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn delete_subscription(
+    State(sb): State<Sandbox>,
+    Path((app_id, sub_id)): Path<(u64, u64)>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     developer_app(&sb, app_id, &q)?;
     let mut apps = lock(&sb.state.apps);
-    let app = apps.get_mut(&app_id).ok_or_else(|| ApiError::not_found(format!("App {app_id} not found")))?;
+    let app = apps
+        .get_mut(&app_id)
+        .ok_or_else(|| ApiError::not_found(format!("App {app_id} not found")))?;
     let before = app.subscriptions.len();
     app.subscriptions.retain(|s| s.id != sub_id);
     if app.subscriptions.len() == before {
@@ -531,7 +785,12 @@ struct BatchActiveInput {
 }
 
 /// `POST /webhooks/v3/{appId}/subscriptions/batch/update` → 200, or 207 for unknown ids.
-pub async fn batch_update_subscriptions(State(sb): State<Sandbox>, Path(app_id): Path<u64>, RawQuery(q): RawQuery, body: Bytes) -> Result<Response, ApiError> {
+pub async fn batch_update_subscriptions(
+    State(sb): State<Sandbox>,
+    Path(app_id): Path<u64>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     developer_app(&sb, app_id, &q)?;
     let started = now_ms();
     let input: BatchActive = parse_body(&body)?;
@@ -548,7 +807,10 @@ pub async fn batch_update_subscriptions(State(sb): State<Sandbox>, Path(app_id):
         return Ok(axum::Json(body).into_response());
     }
     let mut ctx = Map::new();
-    let message = format!("Failed to find subscriptions by id `{}`. Try again using a different subscriptionId.", missing.join(", "));
+    let message = format!(
+        "Failed to find subscriptions by id `{}`. Try again using a different subscriptionId.",
+        missing.join(", ")
+    );
     ctx.insert("subscriptionIds".into(), json!(missing));
     let mut err = standard_error("error", "SUBSCRIPTION_ID_NOT_FOUND", &message, ctx);
     err["subCategory"] = json!("SubscriptionErrors.SUBSCRIPTION_IDS_NOT_FOUND");

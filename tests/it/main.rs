@@ -1,0 +1,10 @@
+//! Integration tests: one binary, real HTTP on loopback.
+
+mod support;
+
+mod sandbox_hubspot_auth;
+mod sandbox_hubspot_faults;
+mod sandbox_hubspot_objects;
+mod sandbox_hubspot_ratelimit;
+mod sandbox_hubspot_search;
+mod sandbox_hubspot_webhooks;

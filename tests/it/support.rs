@@ -1,0 +1,277 @@
+//! Shared test harness: a sandbox on `127.0.0.1:0`, a JSON client, and a
+//! webhook receiver that records what it gets and answers as told.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use crmsync::sandbox::hubspot::{Sandbox, SandboxConfig};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+pub const TOKEN: &str = "pat-na1-00000000-0000-4000-8000-000000000000";
+pub const PORTAL: u64 = 62515;
+pub const APP_ID: u64 = 54321;
+pub const SECRET: &str = "sandbox-client-secret";
+pub const DEV_KEY: &str = "sandbox-developer-key";
+
+pub struct TestSandbox {
+    pub base: String,
+    #[allow(dead_code)]
+    pub sandbox: Sandbox,
+    pub http: reqwest::Client,
+    pub token: String,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl TestSandbox {
+    pub async fn start() -> Self {
+        Self::with(SandboxConfig::for_tests()).await
+    }
+
+    pub async fn with(config: SandboxConfig) -> Self {
+        let sandbox = Sandbox::new(config).expect("valid config");
+        let (addr, server) = sandbox
+            .clone()
+            .spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        Self {
+            base: format!("http://{addr}"),
+            sandbox,
+            http: reqwest::Client::new(),
+            token: TOKEN.into(),
+            _server: server,
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::GET, path, None, Some(&self.token))
+            .await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(reqwest::Method::POST, path, Some(body), Some(&self.token))
+            .await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.send(reqwest::Method::PATCH, path, Some(body), Some(&self.token))
+            .await
+    }
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::DELETE, path, None, Some(&self.token))
+            .await
+    }
+    /// A control-API call (no auth).
+    pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Reply {
+        self.send(method, path, body, None).await
+    }
+    pub async fn put_control(&self, path: &str, body: Value) -> Reply {
+        self.control(reqwest::Method::PUT, path, Some(body)).await
+    }
+    pub async fn post_control(&self, path: &str, body: Value) -> Reply {
+        self.control(reqwest::Method::POST, path, Some(body)).await
+    }
+    pub async fn counters(&self) -> Value {
+        self.control(
+            reqwest::Method::GET,
+            &format!("/_sandbox/accounts/{PORTAL}/counters"),
+            None,
+        )
+        .await
+        .body
+    }
+    pub async fn seed(&self, contacts: u64, leads: u64) {
+        let r = self
+            .post_control(
+                &format!("/_sandbox/accounts/{PORTAL}/seed"),
+                serde_json::json!({"contacts": contacts, "leads": leads}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    pub async fn create_contact(&self, email: &str) -> String {
+        let r = self
+            .post(
+                "/crm/v3/objects/contacts",
+                serde_json::json!({"properties": {"email": email, "firstname": "Test"}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        r.body["id"].as_str().expect("id").to_string()
+    }
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn events(&self) -> Vec<Value> {
+        serde_json::from_slice::<Vec<Value>>(&self.body).expect("a JSON array")
+    }
+}
+
+/// A webhook target on loopback.
+pub struct Receiver {
+    pub url: String,
+    rx: mpsc::UnboundedReceiver<Received>,
+    /// Requests to fail (500) before answering 204.
+    pub fail_first: Arc<AtomicUsize>,
+    /// Status once failures are used up.
+    pub status: Arc<AtomicU16>,
+    /// Delay before answering, ms.
+    pub delay_ms: Arc<AtomicUsize>,
+    /// Highest number of requests in flight at once.
+    pub max_in_flight: Arc<AtomicUsize>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let fail_first = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicU16::new(204));
+        let delay_ms = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let (f, s, d, inf, max) = (
+            fail_first.clone(),
+            status.clone(),
+            delay_ms.clone(),
+            in_flight,
+            max_in_flight.clone(),
+        );
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (tx, f, s, d, inf, max) = (
+                    tx.clone(),
+                    f.clone(),
+                    s.clone(),
+                    d.clone(),
+                    inf.clone(),
+                    max.clone(),
+                );
+                async move {
+                    let now = inf.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(now, Ordering::SeqCst);
+                    let delay = d.load(Ordering::SeqCst);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+                    }
+                    let _ = tx.send(Received { headers, body });
+                    inf.fetch_sub(1, Ordering::SeqCst);
+                    let failing = f
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if failing {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::from_u16(s.load(Ordering::SeqCst))
+                            .unwrap_or(StatusCode::NO_CONTENT)
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url: format!("http://{addr}/hook"),
+            rx,
+            fail_first,
+            status,
+            delay_ms,
+            max_in_flight,
+            _server: server,
+        }
+    }
+
+    /// The next request, or panics after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Received {
+        tokio::time::timeout(timeout, self.rx.recv())
+            .await
+            .expect("a webhook in time")
+            .expect("receiver open")
+    }
+
+    /// Requests received until `quiet` passes with nothing new.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Received> {
+        let mut out = Vec::new();
+        while let Ok(Some(r)) = tokio::time::timeout(quiet, self.rx.recv()).await {
+            out.push(r);
+        }
+        out
+    }
+}
+
+/// Independent v1 check: lowercase hex SHA-256 of secret + body.
+pub fn expected_v1(secret: &str, body: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update([secret.as_bytes(), body].concat());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Independent v3 check: base64 HMAC-SHA256 over method + uri + body + timestamp.
+pub fn expected_v3(secret: &str, uri: &str, body: &[u8], timestamp: &str) -> String {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(
+        &[
+            b"POST".as_slice(),
+            uri.as_bytes(),
+            body,
+            timestamp.as_bytes(),
+        ]
+        .concat(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
