@@ -31,7 +31,11 @@ pub const LIST_LIMIT: usize = 100;
 pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') | None => serde_json::from_slice(body).map_err(ApiError::invalid_json),
-        Some(_) => Err(ApiError::binding(1, 1, "Cannot deserialize value: expected a JSON object")),
+        Some(_) => Err(ApiError::binding(
+            1,
+            1,
+            "Cannot deserialize value: expected a JSON object",
+        )),
     }
 }
 
