@@ -502,3 +502,37 @@ async fn leads_have_their_own_store_and_modified_property() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn a_batch_naming_one_record_twice_is_refused() {
+    let sb = TestSandbox::start().await;
+    let id = sb.create_contact("twice@example.com").await;
+    let r = sb.post("/crm/v3/objects/contacts/batch/update", json!({"inputs": [{"id": id, "properties": {"firstname": "A"}}, {"id": id, "properties": {"firstname": "B"}}]})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.body["message"],
+        format!("Duplicate IDs found in batch input: [{id}]. IDs must be unique")
+    );
+    assert_eq!(
+        sb.get(&format!(
+            "/crm/v3/objects/contacts/{id}?properties=firstname"
+        ))
+        .await
+        .body["properties"]["firstname"],
+        "Test",
+        "nothing applied"
+    );
+}
+
+#[tokio::test]
+async fn batch_reads_with_history_are_capped_at_50_inputs() {
+    let sb = TestSandbox::start().await;
+    let inputs: Vec<_> = (0..51).map(|i| json!({"id": i.to_string()})).collect();
+    let r = sb
+        .post(
+            "/crm/v3/objects/contacts/batch/read",
+            json!({"inputs": inputs, "properties": [], "propertiesWithHistory": ["email"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}

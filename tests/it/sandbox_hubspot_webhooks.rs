@@ -448,3 +448,25 @@ async fn fault_knobs_drop_and_duplicate_webhook_batches() {
     assert_eq!(events.len(), 20);
     assert!(events.windows(2).any(|w| w[0] > w[1]), "shuffled");
 }
+
+#[tokio::test]
+async fn a_receiver_slower_than_the_timeout_counts_as_a_failure_and_is_retried() {
+    let sb = TestSandbox::with(SandboxConfig {
+        webhook_timeout_ms: 100,
+        webhook_max_retries: 2,
+        webhook_retry_base_ms: 5,
+        ..SandboxConfig::for_tests()
+    })
+    .await;
+    let mut receiver = Receiver::start().await;
+    receiver
+        .delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    subscribe(&sb, &receiver.url, 10, &[creation()]).await;
+    sb.create_contact("slow@example.com").await;
+    let got = receiver.drain(Duration::from_millis(800)).await;
+    assert_eq!(got.len(), 3, "the first attempt and two retries");
+    let counters = sb.counters().await;
+    assert_eq!(counters["webhooks"]["failedAttempts"], 3);
+    assert_eq!(counters["webhooks"]["abandonedBatches"], 1);
+}

@@ -197,11 +197,12 @@ impl Receiver {
                 async move {
                     let now = inf.fetch_add(1, Ordering::SeqCst) + 1;
                     max.fetch_max(now, Ordering::SeqCst);
+                    // Recorded on arrival: a sender that times out drops this future mid-delay.
+                    let _ = tx.send(Received { headers, body });
                     let delay = d.load(Ordering::SeqCst);
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
                     }
-                    let _ = tx.send(Received { headers, body });
                     inf.fetch_sub(1, Ordering::SeqCst);
                     let failing = f
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
