@@ -454,8 +454,8 @@ fn developer_app(sb: &Sandbox, app_id: u64, query: &Option<String>) -> Result<Ap
     let app = lock(&sb.state.apps).get(&app_id).cloned();
     match app {
         Some(app) if !key.is_empty() && app.developer_api_key == key => Ok(app),
-        Some(_) | None if key.is_empty() || app.is_some() => Err(ApiError::unauthenticated()),
-        _ => Err(ApiError::not_found(format!("App {app_id} not found"))),
+        None if !key.is_empty() => Err(ApiError::not_found(format!("App {app_id} not found"))),
+        _ => Err(ApiError::unauthenticated()),
     }
 }
 
