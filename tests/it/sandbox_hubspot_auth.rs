@@ -75,12 +75,7 @@ async fn an_oauth_token_works_until_it_expires_and_a_refresh_brings_a_new_one() 
     assert_eq!(tokens["hub_id"], PORTAL);
     let access = tokens["access_token"].as_str().unwrap().to_string();
     let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
-    assert_eq!(
-        sb.send(Method::GET, "/crm/v3/objects/contacts", None, Some(&access))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(sb.status_with(&access).await, StatusCode::OK);
 
     assert_eq!(
         sb.post_control("/_sandbox/oauth/expire", json!({"accessToken": access}))
@@ -114,12 +109,7 @@ async fn an_oauth_token_works_until_it_expires_and_a_refresh_brings_a_new_one() 
     assert_eq!(status, StatusCode::OK);
     let fresh = renewed["access_token"].as_str().unwrap();
     assert_ne!(fresh, access);
-    assert_eq!(
-        sb.send(Method::GET, "/crm/v3/objects/contacts", None, Some(fresh))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(sb.status_with(fresh).await, StatusCode::OK);
 
     let (status, bad) = token_call(
         &sb,
@@ -160,19 +150,9 @@ async fn access_tokens_expire_after_the_configured_lifetime() {
     let tokens = oauth_tokens(&sb).await;
     assert_eq!(tokens["expires_in"], 1);
     let access = tokens["access_token"].as_str().unwrap();
-    assert_eq!(
-        sb.send(Method::GET, "/crm/v3/objects/contacts", None, Some(access))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(sb.status_with(access).await, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        sb.send(Method::GET, "/crm/v3/objects/contacts", None, Some(access))
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(sb.status_with(access).await, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -307,12 +287,7 @@ async fn tokens_can_be_introspected_and_revoked() {
     )
     .await;
     assert_eq!(after, json!({"active": false}));
-    assert_eq!(
-        sb.send(Method::GET, "/crm/v3/objects/contacts", None, Some(access))
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(sb.status_with(access).await, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

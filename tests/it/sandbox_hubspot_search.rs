@@ -348,3 +348,19 @@ async fn records_sharing_one_timestamp_are_ordered_by_id() {
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[tokio::test]
+async fn a_bulk_update_skips_records_it_cannot_apply_and_says_how_many() {
+    let sb = TestSandbox::start().await;
+    sb.seed(3, 0).await;
+    // All three cannot hold one email: the first takes it, the other two are skipped.
+    let bulk = sb
+        .post_control(
+            &format!("/_sandbox/accounts/{PORTAL}/objects/contacts/bulk-update"),
+            json!({"properties": {"email": "same@example.com"}}),
+        )
+        .await;
+    assert_eq!(bulk.status, StatusCode::OK);
+    assert_eq!(bulk.body["updated"], 1);
+    assert_eq!(bulk.body["skipped"], 2);
+}

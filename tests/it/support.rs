@@ -84,6 +84,17 @@ impl TestSandbox {
         }
     }
 
+    /// The status of listing contacts with `token`: does this token work?
+    pub async fn status_with(&self, token: &str) -> StatusCode {
+        self.send(
+            reqwest::Method::GET,
+            "/crm/v3/objects/contacts",
+            None,
+            Some(token),
+        )
+        .await
+        .status
+    }
     pub async fn get(&self, path: &str) -> Reply {
         self.send(reqwest::Method::GET, path, None, Some(&self.token))
             .await

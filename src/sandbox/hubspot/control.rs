@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::Sandbox;
 use super::error::ApiError;
-use super::model::{Actor, WriteError};
+use super::model::Actor;
 use super::oauth::{self, DEFAULT_SCOPES};
 use super::objects::{
     self, MergeInput, object_type, parse_body, query_one, query_pairs, write, write_error,
@@ -294,7 +294,7 @@ pub async fn user_archive(
 ) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let account = account(&sb, portal_id)?;
-    objects::archive_as(&sb, &account, user(&q), object, &[id]);
+    objects::archive_as(&sb, &account, user(&q), object, &[id])?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -311,13 +311,11 @@ pub async fn user_restore(
         .map_err(|_| ApiError::validation("id must be a number"))?;
     let lag = sb.state.index_lag();
     write(&sb, &account, user(&q), |data, now, clock| {
-        match data.store(object).restore(id, now, clock, lag) {
-            Ok(change) => (
-                Ok(data.store(object).objects[&id].to_json(object, &[], &[])),
-                vec![change],
-            ),
-            Err(e) => (Err(write_error(object, e)), vec![]),
-        }
+        let store = data.store(object);
+        let change = store
+            .restore(id, now, clock, lag)
+            .map_err(|e| write_error(object, e))?;
+        Ok((store.objects[&id].to_json(object, &[], &[]), vec![change]))
     })
     .map(|v| axum::Json(v).into_response())
 }
@@ -365,10 +363,7 @@ pub async fn user_bulk_update(
     let lag = sb.state.index_lag();
     let updated = write(&sb, &account, actor, |data, now, clock| {
         let store = data.store(object);
-        let base = match objects::validated(store, &input.properties) {
-            Ok(v) => v,
-            Err(e) => return (Err(e), vec![]),
-        };
+        let base = objects::validated(store, &input.properties)?;
         let ids: Vec<u64> = match &input.ids {
             Some(ids) => ids.clone(),
             None => store
@@ -379,7 +374,7 @@ pub async fn user_bulk_update(
                 .map(|o| o.id)
                 .collect(),
         };
-        let (mut count, mut changes) = (0usize, Vec::new());
+        let (mut count, mut skipped, mut changes) = (0usize, 0usize, Vec::new());
         for id in ids {
             let values: BTreeMap<String, String> = if input.suffix_with_id {
                 base.iter()
@@ -393,13 +388,17 @@ pub async fn user_bulk_update(
                     count += usize::from(!c.is_empty());
                     changes.extend(c);
                 }
-                Err(WriteError::NotFound(_)) => {}
-                Err(e) => return (Err(write_error(object, e)), changes),
+                // Gone, or a unique value another record holds: skip it, as an
+                // import skips a row it cannot apply, and report how many.
+                Err(_) => skipped += 1,
             }
         }
-        (Ok((count, now)), changes)
+        Ok(((count, skipped, now), changes))
     })?;
-    Ok(axum::Json(json!({"updated": updated.0, "timestamp": updated.1})).into_response())
+    Ok(
+        axum::Json(json!({"updated": updated.0, "skipped": updated.1, "timestamp": updated.2}))
+            .into_response(),
+    )
 }
 
 /// `GET /_sandbox/accounts/{portalId}/counters`.

@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use super::Sandbox;
 use super::error::ApiError;
 use super::model::Actor;
-use super::state::{Account, TokenKind, lock};
+use super::state::{Account, Budget, Limits, TokenKind, lock};
 use crate::sandbox::faults::RequestFault;
+use crate::sandbox::window::RollingWindow;
 
 /// The authenticated caller, handed to handlers through request extensions.
 #[derive(Debug, Clone)]
@@ -66,6 +67,56 @@ impl RateHeaders {
             put("x-hubspot-ratelimit-daily-remaining", left);
         }
     }
+}
+
+/// Spends one request of the account's budget, or names the policy that
+/// refuses it (a refused request spends nothing). Search has its own
+/// per-second budget and carries no headers (facts sheet §1.4); everything
+/// else counts against the app's rolling 10-second window.
+fn admit(
+    budget: &mut Budget,
+    limits: Limits,
+    app_id: u64,
+    private_app: bool,
+    is_search: bool,
+) -> (Result<(), &'static str>, Option<RateHeaders>) {
+    budget.roll_day();
+    let now = Instant::now();
+    let daily_exhausted = private_app && budget.daily_used >= limits.daily;
+    let verdict = if is_search {
+        if daily_exhausted {
+            Err("DAILY")
+        } else if budget.search.try_admit(now, limits.search_per_second) {
+            Ok(())
+        } else {
+            Err(SEARCH_POLICY)
+        }
+    } else {
+        let window = budget
+            .windows
+            .entry(app_id)
+            .or_insert_with(|| RollingWindow::new(Duration::from_secs(10)));
+        if daily_exhausted {
+            Err("DAILY")
+        } else if window.try_admit(now, limits.per_ten_seconds) {
+            Ok(())
+        } else {
+            Err("TEN_SECONDLY_ROLLING")
+        }
+    };
+    if verdict.is_ok() {
+        budget.daily_used += 1;
+    }
+    let headers = (!is_search).then(|| RateHeaders {
+        max: limits.per_ten_seconds,
+        remaining: budget
+            .windows
+            .get_mut(&app_id)
+            .map(|w| w.remaining(now, limits.per_ten_seconds))
+            .unwrap_or(0),
+        daily: private_app.then(|| (limits.daily, limits.daily.saturating_sub(budget.daily_used))),
+    });
+    (verdict, headers)
 }
 
 /// The middleware: 401 without a valid token; faults; budgets; headers.
@@ -133,58 +184,24 @@ pub async fn gate(
 
     let private_app = info.kind == TokenKind::PrivateApp;
     let limits = *lock(&account.limits);
-    let verdict = {
-        let mut budget = lock(&account.budget);
-        budget.roll_day();
-        let now = Instant::now();
-        if private_app && budget.daily_used >= limits.daily {
-            Err("DAILY")
-        } else if is_search {
-            if budget.search.try_admit(now, limits.search_per_second) {
-                budget.daily_used += 1;
-                Ok(None)
-            } else {
-                Err(SEARCH_POLICY)
-            }
-        } else {
-            let window = budget.windows.entry(info.app_id).or_insert_with(|| {
-                crate::sandbox::window::RollingWindow::new(Duration::from_secs(10))
-            });
-            if window.try_admit(now, limits.per_ten_seconds) {
-                let remaining = window.remaining(now, limits.per_ten_seconds);
-                budget.daily_used += 1;
-                Ok(Some(RateHeaders {
-                    max: limits.per_ten_seconds,
-                    remaining,
-                    daily: private_app
-                        .then(|| (limits.daily, limits.daily.saturating_sub(budget.daily_used))),
-                }))
-            } else {
-                Err("TEN_SECONDLY_ROLLING")
-            }
+    let (verdict, headers) = admit(
+        &mut lock(&account.budget),
+        limits,
+        info.app_id,
+        private_app,
+        is_search,
+    );
+    if let Err(policy) = verdict {
+        *lock(&account.counters)
+            .rate_limited
+            .entry(policy.to_string())
+            .or_default() += 1;
+        let mut response = ApiError::rate_limited(policy).into_response();
+        if let Some(headers) = headers {
+            headers.apply(response.headers_mut());
         }
-    };
-    let headers = match verdict {
-        Ok(headers) => headers,
-        Err(policy) => {
-            *lock(&account.counters)
-                .rate_limited
-                .entry(policy.to_string())
-                .or_default() += 1;
-            let mut response = ApiError::rate_limited(policy).into_response();
-            if !is_search {
-                let used_today = lock(&account.budget).daily_used;
-                RateHeaders {
-                    max: limits.per_ten_seconds,
-                    remaining: 0,
-                    daily: private_app
-                        .then(|| (limits.daily, limits.daily.saturating_sub(used_today))),
-                }
-                .apply(response.headers_mut());
-            }
-            return response;
-        }
-    };
+        return response;
+    }
 
     let actor = Actor::Integration {
         app_id: info.app_id,

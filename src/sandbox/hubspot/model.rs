@@ -469,6 +469,32 @@ impl StoredObject {
         }
     }
 
+    /// Sets (or, with "", clears) a value and records who did it in its history.
+    fn set(&mut self, name: &str, value: &str, actor: Actor, now_ms: i64) {
+        let history = self.history.entry(name.to_string()).or_default();
+        history.insert(
+            0,
+            HistoryEntry {
+                value: value.to_string(),
+                timestamp_ms: now_ms,
+                actor,
+            },
+        );
+        history.truncate(HISTORY_CAP);
+        if value.is_empty() {
+            self.values.remove(name);
+        } else {
+            self.values.insert(name.to_string(), value.to_string());
+        }
+    }
+
+    /// Moves the modification time (`updatedAt` and the object's modified property).
+    fn touch(&mut self, object: ObjectType, now_ms: i64) {
+        self.updated_ms = now_ms;
+        self.values
+            .insert(object.modified_property().into(), iso_ms(now_ms));
+    }
+
     fn promote(&mut self, now: Instant) {
         while let Some((visible_at, _)) = self.pending_index.front() {
             if *visible_at > now {
@@ -892,22 +918,13 @@ impl ObjectStore {
             if value.is_empty() {
                 continue;
             }
-            obj.history.entry(name.clone()).or_default().insert(
-                0,
-                HistoryEntry {
-                    value: value.clone(),
-                    timestamp_ms: now_ms,
-                    actor,
-                },
-            );
-            obj.values.insert(name.clone(), value.clone());
+            obj.set(&name, &value, actor, now_ms);
             set.push((name, value));
         }
         obj.values.insert("hs_object_id".into(), id.to_string());
         obj.values
             .insert(self.object.created_property().into(), iso_ms(now_ms));
-        obj.values
-            .insert(self.object.modified_property().into(), iso_ms(now_ms));
+        obj.touch(self.object, now_ms);
         obj.reindex(clock, lag);
         self.objects.insert(id, obj);
         self.index_unique(id);
@@ -947,21 +964,7 @@ impl ObjectStore {
                 if current == value {
                     continue;
                 }
-                let history = obj.history.entry(name.clone()).or_default();
-                history.insert(
-                    0,
-                    HistoryEntry {
-                        value: value.clone(),
-                        timestamp_ms: now_ms,
-                        actor,
-                    },
-                );
-                history.truncate(HISTORY_CAP);
-                if value.is_empty() {
-                    obj.values.remove(&name);
-                } else {
-                    obj.values.insert(name.clone(), value.clone());
-                }
+                obj.set(&name, &value, actor, now_ms);
                 changes.push(Change::PropertyChanged {
                     object,
                     id,
@@ -970,9 +973,7 @@ impl ObjectStore {
                 });
             }
             if !changes.is_empty() {
-                obj.updated_ms = now_ms;
-                obj.values
-                    .insert(object.modified_property().into(), iso_ms(now_ms));
+                obj.touch(object, now_ms);
                 obj.reindex(clock, lag);
             }
         }
@@ -1023,9 +1024,7 @@ impl ObjectStore {
         }
         if let Some(obj) = self.objects.get_mut(&id) {
             obj.archived_ms = None;
-            obj.updated_ms = now_ms;
-            obj.values
-                .insert(self.object.modified_property().into(), iso_ms(now_ms));
+            obj.touch(self.object, now_ms);
             obj.reindex(clock, lag);
         }
         self.index_unique(id);
@@ -1071,15 +1070,7 @@ impl ObjectStore {
                 {
                     continue;
                 }
-                obj.history.entry(name.clone()).or_default().insert(
-                    0,
-                    HistoryEntry {
-                        value: value.clone(),
-                        timestamp_ms: now_ms,
-                        actor,
-                    },
-                );
-                obj.values.insert(name, value);
+                obj.set(&name, &value, actor, now_ms);
                 moved += 1;
             }
             let mut merged_ids: Vec<String> = obj
@@ -1090,9 +1081,7 @@ impl ObjectStore {
             merged_ids.push(absorbed.to_string());
             obj.values
                 .insert("hs_merged_object_ids".into(), merged_ids.join(";"));
-            obj.updated_ms = now_ms;
-            obj.values
-                .insert(self.object.modified_property().into(), iso_ms(now_ms));
+            obj.touch(self.object, now_ms);
             obj.reindex(clock, lag);
         }
         self.merged_into.insert(absorbed, primary);

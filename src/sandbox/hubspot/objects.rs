@@ -18,7 +18,7 @@ use super::Sandbox;
 use super::error::{ApiError, standard_error};
 use super::gate::Caller;
 use super::model::{Actor, Change, ObjectStore, ObjectType, WriteError, iso_ms};
-use super::state::{Account, lock, now_ms};
+use super::state::{Account, AccountData, lock, now_ms};
 
 /// Most inputs a batch request may carry (facts sheet §1.2: "limited to 100").
 pub const BATCH_LIMIT: usize = 100;
@@ -109,35 +109,48 @@ pub fn write_error(object: ObjectType, err: WriteError) -> ApiError {
     }
 }
 
-/// Runs a write under the account lock and emits its webhooks afterwards.
+/// Input values checked against the store's definitions, as HubSpot's 400.
+pub fn validated(
+    store: &ObjectStore,
+    input: &Map<String, Value>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    store
+        .validate(input)
+        .map_err(|f| write_error(store.object, WriteError::Invalid(f)))
+}
+
+/// Runs a write under the account lock and, if it succeeded, emits the
+/// webhooks of the changes it made once the lock is released. A write that
+/// fails changes nothing (every handler validates before it mutates), so
+/// there is nothing to emit.
 pub fn write<T>(
     sandbox: &Sandbox,
     account: &Account,
     actor: Actor,
-    f: impl FnOnce(&mut super::state::AccountData, i64, Instant) -> (T, Vec<Change>),
-) -> T {
+    f: impl FnOnce(&mut AccountData, i64, Instant) -> Result<(T, Vec<Change>), ApiError>,
+) -> Result<T, ApiError> {
     let now = now_ms();
     let (out, changes) = {
         let mut data = lock(&account.data);
-        f(&mut data, now, Instant::now())
+        f(&mut data, now, Instant::now())?
     };
     if !changes.is_empty() {
         sandbox.emit(account, actor, now, changes);
     }
-    out
+    Ok(out)
 }
 
 fn properties_input(body: &Value) -> Result<Map<String, Value>, ApiError> {
     match body.get("properties") {
         Some(Value::Object(map)) => Ok(map.clone()),
         Some(_) => Err(ApiError::binding(1, 1, "properties must be an object of property names to values")),
-        None => Err(ApiError::validation("Missing required field: properties").with("errors", json!([{"message": "properties is required", "code": "REQUIRED_FIELD", "in": "properties"}]))),
+        None => Err(ApiError::validation("Missing required field: properties")
+            .with("errors", json!([{"message": "properties is required", "code": "REQUIRED_FIELD", "in": "properties"}]))),
     }
 }
 
 /// `GET /crm/v3/objects/{objectType}`.
 pub async fn list(
-    State(_sb): State<Sandbox>,
     Extension(caller): Extension<Caller>,
     Path(ot): Path<String>,
     RawQuery(q): RawQuery,
@@ -164,11 +177,8 @@ pub async fn list(
     let archived = query_flag(&pairs, "archived");
     let properties = query_list(&pairs, "properties");
     let history = query_list(&pairs, "propertiesWithHistory");
-    let data = lock(&caller.account.data);
-    let store = match object {
-        ObjectType::Contacts => &data.contacts,
-        ObjectType::Leads => &data.leads,
-    };
+    let mut data = lock(&caller.account.data);
+    let store = data.store(object);
     let mut results = Vec::with_capacity(limit);
     let mut next = None;
     for (id, obj) in store.objects.range(after..) {
@@ -190,7 +200,6 @@ pub async fn list(
 
 /// `GET /crm/v3/objects/{objectType}/{id}` (by id or `idProperty`).
 pub async fn get_one(
-    State(_sb): State<Sandbox>,
     Extension(caller): Extension<Caller>,
     Path((ot, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
@@ -250,19 +259,13 @@ pub fn create_as(
 ) -> Result<Value, ApiError> {
     let lag = sb.state.index_lag();
     write(sb, account, actor, |data, now, clock| {
-        let values = match data.store(object).validate(&input) {
-            Ok(v) => v,
-            Err(f) => return (Err(write_error(object, WriteError::Invalid(f))), vec![]),
-        };
+        let values = validated(data.store(object), &input)?;
         let id = data.allocate_id();
         let store = data.store(object);
-        match store.create(id, values, actor, now, clock, lag) {
-            Ok(change) => (
-                Ok(store.objects[&id].to_json(object, &[], &[])),
-                vec![change],
-            ),
-            Err(e) => (Err(write_error(object, e)), vec![]),
-        }
+        let change = store
+            .create(id, values, actor, now, clock, lag)
+            .map_err(|e| write_error(object, e))?;
+        Ok((store.objects[&id].to_json(object, &[], &[]), vec![change]))
     })
 }
 
@@ -303,35 +306,22 @@ pub fn update_as(
     let lag = sb.state.index_lag();
     write(sb, account, actor, |data, now, clock| {
         let store = data.store(object);
-        if let Err(e) = check_id_property(store, id_property) {
-            return (Err(e), vec![]);
-        }
-        let Some(id) = store.find(key, id_property).filter(|id| {
-            store
-                .objects
-                .get(id)
-                .is_some_and(|o| o.archived_ms.is_none())
-        }) else {
-            return (
-                Err(ApiError::not_found(format!("resource not found: {key}"))),
-                vec![],
-            );
-        };
-        let values = match store.validate(&input) {
-            Ok(v) => v,
-            Err(f) => return (Err(write_error(object, WriteError::Invalid(f))), vec![]),
-        };
-        match store.update(id, values, actor, now, clock, lag) {
-            Ok(changes) => (
-                Ok(store.objects[&id].to_json(
-                    object,
-                    &input.keys().cloned().collect::<Vec<_>>(),
-                    &[],
-                )),
-                changes,
-            ),
-            Err(e) => (Err(write_error(object, e)), vec![]),
-        }
+        check_id_property(store, id_property)?;
+        let id = store
+            .find(key, id_property)
+            .filter(|id| {
+                store
+                    .objects
+                    .get(id)
+                    .is_some_and(|o| o.archived_ms.is_none())
+            })
+            .ok_or_else(|| ApiError::not_found(format!("resource not found: {key}")))?;
+        let values = validated(store, &input)?;
+        let changes = store
+            .update(id, values, actor, now, clock, lag)
+            .map_err(|e| write_error(object, e))?;
+        let names: Vec<String> = input.keys().cloned().collect();
+        Ok((store.objects[&id].to_json(object, &names, &[]), changes))
     })
 }
 
@@ -342,18 +332,18 @@ pub async fn archive(
     Path((ot, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
-    archive_as(&sb, &caller.account, caller.actor, object, &[key]);
+    archive_as(&sb, &caller.account, caller.actor, object, &[key])?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Archives records as `actor`.
+/// Archives records as `actor`; unknown or already archived ids are skipped.
 pub fn archive_as(
     sb: &Sandbox,
     account: &Account,
     actor: Actor,
     object: ObjectType,
     keys: &[String],
-) {
+) -> Result<(), ApiError> {
     let lag = sb.state.index_lag();
     write(sb, account, actor, |data, now, clock| {
         let store = data.store(object);
@@ -362,7 +352,7 @@ pub fn archive_as(
             .into_iter()
             .filter_map(|id| store.archive(id, now, clock, lag))
             .collect();
-        ((), changes)
+        Ok(((), changes))
     })
 }
 
@@ -382,21 +372,36 @@ struct IdInput {
     id: Value,
 }
 
+/// A batch body: anything with `inputs`.
+trait Batch: DeserializeOwned {
+    fn len(&self) -> usize;
+}
+
+/// The shared start of every batch endpoint: the object type, the body, and
+/// the 100-input limit (facts sheet §1.2; HubSpot's wording is undocumented).
+fn batch_body<T: Batch>(ot: &str, body: &Bytes) -> Result<(ObjectType, T), ApiError> {
+    let object = object_type(ot)?;
+    let batch: T = parse_body(body)?;
+    let len = batch.len();
+    if len > BATCH_LIMIT {
+        return Err(ApiError::validation(format!(
+            "Batch input size {len} is larger than the maximum allowed batch size of {BATCH_LIMIT}"
+        )));
+    }
+    Ok((object, batch))
+}
+
+impl Batch for BatchRead {
+    fn len(&self) -> usize {
+        self.inputs.len()
+    }
+}
+
 fn id_string(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-fn batch_size(len: usize) -> Result<(), ApiError> {
-    if len > BATCH_LIMIT {
-        // HubSpot's wording is not documented; the limit is (facts sheet §1.2).
-        return Err(ApiError::validation(format!(
-            "Batch input size {len} is larger than the maximum allowed batch size of {BATCH_LIMIT}"
-        )));
-    }
-    Ok(())
 }
 
 /// 400 when one batch names the same record twice (real body quoted in
@@ -463,16 +468,13 @@ fn not_found_error(object: ObjectType, action: &str, ids: Vec<String>) -> Value 
 
 /// `POST .../batch/read`.
 pub async fn batch_read(
-    State(_sb): State<Sandbox>,
     Extension(caller): Extension<Caller>,
     Path(ot): Path<String>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = now_ms();
-    let object = object_type(&ot)?;
-    let req: BatchRead = parse_body(&body)?;
-    batch_size(req.inputs.len())?;
+    let (object, req): (_, BatchRead) = batch_body(&ot, &body)?;
     if !req.properties_with_history.is_empty() && req.inputs.len() > HISTORY_BATCH_LIMIT {
         return Err(ApiError::validation(format!(
             "The maximum number of inputs supported in a batch request for property histories is {HISTORY_BATCH_LIMIT}. Please reduce the number of items and try again"
@@ -491,13 +493,9 @@ pub async fn batch_read(
             .and_then(|id| store.objects.get(&id))
             .filter(|o| o.archived_ms.is_some() == archived)
         {
+            // Read through a merged-away id: HubSpot reports the survivor's id.
             Some(obj) => {
-                let mut out = obj.to_json(object, &req.properties, &req.properties_with_history);
-                if obj.id.to_string() != key && req.id_property.is_none() {
-                    // Read through a merged-away id: HubSpot reports the survivor.
-                    out["id"] = json!(obj.id.to_string());
-                }
-                results.push(out);
+                results.push(obj.to_json(object, &req.properties, &req.properties_with_history))
             }
             None => missing.push(key),
         }
@@ -515,6 +513,12 @@ struct BatchCreate {
     inputs: Vec<Value>,
 }
 
+impl Batch for BatchCreate {
+    fn len(&self) -> usize {
+        self.inputs.len()
+    }
+}
+
 /// `POST .../batch/create`: every input is validated first (one invalid input
 /// fails the request with 400); unique-value clashes fail only their input (207).
 pub async fn batch_create(
@@ -524,9 +528,7 @@ pub async fn batch_create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = now_ms();
-    let object = object_type(&ot)?;
-    let req: BatchCreate = parse_body(&body)?;
-    batch_size(req.inputs.len())?;
+    let (object, req): (_, BatchCreate) = batch_body(&ot, &body)?;
     let inputs = req
         .inputs
         .iter()
@@ -534,13 +536,10 @@ pub async fn batch_create(
         .collect::<Result<Vec<_>, _>>()?;
     let lag = sb.state.index_lag();
     let (results, errors) = write(&sb, &caller.account, caller.actor, |data, now, clock| {
-        let mut validated = Vec::new();
-        for input in &inputs {
-            match data.store(object).validate(input) {
-                Ok(v) => validated.push(v),
-                Err(f) => return (Err(write_error(object, WriteError::Invalid(f))), vec![]),
-            }
-        }
+        let validated = inputs
+            .iter()
+            .map(|input| validated(data.store(object), input))
+            .collect::<Result<Vec<_>, _>>()?;
         let (mut results, mut errors, mut changes) = (vec![], vec![], vec![]);
         for values in validated {
             let id = data.allocate_id();
@@ -553,7 +552,7 @@ pub async fn batch_create(
                 Err(e) => errors.push(conflict_item(object, e)),
             }
         }
-        (Ok((results, errors)), changes)
+        Ok(((results, errors), changes))
     })?;
     Ok(batch_response(
         StatusCode::CREATED,
@@ -564,15 +563,14 @@ pub async fn batch_create(
 }
 
 fn conflict_item(object: ObjectType, err: WriteError) -> Value {
+    let existing = match &err {
+        WriteError::Duplicate { existing_id, .. } => Some(*existing_id),
+        _ => None,
+    };
     let api = write_error(object, err);
     let mut ctx = Map::new();
-    if let Some(msg) = api.body["message"].as_str()
-        && let Some(id) = msg
-            .rsplit("Existing ID: ")
-            .next()
-            .filter(|_| msg.contains("Existing ID: "))
-    {
-        ctx.insert("existingId".into(), json!([id]));
+    if let Some(id) = existing {
+        ctx.insert("existingId".into(), json!([id.to_string()]));
     }
     standard_error(
         "error",
@@ -595,6 +593,12 @@ struct BatchUpdate {
     inputs: Vec<BatchUpdateInput>,
 }
 
+impl Batch for BatchUpdate {
+    fn len(&self) -> usize {
+        self.inputs.len()
+    }
+}
+
 /// `POST .../batch/update`: unknown ids fail their input (207).
 pub async fn batch_update(
     State(sb): State<Sandbox>,
@@ -603,37 +607,27 @@ pub async fn batch_update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = now_ms();
-    let object = object_type(&ot)?;
-    let req: BatchUpdate = parse_body(&body)?;
-    batch_size(req.inputs.len())?;
+    let (object, req): (_, BatchUpdate) = batch_body(&ot, &body)?;
     no_duplicate_ids(req.inputs.iter().map(|i| &i.id))?;
     let lag = sb.state.index_lag();
     let (results, errors) = write(&sb, &caller.account, caller.actor, |data, now, clock| {
         let store = data.store(object);
-        let mut validated = Vec::new();
+        let mut checked = Vec::new();
         for input in &req.inputs {
-            if let Err(e) = check_id_property(store, input.id_property.as_deref()) {
-                return (Err(e), vec![]);
-            }
-            match store.validate(&input.properties) {
-                Ok(v) => validated.push((
-                    id_string(&input.id),
-                    input.id_property.clone(),
-                    v,
-                    input.properties.keys().cloned().collect::<Vec<_>>(),
-                )),
-                Err(f) => return (Err(write_error(object, WriteError::Invalid(f))), vec![]),
-            }
+            check_id_property(store, input.id_property.as_deref())?;
+            checked.push((input, validated(store, &input.properties)?));
         }
         let (mut results, mut errors, mut changes, mut missing) = (vec![], vec![], vec![], vec![]);
-        for (key, id_property, values, names) in validated {
-            let Some(id) = store.find(&key, id_property.as_deref()) else {
+        for (input, values) in checked {
+            let key = id_string(&input.id);
+            let Some(id) = store.find(&key, input.id_property.as_deref()) else {
                 missing.push(key);
                 continue;
             };
             match store.update(id, values, caller.actor, now, clock, lag) {
                 Ok(c) => {
                     changes.extend(c);
+                    let names: Vec<String> = input.properties.keys().cloned().collect();
                     results.push(store.objects[&id].to_json(object, &names, &[]));
                 }
                 Err(WriteError::NotFound(_)) => missing.push(key),
@@ -643,7 +637,7 @@ pub async fn batch_update(
         if !missing.is_empty() {
             errors.push(not_found_error(object, "update", missing));
         }
-        (Ok((results, errors)), changes)
+        Ok(((results, errors), changes))
     })?;
     Ok(batch_response(StatusCode::OK, results, errors, started))
 }
@@ -658,44 +652,38 @@ pub async fn batch_upsert(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = now_ms();
-    let object = object_type(&ot)?;
-    let req: BatchUpdate = parse_body(&body)?;
-    batch_size(req.inputs.len())?;
+    let (object, req): (_, BatchUpdate) = batch_body(&ot, &body)?;
     no_duplicate_ids(req.inputs.iter().map(|i| &i.id))?;
     let lag = sb.state.index_lag();
     let (results, errors) = write(&sb, &caller.account, caller.actor, |data, now, clock| {
-        let mut validated = Vec::new();
+        let mut checked = Vec::new();
         for input in &req.inputs {
             let store = data.store(object);
-            let Some(id_property) = input.id_property.clone() else {
-                return (
-                    Err(ApiError::validation("idProperty is required for upsert")),
-                    vec![],
-                );
-            };
+            let id_property = input
+                .id_property
+                .clone()
+                .ok_or_else(|| ApiError::validation("idProperty is required for upsert"))?;
             if id_property == "hs_object_id" || !store.is_id_property(&id_property) {
-                return (
-                    Err(ApiError::validation(format!(
-                        "Property \"{id_property}\" is not a unique identifier property and cannot be used as idProperty"
-                    ))),
-                    vec![],
-                );
+                return Err(ApiError::validation(format!(
+                    "Unable to perform update/upsert by non-unique {} property {id_property}",
+                    object.type_id()
+                )));
             }
-            match store.validate(&input.properties) {
-                Ok(v) => validated.push((id_string(&input.id), id_property, v)),
-                Err(f) => return (Err(write_error(object, WriteError::Invalid(f))), vec![]),
-            }
+            checked.push((
+                id_string(&input.id),
+                id_property,
+                validated(store, &input.properties)?,
+            ));
         }
         let (mut results, mut errors, mut changes) = (vec![], vec![], vec![]);
-        for (key, id_property, mut values) in validated {
-            let existing = data.store(object).find(&key, Some(&id_property));
-            let outcome = match existing {
+        for (key, id_property, mut values) in checked {
+            let outcome = match data.store(object).find(&key, Some(&id_property)) {
                 Some(id) => data
                     .store(object)
                     .update(id, values, caller.actor, now, clock, lag)
                     .map(|c| (id, c, false)),
                 None => {
-                    values.insert(id_property.clone(), key.clone());
+                    values.insert(id_property, key);
                     let id = data.allocate_id();
                     data.store(object)
                         .create(id, values, caller.actor, now, clock, lag)
@@ -712,7 +700,7 @@ pub async fn batch_upsert(
                 Err(e) => errors.push(conflict_item(object, e)),
             }
         }
-        (Ok((results, errors)), changes)
+        Ok(((results, errors), changes))
     })?;
     Ok(batch_response(StatusCode::OK, results, errors, started))
 }
@@ -722,6 +710,12 @@ struct BatchArchive {
     inputs: Vec<IdInput>,
 }
 
+impl Batch for BatchArchive {
+    fn len(&self) -> usize {
+        self.inputs.len()
+    }
+}
+
 /// `POST .../batch/archive` → 204.
 pub async fn batch_archive(
     State(sb): State<Sandbox>,
@@ -729,11 +723,9 @@ pub async fn batch_archive(
     Path(ot): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let object = object_type(&ot)?;
-    let req: BatchArchive = parse_body(&body)?;
-    batch_size(req.inputs.len())?;
+    let (object, req): (_, BatchArchive) = batch_body(&ot, &body)?;
     let keys: Vec<String> = req.inputs.iter().map(|i| id_string(&i.id)).collect();
-    archive_as(&sb, &caller.account, caller.actor, object, &keys);
+    archive_as(&sb, &caller.account, caller.actor, object, &keys)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -775,29 +767,26 @@ pub fn merge_as(
             "Merge is not supported for this object type",
         ));
     }
-    let primary = id_string(&input.primary_object_id)
-        .parse::<u64>()
-        .map_err(|_| ApiError::validation("primaryObjectId must be a record id"))?;
-    let absorbed = id_string(&input.object_id_to_merge)
-        .parse::<u64>()
-        .map_err(|_| ApiError::validation("objectIdToMerge must be a record id"))?;
+    let record_id = |v: &Value, field: &str| {
+        id_string(v)
+            .parse::<u64>()
+            .map_err(|_| ApiError::validation(format!("{field} must be a record id")))
+    };
+    let primary = record_id(&input.primary_object_id, "primaryObjectId")?;
+    let absorbed = record_id(&input.object_id_to_merge, "objectIdToMerge")?;
     let lag = sb.state.index_lag();
     write(sb, account, actor, |data, now, clock| {
         let store = data.store(object);
         let (p, a) = (store.resolve(primary), store.resolve(absorbed));
-        match store.merge(p, a, actor, now, clock, lag) {
-            Ok(change) => (
-                Ok(store.objects[&p].to_json(object, &[], &[])),
-                vec![change],
-            ),
-            Err(WriteError::NotFound(id)) => (
-                Err(ApiError::validation(format!(
+        let change = store
+            .merge(p, a, actor, now, clock, lag)
+            .map_err(|e| match e {
+                WriteError::NotFound(id) => ApiError::validation(format!(
                     "Object {id} could not be merged: it does not exist or was already merged"
-                ))),
-                vec![],
-            ),
-            Err(e) => (Err(write_error(object, e)), vec![]),
-        }
+                )),
+                other => write_error(object, other),
+            })?;
+        Ok((store.objects[&p].to_json(object, &[], &[]), vec![change]))
     })
 }
 
@@ -820,28 +809,15 @@ pub async fn gdpr_delete(
     let key = id_string(&input.object_id);
     let erased = write(&sb, &caller.account, caller.actor, |data, _now, _clock| {
         let store = data.store(object);
-        match store.find(&key, input.id_property.as_deref()) {
-            Some(id) => match store.erase(id) {
-                Some(change) => (true, vec![change]),
-                None => (false, vec![]),
-            },
-            None => (false, vec![]),
-        }
-    });
+        let change = store
+            .find(&key, input.id_property.as_deref())
+            .and_then(|id| store.erase(id));
+        Ok((change.is_some(), change.into_iter().collect()))
+    })?;
     if erased || input.id_property.as_deref() == Some("email") {
         // An unknown email is blocklisted rather than refused (facts sheet §1.2).
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!("resource not found: {key}")))
     }
-}
-
-/// Values for a seeded or user-created record, already validated.
-pub fn validated(
-    store: &ObjectStore,
-    input: &Map<String, Value>,
-) -> Result<BTreeMap<String, String>, ApiError> {
-    store
-        .validate(input)
-        .map_err(|f| write_error(store.object, WriteError::Invalid(f)))
 }

@@ -5,13 +5,12 @@
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Sandbox;
 use super::error::ApiError;
 use super::gate::Caller;
 use super::model::{PropertyDef, PropertyOption};
@@ -104,7 +103,6 @@ struct PropertyCreate {
 /// `POST /crm/v3/properties/{objectType}` → 201 with `Location`; 409
 /// `OBJECT_ALREADY_EXISTS` for a taken name.
 pub async fn create(
-    State(_sb): State<Sandbox>,
     Extension(caller): Extension<Caller>,
     Path(ot): Path<String>,
     body: Bytes,

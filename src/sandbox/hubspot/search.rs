@@ -8,12 +8,11 @@ use std::time::Instant;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Sandbox;
 use super::error::ApiError;
 use super::gate::Caller;
 use super::model::{IndexedView, ObjectType, PropertyDef, parse_time_ms, render};
@@ -287,7 +286,6 @@ fn check_filters(groups: &[FilterGroup]) -> Result<(), ApiError> {
 
 /// The handler.
 pub async fn search(
-    State(sb): State<Sandbox>,
     Extension(caller): Extension<Caller>,
     Path(ot): Path<String>,
     body: Bytes,
@@ -352,8 +350,9 @@ pub async fn search(
     let now = Instant::now();
     let mut data = lock(&caller.account.data);
     let store = data.store(object);
-    let defs = store.properties.clone();
-    let sort_def = defs.get(&sort_property).cloned();
+    // Borrow the definitions beside the records (disjoint fields), no copy per search.
+    let defs = &store.properties;
+    let sort_def = defs.get(&sort_property);
     let mut matches: Vec<(Option<Key>, u64, Arc<IndexedView>)> = Vec::new();
     for (id, obj) in store.objects.iter_mut() {
         let Some(view) = obj.search_view(now) else {
@@ -363,7 +362,7 @@ pub async fn search(
             || req.filter_groups.iter().any(|g| {
                 g.filters
                     .iter()
-                    .all(|f| passes(object, &defs, *id, &view, f))
+                    .all(|f| passes(object, defs, *id, &view, f))
             });
         if !group_ok {
             continue;
@@ -378,7 +377,7 @@ pub async fn search(
             continue;
         }
         matches.push((
-            record_key(object, sort_def.as_ref(), &sort_property, *id, &view),
+            record_key(object, sort_def, &sort_property, *id, &view),
             *id,
             view,
         ));
@@ -421,7 +420,6 @@ pub async fn search(
         body["paging"] =
             json!({"next": {"after": end.to_string(), "link": format!("?after={end}")}});
     }
-    let _ = &sb;
     Ok(axum::Json(body).into_response())
 }
 
