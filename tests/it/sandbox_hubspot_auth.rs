@@ -19,17 +19,19 @@ async fn token_call(sb: &TestSandbox, path: &str, form: &[(&str, &str)]) -> (Sta
     (r.status(), r.json().await.unwrap())
 }
 
-async fn oauth_tokens(sb: &TestSandbox) -> Value {
-    let code = sb
+/// An authorization code, as if a user installed the app.
+async fn new_code(sb: &TestSandbox) -> String {
+    let r = sb
         .post_control(
             "/_sandbox/oauth/codes",
             json!({"redirectUri": "http://localhost/cb"}),
         )
-        .await
-        .body["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .await;
+    r.body["code"].as_str().unwrap().to_string()
+}
+
+async fn oauth_tokens(sb: &TestSandbox) -> Value {
+    let code = new_code(sb).await;
     let (status, body) = token_call(
         sb,
         "/oauth/v1/token",
@@ -158,16 +160,7 @@ async fn access_tokens_expire_after_the_configured_lifetime() {
 #[tokio::test]
 async fn an_authorization_code_is_single_use_and_bound_to_its_redirect_uri() {
     let sb = TestSandbox::start().await;
-    let code = sb
-        .post_control(
-            "/_sandbox/oauth/codes",
-            json!({"redirectUri": "http://localhost/cb"}),
-        )
-        .await
-        .body["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let code = new_code(&sb).await;
     let form = |uri: &'static str, code: String| {
         vec![
             ("grant_type", "authorization_code".to_string()),
@@ -185,16 +178,7 @@ async fn an_authorization_code_is_single_use_and_bound_to_its_redirect_uri() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let code2 = sb
-        .post_control(
-            "/_sandbox/oauth/codes",
-            json!({"redirectUri": "http://localhost/cb"}),
-        )
-        .await
-        .body["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let code2 = new_code(&sb).await;
     assert_eq!(
         sb.http
             .post(format!("{}/oauth/v1/token", sb.base))
