@@ -3,11 +3,31 @@
 //! `workers/` are thin mains.
 //!
 //! # Layout
-//! - [`sandbox`] — emulated CRMs (HubSpot first) that tests, benchmarks and
-//!   `crmsync dev` talk to over real HTTP.
-//!
-//! The rest of the shape (`config`, `domain`, `sync`, `providers`, `store`,
-//! `queue`, `jobs`, `ingress`, `api`) lands with the issues that need it; see
-//! `shared/design/ARCHITECTURE.md`.
+//! - [`config`] — layered settings, validated at start-up.
+//! - [`domain`] — ids, closed sets, canonical fields and cursors.
+//! - [`sync`] — the pure core: pull decisions and the three-way merge.
+//! - [`secrets`] — credentials sealed at rest.
+//! - [`store`] — sqlx repositories (Postgres with row-level security, SQLite).
+//! - [`providers`] — CRM adapters (HubSpot), budgets and provider errors.
+//! - [`jobs`] — `full_sync` and `delta_sync`, with their error policy.
+//! - [`queue`] — apalis backends (Redis, SQLite) behind one handle; workers.
+//! - [`scheduler`] — enqueues due delta syncs, once per tick fleet-wide.
+//! - [`telemetry`] — logs, metrics, `/metrics` and `/health`.
+//! - [`app`] — start-up wiring shared by the binaries.
+//! - [`cli`] — the `crmsync` operator commands, `dev` included.
+//! - [`sandbox`] — emulated CRMs that tests, benchmarks and `crmsync dev`
+//!   talk to over real HTTP.
 
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod jobs;
+pub mod providers;
+pub mod queue;
 pub mod sandbox;
+pub mod scheduler;
+pub mod secrets;
+pub mod store;
+pub mod sync;
+pub mod telemetry;

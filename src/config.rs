@@ -1,0 +1,492 @@
+//! Layered settings: embedded `config/default.toml` → `config/{CRMSYNC_ENV}.toml`
+//! → `CRMSYNC__SECTION__KEY` environment variables, validated once at start-up
+//! so a wrong key or value stops the process with a message naming it.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The embedded defaults; the same file documents every key for operators.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Keys that hold secrets: accepted only from the environment, never from a
+/// file that may be committed or baked into an image.
+const SECRET_KEYS: &[(&str, &str)] = &[
+    ("secrets", "encryption_key"),
+    ("hubspot", "client_secret"),
+];
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key is unknown, mistyped or malformed (figment names key and source).
+    #[error("configuration error: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("configuration error: {key}: {message}")]
+    Value {
+        /// The environment-variable form of the key.
+        key: &'static str,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// The overlay picked by `CRMSYNC_ENV` does not exist.
+    #[error("configuration error: CRMSYNC_ENV={env} but {path} does not exist")]
+    MissingOverlay {
+        /// The value of `CRMSYNC_ENV`.
+        env: String,
+        /// The overlay file that was looked for.
+        path: String,
+    },
+    /// A secret was found in a file.
+    #[error(
+        "configuration error: {key} must come from the environment ({env}), not from {file}"
+    )]
+    SecretInFile {
+        /// The dotted key.
+        key: String,
+        /// The environment variable to use instead.
+        env: String,
+        /// The file that held it.
+        file: String,
+    },
+}
+
+/// All settings of every process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where state lives.
+    pub database: DatabaseSettings,
+    /// The production queue and shared fleet state.
+    pub redis: RedisSettings,
+    /// Which queue backend and how it polls.
+    pub queue: QueueSettings,
+    /// Keys for data at rest.
+    pub secrets: SecretsSettings,
+    /// HubSpot endpoints, app credentials and rate budget.
+    pub hubspot: HubspotSettings,
+    /// Delta and full sync tuning.
+    pub sync: SyncSettings,
+    /// Worker timeouts and shutdown.
+    pub worker: WorkerSettings,
+    /// Logs, metrics and health.
+    pub telemetry: TelemetrySettings,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` (production) or `sqlite://path` (embedded).
+    pub url: String,
+    /// The owner's URL for `crmsync migrate`; defaults to `url`.
+    pub migration_url: Option<String>,
+    /// Pool size per process.
+    pub max_connections: u32,
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`; empty means no Redis.
+    pub url: Option<String>,
+}
+
+/// The two queue backends behind [`crate::queue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// apalis-redis: production.
+    Redis,
+    /// apalis-sqlite in its own file: the embedded mode.
+    Sqlite,
+}
+
+/// `[queue]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// `redis` or `sqlite`; unset means redis when `redis.url` is set.
+    pub backend: Option<QueueBackend>,
+    /// The SQLite queue file (a separate file from the store).
+    pub sqlite_path: String,
+    /// Prefix of every queue name, so several deployments can share a Redis.
+    pub namespace: String,
+    /// How often an idle worker looks for work, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Worker heartbeat period, in seconds.
+    pub heartbeat_secs: u64,
+    /// Missed heartbeats after which a worker's jobs are re-run elsewhere.
+    pub missed_heartbeats: u32,
+}
+
+/// `[secrets]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// 32 random bytes, standard base64 (environment only).
+    pub encryption_key: Option<SecretString>,
+}
+
+/// `[hubspot]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubspotSettings {
+    /// API base URL; the sandbox in tests and `dev`.
+    pub api_base_url: String,
+    /// Our public app's id (echo markers, webhooks).
+    pub app_id: Option<u64>,
+    /// Our public app's OAuth client id.
+    pub client_id: Option<String>,
+    /// Our public app's OAuth client secret (environment only).
+    pub client_secret: Option<SecretString>,
+    /// The account's burst budget: requests per rolling 10 s.
+    pub requests_per_10s: u32,
+    /// The search endpoints' budget: requests per second.
+    pub search_requests_per_second: u32,
+    /// Share of each budget crmsync may use (the rest is the customer's).
+    pub budget_share: f64,
+    /// Per-request timeout, in seconds.
+    pub request_timeout_secs: u64,
+}
+
+/// `[sync]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Default delta interval of a new connection, in seconds.
+    pub delta_interval_secs: u64,
+    /// How far behind the cursor a delta re-reads, for search-index lag.
+    pub overlap_secs: u64,
+    /// How far behind now a delta stops, so the cursor never passes records
+    /// the search index does not show yet.
+    pub guard_secs: u64,
+    /// Records per full-sync page (HubSpot list: at most 100).
+    pub full_page_size: u32,
+    /// Records per delta search page (HubSpot search: at most 200).
+    pub delta_page_size: u32,
+    /// The search result cap after which a delta narrows its window.
+    pub search_result_cap: u32,
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// A job running longer fails and is retried.
+    pub job_timeout_secs: u64,
+    /// On SIGTERM, in-flight jobs get this long to finish.
+    pub shutdown_grace_secs: u64,
+    /// Attempts before a job is given up (dead-lettered).
+    pub max_attempts: u32,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Address of `/metrics` and `/health`; port 0 disables them.
+    pub listen: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive such as `info,crmsync=debug`.
+    pub log_level: String,
+}
+
+impl Settings {
+    /// Loads the layers from the process environment and the working directory.
+    pub fn load() -> Result<Self, ConfigError> {
+        let env_name = std::env::var("CRMSYNC_ENV").ok().filter(|s| !s.is_empty());
+        let dir = std::env::var("CRMSYNC_CONFIG_DIR").unwrap_or_else(|_| "config".into());
+        Self::load_from(Path::new(&dir), env_name.as_deref(), Env::prefixed("CRMSYNC__"))
+    }
+
+    /// Loads from an explicit overlay directory and environment provider (tests).
+    pub fn load_from(dir: &Path, env_name: Option<&str>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(name) = env_name {
+            let path: PathBuf = dir.join(format!("{name}.toml"));
+            if !path.is_file() {
+                return Err(ConfigError::MissingOverlay {
+                    env: name.to_string(),
+                    path: path.display().to_string(),
+                });
+            }
+            let overlay = Figment::from(Toml::file(&path));
+            for (section, key) in SECRET_KEYS {
+                if overlay.find_value(&format!("{section}.{key}")).is_ok() {
+                    return Err(ConfigError::SecretInFile {
+                        key: format!("{section}.{key}"),
+                        env: env_var(section, key),
+                        file: path.display().to_string(),
+                    });
+                }
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // `CRMSYNC__DATABASE__URL` → `database.url`. Empty values mean unset.
+        let env = env.split("__").filter_map(|k| Some(k.as_str().to_lowercase().into()));
+        let figment = figment.merge(env);
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.normalise();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn normalise(&mut self) {
+        let blank = |s: &Option<String>| s.as_deref().is_some_and(|v| v.trim().is_empty());
+        if blank(&self.redis.url) {
+            self.redis.url = None;
+        }
+        if blank(&self.database.migration_url) {
+            self.database.migration_url = None;
+        }
+        if blank(&self.hubspot.client_id) {
+            self.hubspot.client_id = None;
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database.url;
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            return Err(value(
+                "CRMSYNC__DATABASE__URL",
+                format!("expected postgres://… or sqlite://…, got {:?}", redact_url(url)),
+            ));
+        }
+        if let Some(redis) = &self.redis.url
+            && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
+        {
+            return Err(value(
+                "CRMSYNC__REDIS__URL",
+                format!("expected redis://…, got {:?}", redact_url(redis)),
+            ));
+        }
+        if self.queue_backend() == QueueBackend::Redis && self.redis.url.is_none() {
+            return Err(value(
+                "CRMSYNC__QUEUE__BACKEND",
+                "is redis but CRMSYNC__REDIS__URL is not set".into(),
+            ));
+        }
+        if !self.hubspot.api_base_url.starts_with("http://")
+            && !self.hubspot.api_base_url.starts_with("https://")
+        {
+            return Err(value(
+                "CRMSYNC__HUBSPOT__API_BASE_URL",
+                format!("expected an http(s) URL, got {:?}", self.hubspot.api_base_url),
+            ));
+        }
+        let positive: [(&'static str, u64); 8] = [
+            ("CRMSYNC__QUEUE__POLL_INTERVAL_MS", self.queue.poll_interval_ms),
+            ("CRMSYNC__QUEUE__HEARTBEAT_SECS", self.queue.heartbeat_secs),
+            ("CRMSYNC__HUBSPOT__REQUESTS_PER_10S", self.hubspot.requests_per_10s.into()),
+            (
+                "CRMSYNC__HUBSPOT__SEARCH_REQUESTS_PER_SECOND",
+                self.hubspot.search_requests_per_second.into(),
+            ),
+            ("CRMSYNC__SYNC__DELTA_INTERVAL_SECS", self.sync.delta_interval_secs),
+            ("CRMSYNC__WORKER__JOB_TIMEOUT_SECS", self.worker.job_timeout_secs),
+            ("CRMSYNC__WORKER__MAX_ATTEMPTS", self.worker.max_attempts.into()),
+            ("CRMSYNC__HUBSPOT__REQUEST_TIMEOUT_SECS", self.hubspot.request_timeout_secs),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(value(key, "must be greater than 0".into()));
+            }
+        }
+        if !(self.hubspot.budget_share > 0.0 && self.hubspot.budget_share <= 1.0) {
+            return Err(value(
+                "CRMSYNC__HUBSPOT__BUDGET_SHARE",
+                format!("must be in (0, 1], got {}", self.hubspot.budget_share),
+            ));
+        }
+        if !(1..=100).contains(&self.sync.full_page_size) {
+            return Err(value(
+                "CRMSYNC__SYNC__FULL_PAGE_SIZE",
+                "HubSpot lists at most 100 per page: use 1..=100".into(),
+            ));
+        }
+        if !(1..=200).contains(&self.sync.delta_page_size) {
+            return Err(value(
+                "CRMSYNC__SYNC__DELTA_PAGE_SIZE",
+                "HubSpot searches at most 200 per page: use 1..=200".into(),
+            ));
+        }
+        if self.sync.search_result_cap < self.sync.delta_page_size * 2 {
+            return Err(value(
+                "CRMSYNC__SYNC__SEARCH_RESULT_CAP",
+                "must hold at least two delta pages".into(),
+            ));
+        }
+        // A job must finish (or time out) before its worker counts as dead,
+        // or a slow job would run twice at once.
+        if self.orphan_window() <= Duration::from_secs(self.worker.job_timeout_secs) {
+            return Err(value(
+                "CRMSYNC__QUEUE__MISSED_HEARTBEATS",
+                format!(
+                    "heartbeat_secs × missed_heartbeats ({} s) must exceed worker.job_timeout_secs ({} s)",
+                    self.orphan_window().as_secs(),
+                    self.worker.job_timeout_secs
+                ),
+            ));
+        }
+        if self.worker.shutdown_grace_secs >= self.orphan_window().as_secs() {
+            return Err(value(
+                "CRMSYNC__WORKER__SHUTDOWN_GRACE_SECS",
+                "must be shorter than heartbeat_secs × missed_heartbeats".into(),
+            ));
+        }
+        if let Some(key) = &self.secrets.encryption_key {
+            crate::secrets::EncryptionKey::parse(key)
+                .map_err(|e| value("CRMSYNC__SECRETS__ENCRYPTION_KEY", e.to_string()))?;
+        }
+        if self.telemetry.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(value(
+                "CRMSYNC__TELEMETRY__LISTEN",
+                format!("expected host:port, got {:?}", self.telemetry.listen),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The queue backend in effect: explicit, else Redis when a URL is set.
+    pub fn queue_backend(&self) -> QueueBackend {
+        self.queue.backend.unwrap_or(if self.redis.url.is_some() {
+            QueueBackend::Redis
+        } else {
+            QueueBackend::Sqlite
+        })
+    }
+
+    /// After this long without a heartbeat a worker's jobs run elsewhere.
+    pub fn orphan_window(&self) -> Duration {
+        Duration::from_secs(self.queue.heartbeat_secs * u64::from(self.queue.missed_heartbeats))
+    }
+
+    /// Whether the store is the embedded SQLite file.
+    pub fn is_embedded(&self) -> bool {
+        self.database.url.starts_with("sqlite:")
+    }
+}
+
+fn value(key: &'static str, message: String) -> ConfigError {
+    ConfigError::Value { key, message }
+}
+
+fn env_var(section: &str, key: &str) -> String {
+    format!("CRMSYNC__{}__{}", section.to_uppercase(), key.to_uppercase())
+}
+
+/// A URL with any password replaced, safe to print.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(jail: &Jail, env: Option<&str>) -> Result<Settings, String> {
+        Settings::load_from(jail.directory(), env, Env::prefixed("CRMSYNC__")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_store_and_sqlite_queue() {
+        Jail::expect_with(|jail| {
+            let s = load(jail, None)?;
+            assert!(s.is_embedded());
+            assert_eq!(s.queue_backend(), QueueBackend::Sqlite);
+            assert_eq!(s.sync.delta_interval_secs, 60);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_and_redis_url_selects_the_redis_queue() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CRMSYNC__REDIS__URL", "redis://127.0.0.1:6379/0");
+            jail.set_env("CRMSYNC__DATABASE__URL", "postgres://app@localhost/crm");
+            let s = load(jail, None)?;
+            assert_eq!(s.queue_backend(), QueueBackend::Redis);
+            assert!(!s.is_embedded());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CRMSYNC__DATABASE__URLL", "x");
+            let err = load(jail, None).err().unwrap_or_default();
+            assert!(err.contains("urll"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CRMSYNC__DATABASE__URL", "mysql://x");
+            let err = load(jail, None).err().unwrap_or_default();
+            assert!(err.contains("CRMSYNC__DATABASE__URL"), "{err}");
+            jail.set_env("CRMSYNC__DATABASE__URL", "sqlite://a.db");
+            jail.set_env("CRMSYNC__SYNC__FULL_PAGE_SIZE", "500");
+            let err = load(jail, None).err().unwrap_or_default();
+            assert!(err.contains("FULL_PAGE_SIZE"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn overlay_applies_and_may_not_hold_secrets() {
+        Jail::expect_with(|jail| {
+            jail.create_file("staging.toml", "[sync]\ndelta_interval_secs = 15\n")?;
+            assert_eq!(load(jail, Some("staging"))?.sync.delta_interval_secs, 15);
+            jail.create_file("leaky.toml", "[secrets]\nencryption_key = \"abc\"\n")?;
+            let err = load(jail, Some("leaky")).err().unwrap_or_default();
+            assert!(err.contains("CRMSYNC__SECRETS__ENCRYPTION_KEY"), "{err}");
+            let err = load(jail, Some("missing")).err().unwrap_or_default();
+            assert!(err.contains("missing.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://app:s3cret@db/crm"), "postgres://app:***@db/crm");
+        assert_eq!(redact_url("sqlite://crmsync.db"), "sqlite://crmsync.db");
+    }
+}

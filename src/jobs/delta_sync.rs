@@ -1,0 +1,183 @@
+//! `DeltaSync`: pulls records changed since the cursor (`SYNC_ALGORITHMS.md`
+//! §1). The window starts `overlap` before the cursor (the search index shows
+//! changes late) and ends `guard` before now; it is read ascending by modified
+//! time, and each page commits with the cursor of its last record.
+//!
+//! A search query pages through at most `search_result_cap` results. Before
+//! that, the window restarts at the last timestamp seen; if one timestamp
+//! alone fills the cap, that instant is paged by id instead and the window
+//! continues just after it. Nothing is skipped; re-read records are counted
+//! unchanged and write nothing.
+
+use super::{Deps, JobError, Session};
+use crate::domain::{ConnectionId, CrmId, CrmObject, Cursor, RunId, RunKind, RunStatus, TenantId};
+use crate::providers::hubspot::ChangeQuery;
+use crate::store::{ConnectionRow, PageWrite};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Pages one job run reads before it hands the rest to a follow-up job, so
+/// that a huge backlog never holds a worker slot past the job timeout.
+const MAX_PAGES_PER_RUN: u32 = 120;
+
+/// A delta sync of one connection (all its objects, or one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaSyncJob {
+    /// Owner.
+    pub tenant: TenantId,
+    /// Connection.
+    pub connection: ConnectionId,
+    /// One object, or every synced object when `None`.
+    pub object: Option<CrmObject>,
+    /// What enqueued it (a scheduler tick, a CLI request): the idempotency key.
+    pub trigger: String,
+    /// Retry number (0 on the first try).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl DeltaSyncJob {
+    /// The key that makes enqueueing the same trigger twice a no-op.
+    pub fn idempotency_key(&self) -> String {
+        format!("delta_sync:{}:{}:{}", self.connection, self.trigger, self.attempt)
+    }
+}
+
+/// Where one job run stopped.
+enum Progress {
+    Caught,
+    MoreToRead,
+}
+
+/// Runs a delta sync; returns the runs it recorded.
+pub async fn run(job: &DeltaSyncJob, deps: &Deps) -> Result<Vec<RunId>, JobError> {
+    let connection = deps.store.connection(job.tenant, job.connection).await?;
+    let objects: Vec<CrmObject> = match job.object {
+        Some(o) => vec![o],
+        None => connection.settings.objects.iter().map(|m| m.crm_object).collect(),
+    };
+    let mut session = Session::open(deps, connection).await?;
+    let mut runs = Vec::new();
+    let mut more = false;
+    for object in objects {
+        let Some(cursor) = deps.store.cursor(job.tenant, job.connection, object).await? else {
+            tracing::info!(connection.id = %job.connection, %object, "no cursor yet: waiting for the first full sync");
+            continue;
+        };
+        let run = deps.store.start_run(job.tenant, job.connection, object, RunKind::DeltaSync).await?;
+        runs.push(run.id);
+        match pull(deps, &mut session, object, run.id, cursor).await {
+            Ok(progress) => {
+                deps.store.finish_run(job.tenant, run.id, RunStatus::Succeeded, None).await?;
+                more |= matches!(progress, Progress::MoreToRead);
+            }
+            Err(e) => {
+                deps.store.finish_run(job.tenant, run.id, RunStatus::Failed, Some(&e.to_string())).await?;
+                return Err(e);
+            }
+        }
+    }
+    if more {
+        let follow_up = DeltaSyncJob {
+            trigger: format!("{}+{}", job.trigger, uuid::Uuid::now_v7()),
+            attempt: 0,
+            ..job.clone()
+        };
+        deps.queue.push_delta_sync(&follow_up).await?;
+    }
+    Ok(runs)
+}
+
+async fn pull(
+    deps: &Deps,
+    session: &mut Session,
+    object: CrmObject,
+    run: RunId,
+    cursor: Cursor,
+) -> Result<Progress, JobError> {
+    let sync = &deps.settings.sync;
+    let connection: ConnectionRow = session.connection.clone();
+    let Some(kind) = connection.settings.kind_of(object) else {
+        return Err(JobError::Permanent(format!("connection {} does not sync {object}", connection.id)));
+    };
+    let account = connection.external_account_id.clone();
+    let until = Utc::now() - seconds(sync.guard_secs);
+    let mut since = cursor.modified_at - seconds(sync.overlap_secs);
+    let mut instant: Option<(DateTime<Utc>, CrmId)> = None;
+    let limit = sync.delta_page_size;
+    let mut pages = 0u32;
+    'windows: while since <= until {
+        let query = match &instant {
+            Some((at, after_id)) => ChangeQuery::Instant { at: *at, after_id: after_id.clone() },
+            None => ChangeQuery::Window { since, until },
+        };
+        let mut offset: Option<String> = None;
+        let mut seen: u32 = 0;
+        loop {
+            if pages >= MAX_PAGES_PER_RUN {
+                return Ok(Progress::MoreToRead);
+            }
+            pages += 1;
+            let after = offset.clone();
+            let page = crate::with_auth!(session, deps, |token| deps.hubspot.search_changes(
+                &account,
+                token,
+                object,
+                &query,
+                after.as_deref(),
+                limit
+            ))?;
+            seen += u32::try_from(page.records.len()).unwrap_or(u32::MAX);
+            let last = page.records.last().map(|r| (r.modified_at, r.crm_id.clone()));
+            let write = PageWrite {
+                tenant: connection.tenant,
+                connection: connection.id,
+                provider: connection.provider,
+                object,
+                kind,
+                strategy: connection.settings.strategy,
+                items: page.records,
+                run,
+                page_number: None,
+                next_page_token: None,
+                finishes_run: false,
+                cursor: last.clone().map(|(modified_at, crm_id)| Cursor { modified_at, crm_id }),
+            };
+            let outcome = deps.store.apply_page(&write).await?;
+            crate::telemetry::record_page("delta_sync", outcome.map(|o| o.counts));
+            let Some((last_at, last_id)) = last else {
+                break;
+            };
+            match (&page.next, &query) {
+                (None, ChangeQuery::Instant { at, .. }) => {
+                    // The crowded instant is done; go on just after it.
+                    since = *at + chrono::Duration::milliseconds(1);
+                    instant = None;
+                    continue 'windows;
+                }
+                (None, ChangeQuery::Window { .. }) => break 'windows,
+                (Some(next), _) if seen + limit <= sync.search_result_cap => offset = Some(next.clone()),
+                (Some(_), ChangeQuery::Instant { at, .. }) => {
+                    instant = Some((*at, last_id));
+                    continue 'windows;
+                }
+                (Some(_), ChangeQuery::Window { .. }) => {
+                    if last_at == since {
+                        // One timestamp fills the whole cap: page it by id,
+                        // from the start (ties need not have come in id order).
+                        instant = Some((last_at, CrmId("0".into())));
+                    } else {
+                        since = last_at;
+                    }
+                    continue 'windows;
+                }
+            }
+        }
+        break;
+    }
+    Ok(Progress::Caught)
+}
+
+fn seconds(s: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
+}

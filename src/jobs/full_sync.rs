@@ -1,0 +1,113 @@
+//! `FullSync`: one page per job run, then the next page is enqueued, so no
+//! job runs long and a killed one re-runs within the orphan window.
+//!
+//! Exactly-once effect: the run row counts the pages applied (`pages_done`).
+//! Page `p` commits only while `pages_done = p` (in the same transaction as
+//! its records), so a re-run of a committed page writes nothing; it only makes
+//! sure page `p + 1` is queued (idempotency key `full_sync:{run}:{p+1}`), which
+//! heals a crash between the commit and the enqueue.
+
+use super::{Deps, JobError, Session};
+use crate::domain::{ConnectionId, CrmObject, RunId, RunStatus, TenantId};
+use crate::store::PageWrite;
+use serde::{Deserialize, Serialize};
+
+/// One page of a full sync of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullSyncJob {
+    /// Owner.
+    pub tenant: TenantId,
+    /// Connection.
+    pub connection: ConnectionId,
+    /// CRM object.
+    pub object: CrmObject,
+    /// The run this page belongs to.
+    pub run: RunId,
+    /// Page number, from 0.
+    pub page: i64,
+    /// Retry number of this page (0 on the first try).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl FullSyncJob {
+    /// The key that makes enqueueing the same page twice a no-op.
+    pub fn idempotency_key(&self) -> String {
+        format!("full_sync:{}:{}:{}", self.run, self.page, self.attempt)
+    }
+
+    /// The job for the page after this one.
+    pub fn next_page(&self) -> Self {
+        Self { page: self.page + 1, attempt: 0, ..self.clone() }
+    }
+}
+
+/// Runs one page.
+pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
+    let run = deps.store.run(job.tenant, job.run).await?;
+    if run.status != RunStatus::Running {
+        return Ok(());
+    }
+    if run.pages_done > job.page {
+        // Committed by an earlier attempt: make sure the chain goes on.
+        if run.pages_done == job.page + 1 {
+            deps.queue.push_full_sync(&job.next_page()).await?;
+        }
+        return Ok(());
+    }
+    if run.pages_done < job.page {
+        return Err(JobError::Transient {
+            message: format!("page {} of run {} is not committed yet", job.page - 1, job.run),
+            retry_after: None,
+        });
+    }
+    let connection = deps.store.connection(job.tenant, job.connection).await?;
+    let Some(kind) = connection.settings.kind_of(job.object) else {
+        return Err(JobError::Permanent(format!("connection {} does not sync {}", job.connection, job.object)));
+    };
+    let strategy = connection.settings.strategy;
+    let provider = connection.provider;
+    let mut session = Session::open(deps, connection).await?;
+    let account = session.account().to_string();
+    let page_size = deps.settings.sync.full_page_size;
+    let after = run.page_token.clone();
+    let page = crate::with_auth!(session, deps, |token| deps.hubspot.list_page(
+        &account,
+        token,
+        job.object,
+        after.as_deref(),
+        page_size
+    ))?;
+    let finishes = page.next.is_none();
+    let write = PageWrite {
+        tenant: job.tenant,
+        connection: job.connection,
+        provider,
+        object: job.object,
+        kind,
+        strategy,
+        items: page.records,
+        run: job.run,
+        page_number: Some(job.page),
+        next_page_token: page.next,
+        finishes_run: finishes,
+        cursor: None,
+    };
+    let outcome = deps.store.apply_page(&write).await?;
+    crate::telemetry::record_page("full_sync", outcome.map(|o| o.counts));
+    if outcome.is_some() && !finishes {
+        deps.queue.push_full_sync(&job.next_page()).await?;
+    }
+    if finishes && outcome.is_some() {
+        tracing::info!(connection.id = %job.connection, run.id = %job.run, object = %job.object, "full sync finished");
+    }
+    Ok(())
+}
+
+/// Marks the run failed once retries are exhausted or the error is final.
+pub async fn give_up(job: &FullSyncJob, deps: &Deps, error: &JobError) -> Result<(), JobError> {
+    deps.store
+        .finish_run(job.tenant, job.run, RunStatus::Failed, Some(&error.to_string()))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Job kinds, one file each, and what they share: the error that decides
+//! retry versus give-up, the dependencies a handler gets, and the connection
+//! session that keeps tokens fresh. Jobs carry ids, never record data.
+
+pub mod delta_sync;
+pub mod full_sync;
+mod session;
+
+pub use delta_sync::DeltaSyncJob;
+pub use full_sync::FullSyncJob;
+pub use session::Session;
+
+use crate::config::Settings;
+use crate::providers::ProviderError;
+use crate::providers::hubspot::HubspotClient;
+use crate::queue::{Queue, QueueError};
+use crate::store::{Store, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The job kinds, by stem: the stem names the queue, the `--jobs` value and
+/// the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    /// [`FullSyncJob`].
+    FullSync,
+    /// [`DeltaSyncJob`].
+    DeltaSync,
+}
+
+impl JobKind {
+    /// Every kind.
+    pub const ALL: &'static [JobKind] = &[JobKind::FullSync, JobKind::DeltaSync];
+
+    /// The stem.
+    pub fn stem(self) -> &'static str {
+        match self {
+            JobKind::FullSync => "full_sync",
+            JobKind::DeltaSync => "delta_sync",
+        }
+    }
+
+    /// Parses a stem, naming the known ones on error.
+    pub fn from_stem(stem: &str) -> Result<Self, String> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| k.stem() == stem)
+            .ok_or_else(|| {
+                let known: Vec<_> = Self::ALL.iter().map(|k| k.stem()).collect();
+                format!("unknown job kind {stem:?}; known: {}", known.join(", "))
+            })
+    }
+}
+
+/// How a job run failed: decided once, by the `From` impls below.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Worth retrying (after `retry_after` when the CRM said so).
+    #[error("{message}")]
+    Transient {
+        /// Why.
+        message: String,
+        /// The CRM's requested delay.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help; the run is marked failed.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> Self {
+        if e.is_retryable() {
+            JobError::Transient { message: e.to_string(), retry_after: None }
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    }
+}
+
+impl From<ProviderError> for JobError {
+    fn from(e: ProviderError) -> Self {
+        if e.is_retryable() {
+            JobError::Transient { retry_after: e.retry_after(), message: e.to_string() }
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    }
+}
+
+impl From<QueueError> for JobError {
+    fn from(e: QueueError) -> Self {
+        JobError::Transient { message: e.to_string(), retry_after: None }
+    }
+}
+
+/// What every handler needs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Deps {
+    /// State.
+    pub store: Store,
+    /// HubSpot API.
+    pub hubspot: HubspotClient,
+    /// Where follow-up jobs go.
+    pub queue: Queue,
+    /// Settings in effect.
+    pub settings: Arc<Settings>,
+}

@@ -1,0 +1,135 @@
+//! A connection's authenticated session: opens its credentials, refreshes an
+//! OAuth token before it expires, and on a 401 refreshes once and retries —
+//! a second refusal marks the connection as needing re-authorisation.
+
+use super::{Deps, JobError};
+use crate::domain::{ConnectionStatus, ProviderKind};
+use crate::providers::ProviderError;
+use crate::store::{ConnectionRow, Credentials};
+use chrono::Utc;
+use secrecy::SecretString;
+
+/// Refresh this long before the access token expires.
+const REFRESH_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+
+/// An active connection and a token that works for it.
+#[derive(Debug)]
+pub struct Session {
+    /// The connection.
+    pub connection: ConnectionRow,
+    token: SecretString,
+}
+
+impl Session {
+    /// Opens a session; refuses connections that are not active.
+    pub async fn open(deps: &Deps, connection: ConnectionRow) -> Result<Self, JobError> {
+        if connection.status != ConnectionStatus::Active {
+            return Err(JobError::Permanent(format!(
+                "connection {} is {}{}",
+                connection.id,
+                connection.status,
+                connection.status_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            )));
+        }
+        let token = match deps.store.credentials(&connection)? {
+            Credentials::PrivateAppToken { token } => token,
+            Credentials::OAuth { access_token, refresh_token, expires_at } => {
+                if expires_at - REFRESH_MARGIN <= Utc::now() {
+                    refresh(deps, &connection, &refresh_token).await?
+                } else {
+                    access_token
+                }
+            }
+        };
+        Ok(Self { connection, token })
+    }
+
+    /// The CRM account id (HubSpot portal id), which keys the rate budgets.
+    pub fn account(&self) -> &str {
+        &self.connection.external_account_id
+    }
+
+    /// The current access token.
+    pub fn token(&self) -> &SecretString {
+        &self.token
+    }
+
+    /// After a 401: refreshes once (OAuth) so the caller can retry; a
+    /// private-app token, or a refused refresh, marks the connection
+    /// `needs_reauth` and returns the final error.
+    pub async fn reauthorize(&mut self, deps: &Deps, refused: String) -> Result<(), JobError> {
+        match deps.store.credentials(&self.connection)? {
+            Credentials::OAuth { refresh_token, .. } => {
+                self.token = refresh(deps, &self.connection, &refresh_token).await?;
+                Ok(())
+            }
+            Credentials::PrivateAppToken { .. } => Err(needs_reauth(deps, &self.connection, &refused).await),
+        }
+    }
+
+    /// Classifies the result of the retried call: a second 401 means the
+    /// connection needs re-authorisation.
+    pub async fn after_retry<T>(&self, deps: &Deps, result: Result<T, ProviderError>) -> Result<T, JobError> {
+        match result {
+            Err(ProviderError::Unauthorized(msg)) => Err(needs_reauth(deps, &self.connection, &msg).await),
+            other => Ok(other?),
+        }
+    }
+}
+
+/// Calls a provider with the session's token; on a 401 refreshes once and
+/// calls again (a macro, not a closure, so the futures stay plainly `Send`).
+#[macro_export]
+macro_rules! with_auth {
+    ($session:expr, $deps:expr, |$token:ident| $call:expr) => {{
+        let first = {
+            let $token = $session.token();
+            $call.await
+        };
+        match first {
+            Err($crate::providers::ProviderError::Unauthorized(refused)) => {
+                $session.reauthorize($deps, refused).await?;
+                let retried = {
+                    let $token = $session.token();
+                    $call.await
+                };
+                $session.after_retry($deps, retried).await
+            }
+            other => other.map_err($crate::jobs::JobError::from),
+        }
+    }};
+}
+
+async fn refresh(deps: &Deps, connection: &ConnectionRow, refresh_token: &SecretString) -> Result<SecretString, JobError> {
+    let fresh = match connection.provider {
+        ProviderKind::Hubspot => deps.hubspot.refresh(refresh_token).await,
+    };
+    match fresh {
+        Ok(tokens) => {
+            let expires_at = Utc::now() + chrono::Duration::from_std(tokens.expires_in).unwrap_or_default();
+            let credentials = Credentials::OAuth {
+                access_token: tokens.access_token.clone(),
+                refresh_token: tokens.refresh_token,
+                expires_at,
+            };
+            deps.store.update_credentials(connection, &credentials).await?;
+            tracing::info!(connection.id = %connection.id, "refreshed OAuth access token");
+            Ok(tokens.access_token)
+        }
+        Err(ProviderError::Unauthorized(msg)) => Err(needs_reauth(deps, connection, &msg).await),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn needs_reauth(deps: &Deps, connection: &ConnectionRow, why: &str) -> JobError {
+    let reason = format!("the CRM refused the credentials ({why}); reconnect with `crmsync connect`");
+    if let Err(e) = deps
+        .store
+        .set_connection_status(connection.tenant, connection.id, ConnectionStatus::NeedsReauth, Some(&reason))
+        .await
+    {
+        return e.into();
+    }
+    tracing::warn!(connection.id = %connection.id, "connection needs re-authorisation");
+    JobError::Permanent(format!("connection {} needs re-authorisation: {reason}", connection.id))
+}

@@ -1,0 +1,341 @@
+//! HubSpot CRM v3 over HTTP: list, search, batch read, account details and
+//! OAuth refresh, each paced by the account's budgets and classified into
+//! [`ProviderError`] here, at the boundary.
+
+use super::mapping::{self, HsObject};
+use crate::config::HubspotSettings;
+use crate::domain::{CrmId, CrmObject};
+use crate::providers::budget::{Budget, Budgets, WindowLimit};
+use crate::providers::error::ProviderError;
+use crate::sync::Incoming;
+use chrono::{DateTime, Utc};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One page of records and the token for the next.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Mapped records.
+    pub records: Vec<Incoming>,
+    /// The token for the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// A search for records changed in a window, ascending by modified time
+/// (ties by id), or — to page one crowded instant — by id at one timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeQuery {
+    /// `modified ≥ since` and `modified ≤ until`, sorted by modified time.
+    Window {
+        /// Lower bound (inclusive).
+        since: DateTime<Utc>,
+        /// Upper bound (inclusive).
+        until: DateTime<Utc>,
+    },
+    /// `modified = at` and `id > after_id`, sorted by id.
+    Instant {
+        /// The crowded timestamp.
+        at: DateTime<Utc>,
+        /// Only ids above this one.
+        after_id: CrmId,
+    },
+}
+
+/// Tokens from an OAuth refresh.
+#[derive(Debug, Clone)]
+pub struct RefreshedTokens {
+    /// New access token.
+    pub access_token: SecretString,
+    /// New (or the same) refresh token.
+    pub refresh_token: SecretString,
+    /// Lifetime of the access token.
+    pub expires_in: Duration,
+}
+
+/// A HubSpot API client for one deployment (shared by all connections).
+#[derive(Debug, Clone)]
+pub struct HubspotClient {
+    http: reqwest::Client,
+    settings: Arc<HubspotSettings>,
+    budgets: Arc<Budgets>,
+}
+
+#[derive(Deserialize)]
+struct ListBody {
+    #[serde(default)]
+    results: Vec<HsObject>,
+    paging: Option<Paging>,
+}
+
+#[derive(Deserialize)]
+struct Paging {
+    next: Option<NextPage>,
+}
+
+#[derive(Deserialize)]
+struct NextPage {
+    after: String,
+}
+
+impl HubspotClient {
+    /// Builds a client; `budgets` is shared by every client in the process.
+    pub fn new(settings: HubspotSettings, budgets: Arc<Budgets>) -> Result<Self, ProviderError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(settings.request_timeout_secs))
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("crmsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProviderError::Transport(e.to_string()))?;
+        Ok(Self { http, settings: Arc::new(settings), budgets })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.api_base_url.trim_end_matches('/'))
+    }
+
+    fn burst_budget(&self, portal: &str) -> Arc<Budget> {
+        let limit = WindowLimit { requests: self.settings.requests_per_10s, window: Duration::from_secs(10) };
+        self.budgets.get(&format!("hubspot:{portal}:burst"), limit, self.settings.budget_share)
+    }
+
+    fn search_budget(&self, portal: &str) -> Arc<Budget> {
+        let limit = WindowLimit { requests: self.settings.search_requests_per_second, window: Duration::from_secs(1) };
+        self.budgets.get(&format!("hubspot:{portal}:search"), limit, self.settings.budget_share)
+    }
+
+    /// The portal (account) id the token belongs to.
+    pub async fn portal_id(&self, token: &SecretString) -> Result<u64, ProviderError> {
+        let request = self.http.get(self.url("/account-info/v3/details")).bearer_auth(token.expose_secret());
+        let body: Value = send(request, None).await?;
+        body.get("portalId")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ProviderError::Unavailable("account details without a portalId".into()))
+    }
+
+    /// One page of every record of `object`, `limit` per page, from `after`.
+    pub async fn list_page(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, ProviderError> {
+        let mut query = vec![
+            ("limit".to_string(), limit.to_string()),
+            ("properties".to_string(), mapping::properties(object).join(",")),
+            ("archived".to_string(), "false".to_string()),
+        ];
+        if let Some(after) = after {
+            query.push(("after".into(), after.into()));
+        }
+        let request = self
+            .http
+            .request(Method::GET, self.url(&format!("/crm/v3/objects/{}", object.as_str())))
+            .query(&query)
+            .bearer_auth(token.expose_secret());
+        let body: ListBody = send(request, Some(&self.burst_budget(portal))).await?;
+        page(object, body)
+    }
+
+    /// One page of records changed per `query`, from offset `after`.
+    pub async fn search_changes(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        query: &ChangeQuery,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, ProviderError> {
+        let modified = mapping::modified_property(object);
+        let ms = |t: &DateTime<Utc>| t.timestamp_millis().to_string();
+        let (filters, sort) = match query {
+            ChangeQuery::Window { since, until } => (
+                json!([
+                    {"propertyName": modified, "operator": "GTE", "value": ms(since)},
+                    {"propertyName": modified, "operator": "LTE", "value": ms(until)},
+                ]),
+                modified,
+            ),
+            ChangeQuery::Instant { at, after_id } => (
+                json!([
+                    {"propertyName": modified, "operator": "EQ", "value": ms(at)},
+                    {"propertyName": "hs_object_id", "operator": "GT", "value": after_id.as_str()},
+                ]),
+                "hs_object_id",
+            ),
+        };
+        let mut body = json!({
+            "filterGroups": [{"filters": filters}],
+            "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
+            "properties": mapping::properties(object),
+            "limit": limit,
+        });
+        if let Some(after) = after {
+            body["after"] = json!(after);
+        }
+        let request = self
+            .http
+            .post(self.url(&format!("/crm/v3/objects/{}/search", object.as_str())))
+            .bearer_auth(token.expose_secret())
+            .json(&body);
+        let body: ListBody = send(request, Some(&self.search_budget(portal))).await?;
+        page(object, body)
+    }
+
+    /// Current state of up to 100 records by id (missing ids are left out).
+    pub async fn batch_read(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        ids: &[CrmId],
+    ) -> Result<Vec<Incoming>, ProviderError> {
+        let body = json!({
+            "inputs": ids.iter().map(|id| json!({"id": id.as_str()})).collect::<Vec<_>>(),
+            "properties": mapping::properties(object),
+        });
+        let request = self
+            .http
+            .post(self.url(&format!("/crm/v3/objects/{}/batch/read", object.as_str())))
+            .query(&[("archived", "false")])
+            .bearer_auth(token.expose_secret())
+            .json(&body);
+        let body: ListBody = send(request, Some(&self.burst_budget(portal))).await?;
+        Ok(page(object, body)?.records)
+    }
+
+    /// Exchanges a refresh token (OAuth v3 token endpoint).
+    pub async fn refresh(&self, refresh_token: &SecretString) -> Result<RefreshedTokens, ProviderError> {
+        let (Some(client_id), Some(secret)) = (&self.settings.client_id, &self.settings.client_secret) else {
+            return Err(ProviderError::Unauthorized(
+                "OAuth refresh needs CRMSYNC__HUBSPOT__CLIENT_ID and CRMSYNC__HUBSPOT__CLIENT_SECRET".into(),
+            ));
+        };
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", client_id.as_str()),
+            ("client_secret", secret.expose_secret()),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let request = self
+            .http
+            .post(self.url("/oauth/v3/token"))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body);
+        #[derive(Deserialize)]
+        struct TokenBody {
+            access_token: String,
+            refresh_token: Option<String>,
+            expires_in: u64,
+        }
+        let tokens: TokenBody = match send(request, None).await {
+            // The token endpoint answers 400 for a revoked or unknown refresh token.
+            Err(ProviderError::Rejected { message, .. }) => return Err(ProviderError::Unauthorized(message)),
+            other => other?,
+        };
+        Ok(RefreshedTokens {
+            access_token: SecretString::from(tokens.access_token),
+            refresh_token: tokens.refresh_token.map_or_else(|| refresh_token.clone(), SecretString::from),
+            expires_in: Duration::from_secs(tokens.expires_in),
+        })
+    }
+}
+
+fn page(object: CrmObject, body: ListBody) -> Result<Page, ProviderError> {
+    let records = body
+        .results
+        .into_iter()
+        .map(|o| mapping::to_incoming(object, o))
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = body.paging.and_then(|p| p.next).map(|n| n.after);
+    Ok(Page { records, next })
+}
+
+/// Sends after taking the budget; classifies the answer.
+async fn send<T: serde::de::DeserializeOwned>(request: RequestBuilder, budget: Option<&Budget>) -> Result<T, ProviderError> {
+    if let Some(budget) = budget {
+        budget.acquire().await;
+    }
+    let response = request.send().await.map_err(|e| {
+        if e.is_timeout() {
+            ProviderError::Unavailable(format!("timed out: {e}"))
+        } else {
+            ProviderError::Transport(e.to_string())
+        }
+    })?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.map_err(|e| ProviderError::Unavailable(format!("body cut short: {e}")))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::Unavailable(format!("unreadable response body: {e}")));
+    }
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let message = body
+        .get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect(), str::to_string);
+    let error = classify(status, &headers, &body, message);
+    if let (ProviderError::RateLimited { retry_after, .. }, Some(budget)) = (&error, budget) {
+        budget.cool_down(*retry_after);
+    }
+    Err(error)
+}
+
+/// Maps a non-2xx answer to a [`ProviderError`].
+fn classify(status: StatusCode, headers: &reqwest::header::HeaderMap, body: &Value, message: String) -> ProviderError {
+    match status.as_u16() {
+        429 => {
+            let policy = body.get("policyName").and_then(Value::as_str).unwrap_or("UNKNOWN").to_string();
+            let retry_after = headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(match policy.as_str() {
+                    "DAILY" => Duration::from_secs(3600),
+                    "TEN_SECONDLY_ROLLING" => Duration::from_secs(10),
+                    _ => Duration::from_secs(1),
+                });
+            ProviderError::RateLimited { retry_after, policy }
+        }
+        401 | 403 => ProviderError::Unauthorized(message),
+        404 => ProviderError::NotFound(message),
+        408 | 423 | 477 => ProviderError::Unavailable(format!("{status}: {message}")),
+        s if s >= 500 => ProviderError::Unavailable(format!("{status}: {message}")),
+        s => ProviderError::Rejected { status: s, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn rate_limits_use_retry_after_or_the_policy_window() {
+        let body = json!({"policyName": "TEN_SECONDLY_ROLLING"});
+        let e = classify(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), &body, String::new());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(10)));
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("3"));
+        let e = classify(StatusCode::TOO_MANY_REQUESTS, &headers, &body, String::new());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn client_errors_are_final_and_server_errors_are_retried() {
+        let none = HeaderMap::new();
+        assert!(!classify(StatusCode::BAD_REQUEST, &none, &Value::Null, "x".into()).is_retryable());
+        assert!(!classify(StatusCode::UNAUTHORIZED, &none, &Value::Null, "x".into()).is_retryable());
+        assert!(classify(StatusCode::BAD_GATEWAY, &none, &Value::Null, "x".into()).is_retryable());
+    }
+}

@@ -1,0 +1,133 @@
+//! HubSpot properties ↔ canonical fields (`ARCHITECTURE.md` default table),
+//! pure and tested on the API's documented object shape.
+
+use crate::domain::{CanonicalField, CrmId, CrmObject, RecordFields};
+use crate::providers::error::ProviderError;
+use crate::sync::Incoming;
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A CRM object as HubSpot returns it (`SimplePublicObject`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HsObject {
+    /// The record id.
+    pub id: String,
+    /// Requested properties; absent ones may be `null`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, Option<String>>,
+    /// Last update time (ISO 8601).
+    pub updated_at: Option<String>,
+}
+
+const FIELDS: &[(CanonicalField, &str)] = &[
+    (CanonicalField::Email, "email"),
+    (CanonicalField::FirstName, "firstname"),
+    (CanonicalField::LastName, "lastname"),
+    (CanonicalField::Company, "company"),
+    (CanonicalField::JobTitle, "jobtitle"),
+    (CanonicalField::Phone, "phone"),
+    (CanonicalField::Status, "hs_lead_status"),
+];
+
+/// The property that search filters and sorts on for changes: contacts use
+/// `lastmodifieddate`, every other object `hs_lastmodifieddate`.
+pub fn modified_property(object: CrmObject) -> &'static str {
+    match object {
+        CrmObject::Contacts => "lastmodifieddate",
+        CrmObject::Leads => "hs_lastmodifieddate",
+    }
+}
+
+/// The properties to request for `object`.
+pub fn properties(object: CrmObject) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = FIELDS.iter().map(|(_, p)| *p).collect();
+    names.push(modified_property(object));
+    names.push("hs_object_id");
+    names
+}
+
+/// HubSpot lead status → platform status; values with no platform meaning
+/// are left out rather than guessed.
+fn status_from_hubspot(value: &str) -> Option<&'static str> {
+    match value {
+        "NEW" => Some("new"),
+        "ATTEMPTED_TO_CONTACT" | "CONNECTED" => Some("contacted"),
+        "OPEN_DEAL" => Some("qualified"),
+        "UNQUALIFIED" => Some("unqualified"),
+        _ => None,
+    }
+}
+
+/// Parses HubSpot's timestamps: ISO 8601, or epoch milliseconds as a string.
+pub fn parse_time(value: &str) -> Option<DateTime<Utc>> {
+    if let Ok(ms) = value.parse::<i64>() {
+        return Utc.timestamp_millis_opt(ms).single();
+    }
+    DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// Maps one HubSpot object to an [`Incoming`] record.
+pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, ProviderError> {
+    let mut fields = RecordFields::new();
+    for (field, property) in FIELDS {
+        if let Some(Some(value)) = raw.properties.get(*property) {
+            if *field == CanonicalField::Status {
+                if let Some(status) = status_from_hubspot(value) {
+                    fields.set(*field, status);
+                }
+            } else {
+                fields.set(*field, value);
+            }
+        }
+    }
+    let modified = raw
+        .properties
+        .get(modified_property(object))
+        .and_then(|v| v.as_deref())
+        .or(raw.updated_at.as_deref())
+        .and_then(parse_time)
+        .ok_or_else(|| ProviderError::Unavailable(format!("HubSpot {} {} has no readable modified time", object, raw.id)))?;
+    Ok(Incoming { crm_id: CrmId(raw.id), modified_at: modified, fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_documented_contact_maps_to_a_platform_lead() {
+        // The shape of `SimplePublicObject` in HubSpot's contacts spec.
+        let raw: HsObject = serde_json::from_value(json!({
+            "id": "512",
+            "properties": {
+                "email": " Ada@Example.COM ", "firstname": "Ada", "lastname": null,
+                "company": "", "hs_lead_status": "CONNECTED",
+                "lastmodifieddate": "2026-11-20T10:11:12.345Z", "hs_object_id": "512"
+            },
+            "createdAt": "2026-11-01T00:00:00Z", "updatedAt": "2026-11-20T10:11:12.345Z", "archived": false
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let incoming = to_incoming(CrmObject::Contacts, raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(incoming.crm_id.as_str(), "512");
+        assert_eq!(incoming.fields.get(CanonicalField::Email), Some("ada@example.com"));
+        assert_eq!(incoming.fields.get(CanonicalField::LastName), None);
+        assert_eq!(incoming.fields.get(CanonicalField::Company), None);
+        assert_eq!(incoming.fields.get(CanonicalField::Status), Some("contacted"));
+        assert_eq!(incoming.modified_at.timestamp_millis(), 1_795_169_472_345);
+    }
+
+    #[test]
+    fn a_record_without_a_modified_time_is_an_error_not_a_guess() {
+        let raw: HsObject = serde_json::from_value(json!({"id": "1", "properties": {}})).unwrap_or_else(|e| panic!("{e}"));
+        assert!(to_incoming(CrmObject::Contacts, raw).is_err());
+    }
+
+    #[test]
+    fn leads_search_on_hs_lastmodifieddate() {
+        assert!(properties(CrmObject::Leads).contains(&"hs_lastmodifieddate"));
+        assert_eq!(modified_property(CrmObject::Contacts), "lastmodifieddate");
+    }
+}

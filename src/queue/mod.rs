@@ -1,0 +1,191 @@
+//! The job queue: apalis with the Redis backend (production) or the SQLite
+//! backend (embedded), behind [`Queue`], so job code never knows which.
+//!
+//! Retries are ours, not apalis's: its Redis backend ignores `max_attempts`
+//! and its SQLite backend retries at once with no backoff, so a handler that
+//! fails transiently re-enqueues a copy of its job with `attempt + 1` after an
+//! exponential, jittered delay (or the CRM's `Retry-After`) and acknowledges
+//! the original. Every push carries an idempotency key derived from the job,
+//! so pushing the same job twice enqueues it once.
+
+mod worker;
+
+pub use worker::{Settled, WorkerSpec, run_workers, settle};
+
+use crate::config::{QueueBackend, Settings};
+use crate::jobs::{DeltaSyncJob, FullSyncJob, JobKind};
+use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis_redis::RedisStorage;
+use apalis_sqlite::SqliteStorage;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long Redis remembers an idempotency key (apalis deletes it at once
+/// unless a TTL is set).
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Queue failures: all transient from a job's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Redis could not be reached.
+    #[error("queue (redis) unavailable: {0}")]
+    Redis(String),
+    /// The SQLite queue file could not be opened or written.
+    #[error("queue (sqlite) unavailable: {0}")]
+    Sqlite(String),
+    /// A push failed.
+    #[error("could not enqueue {job}: {message}")]
+    Push {
+        /// The job stem.
+        job: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A storage per job kind on one backend.
+#[derive(Clone)]
+enum Storages {
+    Redis {
+        full_sync: RedisStorage<FullSyncJob>,
+        delta_sync: RedisStorage<DeltaSyncJob>,
+        conn: apalis_redis::ConnectionManager,
+    },
+    Sqlite { full_sync: SqliteStorage<FullSyncJob>, delta_sync: SqliteStorage<DeltaSyncJob>, pool: sqlx::SqlitePool },
+}
+
+/// The queue handle: cheap to clone, shared by producers and workers.
+#[derive(Clone)]
+pub struct Queue {
+    storages: Storages,
+    settings: QueueTuning,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match self.storages {
+            Storages::Redis { .. } => "redis",
+            Storages::Sqlite { .. } => "sqlite",
+        };
+        write!(f, "Queue({backend}, {})", self.settings.namespace)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct QueueTuning {
+    namespace: String,
+    poll_interval: Duration,
+    heartbeat: Duration,
+    missed_heartbeats: u32,
+    max_attempts: u32,
+}
+
+impl Queue {
+    /// Connects to the configured backend; `store_dir` anchors a relative
+    /// SQLite queue path next to the store.
+    pub async fn connect(settings: &Settings, store_dir: &Path) -> Result<Self, QueueError> {
+        let tuning = QueueTuning {
+            namespace: settings.queue.namespace.clone(),
+            poll_interval: Duration::from_millis(settings.queue.poll_interval_ms),
+            heartbeat: Duration::from_secs(settings.queue.heartbeat_secs),
+            missed_heartbeats: settings.queue.missed_heartbeats,
+            max_attempts: settings.worker.max_attempts,
+        };
+        let storages = match settings.queue_backend() {
+            QueueBackend::Redis => {
+                let url = settings.redis.url.as_deref().unwrap_or_default();
+                let conn = apalis_redis::connect(url).await.map_err(|e| QueueError::Redis(e.to_string()))?;
+                Storages::Redis {
+                    full_sync: RedisStorage::new(conn.clone()).with_config(tuning.redis_config(JobKind::FullSync, 1)),
+                    delta_sync: RedisStorage::new(conn.clone()).with_config(tuning.redis_config(JobKind::DeltaSync, 1)),
+                    conn,
+                }
+            }
+            QueueBackend::Sqlite => {
+                let path = store_dir.join(&settings.queue.sqlite_path);
+                let url = format!("sqlite://{}", path.display());
+                let pool = crate::store::open_sqlite(&url, 4).await.map_err(|e| QueueError::Sqlite(e.to_string()))?;
+                SqliteStorage::migrations()
+                    .run(&pool)
+                    .await
+                    .map_err(|e| QueueError::Sqlite(e.to_string()))?;
+                Storages::Sqlite {
+                    full_sync: SqliteStorage::new(&pool).with_config(tuning.sqlite_config(JobKind::FullSync, 1)),
+                    delta_sync: SqliteStorage::new(&pool).with_config(tuning.sqlite_config(JobKind::DeltaSync, 1)),
+                    pool,
+                }
+            }
+        };
+        Ok(Self { storages, settings: tuning })
+    }
+
+    /// Enqueues a full-sync page (once per idempotency key).
+    pub async fn push_full_sync(&self, job: &FullSyncJob) -> Result<(), QueueError> {
+        self.push_full_sync_after(job, Duration::ZERO).await
+    }
+
+    /// Enqueues a full-sync page to run after `delay`.
+    pub async fn push_full_sync_after(&self, job: &FullSyncJob, delay: Duration) -> Result<(), QueueError> {
+        let task = self.task(job.clone(), job.idempotency_key(), delay);
+        let result = match &self.storages {
+            Storages::Redis { full_sync, .. } => full_sync.clone().push_task(task).await.map_err(|e| e.to_string()),
+            Storages::Sqlite { full_sync, .. } => full_sync.clone().push_task(task).await.map_err(|e| e.to_string()),
+        };
+        result.map_err(|message| QueueError::Push { job: "full_sync", message })
+    }
+
+    /// Enqueues a delta sync (once per idempotency key).
+    pub async fn push_delta_sync(&self, job: &DeltaSyncJob) -> Result<(), QueueError> {
+        self.push_delta_sync_after(job, Duration::ZERO).await
+    }
+
+    /// Enqueues a delta sync to run after `delay`.
+    pub async fn push_delta_sync_after(&self, job: &DeltaSyncJob, delay: Duration) -> Result<(), QueueError> {
+        let task = self.task(job.clone(), job.idempotency_key(), delay);
+        let result = match &self.storages {
+            Storages::Redis { delta_sync, .. } => delta_sync.clone().push_task(task).await.map_err(|e| e.to_string()),
+            Storages::Sqlite { delta_sync, .. } => delta_sync.clone().push_task(task).await.map_err(|e| e.to_string()),
+        };
+        result.map_err(|message| QueueError::Push { job: "delta_sync", message })
+    }
+
+    fn task<J>(&self, job: J, key: String, delay: Duration) -> apalis::prelude::Task<J> {
+        let mut builder = TaskBuilder::new(job)
+            .idempotency_key(key)
+            .max_attempts(usize::try_from(self.settings.max_attempts).unwrap_or(usize::MAX));
+        if !delay.is_zero() {
+            builder = builder.run_after(delay);
+        }
+        builder.build()
+    }
+
+    /// Closes the SQLite queue pool (Redis needs nothing).
+    pub async fn close(&self) {
+        if let Storages::Sqlite { pool, .. } = &self.storages {
+            pool.close().await;
+        }
+    }
+}
+
+impl QueueTuning {
+    fn queue_name(&self, kind: JobKind) -> String {
+        format!("{}:{}", self.namespace, kind.stem())
+    }
+
+    fn redis_config(&self, kind: JobKind, batch: usize) -> apalis_redis::Config {
+        apalis_redis::Config::default()
+            .queue(self.queue_name(kind))
+            .batch_size(batch.max(1))
+            .heartbeat_interval(self.heartbeat)
+            .missed_heartbeats(self.missed_heartbeats as usize)
+            .idempotency_ttl(Some(IDEMPOTENCY_TTL))
+    }
+
+    fn sqlite_config(&self, kind: JobKind, batch: usize) -> apalis_sqlite::Config {
+        apalis_sqlite::Config::default()
+            .queue(self.queue_name(kind))
+            .batch_size(batch.max(1))
+            .heartbeat_interval(self.heartbeat)
+            .missed_heartbeats(self.missed_heartbeats as usize)
+    }
+}

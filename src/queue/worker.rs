@@ -1,0 +1,238 @@
+//! Workers: one apalis worker per job kind with its own concurrency, a unique
+//! name per process and restart (a Redis outage ends a worker; it comes back),
+//! and the retry policy described in [`super`].
+
+use super::{Queue, Storages};
+use crate::jobs::{self, DeltaSyncJob, Deps, FullSyncJob, JobError, JobKind};
+use apalis::prelude::{AbortError, BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError};
+use apalis_redis::RedisStorage;
+use apalis_sqlite::SqliteStorage;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Which job kind a worker runs and how many at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// The job kind.
+    pub kind: JobKind,
+    /// Jobs of this kind run at once in this process.
+    pub concurrency: usize,
+}
+
+/// What a finished attempt leads to; decided purely from the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Success.
+    Done,
+    /// Re-enqueue with `attempt + 1` after the delay.
+    Retry(Duration),
+    /// Final failure: record it and stop.
+    GiveUp,
+}
+
+/// Decides retry or give-up: transient errors retry with exponential backoff
+/// (1 s, 2 s, 4 s … capped at 5 min, ±20 % jitter) or the CRM's delay, until
+/// `max_attempts`.
+pub fn settle(result: &Result<(), JobError>, attempt: u32, max_attempts: u32, jitter_seed: u64) -> Settled {
+    match result {
+        Ok(()) => Settled::Done,
+        Err(JobError::Permanent(_)) => Settled::GiveUp,
+        Err(JobError::Transient { .. }) if attempt + 1 >= max_attempts => Settled::GiveUp,
+        Err(JobError::Transient { retry_after, .. }) => {
+            let backoff = Duration::from_secs(1u64 << attempt.min(8)).min(Duration::from_secs(300));
+            let jitter = 0.8 + (jitter_seed % 401) as f64 / 1000.0;
+            Settled::Retry(retry_after.unwrap_or(backoff.mul_f64(jitter)).max(Duration::from_secs(1)))
+        }
+    }
+}
+
+fn jitter_seed() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map(|_| u64::from_le_bytes(b)).unwrap_or(0)
+}
+
+async fn with_timeout<T>(deps: &Deps, work: impl Future<Output = Result<T, JobError>>) -> Result<T, JobError> {
+    let limit = Duration::from_secs(deps.settings.worker.job_timeout_secs);
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(JobError::Transient { message: format!("job timed out after {limit:?}"), retry_after: None })
+    })
+}
+
+async fn full_sync_task(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let started = Instant::now();
+    let result = with_timeout(&deps, jobs::full_sync::run(&job, &deps)).await;
+    let settled = settle(&result, job.attempt, deps.settings.worker.max_attempts, jitter_seed());
+    crate::telemetry::record_job("full_sync", settled, started.elapsed());
+    match (settled, result) {
+        (Settled::Done, _) | (_, Ok(())) => Ok(()),
+        (Settled::Retry(delay), Err(e)) => {
+            tracing::warn!(job = "full_sync", run.id = %job.run, page = job.page, attempt = job.attempt, error = %e, ?delay, "retrying");
+            let again = FullSyncJob { attempt: job.attempt + 1, ..job.clone() };
+            deps.queue.push_full_sync_after(&again, delay).await?;
+            Ok(())
+        }
+        (Settled::GiveUp, Err(e)) => {
+            tracing::error!(job = "full_sync", run.id = %job.run, page = job.page, error = %e, "giving up");
+            jobs::full_sync::give_up(&job, &deps, &e).await?;
+            Err(AbortError::new(e).into())
+        }
+    }
+}
+
+async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let started = Instant::now();
+    let result = with_timeout(&deps, jobs::delta_sync::run(&job, &deps)).await.map(|_| ());
+    let settled = settle(&result, job.attempt, deps.settings.worker.max_attempts, jitter_seed());
+    crate::telemetry::record_job("delta_sync", settled, started.elapsed());
+    match (settled, result) {
+        (Settled::Done, _) | (_, Ok(())) => Ok(()),
+        (Settled::Retry(delay), Err(e)) => {
+            tracing::warn!(job = "delta_sync", connection.id = %job.connection, attempt = job.attempt, error = %e, ?delay, "retrying");
+            let again = DeltaSyncJob { attempt: job.attempt + 1, ..job.clone() };
+            deps.queue.push_delta_sync_after(&again, delay).await?;
+            Ok(())
+        }
+        (Settled::GiveUp, Err(e)) => {
+            tracing::error!(job = "delta_sync", connection.id = %job.connection, error = %e, "giving up");
+            Err(AbortError::new(e).into())
+        }
+    }
+}
+
+fn worker_name(kind: JobKind) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("{}@{host}-{}-{}", kind.stem(), std::process::id(), uuid::Uuid::now_v7().simple())
+}
+
+/// Runs the workers in `specs` until `shutdown` turns true; in-flight jobs
+/// then finish (or are handed back to the queue) before this returns.
+pub async fn run_workers(queue: &Queue, deps: Deps, specs: &[WorkerSpec], shutdown: watch::Receiver<bool>) {
+    let mut handles = Vec::new();
+    for spec in specs {
+        let (queue, deps, shutdown, spec) = (queue.clone(), deps.clone(), shutdown.clone(), *spec);
+        handles.push(tokio::spawn(async move { supervise(queue, deps, spec, shutdown).await }));
+    }
+    for handle in handles {
+        if let Err(e) = handle.await {
+            tracing::error!(error = %e, "worker task panicked");
+        }
+    }
+}
+
+async fn supervise(queue: Queue, deps: Deps, spec: WorkerSpec, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let name = worker_name(spec.kind);
+        tracing::info!(worker = %name, concurrency = spec.concurrency, "worker starting");
+        let result = run_one(&queue, deps.clone(), spec, name.clone(), shutdown.clone()).await;
+        if *shutdown.borrow() {
+            tracing::info!(worker = %name, "worker stopped");
+            return;
+        }
+        if let Err(e) = result {
+            tracing::error!(worker = %name, error = %e, "worker stopped on a backend error; restarting in 1 s");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+fn stop_signal(mut shutdown: watch::Receiver<bool>) -> impl Future<Output = Result<(), WorkerError>> + Send + 'static {
+    async move {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_one(queue: &Queue, deps: Deps, spec: WorkerSpec, name: String, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    let poll = queue.settings.poll_interval;
+    let batch = spec.concurrency;
+    let tuning = &queue.settings;
+    let signal = stop_signal(shutdown);
+    match (&queue.storages, spec.kind) {
+        (Storages::Redis { conn, .. }, JobKind::FullSync) => {
+            let storage: RedisStorage<FullSyncJob> =
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, batch));
+            WorkerBuilder::new(name)
+                .backend(storage.poll_with_interval(poll))
+                .data(deps)
+                .concurrency(spec.concurrency)
+                .build(full_sync_task)
+                .run_until(signal)
+                .await
+        }
+        (Storages::Redis { conn, .. }, JobKind::DeltaSync) => {
+            let storage: RedisStorage<DeltaSyncJob> =
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, batch));
+            WorkerBuilder::new(name)
+                .backend(storage.poll_with_interval(poll))
+                .data(deps)
+                .concurrency(spec.concurrency)
+                .build(delta_sync_task)
+                .run_until(signal)
+                .await
+        }
+        (Storages::Sqlite { pool, .. }, JobKind::FullSync) => {
+            let storage: SqliteStorage<FullSyncJob> =
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, batch));
+            WorkerBuilder::new(name)
+                .backend(storage.poll_with_interval(poll))
+                .data(deps)
+                .concurrency(spec.concurrency)
+                .build(full_sync_task)
+                .run_until(signal)
+                .await
+        }
+        (Storages::Sqlite { pool, .. }, JobKind::DeltaSync) => {
+            let storage: SqliteStorage<DeltaSyncJob> =
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, batch));
+            WorkerBuilder::new(name)
+                .backend(storage.poll_with_interval(poll))
+                .data(deps)
+                .concurrency(spec.concurrency)
+                .build(delta_sync_task)
+                .run_until(signal)
+                .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn transient(retry_after: Option<Duration>) -> Result<(), JobError> {
+        Err(JobError::Transient { message: "x".into(), retry_after })
+    }
+
+    proptest! {
+        #[test]
+        fn transient_failures_back_off_within_bounds_until_the_cap(attempt in 0u32..7, seed: u64) {
+            match settle(&transient(None), attempt, 8, seed) {
+                Settled::Retry(d) => {
+                    let nominal = Duration::from_secs(1u64 << attempt).as_secs_f64();
+                    prop_assert!(d.as_secs_f64() >= (nominal * 0.8).max(1.0) - 1e-9);
+                    prop_assert!(d.as_secs_f64() <= nominal * 1.2 + 1e-9);
+                }
+                other => prop_assert!(false, "expected a retry, got {:?}", other),
+            }
+            prop_assert_eq!(settle(&transient(None), 7, 8, seed), Settled::GiveUp);
+        }
+    }
+
+    #[test]
+    fn the_crms_retry_after_wins_and_permanent_errors_stop_at_once() {
+        assert_eq!(settle(&transient(Some(Duration::from_secs(10))), 0, 8, 0), Settled::Retry(Duration::from_secs(10)));
+        assert_eq!(settle(&Err(JobError::Permanent("no".into())), 0, 8, 0), Settled::GiveUp);
+        assert_eq!(settle(&Ok(()), 5, 8, 0), Settled::Done);
+    }
+}

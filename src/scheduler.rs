@@ -1,0 +1,53 @@
+//! The scheduler: every tick, enqueue a `DeltaSync` for each active connection
+//! whose interval has come round. The database arbitrates: claiming a due
+//! connection moves its next due time in the same statement, so several
+//! scheduler replicas enqueue each tick once (and the job's idempotency key,
+//! derived from the due time, drops a duplicate push as well).
+
+use crate::jobs::{DeltaSyncJob, Deps, JobError};
+use chrono::Utc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the scheduler looks for due work.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// One tick: claims due connections and enqueues their deltas. Returns how
+/// many were enqueued.
+pub async fn tick(deps: &Deps) -> Result<usize, JobError> {
+    let now = Utc::now();
+    let due = deps.store.claim_due_deltas(now).await?;
+    for (tenant, connection) in &due {
+        let job = DeltaSyncJob {
+            tenant: *tenant,
+            connection: *connection,
+            object: None,
+            trigger: format!("tick-{}", now.timestamp()),
+            attempt: 0,
+        };
+        deps.queue.push_delta_sync(&job).await?;
+    }
+    if !due.is_empty() {
+        metrics::counter!("crmsync_scheduled_jobs_total", "job" => "delta_sync").increment(due.len() as u64);
+    }
+    Ok(due.len())
+}
+
+/// Ticks until `shutdown` turns true; errors are logged and the loop goes on
+/// (a missed tick is caught up by the next: due times only move when claimed).
+pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = tick(&deps).await {
+            tracing::warn!(error = %e, "scheduler tick failed; retrying next tick");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Credentials at rest: XChaCha20-Poly1305 with a key from the environment and
+//! the owning row's ids as associated data, so a ciphertext copied onto another
+//! connection's row does not decrypt.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+
+const FORMAT_V1: u8 = 1;
+const NONCE_LEN: usize = 24;
+
+/// Why a key or ciphertext was refused. Never carries secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// The configured key is not 32 bytes of standard base64.
+    #[error("the encryption key must be 32 random bytes in standard base64 ({0})")]
+    BadKey(String),
+    /// Wrong key, tampered bytes, or a row the ciphertext was not made for.
+    #[error("credentials do not decrypt with this key for this row")]
+    Undecryptable,
+    /// The OS random source failed.
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+/// The AEAD key; `Debug` never shows it.
+#[derive(Clone)]
+pub struct EncryptionKey(XChaCha20Poly1305);
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey(***)")
+    }
+}
+
+impl EncryptionKey {
+    /// Parses the configured base64 key.
+    pub fn parse(encoded: &SecretString) -> Result<Self, SecretsError> {
+        let bytes = STANDARD
+            .decode(encoded.expose_secret().trim())
+            .map_err(|e| SecretsError::BadKey(e.to_string()))?;
+        if bytes.len() != 32 {
+            return Err(SecretsError::BadKey(format!("got {} bytes", bytes.len())));
+        }
+        XChaCha20Poly1305::new_from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| SecretsError::BadKey(e.to_string()))
+    }
+
+    /// A fresh random key in its configured (base64) form.
+    pub fn generate() -> Result<SecretString, SecretsError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| SecretsError::Random(e.to_string()))?;
+        Ok(SecretString::from(STANDARD.encode(bytes)))
+    }
+
+    /// Encrypts `plaintext` for the row identified by `row_binding`.
+    pub fn seal(&self, plaintext: &[u8], row_binding: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| SecretsError::Random(e.to_string()))?;
+        let sealed = self
+            .0
+            .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: row_binding })
+            .map_err(|_| SecretsError::Undecryptable)?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Decrypts what [`Self::seal`] produced for the same row.
+    pub fn open(&self, sealed: &[u8], row_binding: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        if sealed.len() < 1 + NONCE_LEN || sealed[0] != FORMAT_V1 {
+            return Err(SecretsError::Undecryptable);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
+        self.0
+            .decrypt(&XNonce::from(nonce), Payload { msg: &sealed[1 + NONCE_LEN..], aad: row_binding })
+            .map_err(|_| SecretsError::Undecryptable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> EncryptionKey {
+        let encoded = EncryptionKey::generate().ok();
+        encoded.and_then(|k| EncryptionKey::parse(&k).ok()).unwrap_or_else(|| unreachable!())
+    }
+
+    proptest! {
+        #[test]
+        fn sealed_credentials_open_only_for_their_row(msg in proptest::collection::vec(any::<u8>(), 0..200), flip in 0usize..400) {
+            let key = key();
+            let sealed = key.seal(&msg, b"row-a").map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(key.open(&sealed, b"row-a").ok(), Some(msg.clone()));
+            prop_assert!(key.open(&sealed, b"row-b").is_err());
+            let mut tampered = sealed.clone();
+            let i = flip % tampered.len();
+            tampered[i] ^= 0x01;
+            prop_assert!(key.open(&tampered, b"row-a").is_err());
+        }
+    }
+
+    #[test]
+    fn short_or_long_keys_are_refused() {
+        assert!(EncryptionKey::parse(&SecretString::from("c2hvcnQ=")).is_err());
+        assert!(EncryptionKey::parse(&SecretString::from("not base64!")).is_err());
+        assert!(format!("{:?}", key()).contains("***"));
+    }
+}

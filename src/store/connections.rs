@@ -1,0 +1,315 @@
+//! Connections: one CRM account of one tenant, with its credentials sealed
+//! at rest (bound to the row's ids) and its sync settings.
+
+use super::{Db, Store, StoreError, on_db};
+use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordKind, TenantId};
+use crate::sync::ConflictStrategy;
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+
+/// How crmsync authenticates to the CRM. Serialised only inside the sealed
+/// column; `Debug` shows no token.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Credentials {
+    /// A HubSpot private-app token (`pat-…`): no expiry, no refresh.
+    PrivateAppToken {
+        /// The token.
+        #[serde(serialize_with = "expose")]
+        token: SecretString,
+    },
+    /// OAuth tokens, refreshed before `expires_at`.
+    OAuth {
+        /// The bearer token.
+        #[serde(serialize_with = "expose")]
+        access_token: SecretString,
+        /// The refresh token.
+        #[serde(serialize_with = "expose")]
+        refresh_token: SecretString,
+        /// When the access token expires.
+        expires_at: DateTime<Utc>,
+    },
+}
+
+fn expose<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose_secret())
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::PrivateAppToken { .. } => f.write_str("PrivateAppToken(***)"),
+            Credentials::OAuth { expires_at, .. } => write!(f, "OAuth(***, expires_at: {expires_at})"),
+        }
+    }
+}
+
+/// Which CRM object feeds which platform kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMapping {
+    /// The CRM object.
+    pub crm_object: CrmObject,
+    /// The platform kind its records become.
+    pub record_kind: RecordKind,
+}
+
+/// Per-connection settings (stored as JSON so they can grow).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionSettings {
+    /// Synced objects (default: HubSpot contacts → platform leads).
+    pub objects: Vec<ObjectMapping>,
+    /// How conflicts are settled.
+    #[serde(default)]
+    pub strategy: ConflictStrategy,
+}
+
+impl ConnectionSettings {
+    /// The default mapping for a provider (`ARCHITECTURE.md`).
+    pub fn default_for(provider: ProviderKind) -> Self {
+        match provider {
+            ProviderKind::Hubspot => Self {
+                objects: vec![ObjectMapping { crm_object: CrmObject::Contacts, record_kind: RecordKind::Lead }],
+                strategy: ConflictStrategy::NewestWins,
+            },
+        }
+    }
+
+    /// The platform kind `object` maps to, if it is synced.
+    pub fn kind_of(&self, object: CrmObject) -> Option<RecordKind> {
+        self.objects.iter().find(|m| m.crm_object == object).map(|m| m.record_kind)
+    }
+}
+
+/// What `crmsync connect` creates.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    /// Owner.
+    pub tenant: TenantId,
+    /// Which CRM.
+    pub provider: ProviderKind,
+    /// The CRM account (HubSpot portal id).
+    pub external_account_id: String,
+    /// How to authenticate.
+    pub credentials: Credentials,
+    /// Sync settings.
+    pub settings: ConnectionSettings,
+    /// Seconds between scheduled deltas.
+    pub delta_interval_secs: u64,
+}
+
+/// A stored connection; credentials stay sealed until asked for.
+#[derive(Debug, Clone)]
+pub struct ConnectionRow {
+    /// Its id.
+    pub id: ConnectionId,
+    /// Owner.
+    pub tenant: TenantId,
+    /// Which CRM.
+    pub provider: ProviderKind,
+    /// The CRM account id.
+    pub external_account_id: String,
+    /// Sync settings.
+    pub settings: ConnectionSettings,
+    /// Whether it may sync.
+    pub status: ConnectionStatus,
+    /// Why it is not active, for operators.
+    pub status_reason: Option<String>,
+    /// Seconds between scheduled deltas.
+    pub delta_interval_secs: u64,
+    sealed: Vec<u8>,
+}
+
+type ConnectionTuple = (
+    uuid::Uuid,
+    uuid::Uuid,
+    String,
+    String,
+    Json<ConnectionSettings>,
+    String,
+    Option<String>,
+    i64,
+    Vec<u8>,
+);
+
+const SELECT: &str = "SELECT id, tenant_id, provider, external_account_id, settings, status, status_reason, delta_interval_secs, credentials FROM connections";
+
+fn binding(tenant: TenantId, id: ConnectionId) -> Vec<u8> {
+    format!("crmsync:connection:{tenant}:{id}").into_bytes()
+}
+
+fn row(t: ConnectionTuple) -> Result<ConnectionRow, StoreError> {
+    let corrupt = |e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string());
+    Ok(ConnectionRow {
+        id: ConnectionId(t.0),
+        tenant: TenantId(t.1),
+        provider: t.2.parse().map_err(corrupt)?,
+        external_account_id: t.3,
+        settings: t.4.0,
+        status: t.5.parse().map_err(corrupt)?,
+        status_reason: t.6,
+        delta_interval_secs: u64::try_from(t.7).unwrap_or(60),
+        sealed: t.8,
+    })
+}
+
+impl Store {
+    /// Creates a connection, or — for an account the tenant already connected —
+    /// replaces its credentials and reactivates it (a re-authorisation).
+    pub async fn upsert_connection(&self, new: NewConnection) -> Result<ConnectionId, StoreError> {
+        let existing: Option<(uuid::Uuid,)> = {
+            let mut tx = self.begin(new.tenant).await?;
+            let found = on_db!(&mut tx, |c| sqlx::query_as(
+                "SELECT id FROM connections WHERE tenant_id = $1 AND provider = $2 AND external_account_id = $3"
+            )
+            .bind(new.tenant.0)
+            .bind(new.provider.as_str())
+            .bind(&new.external_account_id)
+            .fetch_optional(c)
+            .await)?;
+            tx.commit().await?;
+            found
+        };
+        let id = existing.map_or_else(ConnectionId::new, |(id,)| ConnectionId(id));
+        let plaintext = serde_json::to_vec(&new.credentials).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let sealed = self.key()?.seal(&plaintext, &binding(new.tenant, id))?;
+        let interval = i64::try_from(new.delta_interval_secs).unwrap_or(i64::MAX);
+        let now = Utc::now();
+        let mut tx = self.begin(new.tenant).await?;
+        on_db!(&mut tx, |c| sqlx::query(
+            "INSERT INTO connections (id, tenant_id, provider, external_account_id, credentials, settings, status, status_reason, delta_interval_secs, next_delta_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'active', NULL, $7, NULL, $8, $8)
+             ON CONFLICT (tenant_id, provider, external_account_id) DO UPDATE
+               SET credentials = excluded.credentials, status = 'active', status_reason = NULL, updated_at = excluded.updated_at"
+        )
+        .bind(id.0)
+        .bind(new.tenant.0)
+        .bind(new.provider.as_str())
+        .bind(&new.external_account_id)
+        .bind(&sealed)
+        .bind(Json(&new.settings))
+        .bind(interval)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Loads one connection of `tenant`.
+    pub async fn connection(&self, tenant: TenantId, id: ConnectionId) -> Result<ConnectionRow, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let found: Option<ConnectionTuple> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT} WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(tenant.0)
+        .bind(id.0)
+        .fetch_optional(c)
+        .await)?;
+        tx.commit().await?;
+        row(found.ok_or_else(|| StoreError::NotFound(format!("connection {id}")))?)
+    }
+
+    /// Opens a connection's credentials.
+    pub fn credentials(&self, connection: &ConnectionRow) -> Result<Credentials, StoreError> {
+        let plain = self.key()?.open(&connection.sealed, &binding(connection.tenant, connection.id))?;
+        serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("credentials: {e}")))
+    }
+
+    /// Replaces a connection's credentials (after an OAuth refresh).
+    pub async fn update_credentials(&self, connection: &ConnectionRow, credentials: &Credentials) -> Result<(), StoreError> {
+        let plaintext = serde_json::to_vec(credentials).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let sealed = self.key()?.seal(&plaintext, &binding(connection.tenant, connection.id))?;
+        let mut tx = self.begin(connection.tenant).await?;
+        on_db!(&mut tx, |c| sqlx::query(
+            "UPDATE connections SET credentials = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4"
+        )
+        .bind(&sealed)
+        .bind(Utc::now())
+        .bind(connection.tenant.0)
+        .bind(connection.id.0)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        tx.commit().await
+    }
+
+    /// Marks a connection paused or needing re-authorisation, with a reason.
+    pub async fn set_connection_status(
+        &self,
+        tenant: TenantId,
+        id: ConnectionId,
+        status: ConnectionStatus,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| sqlx::query(
+            "UPDATE connections SET status = $1, status_reason = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5"
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(Utc::now())
+        .bind(tenant.0)
+        .bind(id.0)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        tx.commit().await
+    }
+
+    /// Every connection of every tenant, as ids (an operator view).
+    pub async fn connection_directory(&self) -> Result<Vec<(TenantId, ConnectionId)>, StoreError> {
+        let rows: Vec<(uuid::Uuid, uuid::Uuid)> = match &self.db {
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT tenant_id, connection_id FROM crmsync_connection_directory()")
+                    .fetch_all(pool)
+                    .await?
+            }
+            Db::Sqlite(pool) => {
+                sqlx::query_as("SELECT tenant_id, id FROM connections ORDER BY created_at, id")
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        Ok(rows.into_iter().map(|(t, c)| (TenantId(t), ConnectionId(c))).collect())
+    }
+
+    /// Claims the connections whose delta is due at `now` and moves each one's
+    /// next due time on by its interval, atomically: of several schedulers
+    /// ticking at once, exactly one claims each due delta.
+    pub async fn claim_due_deltas(&self, now: DateTime<Utc>) -> Result<Vec<(TenantId, ConnectionId)>, StoreError> {
+        let rows: Vec<(uuid::Uuid, uuid::Uuid)> = match &self.db {
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT tenant_id, connection_id FROM crmsync_claim_due_deltas($1)")
+                    .bind(now)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let due: Vec<(uuid::Uuid, uuid::Uuid, i64)> = sqlx::query_as(
+                    "SELECT tenant_id, id, delta_interval_secs FROM connections
+                      WHERE status = 'active' AND (next_delta_at IS NULL OR next_delta_at <= $1)",
+                )
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (_, id, secs) in &due {
+                    let next = now + chrono::Duration::seconds(*secs);
+                    sqlx::query("UPDATE connections SET next_delta_at = $1 WHERE id = $2")
+                        .bind(next)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                due.into_iter().map(|(t, c, _)| (t, c)).collect()
+            }
+        };
+        Ok(rows.into_iter().map(|(t, c)| (TenantId(t), ConnectionId(c))).collect())
+    }
+}

@@ -1,0 +1,240 @@
+//! sqlx repositories, the only module with SQL. One set of runtime queries
+//! serves Postgres (production, row-level security per tenant) and SQLite
+//! (the embedded store); [`on_db!`] runs the same query text on either.
+
+mod connections;
+mod records;
+mod runs;
+mod tenants;
+
+pub use connections::{ConnectionRow, Credentials, NewConnection};
+pub use records::{PageOutcome, PageWrite};
+pub use runs::{RunRow, RunUpdate};
+pub use tenants::{NewTenant, DEFAULT_TENANT};
+
+use crate::domain::TenantId;
+use crate::secrets::EncryptionKey;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Postgres schema migrations, run by `crmsync migrate` as the table owner.
+pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+/// SQLite schema migrations, run automatically when the embedded store opens.
+pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Store failures, classified so that jobs can tell "retry" from "give up".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is unreachable or a query failed transiently.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The schema is missing: the operator has to run `crmsync migrate`.
+    #[error("the database has no crmsync schema; run `crmsync migrate` first ({0})")]
+    NotMigrated(String),
+    /// A row that must exist does not (or belongs to another tenant).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Input the store refuses, with the reason.
+    #[error("{0}")]
+    Invalid(String),
+    /// Credentials could not be sealed or opened.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
+    /// Stored data does not parse (a bug or a manual edit).
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (connection loss, lock timeouts,
+    /// serialization failures, unique races between two workers).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Database(db) => {
+                    // 23505 unique, 40001 serialization, 40P01 deadlock,
+                    // SQLite 5/6 busy/locked, 2067 unique (two racing inserts).
+                    matches!(
+                        db.code().as_deref(),
+                        Some("23505" | "40001" | "40P01" | "55P03" | "5" | "6" | "517" | "2067" | "1555")
+                    )
+                }
+                sqlx::Error::RowNotFound | sqlx::Error::ColumnNotFound(_) => false,
+                sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => false,
+                _ => true,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The pool of whichever database is configured.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// Production.
+    Postgres(PgPool),
+    /// Embedded.
+    Sqlite(SqlitePool),
+}
+
+/// An open transaction on either database. On Postgres it has already set
+/// `app.tenant_id`, so row-level security admits that tenant's rows only.
+pub enum Tx {
+    /// Postgres.
+    Postgres(Transaction<'static, Postgres>),
+    /// SQLite (`BEGIN IMMEDIATE`, so writers queue instead of failing).
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// Runs `$body` with `$c` bound to the connection of either database; the
+/// same query text and binds compile against both.
+macro_rules! on_db {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match $tx {
+            $crate::store::Tx::Postgres(t) => {
+                let $c = &mut **t;
+                $body
+            }
+            $crate::store::Tx::Sqlite(t) => {
+                let $c = &mut **t;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_db;
+
+impl Tx {
+    /// Commits.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Postgres(t) => t.commit().await?,
+            Tx::Sqlite(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// The store: a pool plus the key that seals credentials.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+    key: Option<EncryptionKey>,
+}
+
+impl Store {
+    /// Opens the database at `url`. SQLite files are created and migrated;
+    /// Postgres must have been migrated by `crmsync migrate`.
+    pub async fn open(url: &str, max_connections: u32, key: Option<EncryptionKey>) -> Result<Self, StoreError> {
+        let db = if url.starts_with("sqlite:") {
+            let pool = open_sqlite(url, max_connections).await?;
+            SQLITE_MIGRATIONS.run(&pool).await?;
+            Db::Sqlite(pool)
+        } else {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            let probe = sqlx::query("SELECT 1 FROM tenants LIMIT 0").execute(&pool).await;
+            if let Err(e) = probe {
+                return Err(StoreError::NotMigrated(e.to_string()));
+            }
+            Db::Postgres(pool)
+        };
+        Ok(Self { db, key })
+    }
+
+    /// Runs the schema migrations for `url` (as the table owner on Postgres).
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        if url.starts_with("sqlite:") {
+            let pool = open_sqlite(url, 1).await?;
+            SQLITE_MIGRATIONS.run(&pool).await?;
+            pool.close().await;
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(PgConnectOptions::from_str(url)?)
+                .await?;
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            pool.close().await;
+        }
+        Ok(())
+    }
+
+    /// Whether the connected Postgres role bypasses row-level security
+    /// (superuser, BYPASSRLS, or owner of the tables); `false` on SQLite.
+    pub async fn bypasses_row_security(&self) -> Result<bool, StoreError> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(false),
+            Db::Postgres(pool) => {
+                let (bypass,): (bool,) = sqlx::query_as(
+                    "SELECT r.rolsuper OR r.rolbypassrls OR pg_has_role(current_user, t.tableowner, 'MEMBER')
+                       FROM pg_roles r, pg_tables t
+                      WHERE r.rolname = current_user AND t.schemaname = current_schema() AND t.tablename = 'records'",
+                )
+                .fetch_one(pool)
+                .await?;
+                Ok(bypass)
+            }
+        }
+    }
+
+    /// The underlying pool.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) fn key(&self) -> Result<&EncryptionKey, StoreError> {
+        self.key.as_ref().ok_or_else(|| {
+            StoreError::Invalid(
+                "no encryption key: set CRMSYNC__SECRETS__ENCRYPTION_KEY (32 random bytes, base64)".into(),
+            )
+        })
+    }
+
+    /// Begins a transaction scoped to `tenant`.
+    pub async fn begin(&self, tenant: TenantId) -> Result<Tx, StoreError> {
+        match &self.db {
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+                    .bind(tenant.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(Tx::Postgres(tx))
+            }
+            Db::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
+        }
+    }
+
+    /// Closes the pool, waiting for connections to return.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+/// Opens an SQLite pool the way a busy embedded store needs it: WAL, normal
+/// sync, a busy timeout so concurrent writers wait instead of failing.
+pub async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(true);
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .connect_with(options)
+        .await?)
+}

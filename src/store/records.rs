@@ -1,0 +1,267 @@
+//! Platform records and their CRM links: applying one pulled page in one
+//! transaction together with its run counts, paging state and cursor, so a
+//! crash re-applies at most one page and a re-applied page changes nothing.
+
+use super::runs::{RunUpdate, add_counts, advance_cursor};
+use super::{Store, StoreError, Tx, on_db};
+use crate::domain::{ConnectionId, CrmObject, Cursor, Origin, ProviderKind, RecordFields, RecordId, RecordKind, RunId, TenantId};
+use crate::sync::{ConflictStrategy, Incoming, LinkState, LocalState, PullDecision, decide_pull};
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+/// One page of pulled CRM records and the bookkeeping that commits with it.
+#[derive(Debug, Clone)]
+pub struct PageWrite {
+    /// Owner.
+    pub tenant: TenantId,
+    /// Source connection.
+    pub connection: ConnectionId,
+    /// Which provider (recorded as the origin of new records).
+    pub provider: ProviderKind,
+    /// Source CRM object.
+    pub object: CrmObject,
+    /// Platform kind its records become.
+    pub kind: RecordKind,
+    /// Conflict strategy of the connection.
+    pub strategy: ConflictStrategy,
+    /// The mapped records.
+    pub items: Vec<Incoming>,
+    /// The run the page belongs to.
+    pub run: RunId,
+    /// Full sync: the page number this write is; it commits only while the
+    /// run has done exactly that many pages (a duplicate job does nothing).
+    pub page_number: Option<i64>,
+    /// Full sync: the provider's token for the page after this one.
+    pub next_page_token: Option<String>,
+    /// Whether this page ends the run.
+    pub finishes_run: bool,
+    /// Delta: the cursor after this page (never moves back).
+    pub cursor: Option<Cursor>,
+}
+
+/// What one page did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageOutcome {
+    /// The counts added to the run.
+    pub counts: RunUpdate,
+}
+
+#[derive(sqlx::FromRow)]
+struct LinkSql {
+    id: uuid::Uuid,
+    record_id: uuid::Uuid,
+    base: Json<RecordFields>,
+    pulled_fingerprint: Option<String>,
+    pushed_fingerprint: Option<String>,
+    crm_modified_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RecordSql {
+    id: uuid::Uuid,
+    fields: Json<RecordFields>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Applies a page. Returns `None` when the run already moved past this
+    /// page (another attempt of the same job committed it): nothing written.
+    pub async fn apply_page(&self, page: &PageWrite) -> Result<Option<PageOutcome>, StoreError> {
+        let mut tx = self.begin(page.tenant).await?;
+        if let Some(number) = page.page_number {
+            // Claim the page; on Postgres this also locks the run row, so a
+            // concurrent duplicate waits here and then finds the page done.
+            let claimed: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| sqlx::query_as(
+                "UPDATE sync_runs SET updated_at = $1 WHERE tenant_id = $2 AND id = $3 AND pages_done = $4 AND status = 'running' RETURNING id"
+            )
+            .bind(Utc::now())
+            .bind(page.tenant.0)
+            .bind(page.run.0)
+            .bind(number)
+            .fetch_optional(c)
+            .await)?;
+            if claimed.is_none() {
+                return Ok(None);
+            }
+        }
+        let (allow_duplicates,): (bool,) = on_db!(&mut tx, |c| sqlx::query_as(
+            "SELECT allow_duplicates FROM tenants WHERE id = $1"
+        )
+        .bind(page.tenant.0)
+        .fetch_one(c)
+        .await)?;
+        let mut counts = RunUpdate::default();
+        for item in &page.items {
+            counts.processed += 1;
+            match apply_one(&mut tx, page, item, allow_duplicates).await? {
+                Applied::Created => counts.created += 1,
+                Applied::Updated => counts.updated += 1,
+                Applied::Unchanged => counts.unchanged += 1,
+            }
+        }
+        let page_state = page.page_number.map(|_| page.next_page_token.as_deref());
+        add_counts(&mut tx, page.tenant, page.run, counts, page_state, page.finishes_run).await?;
+        if let Some(cursor) = &page.cursor {
+            advance_cursor(&mut tx, page.tenant, page.connection, page.object, cursor).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(PageOutcome { counts }))
+    }
+
+    /// Records of a tenant's kind, as (id, fields), for tests and the api.
+    pub async fn records(&self, tenant: TenantId, kind: RecordKind) -> Result<Vec<(RecordId, RecordFields)>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let rows: Vec<(uuid::Uuid, Json<RecordFields>)> = on_db!(&mut tx, |c| sqlx::query_as(
+            "SELECT id, fields FROM records WHERE tenant_id = $1 AND kind = $2 AND deleted_at IS NULL ORDER BY id"
+        )
+        .bind(tenant.0)
+        .bind(kind.as_str())
+        .fetch_all(c)
+        .await)?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|(id, f)| (RecordId(id), f.0.renormalized())).collect())
+    }
+
+    /// CRM ids linked on a connection's object, for tests and reconciliation.
+    pub async fn linked_crm_ids(&self, tenant: TenantId, connection: ConnectionId, object: CrmObject) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let rows: Vec<(String,)> = on_db!(&mut tx, |c| sqlx::query_as(
+            "SELECT crm_id FROM record_links WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3"
+        )
+        .bind(tenant.0)
+        .bind(connection.0)
+        .bind(object.as_str())
+        .fetch_all(c)
+        .await)?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+}
+
+enum Applied {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+async fn apply_one(tx: &mut Tx, page: &PageWrite, item: &Incoming, allow_duplicates: bool) -> Result<Applied, StoreError> {
+    let t = page.tenant.0;
+    let link: Option<LinkSql> = on_db!(tx, |c| sqlx::query_as(
+        "SELECT id, record_id, base, pulled_fingerprint, pushed_fingerprint, crm_modified_at FROM record_links
+          WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id = $4"
+    )
+    .bind(t)
+    .bind(page.connection.0)
+    .bind(page.object.as_str())
+    .bind(item.crm_id.as_str())
+    .fetch_optional(c)
+    .await)?;
+    let email = item.fields.normalized_email().map(str::to_string);
+    let local: Option<RecordSql> = match (&link, &email) {
+        (Some(l), _) => on_db!(tx, |c| sqlx::query_as(
+            "SELECT id, fields, updated_at FROM records WHERE tenant_id = $1 AND id = $2"
+        )
+        .bind(t)
+        .bind(l.record_id)
+        .fetch_optional(c)
+        .await)?,
+        (None, Some(email)) if !allow_duplicates => on_db!(tx, |c| sqlx::query_as(
+            "SELECT id, fields, updated_at FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"
+        )
+        .bind(t)
+        .bind(page.kind.as_str())
+        .bind(email)
+        .fetch_optional(c)
+        .await)?,
+        _ => None,
+    };
+    let link_state = link.as_ref().map(|l| LinkState {
+        base: l.base.0.clone().renormalized(),
+        pulled_fingerprint: l.pulled_fingerprint.clone(),
+        pushed_fingerprint: l.pushed_fingerprint.clone(),
+        crm_modified_at: l.crm_modified_at,
+    });
+    let local_state = local.as_ref().map(|r| LocalState {
+        fields: r.fields.0.clone().renormalized(),
+        updated_at: r.updated_at,
+    });
+    let decision = decide_pull(link_state.as_ref(), local_state.as_ref(), item, page.strategy);
+    let PullDecision::Apply { local: merged, base, record_changed } = decision else {
+        return Ok(Applied::Unchanged);
+    };
+    let now = Utc::now();
+    let dedupe_key = if allow_duplicates { None } else { merged.normalized_email().map(str::to_string) };
+    let (record_id, outcome) = match &local {
+        None => {
+            let id = RecordId::new();
+            on_db!(tx, |c| sqlx::query(
+                "INSERT INTO records (id, tenant_id, kind, fields, dedupe_key, origin, origin_provider, origin_crm_id, version, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)"
+            )
+            .bind(id.0)
+            .bind(t)
+            .bind(page.kind.as_str())
+            .bind(Json(&merged))
+            .bind(&dedupe_key)
+            .bind(Origin::Crm.as_str())
+            .bind(page.provider.as_str())
+            .bind(item.crm_id.as_str())
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|_| ()))?;
+            (id.0, Applied::Created)
+        }
+        Some(existing) => {
+            if record_changed {
+                on_db!(tx, |c| sqlx::query(
+                    "UPDATE records SET fields = $1, dedupe_key = $2, version = version + 1, updated_at = $3 WHERE tenant_id = $4 AND id = $5"
+                )
+                .bind(Json(&merged))
+                .bind(&dedupe_key)
+                .bind(now)
+                .bind(t)
+                .bind(existing.id)
+                .execute(c)
+                .await
+                .map(|_| ()))?;
+            }
+            let outcome = if record_changed || link.is_none() { Applied::Updated } else { Applied::Unchanged };
+            (existing.id, outcome)
+        }
+    };
+    let fingerprint = item.fields.fingerprint();
+    match &link {
+        Some(l) => on_db!(tx, |c| sqlx::query(
+            "UPDATE record_links SET base = $1, pulled_fingerprint = $2, crm_modified_at = $3, crm_deleted_at = NULL, updated_at = $4
+              WHERE tenant_id = $5 AND id = $6"
+        )
+        .bind(Json(&base))
+        .bind(&fingerprint)
+        .bind(item.modified_at)
+        .bind(now)
+        .bind(t)
+        .bind(l.id)
+        .execute(c)
+        .await
+        .map(|_| ()))?,
+        None => on_db!(tx, |c| sqlx::query(
+            "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pulled_fingerprint, crm_modified_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(t)
+        .bind(record_id)
+        .bind(page.connection.0)
+        .bind(page.object.as_str())
+        .bind(item.crm_id.as_str())
+        .bind(Json(&base))
+        .bind(&fingerprint)
+        .bind(item.modified_at)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ()))?,
+    };
+    Ok(outcome)
+}

@@ -1,0 +1,365 @@
+//! Sync runs (one per full or delta sync of one object, with its counts and
+//! paging state) and delta cursors.
+
+use super::{Store, StoreError, Tx, on_db};
+use crate::domain::{ConnectionId, CrmId, CrmObject, Cursor, RunId, RunKind, RunStatus, TenantId};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// One sync run as stored.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRow {
+    /// Its id.
+    pub id: RunId,
+    /// Owner.
+    #[serde(skip)]
+    pub tenant: TenantId,
+    /// The connection synced.
+    #[serde(skip)]
+    pub connection: ConnectionId,
+    /// The CRM object synced.
+    pub object: CrmObject,
+    /// Full or delta.
+    pub kind: RunKind,
+    /// Running, succeeded or failed.
+    pub status: RunStatus,
+    /// The provider's token for the next full-sync page.
+    #[serde(skip)]
+    pub page_token: Option<String>,
+    /// Pages applied so far; a page job whose number is below it is done.
+    pub pages_done: i64,
+    /// Records read.
+    pub processed: i64,
+    /// Platform records created.
+    pub created: i64,
+    /// Platform records changed.
+    pub updated: i64,
+    /// Records that were already up to date (or our echo, or stale).
+    pub unchanged: i64,
+    /// Records that could not be applied.
+    pub failed: i64,
+    /// The error that ended a failed run.
+    pub error: Option<String>,
+    /// Start time.
+    pub started_at: DateTime<Utc>,
+    /// End time.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Counts for one page, added to its run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RunUpdate {
+    /// Records read.
+    pub processed: i64,
+    /// Created.
+    pub created: i64,
+    /// Updated.
+    pub updated: i64,
+    /// Unchanged.
+    pub unchanged: i64,
+    /// Failed.
+    pub failed: i64,
+}
+
+const SELECT_RUN: &str = "SELECT id, tenant_id, connection_id, crm_object, kind, status, page_token, pages_done, processed, created, updated, unchanged, failed, error, started_at, finished_at FROM sync_runs";
+
+#[derive(sqlx::FromRow)]
+struct RunSql {
+    id: uuid::Uuid,
+    tenant_id: uuid::Uuid,
+    connection_id: uuid::Uuid,
+    crm_object: String,
+    kind: String,
+    status: String,
+    page_token: Option<String>,
+    pages_done: i64,
+    processed: i64,
+    created: i64,
+    updated: i64,
+    unchanged: i64,
+    failed: i64,
+    error: Option<String>,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+fn to_run(r: RunSql) -> Result<RunRow, StoreError> {
+    let corrupt = |e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string());
+    Ok(RunRow {
+        id: RunId(r.id),
+        tenant: TenantId(r.tenant_id),
+        connection: ConnectionId(r.connection_id),
+        object: r.crm_object.parse().map_err(corrupt)?,
+        kind: r.kind.parse().map_err(corrupt)?,
+        status: r.status.parse().map_err(corrupt)?,
+        page_token: r.page_token,
+        pages_done: r.pages_done,
+        processed: r.processed,
+        created: r.created,
+        updated: r.updated,
+        unchanged: r.unchanged,
+        failed: r.failed,
+        error: r.error,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+    })
+}
+
+impl Store {
+    /// Starts a run. A full sync also seeds the object's delta cursor at its
+    /// start time if there is none, so deltas pick up every change made while
+    /// (and after) the full sync pages through.
+    pub async fn start_run(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        kind: RunKind,
+    ) -> Result<RunRow, StoreError> {
+        let id = RunId::new();
+        let now = Utc::now();
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| sqlx::query(
+            "INSERT INTO sync_runs (id, tenant_id, connection_id, crm_object, kind, direction, status, started_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'pull', 'running', $6, $6)"
+        )
+        .bind(id.0)
+        .bind(tenant.0)
+        .bind(connection.0)
+        .bind(object.as_str())
+        .bind(kind.as_str())
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        if kind == RunKind::FullSync {
+            on_db!(&mut tx, |c| sqlx::query(
+                "INSERT INTO sync_cursors (tenant_id, connection_id, crm_object, modified_at, crm_id, updated_at)
+                 VALUES ($1, $2, $3, $4, '0', $4) ON CONFLICT (connection_id, crm_object) DO NOTHING"
+            )
+            .bind(tenant.0)
+            .bind(connection.0)
+            .bind(object.as_str())
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|_| ()))?;
+        }
+        tx.commit().await?;
+        self.run(tenant, id).await
+    }
+
+    /// Loads a run.
+    pub async fn run(&self, tenant: TenantId, id: RunId) -> Result<RunRow, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let found: Option<RunSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_RUN} WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(tenant.0)
+        .bind(id.0)
+        .fetch_optional(c)
+        .await)?;
+        tx.commit().await?;
+        to_run(found.ok_or_else(|| StoreError::NotFound(format!("sync run {id}")))?)
+    }
+
+    /// The running run of this kind for this object, if any (so a second
+    /// `crmsync sync` follows the first instead of starting another).
+    pub async fn running_run(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        kind: RunKind,
+    ) -> Result<Option<RunRow>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let found: Option<RunSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_RUN} WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND kind = $4 AND status = 'running'
+             ORDER BY started_at DESC LIMIT 1"
+        )))
+        .bind(tenant.0)
+        .bind(connection.0)
+        .bind(object.as_str())
+        .bind(kind.as_str())
+        .fetch_optional(c)
+        .await)?;
+        tx.commit().await?;
+        found.map(to_run).transpose()
+    }
+
+    /// The connection's most recent run.
+    pub async fn latest_run(&self, tenant: TenantId, connection: ConnectionId) -> Result<Option<RunRow>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let found: Option<RunSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_RUN} WHERE tenant_id = $1 AND connection_id = $2 ORDER BY started_at DESC, id DESC LIMIT 1"
+        )))
+        .bind(tenant.0)
+        .bind(connection.0)
+        .fetch_optional(c)
+        .await)?;
+        tx.commit().await?;
+        found.map(to_run).transpose()
+    }
+
+    /// Ends a run (deltas end in the same call that applies their last page;
+    /// failures end here).
+    pub async fn finish_run(
+        &self,
+        tenant: TenantId,
+        id: RunId,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| sqlx::query(
+            "UPDATE sync_runs SET status = $1, error = $2, finished_at = $3, updated_at = $3
+              WHERE tenant_id = $4 AND id = $5 AND status = 'running'"
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(Utc::now())
+        .bind(tenant.0)
+        .bind(id.0)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        tx.commit().await
+    }
+
+    /// Adds one page's counts to a run outside a page write (a delta window
+    /// that read only unchanged records still counts them).
+    pub async fn add_run_counts(&self, tenant: TenantId, id: RunId, counts: RunUpdate) -> Result<(), StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        add_counts(&mut tx, tenant, id, counts, None, false).await?;
+        tx.commit().await
+    }
+
+    /// The delta cursor of one object.
+    pub async fn cursor(&self, tenant: TenantId, connection: ConnectionId, object: CrmObject) -> Result<Option<Cursor>, StoreError> {
+        Ok(self
+            .cursors(tenant, connection)
+            .await?
+            .into_iter()
+            .find(|(o, _)| *o == object)
+            .map(|(_, c)| c))
+    }
+
+    /// Every delta cursor of a connection.
+    pub async fn cursors(&self, tenant: TenantId, connection: ConnectionId) -> Result<Vec<(CrmObject, Cursor)>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let rows: Vec<(String, DateTime<Utc>, String)> = on_db!(&mut tx, |c| sqlx::query_as(
+            "SELECT crm_object, modified_at, crm_id FROM sync_cursors WHERE tenant_id = $1 AND connection_id = $2 ORDER BY crm_object"
+        )
+        .bind(tenant.0)
+        .bind(connection.0)
+        .fetch_all(c)
+        .await)?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|(o, modified_at, id)| {
+                let object = o.parse().map_err(|e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string()))?;
+                Ok((object, Cursor { modified_at, crm_id: CrmId(id) }))
+            })
+            .collect()
+    }
+
+    /// Platform records linked to a connection.
+    pub async fn linked_records(&self, tenant: TenantId, connection: ConnectionId) -> Result<i64, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let (n,): (i64,) = on_db!(&mut tx, |c| sqlx::query_as(
+            "SELECT COUNT(DISTINCT record_id) FROM record_links WHERE tenant_id = $1 AND connection_id = $2 AND crm_deleted_at IS NULL"
+        )
+        .bind(tenant.0)
+        .bind(connection.0)
+        .fetch_one(c)
+        .await)?;
+        tx.commit().await?;
+        Ok(n)
+    }
+}
+
+/// Adds counts to a run; optionally moves its page state and ends it.
+pub(super) async fn add_counts(
+    tx: &mut Tx,
+    tenant: TenantId,
+    id: RunId,
+    n: RunUpdate,
+    page: Option<Option<&str>>,
+    finish: bool,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let (set_page, token) = match page {
+        Some(token) => (true, token),
+        None => (false, None),
+    };
+    on_db!(tx, |c| sqlx::query(
+        "UPDATE sync_runs SET processed = processed + $1, created = created + $2, updated = updated + $3,
+                unchanged = unchanged + $4, failed = failed + $5,
+                page_token = CASE WHEN $6 THEN $7 ELSE page_token END,
+                pages_done = pages_done + CASE WHEN $6 THEN 1 ELSE 0 END,
+                status = CASE WHEN $8 THEN 'succeeded' ELSE status END,
+                finished_at = CASE WHEN $8 THEN $9 ELSE finished_at END,
+                updated_at = $9
+          WHERE tenant_id = $10 AND id = $11"
+    )
+    .bind(n.processed)
+    .bind(n.created)
+    .bind(n.updated)
+    .bind(n.unchanged)
+    .bind(n.failed)
+    .bind(set_page)
+    .bind(token)
+    .bind(finish)
+    .bind(now)
+    .bind(tenant.0)
+    .bind(id.0)
+    .execute(c)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}
+
+/// Moves the cursor forward to `to` if it is past the stored one; never back.
+pub(super) async fn advance_cursor(
+    tx: &mut Tx,
+    tenant: TenantId,
+    connection: ConnectionId,
+    object: CrmObject,
+    to: &Cursor,
+) -> Result<(), StoreError> {
+    let lock = match tx {
+        Tx::Postgres(_) => " FOR UPDATE",
+        Tx::Sqlite(_) => "",
+    };
+    let current: Option<(DateTime<Utc>, String)> = on_db!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT modified_at, crm_id FROM sync_cursors WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3{lock}"
+    )))
+    .bind(tenant.0)
+    .bind(connection.0)
+    .bind(object.as_str())
+    .fetch_optional(c)
+    .await)?;
+    if let Some((modified_at, id)) = current
+        && (Cursor { modified_at, crm_id: CrmId(id) }) >= *to
+    {
+        return Ok(());
+    }
+    let now = Utc::now();
+    on_db!(tx, |c| sqlx::query(
+        "INSERT INTO sync_cursors (tenant_id, connection_id, crm_object, modified_at, crm_id, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (connection_id, crm_object) DO UPDATE
+            SET modified_at = excluded.modified_at, crm_id = excluded.crm_id, updated_at = excluded.updated_at"
+    )
+    .bind(tenant.0)
+    .bind(connection.0)
+    .bind(object.as_str())
+    .bind(to.modified_at)
+    .bind(to.crm_id.as_str())
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}

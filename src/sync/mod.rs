@@ -1,0 +1,172 @@
+//! The pure core: what to do with a CRM record that arrives (from a full page,
+//! a delta page or, later, a webhook). No I/O here; the store applies it.
+
+pub mod merge;
+
+use crate::domain::{CrmId, RecordFields};
+use chrono::{DateTime, Utc};
+pub use merge::{ConflictStrategy, Merged, Newer, merge};
+
+/// A CRM record as the provider adapter mapped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// Its id in the CRM.
+    pub crm_id: CrmId,
+    /// The CRM's last-modified time.
+    pub modified_at: DateTime<Utc>,
+    /// Its mapped, normalised field values.
+    pub fields: RecordFields,
+}
+
+/// What a record's link remembers from the last sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    /// The last agreed values.
+    pub base: RecordFields,
+    /// Fingerprint of the CRM state last pulled.
+    pub pulled_fingerprint: Option<String>,
+    /// Fingerprint of what we last wrote to the CRM (our echo).
+    pub pushed_fingerprint: Option<String>,
+    /// The CRM's modified time of the last state applied.
+    pub crm_modified_at: Option<DateTime<Utc>>,
+}
+
+/// The platform record's present state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalState {
+    /// Its field values.
+    pub fields: RecordFields,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The decision for one incoming record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullDecision {
+    /// Same state as last time, or our own echo: write nothing.
+    Unchanged,
+    /// Older than the state already applied (a reordered or late page):
+    /// write nothing, so a field never regresses.
+    Stale,
+    /// Write the record (if `record_changed`) and the link.
+    Apply {
+        /// The platform record's new values.
+        local: RecordFields,
+        /// The link's new base.
+        base: RecordFields,
+        /// Whether the platform record's values change.
+        record_changed: bool,
+    },
+}
+
+/// Decides how one pulled CRM record changes the platform. `link` is `None`
+/// for a record seen for the first time; `local` is `None` when no platform
+/// record matched it by link or by email either.
+pub fn decide_pull(
+    link: Option<&LinkState>,
+    local: Option<&LocalState>,
+    incoming: &Incoming,
+    strategy: ConflictStrategy,
+) -> PullDecision {
+    let fingerprint = incoming.fields.fingerprint();
+    if let Some(link) = link {
+        if link.crm_modified_at.is_some_and(|seen| incoming.modified_at < seen) {
+            return PullDecision::Stale;
+        }
+        let known = [&link.pulled_fingerprint, &link.pushed_fingerprint];
+        if known.iter().any(|f| f.as_deref() == Some(fingerprint.as_str())) {
+            return PullDecision::Unchanged;
+        }
+    }
+    let Some(local) = local else {
+        return PullDecision::Apply {
+            local: incoming.fields.clone(),
+            base: incoming.fields.clone(),
+            record_changed: true,
+        };
+    };
+    let empty = RecordFields::new();
+    let base = link.map_or(&empty, |l| &l.base);
+    let newer = if local.updated_at > incoming.modified_at { Newer::Platform } else { Newer::Crm };
+    let merged = merge(base, &local.fields, &incoming.fields, strategy, newer);
+    PullDecision::Apply {
+        record_changed: merged.local != local.fields,
+        local: merged.local,
+        base: merged.base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::CanonicalField;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+    }
+
+    fn incoming(name: &str, ms: i64) -> Incoming {
+        Incoming {
+            crm_id: CrmId("101".into()),
+            modified_at: at(ms),
+            fields: RecordFields::new()
+                .with(CanonicalField::Email, "a@x.io")
+                .with(CanonicalField::FirstName, name),
+        }
+    }
+
+    fn applied(link_from: &Incoming) -> LinkState {
+        LinkState {
+            base: link_from.fields.clone(),
+            pulled_fingerprint: Some(link_from.fields.fingerprint()),
+            pushed_fingerprint: None,
+            crm_modified_at: Some(link_from.modified_at),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn applying_the_same_state_twice_is_unchanged(name in "[a-z]{1,8}", ms in 0i64..1_000_000) {
+            let first = incoming(&name, ms);
+            let local = LocalState { fields: first.fields.clone(), updated_at: at(ms) };
+            prop_assert_eq!(decide_pull(Some(&applied(&first)), Some(&local), &first, ConflictStrategy::NewestWins), PullDecision::Unchanged);
+        }
+
+        #[test]
+        fn an_older_state_never_overwrites_a_newer_one(a in "[a-z]{1,8}", b in "[a-z]{1,8}", ms in 1i64..1_000_000, back in 1i64..1000) {
+            prop_assume!(a != b);
+            let newer = incoming(&a, ms + back);
+            let older = incoming(&b, ms);
+            let local = LocalState { fields: newer.fields.clone(), updated_at: at(ms + back) };
+            prop_assert_eq!(decide_pull(Some(&applied(&newer)), Some(&local), &older, ConflictStrategy::NewestWins), PullDecision::Stale);
+        }
+    }
+
+    #[test]
+    fn our_own_echo_is_unchanged() {
+        let pushed = incoming("Ada", 10);
+        let link = LinkState {
+            base: RecordFields::new(),
+            pulled_fingerprint: None,
+            pushed_fingerprint: Some(pushed.fields.fingerprint()),
+            crm_modified_at: None,
+        };
+        assert_eq!(decide_pull(Some(&link), None, &pushed, ConflictStrategy::NewestWins), PullDecision::Unchanged);
+    }
+
+    #[test]
+    fn a_crm_edit_updates_the_platform_record() {
+        let first = incoming("Ada", 10);
+        let edit = incoming("Grace", 20);
+        let local = LocalState { fields: first.fields.clone(), updated_at: at(10) };
+        match decide_pull(Some(&applied(&first)), Some(&local), &edit, ConflictStrategy::NewestWins) {
+            PullDecision::Apply { local, record_changed, .. } => {
+                assert!(record_changed);
+                assert_eq!(local.get(CanonicalField::FirstName), Some("Grace"));
+            }
+            other => panic!("expected an update, got {other:?}"),
+        }
+    }
+}

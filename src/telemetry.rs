@@ -1,0 +1,83 @@
+//! Logs (tracing, text or JSON), Prometheus metrics and the `/metrics` +
+//! `/health` endpoint every long-running process serves. Metric names follow
+//! `crmsync_<what>_<unit>[_total]` with bounded labels (never a connection id).
+
+use crate::config::{LogFormat, TelemetrySettings};
+use crate::queue::Settled;
+use crate::store::RunUpdate;
+use axum::Router;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the log subscriber once; later calls (tests) are no-ops.
+pub fn init_logs(settings: &TelemetrySettings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder once and returns its handle.
+pub fn metrics() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .as_ref()
+}
+
+/// Serves `GET /metrics` and `GET /health` on `listen` in the background;
+/// returns the bound address (port 0 picks one), or `None` when disabled.
+pub async fn serve(listen: &str, process: &'static str) -> std::io::Result<SocketAddr> {
+    let handle = metrics().cloned();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { handle.map(|h| h.render()).unwrap_or_default() }
+            }),
+        )
+        .route("/health", get(move || async move { format!("{{\"status\":\"ok\",\"process\":\"{process}\"}}") }));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(addr)
+}
+
+/// Counts one job attempt by kind and outcome, with its duration.
+pub fn record_job(job: &'static str, settled: Settled, elapsed: Duration) {
+    let outcome = match settled {
+        Settled::Done => "done",
+        Settled::Retry(_) => "retry",
+        Settled::GiveUp => "failed",
+    };
+    metrics::counter!("crmsync_jobs_total", "job" => job, "outcome" => outcome).increment(1);
+    metrics::histogram!("crmsync_job_duration_seconds", "job" => job).record(elapsed.as_secs_f64());
+}
+
+/// Counts the records one applied page touched (`None`: a duplicate page).
+pub fn record_page(job: &'static str, counts: Option<RunUpdate>) {
+    let Some(c) = counts else {
+        metrics::counter!("crmsync_pages_total", "job" => job, "outcome" => "duplicate").increment(1);
+        return;
+    };
+    metrics::counter!("crmsync_pages_total", "job" => job, "outcome" => "applied").increment(1);
+    for (outcome, n) in [("created", c.created), ("updated", c.updated), ("unchanged", c.unchanged), ("failed", c.failed)] {
+        if n > 0 {
+            metrics::counter!("crmsync_records_total", "job" => job, "outcome" => outcome).increment(n.unsigned_abs());
+        }
+    }
+}
