@@ -1,1 +1,306 @@
-//! placeholder
+//! The `crmsync` operator CLI. Every command reads the same layered settings
+//! as the services; with no configuration at all it uses the embedded store
+//! in the current directory, so `crmsync status` next to `crmsync dev` works.
+
+mod dev;
+mod status;
+mod sync;
+
+use crate::app;
+use crate::config::Settings;
+use crate::domain::{ConnectionId, ProviderKind, TenantId};
+use crate::providers::hubspot::HubspotClient;
+use crate::store::{ConnectionSettings, Credentials, NewConnection, Store};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// crmsync — keep your platform's leads in sync with your customers' CRMs.
+///
+/// Start here: `crmsync dev` runs everything in one process on an embedded
+/// SQLite store against an emulated HubSpot, with no Postgres or Redis.
+///
+/// Configuration: config/default.toml documents every key; set them as
+/// CRMSYNC__SECTION__KEY environment variables (e.g. CRMSYNC__DATABASE__URL,
+/// CRMSYNC__REDIS__URL, CRMSYNC__SECRETS__ENCRYPTION_KEY), or in
+/// config/$CRMSYNC_ENV.toml.
+#[derive(Debug, Parser)]
+#[command(name = "crmsync", version, about, long_about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  crmsync dev                                   # the whole fleet, embedded, with a sandbox HubSpot
+  crmsync migrate                               # create or upgrade the schema (as the table owner)
+  crmsync tenant create acme --json             # a tenant and its API token
+  crmsync connect hubspot --private-app-token pat-na1-… --tenant acme
+  crmsync sync 0192…                            # a delta sync, followed until it ends
+  crmsync sync 0192… --full --detach            # start a full sync and return
+  crmsync status --json                         # per connection: records, last run, cursors, lag";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process: embedded SQLite store and queue, an
+    /// in-process sandbox HubSpot with seeded data and a trickle of user edits,
+    /// workers and scheduler; shows the first full sync, then a live summary.
+    Dev(dev::DevArgs),
+    /// Create or upgrade the database schema. On Postgres run it as the table
+    /// owner (CRMSYNC__DATABASE__MIGRATION_URL, else CRMSYNC__DATABASE__URL).
+    Migrate,
+    /// Manage tenants (the platform's customers).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Connect a CRM account to a tenant; prints the connection id.
+    Connect {
+        #[command(subcommand)]
+        provider: ConnectCommand,
+    },
+    /// Enqueue a sync of a connection and follow its progress until it ends.
+    Sync(sync::SyncArgs),
+    /// Show every connection: records, last sync run and counts, cursors, lag.
+    Status {
+        /// Print JSON (an array of connections) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints `tenant <id>` and `token <api-token>` (the
+    /// token is shown once and stored only as a hash).
+    Create {
+        /// A unique name.
+        name: String,
+        /// Print `{"id","name","token"}` instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectCommand {
+    /// Connect a HubSpot account with a private-app token or OAuth tokens.
+    /// The portal id is read from HubSpot's account details unless given.
+    Hubspot(HubspotConnectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct HubspotConnectArgs {
+    /// A private-app access token (`pat-…`).
+    #[arg(long, env = "CRMSYNC_HUBSPOT_PRIVATE_APP_TOKEN", hide_env_values = true, conflicts_with_all = ["access_token", "refresh_token"])]
+    private_app_token: Option<String>,
+    /// An OAuth access token (with --refresh-token; needs the app's
+    /// CRMSYNC__HUBSPOT__CLIENT_ID and CLIENT_SECRET to refresh).
+    #[arg(long, requires = "refresh_token", hide_env_values = true)]
+    access_token: Option<String>,
+    /// An OAuth refresh token.
+    #[arg(long, requires = "access_token", hide_env_values = true)]
+    refresh_token: Option<String>,
+    /// Seconds until the OAuth access token expires (HubSpot: 1800).
+    #[arg(long, default_value_t = 1800)]
+    expires_in: u64,
+    /// The HubSpot portal (account) id; read from the account details API
+    /// when left out.
+    #[arg(long)]
+    portal_id: Option<u64>,
+    /// The tenant, by name or id (default: the tenant named `default`).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Print `{"id","tenant","portalId"}` instead of the bare id.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the CLI; errors are printed by the binary.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load()?;
+    if !matches!(cli.command, Command::Dev(_)) {
+        crate::telemetry::init_logs(&quiet(&settings));
+    }
+    match cli.command {
+        Command::Dev(args) => dev::run(settings, args).await,
+        Command::Migrate => migrate(&settings).await,
+        Command::Tenant { command: TenantCommand::Create { name, json } } => {
+            let store = app::open_store(&settings, true).await?;
+            let tenant = store.create_tenant(&name).await?;
+            if json {
+                println!("{}", serde_json::json!({"id": tenant.id, "name": tenant.name, "token": tenant.token}));
+            } else {
+                println!("tenant {}", tenant.id);
+                println!("token {}", tenant.token);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Connect { provider: ConnectCommand::Hubspot(args) } => {
+            let store = app::open_store(&settings, true).await?;
+            let tenant = store.resolve_tenant(args.tenant.as_deref()).await?;
+            let (id, portal) = connect_hubspot(&settings, &store, tenant, &args).await?;
+            if args.json {
+                println!("{}", serde_json::json!({"id": id, "tenant": tenant, "portalId": portal}));
+            } else {
+                println!("{id}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync(args) => sync::run(&settings, args).await,
+        Command::Status { json } => status::run(&settings, json).await,
+    }
+}
+
+/// CLI commands log warnings only, unless RUST_LOG says otherwise.
+fn quiet(settings: &Settings) -> crate::config::TelemetrySettings {
+    let mut t = settings.telemetry.clone();
+    t.log_level = "warn".into();
+    t
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let url = settings.database.migration_url.as_deref().unwrap_or(&settings.database.url);
+    Store::migrate(url)
+        .await
+        .with_context(|| format!("failed to migrate {}", crate::config::redact_url(url)))?;
+    println!("database {} is up to date", crate::config::redact_url(url));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates (or re-authorises) a HubSpot connection; returns its id and portal.
+pub async fn connect_hubspot_token(
+    settings: &Settings,
+    store: &Store,
+    tenant: TenantId,
+    credentials: Credentials,
+    portal_id: Option<u64>,
+) -> anyhow::Result<(ConnectionId, u64)> {
+    let token = match &credentials {
+        Credentials::PrivateAppToken { token } => token.clone(),
+        Credentials::OAuth { access_token, .. } => access_token.clone(),
+    };
+    let portal = match portal_id {
+        Some(p) => p,
+        None => HubspotClient::new(settings.hubspot.clone(), Arc::default())?
+            .portal_id(&token)
+            .await
+            .context("failed to read the portal id from HubSpot's account details (pass --portal-id to skip)")?,
+    };
+    let id = store
+        .upsert_connection(NewConnection {
+            tenant,
+            provider: ProviderKind::Hubspot,
+            external_account_id: portal.to_string(),
+            credentials,
+            settings: ConnectionSettings::default_for(ProviderKind::Hubspot),
+            delta_interval_secs: settings.sync.delta_interval_secs,
+        })
+        .await?;
+    Ok((id, portal))
+}
+
+async fn connect_hubspot(
+    settings: &Settings,
+    store: &Store,
+    tenant: TenantId,
+    args: &HubspotConnectArgs,
+) -> anyhow::Result<(ConnectionId, u64)> {
+    let credentials = match (&args.private_app_token, &args.access_token, &args.refresh_token) {
+        (Some(pat), None, None) => Credentials::PrivateAppToken { token: SecretString::from(pat.clone()) },
+        (None, Some(access), Some(refresh)) => Credentials::OAuth {
+            access_token: SecretString::from(access.clone()),
+            refresh_token: SecretString::from(refresh.clone()),
+            expires_at: chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(args.expires_in).unwrap_or(1800)),
+        },
+        _ => bail!("give --private-app-token, or --access-token with --refresh-token"),
+    };
+    connect_hubspot_token(settings, store, tenant, credentials, args.portal_id).await
+}
+
+/// A shutdown flag that turns true on Ctrl-C or SIGTERM.
+pub fn shutdown_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+    let (tx, rx) = watch::channel(false);
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = sender.send(true);
+    });
+    (tx, rx)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Finds a connection by id across tenants (an operator command).
+pub async fn find_connection(store: &Store, id: &str) -> anyhow::Result<(TenantId, ConnectionId)> {
+    let wanted: ConnectionId = id.parse().with_context(|| format!("{id:?} is not a connection id (see `crmsync status`)"))?;
+    store
+        .connection_directory()
+        .await?
+        .into_iter()
+        .find(|(_, c)| *c == wanted)
+        .with_context(|| format!("no connection {id} (see `crmsync status`)"))
+}
+
+/// The `crmsync-worker` process: workers for `specs` until SIGTERM, then a
+/// graceful drain within `worker.shutdown_grace_secs`.
+pub async fn serve_workers(specs: &[crate::queue::WorkerSpec]) -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    crate::telemetry::init_logs(&settings.telemetry);
+    let store = app::open_store(&settings, false).await?;
+    let deps = app::deps(&settings, store).await?;
+    let addr = crate::telemetry::serve(&settings.telemetry.listen, "worker").await?;
+    let kinds: Vec<String> = specs.iter().map(|s| format!("{}×{}", s.kind.stem(), s.concurrency)).collect();
+    tracing::info!(metrics = %addr, jobs = %kinds.join(","), "crmsync-worker started");
+    let (_stop, shutdown) = shutdown_signal();
+    let grace = std::time::Duration::from_secs(settings.worker.shutdown_grace_secs);
+    let mut watch = shutdown.clone();
+    let run = crate::queue::run_workers(&deps.queue, deps.clone(), specs, shutdown);
+    tokio::pin!(run);
+    tokio::select! {
+        _ = &mut run => {}
+        _ = async { while !*watch.borrow() { if watch.changed().await.is_err() { break; } } } => {
+            if tokio::time::timeout(grace, &mut run).await.is_err() {
+                tracing::warn!("shutdown grace period over; unfinished jobs will run again elsewhere");
+            }
+        }
+    }
+    deps.queue.close().await;
+    Ok(())
+}
+
+/// The `crmsync-scheduler` process.
+pub async fn serve_scheduler() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    crate::telemetry::init_logs(&settings.telemetry);
+    let store = app::open_store(&settings, false).await?;
+    let deps = app::deps(&settings, store).await?;
+    let addr = crate::telemetry::serve(&settings.telemetry.listen, "scheduler").await?;
+    tracing::info!(metrics = %addr, "crmsync-scheduler started");
+    let (_stop, shutdown) = shutdown_signal();
+    crate::scheduler::run(deps.clone(), shutdown).await;
+    deps.queue.close().await;
+    Ok(())
+}

@@ -146,7 +146,12 @@ async fn pull(
             let outcome = deps.store.apply_page(&write).await?;
             crate::telemetry::record_page("delta_sync", outcome.map(|o| o.counts));
             let Some((last_at, last_id)) = last else {
-                break;
+                if let ChangeQuery::Instant { at, .. } = &query {
+                    since = *at + chrono::Duration::milliseconds(1);
+                    instant = None;
+                    continue 'windows;
+                }
+                break 'windows;
             };
             match (&page.next, &query) {
                 (None, ChangeQuery::Instant { at, .. }) => {
@@ -173,8 +178,26 @@ async fn pull(
                 }
             }
         }
-        break;
     }
+    // The whole window up to `until` has been read: the cursor may stand at
+    // its end (records that show up late there are re-read by the overlap),
+    // so the lag reported is the sync's real delay, not the age of the last
+    // change.
+    let end = PageWrite {
+        tenant: connection.tenant,
+        connection: connection.id,
+        provider: connection.provider,
+        object,
+        kind,
+        strategy: connection.settings.strategy,
+        items: Vec::new(),
+        run,
+        page_number: None,
+        next_page_token: None,
+        finishes_run: false,
+        cursor: Some(Cursor { modified_at: until, crm_id: CrmId("0".into()) }),
+    };
+    deps.store.apply_page(&end).await?;
     Ok(Progress::Caught)
 }
 

@@ -7,7 +7,7 @@ mod records;
 mod runs;
 mod tenants;
 
-pub use connections::{ConnectionRow, Credentials, NewConnection};
+pub use connections::{ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping};
 pub use records::{PageOutcome, PageWrite};
 pub use runs::{RunRow, RunUpdate};
 pub use tenants::{NewTenant, DEFAULT_TENANT};
