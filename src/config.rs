@@ -216,6 +216,14 @@ impl Settings {
         Self::load_from(Path::new(&dir), env_name.as_deref(), Env::prefixed("CRMSYNC__"))
     }
 
+    /// The embedded defaults alone (tests and tools that build settings in code).
+    pub fn defaults() -> Result<Self, ConfigError> {
+        let mut settings: Settings = Figment::from(Toml::string(DEFAULT_TOML)).extract().map_err(Box::new)?;
+        settings.normalise();
+        settings.validate()?;
+        Ok(settings)
+    }
+
     /// Loads from an explicit overlay directory and environment provider (tests).
     pub fn load_from(dir: &Path, env_name: Option<&str>, env: Env) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));

@@ -2,11 +2,15 @@
 -- Run as the table owner (`crmsync migrate`); the processes connect as a
 -- member of crmsync_app, which neither owns these tables nor bypasses RLS.
 
+-- Roles are cluster-wide: several databases (or concurrent migrations) may
+-- race to create it, so a duplicate is not an error.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'crmsync_app') THEN
         CREATE ROLE crmsync_app NOLOGIN NOSUPERUSER NOBYPASSRLS;
     END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
 END
 $$;
 

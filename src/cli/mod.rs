@@ -6,6 +6,8 @@ mod dev;
 mod status;
 mod sync;
 
+pub use sync::start_full_sync;
+
 use crate::app;
 use crate::config::Settings;
 use crate::domain::{ConnectionId, ProviderKind, TenantId};

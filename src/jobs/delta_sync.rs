@@ -16,9 +16,6 @@ use crate::store::{ConnectionRow, PageWrite};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Pages one job run reads before it hands the rest to a follow-up job, so
-/// that a huge backlog never holds a worker slot past the job timeout.
-const MAX_PAGES_PER_RUN: u32 = 120;
 
 /// A delta sync of one connection (all its objects, or one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,8 +46,28 @@ enum Progress {
     MoreToRead,
 }
 
-/// Runs a delta sync; returns the runs it recorded.
-pub async fn run(job: &DeltaSyncJob, deps: &Deps) -> Result<Vec<RunId>, JobError> {
+/// What one delta job run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaOutcome {
+    /// The runs it recorded (one per object read).
+    pub runs: Vec<RunId>,
+    /// `false` when it stopped at its time budget with more to read: the
+    /// caller enqueues a follow-up (the cursor already stands where it ended).
+    pub caught_up: bool,
+}
+
+impl DeltaSyncJob {
+    /// The job that continues where this one stopped.
+    pub fn follow_up(&self) -> Self {
+        Self { trigger: format!("{}+{}", self.trigger, uuid::Uuid::now_v7()), attempt: 0, ..self.clone() }
+    }
+}
+
+/// Runs a delta sync within half the job timeout (so a huge backlog never
+/// holds a worker slot past it).
+pub async fn run(job: &DeltaSyncJob, deps: &Deps) -> Result<DeltaOutcome, JobError> {
+    let budget = std::time::Duration::from_secs(deps.settings.worker.job_timeout_secs) / 2;
+    let deadline = std::time::Instant::now() + budget;
     let connection = deps.store.connection(job.tenant, job.connection).await?;
     let objects: Vec<CrmObject> = match job.object {
         Some(o) => vec![o],
@@ -66,7 +83,7 @@ pub async fn run(job: &DeltaSyncJob, deps: &Deps) -> Result<Vec<RunId>, JobError
         };
         let run = deps.store.start_run(job.tenant, job.connection, object, RunKind::DeltaSync).await?;
         runs.push(run.id);
-        match pull(deps, &mut session, object, run.id, cursor).await {
+        match pull(deps, &mut session, object, run.id, cursor, deadline).await {
             Ok(progress) => {
                 deps.store.finish_run(job.tenant, run.id, RunStatus::Succeeded, None).await?;
                 more |= matches!(progress, Progress::MoreToRead);
@@ -77,15 +94,7 @@ pub async fn run(job: &DeltaSyncJob, deps: &Deps) -> Result<Vec<RunId>, JobError
             }
         }
     }
-    if more {
-        let follow_up = DeltaSyncJob {
-            trigger: format!("{}+{}", job.trigger, uuid::Uuid::now_v7()),
-            attempt: 0,
-            ..job.clone()
-        };
-        deps.queue.push_delta_sync(&follow_up).await?;
-    }
-    Ok(runs)
+    Ok(DeltaOutcome { runs, caught_up: !more })
 }
 
 async fn pull(
@@ -94,6 +103,7 @@ async fn pull(
     object: CrmObject,
     run: RunId,
     cursor: Cursor,
+    deadline: std::time::Instant,
 ) -> Result<Progress, JobError> {
     let sync = &deps.settings.sync;
     let connection: ConnectionRow = session.connection.clone();
@@ -105,7 +115,6 @@ async fn pull(
     let mut since = cursor.modified_at - seconds(sync.overlap_secs);
     let mut instant: Option<(DateTime<Utc>, CrmId)> = None;
     let limit = sync.delta_page_size;
-    let mut pages = 0u32;
     'windows: while since <= until {
         let query = match &instant {
             Some((at, after_id)) => ChangeQuery::Instant { at: *at, after_id: after_id.clone() },
@@ -114,10 +123,9 @@ async fn pull(
         let mut offset: Option<String> = None;
         let mut seen: u32 = 0;
         loop {
-            if pages >= MAX_PAGES_PER_RUN {
+            if std::time::Instant::now() >= deadline {
                 return Ok(Progress::MoreToRead);
             }
-            pages += 1;
             let after = offset.clone();
             let page = crate::with_auth!(session, deps, |token| deps.hubspot.search_changes(
                 &account,

@@ -81,7 +81,10 @@ async fn full_sync_task(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDyn
 
 async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
     let started = Instant::now();
-    let result = with_timeout(&deps, jobs::delta_sync::run(&job, &deps)).await.map(|_| ());
+    let result = match with_timeout(&deps, jobs::delta_sync::run(&job, &deps)).await {
+        Ok(outcome) if !outcome.caught_up => deps.queue.push_delta_sync(&job.follow_up()).await.map_err(JobError::from),
+        other => other.map(|_| ()),
+    };
     let settled = settle(&result, job.attempt, deps.settings.worker.max_attempts, jitter_seed());
     crate::telemetry::record_job("delta_sync", settled, started.elapsed());
     match (settled, result) {

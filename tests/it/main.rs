@@ -8,3 +8,9 @@ mod sandbox_hubspot_objects;
 mod sandbox_hubspot_ratelimit;
 mod sandbox_hubspot_search;
 mod sandbox_hubspot_webhooks;
+
+mod fleet;
+
+mod sync_delta;
+mod sync_full;
+mod sync_resume;
