@@ -23,7 +23,9 @@ pub fn store_dir(settings: &Settings) -> PathBuf {
 }
 
 fn sqlite_path(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     Some(PathBuf::from(path))
 }
@@ -38,8 +40,11 @@ pub fn encryption_key(settings: &Settings, create: bool) -> anyhow::Result<Optio
         return Ok(None);
     };
     if path.is_file() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
-        return Ok(Some(EncryptionKey::parse(&SecretString::from(text.trim().to_string()))?));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        return Ok(Some(EncryptionKey::parse(&SecretString::from(
+            text.trim().to_string(),
+        ))?));
     }
     if !create {
         return Ok(None);
@@ -56,7 +61,9 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("failed to create {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
     file.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -65,9 +72,18 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// bypassed by the role in use.
 pub async fn open_store(settings: &Settings, create_key: bool) -> anyhow::Result<Store> {
     let key = encryption_key(settings, create_key)?;
-    let store = Store::open(&settings.database.url, settings.database.max_connections, key)
-        .await
-        .with_context(|| format!("failed to open the database {}", crate::config::redact_url(&settings.database.url)))?;
+    let store = Store::open(
+        &settings.database.url,
+        settings.database.max_connections,
+        key,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "failed to open the database {}",
+            crate::config::redact_url(&settings.database.url)
+        )
+    })?;
     if store.bypasses_row_security().await.unwrap_or(false) {
         tracing::warn!(
             "the database role bypasses row-level security (superuser, BYPASSRLS or table owner); \
@@ -83,5 +99,10 @@ pub async fn deps(settings: &Settings, store: Store) -> anyhow::Result<Deps> {
         .await
         .context("failed to connect to the queue")?;
     let hubspot = HubspotClient::new(settings.hubspot.clone(), Arc::new(Budgets::default()))?;
-    Ok(Deps { store, hubspot, queue, settings: Arc::new(settings.clone()) })
+    Ok(Deps {
+        store,
+        hubspot,
+        queue,
+        settings: Arc::new(settings.clone()),
+    })
 }

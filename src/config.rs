@@ -14,10 +14,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Keys that hold secrets: accepted only from the environment, never from a
 /// file that may be committed or baked into an image.
-const SECRET_KEYS: &[(&str, &str)] = &[
-    ("secrets", "encryption_key"),
-    ("hubspot", "client_secret"),
-];
+const SECRET_KEYS: &[(&str, &str)] = &[("secrets", "encryption_key"), ("hubspot", "client_secret")];
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +39,7 @@ pub enum ConfigError {
         path: String,
     },
     /// A secret was found in a file.
-    #[error(
-        "configuration error: {key} must come from the environment ({env}), not from {file}"
-    )]
+    #[error("configuration error: {key} must come from the environment ({env}), not from {file}")]
     SecretInFile {
         /// The dotted key.
         key: String,
@@ -213,12 +208,18 @@ impl Settings {
     pub fn load() -> Result<Self, ConfigError> {
         let env_name = std::env::var("CRMSYNC_ENV").ok().filter(|s| !s.is_empty());
         let dir = std::env::var("CRMSYNC_CONFIG_DIR").unwrap_or_else(|_| "config".into());
-        Self::load_from(Path::new(&dir), env_name.as_deref(), Env::prefixed("CRMSYNC__"))
+        Self::load_from(
+            Path::new(&dir),
+            env_name.as_deref(),
+            Env::prefixed("CRMSYNC__"),
+        )
     }
 
     /// The embedded defaults alone (tests and tools that build settings in code).
     pub fn defaults() -> Result<Self, ConfigError> {
-        let mut settings: Settings = Figment::from(Toml::string(DEFAULT_TOML)).extract().map_err(Box::new)?;
+        let mut settings: Settings = Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .map_err(Box::new)?;
         settings.normalise();
         settings.validate()?;
         Ok(settings)
@@ -248,7 +249,9 @@ impl Settings {
             figment = figment.merge(Toml::file(path));
         }
         // `CRMSYNC__DATABASE__URL` → `database.url`. Empty values mean unset.
-        let env = env.split("__").filter_map(|k| Some(k.as_str().to_lowercase().into()));
+        let env = env
+            .split("__")
+            .filter_map(|k| Some(k.as_str().to_lowercase().into()));
         let figment = figment.merge(env);
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         settings.normalise();
@@ -277,7 +280,10 @@ impl Settings {
         {
             return Err(value(
                 "CRMSYNC__DATABASE__URL",
-                format!("expected postgres://… or sqlite://…, got {:?}", redact_url(url)),
+                format!(
+                    "expected postgres://… or sqlite://…, got {:?}",
+                    redact_url(url)
+                ),
             ));
         }
         if let Some(redis) = &self.redis.url
@@ -299,21 +305,42 @@ impl Settings {
         {
             return Err(value(
                 "CRMSYNC__HUBSPOT__API_BASE_URL",
-                format!("expected an http(s) URL, got {:?}", self.hubspot.api_base_url),
+                format!(
+                    "expected an http(s) URL, got {:?}",
+                    self.hubspot.api_base_url
+                ),
             ));
         }
         let positive: [(&'static str, u64); 8] = [
-            ("CRMSYNC__QUEUE__POLL_INTERVAL_MS", self.queue.poll_interval_ms),
+            (
+                "CRMSYNC__QUEUE__POLL_INTERVAL_MS",
+                self.queue.poll_interval_ms,
+            ),
             ("CRMSYNC__QUEUE__HEARTBEAT_SECS", self.queue.heartbeat_secs),
-            ("CRMSYNC__HUBSPOT__REQUESTS_PER_10S", self.hubspot.requests_per_10s.into()),
+            (
+                "CRMSYNC__HUBSPOT__REQUESTS_PER_10S",
+                self.hubspot.requests_per_10s.into(),
+            ),
             (
                 "CRMSYNC__HUBSPOT__SEARCH_REQUESTS_PER_SECOND",
                 self.hubspot.search_requests_per_second.into(),
             ),
-            ("CRMSYNC__SYNC__DELTA_INTERVAL_SECS", self.sync.delta_interval_secs),
-            ("CRMSYNC__WORKER__JOB_TIMEOUT_SECS", self.worker.job_timeout_secs),
-            ("CRMSYNC__WORKER__MAX_ATTEMPTS", self.worker.max_attempts.into()),
-            ("CRMSYNC__HUBSPOT__REQUEST_TIMEOUT_SECS", self.hubspot.request_timeout_secs),
+            (
+                "CRMSYNC__SYNC__DELTA_INTERVAL_SECS",
+                self.sync.delta_interval_secs,
+            ),
+            (
+                "CRMSYNC__WORKER__JOB_TIMEOUT_SECS",
+                self.worker.job_timeout_secs,
+            ),
+            (
+                "CRMSYNC__WORKER__MAX_ATTEMPTS",
+                self.worker.max_attempts.into(),
+            ),
+            (
+                "CRMSYNC__HUBSPOT__REQUEST_TIMEOUT_SECS",
+                self.hubspot.request_timeout_secs,
+            ),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -366,7 +393,12 @@ impl Settings {
             crate::secrets::EncryptionKey::parse(key)
                 .map_err(|e| value("CRMSYNC__SECRETS__ENCRYPTION_KEY", e.to_string()))?;
         }
-        if self.telemetry.listen.parse::<std::net::SocketAddr>().is_err() {
+        if self
+            .telemetry
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
             return Err(value(
                 "CRMSYNC__TELEMETRY__LISTEN",
                 format!("expected host:port, got {:?}", self.telemetry.listen),
@@ -400,7 +432,11 @@ fn value(key: &'static str, message: String) -> ConfigError {
 }
 
 fn env_var(section: &str, key: &str) -> String {
-    format!("CRMSYNC__{}__{}", section.to_uppercase(), key.to_uppercase())
+    format!(
+        "CRMSYNC__{}__{}",
+        section.to_uppercase(),
+        key.to_uppercase()
+    )
 }
 
 /// A URL with any password replaced, safe to print.
@@ -428,7 +464,8 @@ mod tests {
     use figment::Jail;
 
     fn load(jail: &Jail, env: Option<&str>) -> Result<Settings, String> {
-        Settings::load_from(jail.directory(), env, Env::prefixed("CRMSYNC__")).map_err(|e| e.to_string())
+        Settings::load_from(jail.directory(), env, Env::prefixed("CRMSYNC__"))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -494,7 +531,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://app:s3cret@db/crm"), "postgres://app:***@db/crm");
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db/crm"),
+            "postgres://app:***@db/crm"
+        );
         assert_eq!(redact_url("sqlite://crmsync.db"), "sqlite://crmsync.db");
     }
 }

@@ -24,11 +24,13 @@ pub async fn tick(deps: &Deps) -> Result<usize, JobError> {
             object: None,
             trigger: format!("tick-{}", now.timestamp()),
             attempt: 0,
+            resume: None,
         };
         deps.queue.push_delta_sync(&job).await?;
     }
     if !due.is_empty() {
-        metrics::counter!("crmsync_scheduled_jobs_total", "job" => "delta_sync").increment(due.len() as u64);
+        metrics::counter!("crmsync_scheduled_jobs_total", "job" => "delta_sync")
+            .increment(due.len() as u64);
     }
     Ok(due.len())
 }

@@ -63,7 +63,13 @@ impl EncryptionKey {
         getrandom::fill(&mut nonce).map_err(|e| SecretsError::Random(e.to_string()))?;
         let sealed = self
             .0
-            .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: row_binding })
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: row_binding,
+                },
+            )
             .map_err(|_| SecretsError::Undecryptable)?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
         out.push(FORMAT_V1);
@@ -80,7 +86,13 @@ impl EncryptionKey {
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
         self.0
-            .decrypt(&XNonce::from(nonce), Payload { msg: &sealed[1 + NONCE_LEN..], aad: row_binding })
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &sealed[1 + NONCE_LEN..],
+                    aad: row_binding,
+                },
+            )
             .map_err(|_| SecretsError::Undecryptable)
     }
 }
@@ -92,7 +104,9 @@ mod tests {
 
     fn key() -> EncryptionKey {
         let encoded = EncryptionKey::generate().ok();
-        encoded.and_then(|k| EncryptionKey::parse(&k).ok()).unwrap_or_else(|| unreachable!())
+        encoded
+            .and_then(|k| EncryptionKey::parse(&k).ok())
+            .unwrap_or_else(|| unreachable!())
     }
 
     proptest! {

@@ -20,7 +20,9 @@ pub fn init_logs(settings: &TelemetrySettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match settings.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -46,7 +48,10 @@ pub async fn serve(listen: &str, process: &'static str) -> std::io::Result<Socke
                 async move { handle.map(|h| h.render()).unwrap_or_default() }
             }),
         )
-        .route("/health", get(move || async move { format!("{{\"status\":\"ok\",\"process\":\"{process}\"}}") }));
+        .route(
+            "/health",
+            get(move || async move { format!("{{\"status\":\"ok\",\"process\":\"{process}\"}}") }),
+        );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -71,13 +76,20 @@ pub fn record_job(job: &'static str, settled: Settled, elapsed: Duration) {
 /// Counts the records one applied page touched (`None`: a duplicate page).
 pub fn record_page(job: &'static str, counts: Option<RunUpdate>) {
     let Some(c) = counts else {
-        metrics::counter!("crmsync_pages_total", "job" => job, "outcome" => "duplicate").increment(1);
+        metrics::counter!("crmsync_pages_total", "job" => job, "outcome" => "duplicate")
+            .increment(1);
         return;
     };
     metrics::counter!("crmsync_pages_total", "job" => job, "outcome" => "applied").increment(1);
-    for (outcome, n) in [("created", c.created), ("updated", c.updated), ("unchanged", c.unchanged), ("failed", c.failed)] {
+    for (outcome, n) in [
+        ("created", c.created),
+        ("updated", c.updated),
+        ("unchanged", c.unchanged),
+        ("failed", c.failed),
+    ] {
         if n > 0 {
-            metrics::counter!("crmsync_records_total", "job" => job, "outcome" => outcome).increment(n.unsigned_abs());
+            metrics::counter!("crmsync_records_total", "job" => job, "outcome" => outcome)
+                .increment(n.unsigned_abs());
         }
     }
 }

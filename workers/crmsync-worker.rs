@@ -23,14 +23,33 @@ fn specs(cli: &Cli) -> Result<Vec<WorkerSpec>, String> {
     let kinds: Vec<JobKind> = if cli.jobs.is_empty() {
         JobKind::ALL.to_vec()
     } else {
-        cli.jobs.iter().map(|s| JobKind::from_stem(s.trim())).collect::<Result<_, _>>()?
+        cli.jobs
+            .iter()
+            .map(|s| JobKind::from_stem(s.trim()))
+            .collect::<Result<_, _>>()?
     };
-    let mut specs: Vec<WorkerSpec> = kinds.into_iter().map(|kind| WorkerSpec { kind, concurrency: 1 }).collect();
+    let mut specs: Vec<WorkerSpec> = kinds
+        .into_iter()
+        .map(|kind| WorkerSpec {
+            kind,
+            concurrency: 1,
+        })
+        .collect();
     for item in &cli.concurrency {
-        let (stem, n) = item.split_once('=').ok_or_else(|| format!("--concurrency {item:?}: expected STEM=N"))?;
+        let (stem, n) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--concurrency {item:?}: expected STEM=N"))?;
         let kind = JobKind::from_stem(stem.trim())?;
-        let n: usize = n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| format!("--concurrency {item:?}: N must be a positive number"))?;
-        let spec = specs.iter_mut().find(|s| s.kind == kind).ok_or_else(|| format!("--concurrency {stem}: not in --jobs"))?;
+        let n: usize = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("--concurrency {item:?}: N must be a positive number"))?;
+        let spec = specs
+            .iter_mut()
+            .find(|s| s.kind == kind)
+            .ok_or_else(|| format!("--concurrency {stem}: not in --jobs"))?;
         spec.concurrency = n;
     }
     Ok(specs)

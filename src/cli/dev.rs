@@ -49,10 +49,16 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
     if settings.redis.url.is_none() {
         settings.queue.backend = Some(QueueBackend::Sqlite);
     }
-    let sandbox_config = SandboxConfig { seed_contacts: args.contacts, seed_leads: args.leads, ..SandboxConfig::default() };
+    let sandbox_config = SandboxConfig {
+        seed_contacts: args.contacts,
+        seed_leads: args.leads,
+        ..SandboxConfig::default()
+    };
     let portal = sandbox_config.portal_id;
     let pat = sandbox_config.private_app_token.clone();
-    let sandbox = Sandbox::new(sandbox_config).map_err(anyhow::Error::msg).context("invalid sandbox settings")?;
+    let sandbox = Sandbox::new(sandbox_config)
+        .map_err(anyhow::Error::msg)
+        .context("invalid sandbox settings")?;
     let (sandbox_addr, _server) = sandbox
         .spawn(args.sandbox_listen)
         .await
@@ -62,15 +68,26 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
 
     let store = app::open_store(&settings, true).await?;
     let tenant = store.resolve_tenant(None).await?;
-    let credentials = Credentials::PrivateAppToken { token: SecretString::from(pat) };
-    let (connection, _) = connect_hubspot_token(&settings, &store, tenant, credentials, None).await?;
+    let credentials = Credentials::PrivateAppToken {
+        token: SecretString::from(pat),
+    };
+    let (connection, _) =
+        connect_hubspot_token(&settings, &store, tenant, credentials, None).await?;
     let deps = app::deps(&settings, store.clone()).await?;
-    let metrics = crate::telemetry::serve(&settings.telemetry.listen, "dev").await.ok();
+    let metrics = crate::telemetry::serve(&settings.telemetry.listen, "dev")
+        .await
+        .ok();
 
     println!("crmsync dev");
-    println!("  store      {}", crate::config::redact_url(&settings.database.url));
+    println!(
+        "  store      {}",
+        crate::config::redact_url(&settings.database.url)
+    );
     println!("  queue      {}", settings.queue.sqlite_path);
-    println!("  sandbox    http://{sandbox_addr} (HubSpot portal {portal}, {} contacts, {} leads)", args.contacts, args.leads);
+    println!(
+        "  sandbox    http://{sandbox_addr} (HubSpot portal {portal}, {} contacts, {} leads)",
+        args.contacts, args.leads
+    );
     println!("  connection {connection} (tenant default)");
     if let Some(addr) = metrics {
         println!("  metrics    http://{addr}/metrics");
@@ -79,8 +96,14 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
 
     let (stop, shutdown) = shutdown_signal();
     let specs = [
-        WorkerSpec { kind: JobKind::FullSync, concurrency: 1 },
-        WorkerSpec { kind: JobKind::DeltaSync, concurrency: 2 },
+        WorkerSpec {
+            kind: JobKind::FullSync,
+            concurrency: 1,
+        },
+        WorkerSpec {
+            kind: JobKind::DeltaSync,
+            concurrency: 2,
+        },
     ];
     let workers = {
         let (queue, deps, shutdown) = (deps.queue.clone(), deps.clone(), shutdown.clone());
@@ -134,7 +157,10 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
         let shutdown = shutdown.clone();
         let per_minute = args.edits_per_minute;
         tokio::spawn(async move {
-            let crm_ids = ids.linked_crm_ids(tenant, connection, CrmObject::Contacts).await.unwrap_or_default();
+            let crm_ids = ids
+                .linked_crm_ids(tenant, connection, CrmObject::Contacts)
+                .await
+                .unwrap_or_default();
             user_edits(&base, portal, crm_ids, per_minute, shutdown).await;
         })
     });
@@ -172,12 +198,20 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
 
 /// Acts as a CRM user editing random contacts through the sandbox's control
 /// API, so deltas have something to bring over.
-async fn user_edits(base: &str, portal: u64, ids: Vec<String>, per_minute: u32, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+async fn user_edits(
+    base: &str,
+    portal: u64,
+    ids: Vec<String>,
+    per_minute: u32,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     if ids.is_empty() {
         return;
     }
     let client = reqwest::Client::new();
-    let titles = ["Engineer", "Director", "VP Sales", "Founder", "Analyst", "Buyer"];
+    let titles = [
+        "Engineer", "Director", "VP Sales", "Founder", "Analyst", "Buyer",
+    ];
     let mut n: usize = 0;
     let pause = Duration::from_secs_f64(60.0 / f64::from(per_minute.max(1)));
     loop {

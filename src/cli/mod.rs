@@ -130,23 +130,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev(args) => dev::run(settings, args).await,
         Command::Migrate => migrate(&settings).await,
-        Command::Tenant { command: TenantCommand::Create { name, json } } => {
+        Command::Tenant {
+            command: TenantCommand::Create { name, json },
+        } => {
             let store = app::open_store(&settings, true).await?;
             let tenant = store.create_tenant(&name).await?;
             if json {
-                println!("{}", serde_json::json!({"id": tenant.id, "name": tenant.name, "token": tenant.token}));
+                println!(
+                    "{}",
+                    serde_json::json!({"id": tenant.id, "name": tenant.name, "token": tenant.token})
+                );
             } else {
                 println!("tenant {}", tenant.id);
                 println!("token {}", tenant.token);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Connect { provider: ConnectCommand::Hubspot(args) } => {
+        Command::Connect {
+            provider: ConnectCommand::Hubspot(args),
+        } => {
             let store = app::open_store(&settings, true).await?;
             let tenant = store.resolve_tenant(args.tenant.as_deref()).await?;
             let (id, portal) = connect_hubspot(&settings, &store, tenant, &args).await?;
             if args.json {
-                println!("{}", serde_json::json!({"id": id, "tenant": tenant, "portalId": portal}));
+                println!(
+                    "{}",
+                    serde_json::json!({"id": id, "tenant": tenant, "portalId": portal})
+                );
             } else {
                 println!("{id}");
             }
@@ -165,7 +175,11 @@ fn quiet(settings: &Settings) -> crate::config::TelemetrySettings {
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let url = settings.database.migration_url.as_deref().unwrap_or(&settings.database.url);
+    let url = settings
+        .database
+        .migration_url
+        .as_deref()
+        .unwrap_or(&settings.database.url);
     Store::migrate(url)
         .await
         .with_context(|| format!("failed to migrate {}", crate::config::redact_url(url)))?;
@@ -211,12 +225,19 @@ async fn connect_hubspot(
     tenant: TenantId,
     args: &HubspotConnectArgs,
 ) -> anyhow::Result<(ConnectionId, u64)> {
-    let credentials = match (&args.private_app_token, &args.access_token, &args.refresh_token) {
-        (Some(pat), None, None) => Credentials::PrivateAppToken { token: SecretString::from(pat.clone()) },
+    let credentials = match (
+        &args.private_app_token,
+        &args.access_token,
+        &args.refresh_token,
+    ) {
+        (Some(pat), None, None) => Credentials::PrivateAppToken {
+            token: SecretString::from(pat.clone()),
+        },
         (None, Some(access), Some(refresh)) => Credentials::OAuth {
             access_token: SecretString::from(access.clone()),
             refresh_token: SecretString::from(refresh.clone()),
-            expires_at: chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(args.expires_in).unwrap_or(1800)),
+            expires_at: chrono::Utc::now()
+                + chrono::Duration::seconds(i64::try_from(args.expires_in).unwrap_or(1800)),
         },
         _ => bail!("give --private-app-token, or --access-token with --refresh-token"),
     };
@@ -237,13 +258,14 @@ pub fn shutdown_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -257,7 +279,9 @@ async fn wait_for_signal() {
 
 /// Finds a connection by id across tenants (an operator command).
 pub async fn find_connection(store: &Store, id: &str) -> anyhow::Result<(TenantId, ConnectionId)> {
-    let wanted: ConnectionId = id.parse().with_context(|| format!("{id:?} is not a connection id (see `crmsync status`)"))?;
+    let wanted: ConnectionId = id
+        .parse()
+        .with_context(|| format!("{id:?} is not a connection id (see `crmsync status`)"))?;
     store
         .connection_directory()
         .await?
@@ -274,7 +298,10 @@ pub async fn serve_workers(specs: &[crate::queue::WorkerSpec]) -> anyhow::Result
     let store = app::open_store(&settings, false).await?;
     let deps = app::deps(&settings, store).await?;
     let addr = crate::telemetry::serve(&settings.telemetry.listen, "worker").await?;
-    let kinds: Vec<String> = specs.iter().map(|s| format!("{}×{}", s.kind.stem(), s.concurrency)).collect();
+    let kinds: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{}×{}", s.kind.stem(), s.concurrency))
+        .collect();
     tracing::info!(metrics = %addr, jobs = %kinds.join(","), "crmsync-worker started");
     let (_stop, shutdown) = shutdown_signal();
     let grace = std::time::Duration::from_secs(settings.worker.shutdown_grace_secs);

@@ -100,7 +100,11 @@ pub async fn collect(store: &Store) -> anyhow::Result<Vec<ConnectionReport>> {
     for (tenant, id) in store.connection_directory().await? {
         let connection = store.connection(tenant, id).await?;
         let cursors = store.cursors(tenant, id).await?;
-        let lag_seconds = cursors.iter().map(|(_, c)| c.modified_at).min().map(|oldest| (now - oldest).num_seconds());
+        let lag_seconds = cursors
+            .iter()
+            .map(|(_, c)| c.modified_at)
+            .min()
+            .map(|oldest| (now - oldest).num_seconds());
         reports.push(ConnectionReport {
             id,
             tenant,
@@ -112,7 +116,15 @@ pub async fn collect(store: &Store) -> anyhow::Result<Vec<ConnectionReport>> {
             last_run: store.latest_run(tenant, id).await?.map(RunReport::from),
             cursors: cursors
                 .into_iter()
-                .map(|(o, c)| (o.to_string(), CursorReport { modified_at: c.modified_at, crm_id: c.crm_id.0 }))
+                .map(|(o, c)| {
+                    (
+                        o.to_string(),
+                        CursorReport {
+                            modified_at: c.modified_at,
+                            crm_id: c.crm_id.0,
+                        },
+                    )
+                })
                 .collect(),
             lag_seconds,
         });
@@ -136,8 +148,13 @@ pub fn one_line(r: &ConnectionReport) -> String {
         ),
         None => "never synced".into(),
     };
-    let lag = r.lag_seconds.map_or_else(|| "-".into(), |s| format!("{s}s"));
-    format!("{}  {} {}  {}  records {}  {}  lag {}", r.id, r.provider, r.external_account_id, r.status, r.records, run, lag)
+    let lag = r
+        .lag_seconds
+        .map_or_else(|| "-".into(), |s| format!("{s}s"));
+    format!(
+        "{}  {} {}  {}  records {}  {}  lag {}",
+        r.id, r.provider, r.external_account_id, r.status, r.records, run, lag
+    )
 }
 
 pub(super) async fn run(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {

@@ -41,9 +41,12 @@ pub(super) async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<E
             object: None,
             trigger: format!("cli-{}", uuid::Uuid::now_v7()),
             attempt: 0,
+            resume: None,
         };
         if deps.store.cursors(tenant, connection).await?.is_empty() {
-            eprintln!("connection {connection} has had no full sync yet: run `crmsync sync {connection} --full` first");
+            eprintln!(
+                "connection {connection} has had no full sync yet: run `crmsync sync {connection} --full` first"
+            );
             return Ok(ExitCode::FAILURE);
         }
         let pushed_at = Utc::now();
@@ -60,23 +63,48 @@ pub(super) async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<E
         }
         return Ok(ExitCode::SUCCESS);
     }
-    follow(&deps, tenant, runs.iter().map(|r| r.id).collect(), "full_sync").await
+    follow(
+        &deps,
+        tenant,
+        runs.iter().map(|r| r.id).collect(),
+        "full_sync",
+    )
+    .await
 }
 
 /// Starts a full sync of every synced object of a connection (or joins the
 /// one already running) and enqueues its first page.
-pub async fn start_full_sync(deps: &Deps, tenant: TenantId, connection: ConnectionId) -> anyhow::Result<Vec<RunRow>> {
+pub async fn start_full_sync(
+    deps: &Deps,
+    tenant: TenantId,
+    connection: ConnectionId,
+) -> anyhow::Result<Vec<RunRow>> {
     let row = deps.store.connection(tenant, connection).await?;
     let mut runs = Vec::new();
     for mapping in &row.settings.objects {
         let object = mapping.crm_object;
-        let run = match deps.store.running_run(tenant, connection, object, RunKind::FullSync).await? {
+        let run = match deps
+            .store
+            .running_run(tenant, connection, object, RunKind::FullSync)
+            .await?
+        {
             Some(run) => run,
-            None => deps.store.start_run(tenant, connection, object, RunKind::FullSync).await?,
+            None => {
+                deps.store
+                    .start_run(tenant, connection, object, RunKind::FullSync)
+                    .await?
+            }
         };
         // Enqueue the page the run is at (idempotent: a page already queued
         // under the same key is not queued twice).
-        let job = FullSyncJob { tenant, connection, object, run: run.id, page: run.pages_done, attempt: 0 };
+        let job = FullSyncJob {
+            tenant,
+            connection,
+            object,
+            run: run.id,
+            page: run.pages_done,
+            attempt: 0,
+        };
         deps.queue.push_full_sync(&job).await?;
         runs.push(run);
     }
@@ -92,7 +120,12 @@ struct Progress {
 
 impl Progress {
     fn new() -> Self {
-        Self { tty: std::io::stdout().is_terminal(), last_print: Instant::now(), hinted: false, started: Instant::now() }
+        Self {
+            tty: std::io::stdout().is_terminal(),
+            last_print: Instant::now(),
+            hinted: false,
+            started: Instant::now(),
+        }
     }
 
     fn show(&mut self, line: &str, job: &str, idle: bool) {
@@ -124,11 +157,24 @@ impl Progress {
 fn describe(run: &RunRow) -> String {
     format!(
         "{} {} {}: page {} · read {} (+{} created, {} updated, {} unchanged, {} failed)",
-        run.kind, run.object, run.status, run.pages_done, run.processed, run.created, run.updated, run.unchanged, run.failed
+        run.kind,
+        run.object,
+        run.status,
+        run.pages_done,
+        run.processed,
+        run.created,
+        run.updated,
+        run.unchanged,
+        run.failed
     )
 }
 
-async fn follow(deps: &Deps, tenant: TenantId, runs: Vec<RunId>, job: &str) -> anyhow::Result<ExitCode> {
+async fn follow(
+    deps: &Deps,
+    tenant: TenantId,
+    runs: Vec<RunId>,
+    job: &str,
+) -> anyhow::Result<ExitCode> {
     let mut progress = Progress::new();
     loop {
         let mut rows = Vec::new();
@@ -139,10 +185,19 @@ async fn follow(deps: &Deps, tenant: TenantId, runs: Vec<RunId>, job: &str) -> a
         if rows.iter().all(|r| r.status != RunStatus::Running) {
             progress.done(&line);
             for r in rows.iter().filter(|r| r.status == RunStatus::Failed) {
-                eprintln!("{} of {} failed: {}", r.kind, r.object, r.error.as_deref().unwrap_or("unknown error"));
+                eprintln!(
+                    "{} of {} failed: {}",
+                    r.kind,
+                    r.object,
+                    r.error.as_deref().unwrap_or("unknown error")
+                );
             }
             let ok = rows.iter().all(|r| r.status == RunStatus::Succeeded);
-            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         let idle = rows.iter().all(|r| r.processed == 0 && r.pages_done == 0);
         progress.show(&line, job, idle);

@@ -82,7 +82,10 @@ impl Ord for CrmId {
         // Numeric ids compare by length first, then lexically: "99" < "100".
         let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         if numeric(&self.0) && numeric(&other.0) {
-            let (a, b) = (self.0.trim_start_matches('0'), other.0.trim_start_matches('0'));
+            let (a, b) = (
+                self.0.trim_start_matches('0'),
+                other.0.trim_start_matches('0'),
+            );
             a.len().cmp(&b.len()).then_with(|| a.cmp(b))
         } else {
             self.0.cmp(&other.0)

@@ -118,7 +118,10 @@ mod tests {
         for kind in RecordKind::ALL {
             assert_eq!(kind.as_str().parse::<RecordKind>().ok(), Some(*kind));
         }
-        let err = "salesforce".parse::<ProviderKind>().err().map(|e| e.to_string());
+        let err = "salesforce"
+            .parse::<ProviderKind>()
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
             Some("unknown provider \"salesforce\"; expected one of: hubspot")

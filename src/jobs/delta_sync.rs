@@ -16,7 +16,6 @@ use crate::store::{ConnectionRow, PageWrite};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-
 /// A delta sync of one connection (all its objects, or one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeltaSyncJob {
@@ -31,19 +30,38 @@ pub struct DeltaSyncJob {
     /// Retry number (0 on the first try).
     #[serde(default)]
     pub attempt: u32,
+    /// Where an earlier run of this delta stopped at its time budget; the
+    /// follow-up resumes the same window there instead of re-reading the
+    /// overlap from the cursor (which could never finish a huge window).
+    #[serde(default)]
+    pub resume: Option<DeltaResume>,
+}
+
+/// A window position to resume at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaResume {
+    /// The object being read.
+    pub object: CrmObject,
+    /// The window's lower bound so far.
+    pub since: DateTime<Utc>,
+    /// The crowded instant being paged by id, and the last id read there.
+    pub instant: Option<(DateTime<Utc>, CrmId)>,
 }
 
 impl DeltaSyncJob {
     /// The key that makes enqueueing the same trigger twice a no-op.
     pub fn idempotency_key(&self) -> String {
-        format!("delta_sync:{}:{}:{}", self.connection, self.trigger, self.attempt)
+        format!(
+            "delta_sync:{}:{}:{}",
+            self.connection, self.trigger, self.attempt
+        )
     }
 }
 
 /// Where one job run stopped.
 enum Progress {
     Caught,
-    MoreToRead,
+    MoreToRead(DeltaResume),
 }
 
 /// What one delta job run did.
@@ -51,15 +69,28 @@ enum Progress {
 pub struct DeltaOutcome {
     /// The runs it recorded (one per object read).
     pub runs: Vec<RunId>,
-    /// `false` when it stopped at its time budget with more to read: the
-    /// caller enqueues a follow-up (the cursor already stands where it ended).
-    pub caught_up: bool,
+    /// Set when it stopped at its time budget with more to read: the caller
+    /// enqueues [`DeltaSyncJob::follow_up`] with it.
+    pub resume: Option<DeltaResume>,
+}
+
+impl DeltaOutcome {
+    /// Whether the delta read everything up to now.
+    pub fn caught_up(&self) -> bool {
+        self.resume.is_none()
+    }
 }
 
 impl DeltaSyncJob {
-    /// The job that continues where this one stopped.
-    pub fn follow_up(&self) -> Self {
-        Self { trigger: format!("{}+{}", self.trigger, uuid::Uuid::now_v7()), attempt: 0, ..self.clone() }
+    /// The job that continues where this one stopped (that object only).
+    pub fn follow_up(&self, resume: DeltaResume) -> Self {
+        Self {
+            object: Some(resume.object),
+            trigger: format!("{}+{}", self.trigger, uuid::Uuid::now_v7()),
+            attempt: 0,
+            resume: Some(resume),
+            ..self.clone()
+        }
     }
 }
 
@@ -71,30 +102,54 @@ pub async fn run(job: &DeltaSyncJob, deps: &Deps) -> Result<DeltaOutcome, JobErr
     let connection = deps.store.connection(job.tenant, job.connection).await?;
     let objects: Vec<CrmObject> = match job.object {
         Some(o) => vec![o],
-        None => connection.settings.objects.iter().map(|m| m.crm_object).collect(),
+        None => connection
+            .settings
+            .objects
+            .iter()
+            .map(|m| m.crm_object)
+            .collect(),
     };
     let mut session = Session::open(deps, connection).await?;
     let mut runs = Vec::new();
-    let mut more = false;
+    let mut resume_at = None;
     for object in objects {
-        let Some(cursor) = deps.store.cursor(job.tenant, job.connection, object).await? else {
+        let Some(cursor) = deps
+            .store
+            .cursor(job.tenant, job.connection, object)
+            .await?
+        else {
             tracing::info!(connection.id = %job.connection, %object, "no cursor yet: waiting for the first full sync");
             continue;
         };
-        let run = deps.store.start_run(job.tenant, job.connection, object, RunKind::DeltaSync).await?;
+        let run = deps
+            .store
+            .start_run(job.tenant, job.connection, object, RunKind::DeltaSync)
+            .await?;
         runs.push(run.id);
-        match pull(deps, &mut session, object, run.id, cursor, deadline).await {
+        let start = job.resume.clone().filter(|r| r.object == object);
+        match pull(deps, &mut session, object, run.id, cursor, start, deadline).await {
             Ok(progress) => {
-                deps.store.finish_run(job.tenant, run.id, RunStatus::Succeeded, None).await?;
-                more |= matches!(progress, Progress::MoreToRead);
+                deps.store
+                    .finish_run(job.tenant, run.id, RunStatus::Succeeded, None)
+                    .await?;
+                if let Progress::MoreToRead(resume) = progress {
+                    // Resume this object first; any later objects follow then.
+                    resume_at = Some(resume);
+                    break;
+                }
             }
             Err(e) => {
-                deps.store.finish_run(job.tenant, run.id, RunStatus::Failed, Some(&e.to_string())).await?;
+                deps.store
+                    .finish_run(job.tenant, run.id, RunStatus::Failed, Some(&e.to_string()))
+                    .await?;
                 return Err(e);
             }
         }
     }
-    Ok(DeltaOutcome { runs, caught_up: !more })
+    Ok(DeltaOutcome {
+        runs,
+        resume: resume_at,
+    })
 }
 
 async fn pull(
@@ -103,28 +158,44 @@ async fn pull(
     object: CrmObject,
     run: RunId,
     cursor: Cursor,
+    start: Option<DeltaResume>,
     deadline: std::time::Instant,
 ) -> Result<Progress, JobError> {
     let sync = &deps.settings.sync;
     let connection: ConnectionRow = session.connection.clone();
     let Some(kind) = connection.settings.kind_of(object) else {
-        return Err(JobError::Permanent(format!("connection {} does not sync {object}", connection.id)));
+        return Err(JobError::Permanent(format!(
+            "connection {} does not sync {object}",
+            connection.id
+        )));
     };
     let account = connection.external_account_id.clone();
     let until = Utc::now() - seconds(sync.guard_secs);
-    let mut since = cursor.modified_at - seconds(sync.overlap_secs);
-    let mut instant: Option<(DateTime<Utc>, CrmId)> = None;
+    let (mut since, mut instant) = match start {
+        Some(r) => (r.since, r.instant),
+        None => (cursor.modified_at - seconds(sync.overlap_secs), None),
+    };
     let limit = sync.delta_page_size;
+    // Where a follow-up resumes if the time budget runs out: just behind the
+    // last page applied, so every job run makes progress.
+    let mut resume = DeltaResume {
+        object,
+        since,
+        instant: instant.clone(),
+    };
     'windows: while since <= until {
         let query = match &instant {
-            Some((at, after_id)) => ChangeQuery::Instant { at: *at, after_id: after_id.clone() },
+            Some((at, after_id)) => ChangeQuery::Instant {
+                at: *at,
+                after_id: after_id.clone(),
+            },
             None => ChangeQuery::Window { since, until },
         };
         let mut offset: Option<String> = None;
         let mut seen: u32 = 0;
         loop {
             if std::time::Instant::now() >= deadline {
-                return Ok(Progress::MoreToRead);
+                return Ok(Progress::MoreToRead(resume));
             }
             let after = offset.clone();
             let page = crate::with_auth!(session, deps, |token| deps.hubspot.search_changes(
@@ -136,7 +207,10 @@ async fn pull(
                 limit
             ))?;
             seen += u32::try_from(page.records.len()).unwrap_or(u32::MAX);
-            let last = page.records.last().map(|r| (r.modified_at, r.crm_id.clone()));
+            let last = page
+                .records
+                .last()
+                .map(|r| (r.modified_at, r.crm_id.clone()));
             let write = PageWrite {
                 tenant: connection.tenant,
                 connection: connection.id,
@@ -149,10 +223,33 @@ async fn pull(
                 page_number: None,
                 next_page_token: None,
                 finishes_run: false,
-                cursor: last.clone().map(|(modified_at, crm_id)| Cursor { modified_at, crm_id }),
+                cursor: last.clone().map(|(modified_at, crm_id)| Cursor {
+                    modified_at,
+                    crm_id,
+                }),
             };
             let outcome = deps.store.apply_page(&write).await?;
             crate::telemetry::record_page("delta_sync", outcome.map(|o| o.counts));
+            if let Some((last_at, last_id)) = &last {
+                resume = match &query {
+                    ChangeQuery::Instant { at, .. } => DeltaResume {
+                        object,
+                        since,
+                        instant: Some((*at, last_id.clone())),
+                    },
+                    // Progress within one timestamp can only be kept by id.
+                    ChangeQuery::Window { .. } if *last_at == since => DeltaResume {
+                        object,
+                        since,
+                        instant: Some((since, CrmId("0".into()))),
+                    },
+                    ChangeQuery::Window { .. } => DeltaResume {
+                        object,
+                        since: *last_at,
+                        instant: None,
+                    },
+                };
+            }
             let Some((last_at, last_id)) = last else {
                 if let ChangeQuery::Instant { at, .. } = &query {
                     since = *at + chrono::Duration::milliseconds(1);
@@ -169,7 +266,9 @@ async fn pull(
                     continue 'windows;
                 }
                 (None, ChangeQuery::Window { .. }) => break 'windows,
-                (Some(next), _) if seen + limit <= sync.search_result_cap => offset = Some(next.clone()),
+                (Some(next), _) if seen + limit <= sync.search_result_cap => {
+                    offset = Some(next.clone())
+                }
                 (Some(_), ChangeQuery::Instant { at, .. }) => {
                     instant = Some((*at, last_id));
                     continue 'windows;
@@ -203,7 +302,10 @@ async fn pull(
         page_number: None,
         next_page_token: None,
         finishes_run: false,
-        cursor: Some(Cursor { modified_at: until, crm_id: CrmId("0".into()) }),
+        cursor: Some(Cursor {
+            modified_at: until,
+            crm_id: CrmId("0".into()),
+        }),
     };
     deps.store.apply_page(&end).await?;
     Ok(Progress::Caught)

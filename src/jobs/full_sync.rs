@@ -38,7 +38,11 @@ impl FullSyncJob {
 
     /// The job for the page after this one.
     pub fn next_page(&self) -> Self {
-        Self { page: self.page + 1, attempt: 0, ..self.clone() }
+        Self {
+            page: self.page + 1,
+            attempt: 0,
+            ..self.clone()
+        }
     }
 }
 
@@ -57,13 +61,20 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
     }
     if run.pages_done < job.page {
         return Err(JobError::Transient {
-            message: format!("page {} of run {} is not committed yet", job.page - 1, job.run),
+            message: format!(
+                "page {} of run {} is not committed yet",
+                job.page - 1,
+                job.run
+            ),
             retry_after: None,
         });
     }
     let connection = deps.store.connection(job.tenant, job.connection).await?;
     let Some(kind) = connection.settings.kind_of(job.object) else {
-        return Err(JobError::Permanent(format!("connection {} does not sync {}", job.connection, job.object)));
+        return Err(JobError::Permanent(format!(
+            "connection {} does not sync {}",
+            job.connection, job.object
+        )));
     };
     let strategy = connection.settings.strategy;
     let provider = connection.provider;
@@ -107,7 +118,12 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
 /// Marks the run failed once retries are exhausted or the error is final.
 pub async fn give_up(job: &FullSyncJob, deps: &Deps, error: &JobError) -> Result<(), JobError> {
     deps.store
-        .finish_run(job.tenant, job.run, RunStatus::Failed, Some(&error.to_string()))
+        .finish_run(
+            job.tenant,
+            job.run,
+            RunStatus::Failed,
+            Some(&error.to_string()),
+        )
         .await?;
     Ok(())
 }

@@ -6,7 +6,7 @@ pub mod delta_sync;
 pub mod full_sync;
 mod session;
 
-pub use delta_sync::{DeltaOutcome, DeltaSyncJob};
+pub use delta_sync::{DeltaOutcome, DeltaResume, DeltaSyncJob};
 pub use full_sync::FullSyncJob;
 pub use session::Session;
 
@@ -72,7 +72,10 @@ pub enum JobError {
 impl From<StoreError> for JobError {
     fn from(e: StoreError) -> Self {
         if e.is_retryable() {
-            JobError::Transient { message: e.to_string(), retry_after: None }
+            JobError::Transient {
+                message: e.to_string(),
+                retry_after: None,
+            }
         } else {
             JobError::Permanent(e.to_string())
         }
@@ -82,7 +85,10 @@ impl From<StoreError> for JobError {
 impl From<ProviderError> for JobError {
     fn from(e: ProviderError) -> Self {
         if e.is_retryable() {
-            JobError::Transient { retry_after: e.retry_after(), message: e.to_string() }
+            JobError::Transient {
+                retry_after: e.retry_after(),
+                message: e.to_string(),
+            }
         } else {
             JobError::Permanent(e.to_string())
         }
@@ -91,7 +97,10 @@ impl From<ProviderError> for JobError {
 
 impl From<QueueError> for JobError {
     fn from(e: QueueError) -> Self {
-        JobError::Transient { message: e.to_string(), retry_after: None }
+        JobError::Transient {
+            message: e.to_string(),
+            retry_after: None,
+        }
     }
 }
 

@@ -28,12 +28,20 @@ impl Session {
                 "connection {} is {}{}",
                 connection.id,
                 connection.status,
-                connection.status_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                connection
+                    .status_reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             )));
         }
         let token = match deps.store.credentials(&connection)? {
             Credentials::PrivateAppToken { token } => token,
-            Credentials::OAuth { access_token, refresh_token, expires_at } => {
+            Credentials::OAuth {
+                access_token,
+                refresh_token,
+                expires_at,
+            } => {
                 if expires_at - REFRESH_MARGIN <= Utc::now() {
                     refresh(deps, &connection, &refresh_token).await?
                 } else {
@@ -63,15 +71,23 @@ impl Session {
                 self.token = refresh(deps, &self.connection, &refresh_token).await?;
                 Ok(())
             }
-            Credentials::PrivateAppToken { .. } => Err(needs_reauth(deps, &self.connection, &refused).await),
+            Credentials::PrivateAppToken { .. } => {
+                Err(needs_reauth(deps, &self.connection, &refused).await)
+            }
         }
     }
 
     /// Classifies the result of the retried call: a second 401 means the
     /// connection needs re-authorisation.
-    pub async fn after_retry<T>(&self, deps: &Deps, result: Result<T, ProviderError>) -> Result<T, JobError> {
+    pub async fn after_retry<T>(
+        &self,
+        deps: &Deps,
+        result: Result<T, ProviderError>,
+    ) -> Result<T, JobError> {
         match result {
-            Err(ProviderError::Unauthorized(msg)) => Err(needs_reauth(deps, &self.connection, &msg).await),
+            Err(ProviderError::Unauthorized(msg)) => {
+                Err(needs_reauth(deps, &self.connection, &msg).await)
+            }
             other => Ok(other?),
         }
     }
@@ -100,19 +116,26 @@ macro_rules! with_auth {
     }};
 }
 
-async fn refresh(deps: &Deps, connection: &ConnectionRow, refresh_token: &SecretString) -> Result<SecretString, JobError> {
+async fn refresh(
+    deps: &Deps,
+    connection: &ConnectionRow,
+    refresh_token: &SecretString,
+) -> Result<SecretString, JobError> {
     let fresh = match connection.provider {
         ProviderKind::Hubspot => deps.hubspot.refresh(refresh_token).await,
     };
     match fresh {
         Ok(tokens) => {
-            let expires_at = Utc::now() + chrono::Duration::from_std(tokens.expires_in).unwrap_or_default();
+            let expires_at =
+                Utc::now() + chrono::Duration::from_std(tokens.expires_in).unwrap_or_default();
             let credentials = Credentials::OAuth {
                 access_token: tokens.access_token.clone(),
                 refresh_token: tokens.refresh_token,
                 expires_at,
             };
-            deps.store.update_credentials(connection, &credentials).await?;
+            deps.store
+                .update_credentials(connection, &credentials)
+                .await?;
             tracing::info!(connection.id = %connection.id, "refreshed OAuth access token");
             Ok(tokens.access_token)
         }
@@ -122,14 +145,23 @@ async fn refresh(deps: &Deps, connection: &ConnectionRow, refresh_token: &Secret
 }
 
 async fn needs_reauth(deps: &Deps, connection: &ConnectionRow, why: &str) -> JobError {
-    let reason = format!("the CRM refused the credentials ({why}); reconnect with `crmsync connect`");
+    let reason =
+        format!("the CRM refused the credentials ({why}); reconnect with `crmsync connect`");
     if let Err(e) = deps
         .store
-        .set_connection_status(connection.tenant, connection.id, ConnectionStatus::NeedsReauth, Some(&reason))
+        .set_connection_status(
+            connection.tenant,
+            connection.id,
+            ConnectionStatus::NeedsReauth,
+            Some(&reason),
+        )
         .await
     {
         return e.into();
     }
     tracing::warn!(connection.id = %connection.id, "connection needs re-authorisation");
-    JobError::Permanent(format!("connection {} needs re-authorisation: {reason}", connection.id))
+    JobError::Permanent(format!(
+        "connection {} needs re-authorisation: {reason}",
+        connection.id
+    ))
 }

@@ -42,7 +42,10 @@ impl Budget {
         let quota = Quota::with_period(limit.period(share))
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::MIN);
-        Self { limiter: RateLimiter::direct(quota), cooldown_until: Mutex::new(None) }
+        Self {
+            limiter: RateLimiter::direct(quota),
+            cooldown_until: Mutex::new(None),
+        }
     }
 
     /// Waits for this budget's next slot (after any cool-down).
@@ -75,7 +78,10 @@ impl Budgets {
     /// The budget named `key`, created with `limit` on first use.
     pub fn get(&self, key: &str, limit: WindowLimit, share: f64) -> Arc<Budget> {
         match self.budgets.lock() {
-            Ok(mut map) => map.entry(key.to_string()).or_insert_with(|| Arc::new(Budget::new(limit, share))).clone(),
+            Ok(mut map) => map
+                .entry(key.to_string())
+                .or_insert_with(|| Arc::new(Budget::new(limit, share)))
+                .clone(),
             Err(_) => Arc::new(Budget::new(limit, share)),
         }
     }
@@ -87,7 +93,10 @@ mod tests {
 
     #[test]
     fn pacing_fits_the_rolling_window() {
-        let limit = WindowLimit { requests: 100, window: Duration::from_secs(10) };
+        let limit = WindowLimit {
+            requests: 100,
+            window: Duration::from_secs(10),
+        };
         let period = limit.period(1.0);
         // One burst slot plus the requests paced within any window stay ≤ 100.
         let in_window = 1 + (limit.window.as_secs_f64() / period.as_secs_f64()).floor() as u32;

@@ -41,7 +41,9 @@ impl ProviderError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ProviderError::RateLimited { .. } | ProviderError::Unavailable(_) | ProviderError::Transport(_)
+            ProviderError::RateLimited { .. }
+                | ProviderError::Unavailable(_)
+                | ProviderError::Transport(_)
         )
     }
 

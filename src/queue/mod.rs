@@ -51,7 +51,11 @@ enum Storages {
         delta_sync: RedisStorage<DeltaSyncJob>,
         conn: apalis_redis::ConnectionManager,
     },
-    Sqlite { full_sync: SqliteStorage<FullSyncJob>, delta_sync: SqliteStorage<DeltaSyncJob>, pool: sqlx::SqlitePool },
+    Sqlite {
+        full_sync: SqliteStorage<FullSyncJob>,
+        delta_sync: SqliteStorage<DeltaSyncJob>,
+        pool: sqlx::SqlitePool,
+    },
 }
 
 /// The queue handle: cheap to clone, shared by producers and workers.
@@ -94,29 +98,40 @@ impl Queue {
         let storages = match settings.queue_backend() {
             QueueBackend::Redis => {
                 let url = settings.redis.url.as_deref().unwrap_or_default();
-                let conn = apalis_redis::connect(url).await.map_err(|e| QueueError::Redis(e.to_string()))?;
+                let conn = apalis_redis::connect(url)
+                    .await
+                    .map_err(|e| QueueError::Redis(e.to_string()))?;
                 Storages::Redis {
-                    full_sync: RedisStorage::new(conn.clone()).with_config(tuning.redis_config(JobKind::FullSync, 1)),
-                    delta_sync: RedisStorage::new(conn.clone()).with_config(tuning.redis_config(JobKind::DeltaSync, 1)),
+                    full_sync: RedisStorage::new(conn.clone())
+                        .with_config(tuning.redis_config(JobKind::FullSync, 1)),
+                    delta_sync: RedisStorage::new(conn.clone())
+                        .with_config(tuning.redis_config(JobKind::DeltaSync, 1)),
                     conn,
                 }
             }
             QueueBackend::Sqlite => {
                 let path = store_dir.join(&settings.queue.sqlite_path);
                 let url = format!("sqlite://{}", path.display());
-                let pool = crate::store::open_sqlite(&url, 4).await.map_err(|e| QueueError::Sqlite(e.to_string()))?;
+                let pool = crate::store::open_sqlite(&url, 4)
+                    .await
+                    .map_err(|e| QueueError::Sqlite(e.to_string()))?;
                 SqliteStorage::migrations()
                     .run(&pool)
                     .await
                     .map_err(|e| QueueError::Sqlite(e.to_string()))?;
                 Storages::Sqlite {
-                    full_sync: SqliteStorage::new(&pool).with_config(tuning.sqlite_config(JobKind::FullSync, 1)),
-                    delta_sync: SqliteStorage::new(&pool).with_config(tuning.sqlite_config(JobKind::DeltaSync, 1)),
+                    full_sync: SqliteStorage::new(&pool)
+                        .with_config(tuning.sqlite_config(JobKind::FullSync, 1)),
+                    delta_sync: SqliteStorage::new(&pool)
+                        .with_config(tuning.sqlite_config(JobKind::DeltaSync, 1)),
                     pool,
                 }
             }
         };
-        Ok(Self { storages, settings: tuning })
+        Ok(Self {
+            storages,
+            settings: tuning,
+        })
     }
 
     /// Enqueues a full-sync page (once per idempotency key).
@@ -125,13 +140,28 @@ impl Queue {
     }
 
     /// Enqueues a full-sync page to run after `delay`.
-    pub async fn push_full_sync_after(&self, job: &FullSyncJob, delay: Duration) -> Result<(), QueueError> {
+    pub async fn push_full_sync_after(
+        &self,
+        job: &FullSyncJob,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         let task = self.task(job.clone(), job.idempotency_key(), delay);
         let result = match &self.storages {
-            Storages::Redis { full_sync, .. } => full_sync.clone().push_task(task).await.map_err(|e| e.to_string()),
-            Storages::Sqlite { full_sync, .. } => full_sync.clone().push_task(task).await.map_err(|e| e.to_string()),
+            Storages::Redis { full_sync, .. } => full_sync
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
+            Storages::Sqlite { full_sync, .. } => full_sync
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
         };
-        result.map_err(|message| QueueError::Push { job: "full_sync", message })
+        result.map_err(|message| QueueError::Push {
+            job: "full_sync",
+            message,
+        })
     }
 
     /// Enqueues a delta sync (once per idempotency key).
@@ -140,13 +170,28 @@ impl Queue {
     }
 
     /// Enqueues a delta sync to run after `delay`.
-    pub async fn push_delta_sync_after(&self, job: &DeltaSyncJob, delay: Duration) -> Result<(), QueueError> {
+    pub async fn push_delta_sync_after(
+        &self,
+        job: &DeltaSyncJob,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         let task = self.task(job.clone(), job.idempotency_key(), delay);
         let result = match &self.storages {
-            Storages::Redis { delta_sync, .. } => delta_sync.clone().push_task(task).await.map_err(|e| e.to_string()),
-            Storages::Sqlite { delta_sync, .. } => delta_sync.clone().push_task(task).await.map_err(|e| e.to_string()),
+            Storages::Redis { delta_sync, .. } => delta_sync
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
+            Storages::Sqlite { delta_sync, .. } => delta_sync
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
         };
-        result.map_err(|message| QueueError::Push { job: "delta_sync", message })
+        result.map_err(|message| QueueError::Push {
+            job: "delta_sync",
+            message,
+        })
     }
 
     fn task<J>(&self, job: J, key: String, delay: Duration) -> apalis::prelude::Task<J> {

@@ -4,7 +4,9 @@
 
 use super::{Queue, Storages};
 use crate::jobs::{self, DeltaSyncJob, Deps, FullSyncJob, JobError, JobKind};
-use apalis::prelude::{AbortError, BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError};
+use apalis::prelude::{
+    AbortError, BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError,
+};
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
 use std::time::{Duration, Instant};
@@ -33,7 +35,12 @@ pub enum Settled {
 /// Decides retry or give-up: transient errors retry with exponential backoff
 /// (1 s, 2 s, 4 s … capped at 5 min, ±20 % jitter) or the CRM's delay, until
 /// `max_attempts`.
-pub fn settle(result: &Result<(), JobError>, attempt: u32, max_attempts: u32, jitter_seed: u64) -> Settled {
+pub fn settle(
+    result: &Result<(), JobError>,
+    attempt: u32,
+    max_attempts: u32,
+    jitter_seed: u64,
+) -> Settled {
     match result {
         Ok(()) => Settled::Done,
         Err(JobError::Permanent(_)) => Settled::GiveUp,
@@ -41,33 +48,53 @@ pub fn settle(result: &Result<(), JobError>, attempt: u32, max_attempts: u32, ji
         Err(JobError::Transient { retry_after, .. }) => {
             let backoff = Duration::from_secs(1u64 << attempt.min(8)).min(Duration::from_secs(300));
             let jitter = 0.8 + (jitter_seed % 401) as f64 / 1000.0;
-            Settled::Retry(retry_after.unwrap_or(backoff.mul_f64(jitter)).max(Duration::from_secs(1)))
+            Settled::Retry(
+                retry_after
+                    .unwrap_or(backoff.mul_f64(jitter))
+                    .max(Duration::from_secs(1)),
+            )
         }
     }
 }
 
 fn jitter_seed() -> u64 {
     let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map(|_| u64::from_le_bytes(b)).unwrap_or(0)
+    getrandom::fill(&mut b)
+        .map(|_| u64::from_le_bytes(b))
+        .unwrap_or(0)
 }
 
-async fn with_timeout<T>(deps: &Deps, work: impl Future<Output = Result<T, JobError>>) -> Result<T, JobError> {
+async fn with_timeout<T>(
+    deps: &Deps,
+    work: impl Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
     let limit = Duration::from_secs(deps.settings.worker.job_timeout_secs);
     tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-        Err(JobError::Transient { message: format!("job timed out after {limit:?}"), retry_after: None })
+        Err(JobError::Transient {
+            message: format!("job timed out after {limit:?}"),
+            retry_after: None,
+        })
     })
 }
 
 async fn full_sync_task(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
     let started = Instant::now();
     let result = with_timeout(&deps, jobs::full_sync::run(&job, &deps)).await;
-    let settled = settle(&result, job.attempt, deps.settings.worker.max_attempts, jitter_seed());
+    let settled = settle(
+        &result,
+        job.attempt,
+        deps.settings.worker.max_attempts,
+        jitter_seed(),
+    );
     crate::telemetry::record_job("full_sync", settled, started.elapsed());
     match (settled, result) {
         (Settled::Done, _) | (_, Ok(())) => Ok(()),
         (Settled::Retry(delay), Err(e)) => {
             tracing::warn!(job = "full_sync", run.id = %job.run, page = job.page, attempt = job.attempt, error = %e, ?delay, "retrying");
-            let again = FullSyncJob { attempt: job.attempt + 1, ..job.clone() };
+            let again = FullSyncJob {
+                attempt: job.attempt + 1,
+                ..job.clone()
+            };
             deps.queue.push_full_sync_after(&again, delay).await?;
             Ok(())
         }
@@ -82,16 +109,31 @@ async fn full_sync_task(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDyn
 async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
     let started = Instant::now();
     let result = match with_timeout(&deps, jobs::delta_sync::run(&job, &deps)).await {
-        Ok(outcome) if !outcome.caught_up => deps.queue.push_delta_sync(&job.follow_up()).await.map_err(JobError::from),
+        Ok(jobs::DeltaOutcome {
+            resume: Some(resume),
+            ..
+        }) => deps
+            .queue
+            .push_delta_sync(&job.follow_up(resume))
+            .await
+            .map_err(JobError::from),
         other => other.map(|_| ()),
     };
-    let settled = settle(&result, job.attempt, deps.settings.worker.max_attempts, jitter_seed());
+    let settled = settle(
+        &result,
+        job.attempt,
+        deps.settings.worker.max_attempts,
+        jitter_seed(),
+    );
     crate::telemetry::record_job("delta_sync", settled, started.elapsed());
     match (settled, result) {
         (Settled::Done, _) | (_, Ok(())) => Ok(()),
         (Settled::Retry(delay), Err(e)) => {
             tracing::warn!(job = "delta_sync", connection.id = %job.connection, attempt = job.attempt, error = %e, ?delay, "retrying");
-            let again = DeltaSyncJob { attempt: job.attempt + 1, ..job.clone() };
+            let again = DeltaSyncJob {
+                attempt: job.attempt + 1,
+                ..job.clone()
+            };
             deps.queue.push_delta_sync_after(&again, delay).await?;
             Ok(())
         }
@@ -104,16 +146,28 @@ async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxD
 
 fn worker_name(kind: JobKind) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    format!("{}@{host}-{}-{}", kind.stem(), std::process::id(), uuid::Uuid::now_v7().simple())
+    format!(
+        "{}@{host}-{}-{}",
+        kind.stem(),
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    )
 }
 
 /// Runs the workers in `specs` until `shutdown` turns true; in-flight jobs
 /// then finish (or are handed back to the queue) before this returns.
-pub async fn run_workers(queue: &Queue, deps: Deps, specs: &[WorkerSpec], shutdown: watch::Receiver<bool>) {
+pub async fn run_workers(
+    queue: &Queue,
+    deps: Deps,
+    specs: &[WorkerSpec],
+    shutdown: watch::Receiver<bool>,
+) {
     let mut handles = Vec::new();
     for spec in specs {
         let (queue, deps, shutdown, spec) = (queue.clone(), deps.clone(), shutdown.clone(), *spec);
-        handles.push(tokio::spawn(async move { supervise(queue, deps, spec, shutdown).await }));
+        handles.push(tokio::spawn(async move {
+            supervise(queue, deps, spec, shutdown).await
+        }));
     }
     for handle in handles {
         if let Err(e) = handle.await {
@@ -122,7 +176,12 @@ pub async fn run_workers(queue: &Queue, deps: Deps, specs: &[WorkerSpec], shutdo
     }
 }
 
-async fn supervise(queue: Queue, deps: Deps, spec: WorkerSpec, mut shutdown: watch::Receiver<bool>) {
+async fn supervise(
+    queue: Queue,
+    deps: Deps,
+    spec: WorkerSpec,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         if *shutdown.borrow() {
             return;
@@ -144,7 +203,9 @@ async fn supervise(queue: Queue, deps: Deps, spec: WorkerSpec, mut shutdown: wat
     }
 }
 
-fn stop_signal(mut shutdown: watch::Receiver<bool>) -> impl Future<Output = Result<(), WorkerError>> + Send + 'static {
+fn stop_signal(
+    mut shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = Result<(), WorkerError>> + Send + 'static {
     async move {
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {
@@ -155,7 +216,13 @@ fn stop_signal(mut shutdown: watch::Receiver<bool>) -> impl Future<Output = Resu
     }
 }
 
-async fn run_one(queue: &Queue, deps: Deps, spec: WorkerSpec, name: String, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+async fn run_one(
+    queue: &Queue,
+    deps: Deps,
+    spec: WorkerSpec,
+    name: String,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let poll = queue.settings.poll_interval;
     let batch = spec.concurrency;
     let tuning = &queue.settings;
@@ -214,7 +281,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn transient(retry_after: Option<Duration>) -> Result<(), JobError> {
-        Err(JobError::Transient { message: "x".into(), retry_after })
+        Err(JobError::Transient {
+            message: "x".into(),
+            retry_after,
+        })
     }
 
     proptest! {
@@ -234,8 +304,14 @@ mod tests {
 
     #[test]
     fn the_crms_retry_after_wins_and_permanent_errors_stop_at_once() {
-        assert_eq!(settle(&transient(Some(Duration::from_secs(10))), 0, 8, 0), Settled::Retry(Duration::from_secs(10)));
-        assert_eq!(settle(&Err(JobError::Permanent("no".into())), 0, 8, 0), Settled::GiveUp);
+        assert_eq!(
+            settle(&transient(Some(Duration::from_secs(10))), 0, 8, 0),
+            Settled::Retry(Duration::from_secs(10))
+        );
+        assert_eq!(
+            settle(&Err(JobError::Permanent("no".into())), 0, 8, 0),
+            Settled::GiveUp
+        );
         assert_eq!(settle(&Ok(()), 5, 8, 0), Settled::Done);
     }
 }

@@ -2,7 +2,9 @@
 //! at rest (bound to the row's ids) and its sync settings.
 
 use super::{Db, Store, StoreError, on_db};
-use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordKind, TenantId};
+use crate::domain::{
+    ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordKind, TenantId,
+};
 use crate::sync::ConflictStrategy;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -41,7 +43,9 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credentials::PrivateAppToken { .. } => f.write_str("PrivateAppToken(***)"),
-            Credentials::OAuth { expires_at, .. } => write!(f, "OAuth(***, expires_at: {expires_at})"),
+            Credentials::OAuth { expires_at, .. } => {
+                write!(f, "OAuth(***, expires_at: {expires_at})")
+            }
         }
     }
 }
@@ -72,7 +76,10 @@ impl ConnectionSettings {
     pub fn default_for(provider: ProviderKind) -> Self {
         match provider {
             ProviderKind::Hubspot => Self {
-                objects: vec![ObjectMapping { crm_object: CrmObject::Contacts, record_kind: RecordKind::Lead }],
+                objects: vec![ObjectMapping {
+                    crm_object: CrmObject::Contacts,
+                    record_kind: RecordKind::Lead,
+                }],
                 strategy: ConflictStrategy::NewestWins,
             },
         }
@@ -80,7 +87,10 @@ impl ConnectionSettings {
 
     /// The platform kind `object` maps to, if it is synced.
     pub fn kind_of(&self, object: CrmObject) -> Option<RecordKind> {
-        self.objects.iter().find(|m| m.crm_object == object).map(|m| m.record_kind)
+        self.objects
+            .iter()
+            .find(|m| m.crm_object == object)
+            .map(|m| m.record_kind)
     }
 }
 
@@ -162,24 +172,28 @@ impl Store {
     pub async fn upsert_connection(&self, new: NewConnection) -> Result<ConnectionId, StoreError> {
         let existing: Option<(uuid::Uuid,)> = {
             let mut tx = self.begin(new.tenant).await?;
-            let found = on_db!(&mut tx, |c| sqlx::query_as(
+            let found = on_db!(&mut tx, |c| {
+                sqlx::query_as(
                 "SELECT id FROM connections WHERE tenant_id = $1 AND provider = $2 AND external_account_id = $3"
             )
             .bind(new.tenant.0)
             .bind(new.provider.as_str())
             .bind(&new.external_account_id)
             .fetch_optional(c)
-            .await)?;
+            .await
+            })?;
             tx.commit().await?;
             found
         };
         let id = existing.map_or_else(ConnectionId::new, |(id,)| ConnectionId(id));
-        let plaintext = serde_json::to_vec(&new.credentials).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let plaintext =
+            serde_json::to_vec(&new.credentials).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let sealed = self.key()?.seal(&plaintext, &binding(new.tenant, id))?;
         let interval = i64::try_from(new.delta_interval_secs).unwrap_or(i64::MAX);
         let now = Utc::now();
         let mut tx = self.begin(new.tenant).await?;
-        on_db!(&mut tx, |c| sqlx::query(
+        on_db!(&mut tx, |c| {
+            sqlx::query(
             "INSERT INTO connections (id, tenant_id, provider, external_account_id, credentials, settings, status, status_reason, delta_interval_secs, next_delta_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, 'active', NULL, $7, NULL, $8, $8)
              ON CONFLICT (tenant_id, provider, external_account_id) DO UPDATE
@@ -195,17 +209,22 @@ impl Store {
         .bind(now)
         .execute(c)
         .await
-        .map(|_| ()))?;
+        .map(|_| ())
+        })?;
         tx.commit().await?;
         Ok(id)
     }
 
     /// Loads one connection of `tenant`.
-    pub async fn connection(&self, tenant: TenantId, id: ConnectionId) -> Result<ConnectionRow, StoreError> {
+    pub async fn connection(
+        &self,
+        tenant: TenantId,
+        id: ConnectionId,
+    ) -> Result<ConnectionRow, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let found: Option<ConnectionTuple> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT} WHERE tenant_id = $1 AND id = $2"
-        )))
+        let found: Option<ConnectionTuple> = on_db!(&mut tx, |c| sqlx::query_as(
+            sqlx::AssertSqlSafe(format!("{SELECT} WHERE tenant_id = $1 AND id = $2"))
+        )
         .bind(tenant.0)
         .bind(id.0)
         .fetch_optional(c)
@@ -216,16 +235,27 @@ impl Store {
 
     /// Opens a connection's credentials.
     pub fn credentials(&self, connection: &ConnectionRow) -> Result<Credentials, StoreError> {
-        let plain = self.key()?.open(&connection.sealed, &binding(connection.tenant, connection.id))?;
+        let plain = self.key()?.open(
+            &connection.sealed,
+            &binding(connection.tenant, connection.id),
+        )?;
         serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("credentials: {e}")))
     }
 
     /// Replaces a connection's credentials (after an OAuth refresh).
-    pub async fn update_credentials(&self, connection: &ConnectionRow, credentials: &Credentials) -> Result<(), StoreError> {
-        let plaintext = serde_json::to_vec(credentials).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let sealed = self.key()?.seal(&plaintext, &binding(connection.tenant, connection.id))?;
+    pub async fn update_credentials(
+        &self,
+        connection: &ConnectionRow,
+        credentials: &Credentials,
+    ) -> Result<(), StoreError> {
+        let plaintext =
+            serde_json::to_vec(credentials).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let sealed = self
+            .key()?
+            .seal(&plaintext, &binding(connection.tenant, connection.id))?;
         let mut tx = self.begin(connection.tenant).await?;
-        on_db!(&mut tx, |c| sqlx::query(
+        on_db!(&mut tx, |c| {
+            sqlx::query(
             "UPDATE connections SET credentials = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4"
         )
         .bind(&sealed)
@@ -234,7 +264,8 @@ impl Store {
         .bind(connection.id.0)
         .execute(c)
         .await
-        .map(|_| ()))?;
+        .map(|_| ())
+        })?;
         tx.commit().await
     }
 
@@ -247,7 +278,8 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin(tenant).await?;
-        on_db!(&mut tx, |c| sqlx::query(
+        on_db!(&mut tx, |c| {
+            sqlx::query(
             "UPDATE connections SET status = $1, status_reason = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5"
         )
         .bind(status.as_str())
@@ -257,7 +289,8 @@ impl Store {
         .bind(id.0)
         .execute(c)
         .await
-        .map(|_| ()))?;
+        .map(|_| ())
+        })?;
         tx.commit().await
     }
 
@@ -265,9 +298,11 @@ impl Store {
     pub async fn connection_directory(&self) -> Result<Vec<(TenantId, ConnectionId)>, StoreError> {
         let rows: Vec<(uuid::Uuid, uuid::Uuid)> = match &self.db {
             Db::Postgres(pool) => {
-                sqlx::query_as("SELECT tenant_id, connection_id FROM crmsync_connection_directory()")
-                    .fetch_all(pool)
-                    .await?
+                sqlx::query_as(
+                    "SELECT tenant_id, connection_id FROM crmsync_connection_directory()",
+                )
+                .fetch_all(pool)
+                .await?
             }
             Db::Sqlite(pool) => {
                 sqlx::query_as("SELECT tenant_id, id FROM connections ORDER BY created_at, id")
@@ -275,13 +310,19 @@ impl Store {
                     .await?
             }
         };
-        Ok(rows.into_iter().map(|(t, c)| (TenantId(t), ConnectionId(c))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(t, c)| (TenantId(t), ConnectionId(c)))
+            .collect())
     }
 
     /// Claims the connections whose delta is due at `now` and moves each one's
     /// next due time on by its interval, atomically: of several schedulers
     /// ticking at once, exactly one claims each due delta.
-    pub async fn claim_due_deltas(&self, now: DateTime<Utc>) -> Result<Vec<(TenantId, ConnectionId)>, StoreError> {
+    pub async fn claim_due_deltas(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(TenantId, ConnectionId)>, StoreError> {
         let rows: Vec<(uuid::Uuid, uuid::Uuid)> = match &self.db {
             Db::Postgres(pool) => {
                 sqlx::query_as("SELECT tenant_id, connection_id FROM crmsync_claim_due_deltas($1)")
@@ -310,6 +351,9 @@ impl Store {
                 due.into_iter().map(|(t, c, _)| (t, c)).collect()
             }
         };
-        Ok(rows.into_iter().map(|(t, c)| (TenantId(t), ConnectionId(c))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(t, c)| (TenantId(t), ConnectionId(c)))
+            .collect())
     }
 }

@@ -7,10 +7,12 @@ mod records;
 mod runs;
 mod tenants;
 
-pub use connections::{ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping};
+pub use connections::{
+    ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping,
+};
 pub use records::{PageOutcome, PageWrite};
 pub use runs::{RunRow, RunUpdate};
-pub use tenants::{NewTenant, DEFAULT_TENANT};
+pub use tenants::{DEFAULT_TENANT, NewTenant};
 
 use crate::domain::TenantId;
 use crate::secrets::EncryptionKey;
@@ -62,7 +64,17 @@ impl StoreError {
                     // SQLite 5/6 busy/locked, 2067 unique (two racing inserts).
                     matches!(
                         db.code().as_deref(),
-                        Some("23505" | "40001" | "40P01" | "55P03" | "5" | "6" | "517" | "2067" | "1555")
+                        Some(
+                            "23505"
+                                | "40001"
+                                | "40P01"
+                                | "55P03"
+                                | "5"
+                                | "6"
+                                | "517"
+                                | "2067"
+                                | "1555"
+                        )
                     )
                 }
                 sqlx::Error::RowNotFound | sqlx::Error::ColumnNotFound(_) => false,
@@ -131,7 +143,11 @@ pub struct Store {
 impl Store {
     /// Opens the database at `url`. SQLite files are created and migrated;
     /// Postgres must have been migrated by `crmsync migrate`.
-    pub async fn open(url: &str, max_connections: u32, key: Option<EncryptionKey>) -> Result<Self, StoreError> {
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        key: Option<EncryptionKey>,
+    ) -> Result<Self, StoreError> {
         let db = if url.starts_with("sqlite:") {
             let pool = open_sqlite(url, max_connections).await?;
             SQLITE_MIGRATIONS.run(&pool).await?;
@@ -143,7 +159,9 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await?;
-            let probe = sqlx::query("SELECT 1 FROM tenants LIMIT 0").execute(&pool).await;
+            let probe = sqlx::query("SELECT 1 FROM tenants LIMIT 0")
+                .execute(&pool)
+                .await;
             if let Err(e) = probe {
                 return Err(StoreError::NotMigrated(e.to_string()));
             }
@@ -195,7 +213,8 @@ impl Store {
     pub(crate) fn key(&self) -> Result<&EncryptionKey, StoreError> {
         self.key.as_ref().ok_or_else(|| {
             StoreError::Invalid(
-                "no encryption key: set CRMSYNC__SECRETS__ENCRYPTION_KEY (32 random bytes, base64)".into(),
+                "no encryption key: set CRMSYNC__SECRETS__ENCRYPTION_KEY (32 random bytes, base64)"
+                    .into(),
             )
         })
     }

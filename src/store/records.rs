@@ -4,7 +4,10 @@
 
 use super::runs::{RunUpdate, add_counts, advance_cursor};
 use super::{Store, StoreError, Tx, on_db};
-use crate::domain::{ConnectionId, CrmObject, Cursor, Origin, ProviderKind, RecordFields, RecordId, RecordKind, RunId, TenantId};
+use crate::domain::{
+    ConnectionId, CrmObject, Cursor, Origin, ProviderKind, RecordFields, RecordId, RecordKind,
+    RunId, TenantId,
+};
 use crate::sync::{ConflictStrategy, Incoming, LinkState, LocalState, PullDecision, decide_pull};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -71,7 +74,8 @@ impl Store {
         if let Some(number) = page.page_number {
             // Claim the page; on Postgres this also locks the run row, so a
             // concurrent duplicate waits here and then finds the page done.
-            let claimed: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| sqlx::query_as(
+            let claimed: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
+                sqlx::query_as(
                 "UPDATE sync_runs SET updated_at = $1 WHERE tenant_id = $2 AND id = $3 AND pages_done = $4 AND status = 'running' RETURNING id"
             )
             .bind(Utc::now())
@@ -79,7 +83,8 @@ impl Store {
             .bind(page.run.0)
             .bind(number)
             .fetch_optional(c)
-            .await)?;
+            .await
+            })?;
             if claimed.is_none() {
                 return Ok(None);
             }
@@ -100,7 +105,15 @@ impl Store {
             }
         }
         let page_state = page.page_number.map(|_| page.next_page_token.as_deref());
-        add_counts(&mut tx, page.tenant, page.run, counts, page_state, page.finishes_run).await?;
+        add_counts(
+            &mut tx,
+            page.tenant,
+            page.run,
+            counts,
+            page_state,
+            page.finishes_run,
+        )
+        .await?;
         if let Some(cursor) = &page.cursor {
             advance_cursor(&mut tx, page.tenant, page.connection, page.object, cursor).await?;
         }
@@ -109,30 +122,46 @@ impl Store {
     }
 
     /// Records of a tenant's kind, as (id, fields), for tests and the api.
-    pub async fn records(&self, tenant: TenantId, kind: RecordKind) -> Result<Vec<(RecordId, RecordFields)>, StoreError> {
+    pub async fn records(
+        &self,
+        tenant: TenantId,
+        kind: RecordKind,
+    ) -> Result<Vec<(RecordId, RecordFields)>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let rows: Vec<(uuid::Uuid, Json<RecordFields>)> = on_db!(&mut tx, |c| sqlx::query_as(
+        let rows: Vec<(uuid::Uuid, Json<RecordFields>)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
             "SELECT id, fields FROM records WHERE tenant_id = $1 AND kind = $2 AND deleted_at IS NULL ORDER BY id"
         )
         .bind(tenant.0)
         .bind(kind.as_str())
         .fetch_all(c)
-        .await)?;
+        .await
+        })?;
         tx.commit().await?;
-        Ok(rows.into_iter().map(|(id, f)| (RecordId(id), f.0.renormalized())).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, f)| (RecordId(id), f.0.renormalized()))
+            .collect())
     }
 
     /// CRM ids linked on a connection's object, for tests and reconciliation.
-    pub async fn linked_crm_ids(&self, tenant: TenantId, connection: ConnectionId, object: CrmObject) -> Result<Vec<String>, StoreError> {
+    pub async fn linked_crm_ids(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+    ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let rows: Vec<(String,)> = on_db!(&mut tx, |c| sqlx::query_as(
+        let rows: Vec<(String,)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
             "SELECT crm_id FROM record_links WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3"
         )
         .bind(tenant.0)
         .bind(connection.0)
         .bind(object.as_str())
         .fetch_all(c)
-        .await)?;
+        .await
+        })?;
         tx.commit().await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
@@ -144,9 +173,15 @@ enum Applied {
     Unchanged,
 }
 
-async fn apply_one(tx: &mut Tx, page: &PageWrite, item: &Incoming, allow_duplicates: bool) -> Result<Applied, StoreError> {
+async fn apply_one(
+    tx: &mut Tx,
+    page: &PageWrite,
+    item: &Incoming,
+    allow_duplicates: bool,
+) -> Result<Applied, StoreError> {
     let t = page.tenant.0;
-    let link: Option<LinkSql> = on_db!(tx, |c| sqlx::query_as(
+    let link: Option<LinkSql> = on_db!(tx, |c| {
+        sqlx::query_as(
         "SELECT id, record_id, base, pulled_fingerprint, pushed_fingerprint, crm_modified_at FROM record_links
           WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id = $4"
     )
@@ -155,7 +190,8 @@ async fn apply_one(tx: &mut Tx, page: &PageWrite, item: &Incoming, allow_duplica
     .bind(page.object.as_str())
     .bind(item.crm_id.as_str())
     .fetch_optional(c)
-    .await)?;
+    .await
+    })?;
     let email = item.fields.normalized_email().map(str::to_string);
     let local: Option<RecordSql> = match (&link, &email) {
         (Some(l), _) => on_db!(tx, |c| sqlx::query_as(
@@ -165,14 +201,16 @@ async fn apply_one(tx: &mut Tx, page: &PageWrite, item: &Incoming, allow_duplica
         .bind(l.record_id)
         .fetch_optional(c)
         .await)?,
-        (None, Some(email)) if !allow_duplicates => on_db!(tx, |c| sqlx::query_as(
+        (None, Some(email)) if !allow_duplicates => on_db!(tx, |c| {
+            sqlx::query_as(
             "SELECT id, fields, updated_at FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"
         )
         .bind(t)
         .bind(page.kind.as_str())
         .bind(email)
         .fetch_optional(c)
-        .await)?,
+        .await
+        })?,
         _ => None,
     };
     let link_state = link.as_ref().map(|l| LinkState {
@@ -185,16 +223,31 @@ async fn apply_one(tx: &mut Tx, page: &PageWrite, item: &Incoming, allow_duplica
         fields: r.fields.0.clone().renormalized(),
         updated_at: r.updated_at,
     });
-    let decision = decide_pull(link_state.as_ref(), local_state.as_ref(), item, page.strategy);
-    let PullDecision::Apply { local: merged, base, record_changed } = decision else {
+    let decision = decide_pull(
+        link_state.as_ref(),
+        local_state.as_ref(),
+        item,
+        page.strategy,
+    );
+    let PullDecision::Apply {
+        local: merged,
+        base,
+        record_changed,
+    } = decision
+    else {
         return Ok(Applied::Unchanged);
     };
     let now = Utc::now();
-    let dedupe_key = if allow_duplicates { None } else { merged.normalized_email().map(str::to_string) };
+    let dedupe_key = if allow_duplicates {
+        None
+    } else {
+        merged.normalized_email().map(str::to_string)
+    };
     let (record_id, outcome) = match &local {
         None => {
             let id = RecordId::new();
-            on_db!(tx, |c| sqlx::query(
+            on_db!(tx, |c| {
+                sqlx::query(
                 "INSERT INTO records (id, tenant_id, kind, fields, dedupe_key, origin, origin_provider, origin_crm_id, version, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)"
             )
@@ -209,12 +262,14 @@ async fn apply_one(tx: &mut Tx, page: &PageWrite, item: &Incoming, allow_duplica
             .bind(now)
             .execute(c)
             .await
-            .map(|_| ()))?;
+            .map(|_| ())
+            })?;
             (id.0, Applied::Created)
         }
         Some(existing) => {
             if record_changed {
-                on_db!(tx, |c| sqlx::query(
+                on_db!(tx, |c| {
+                    sqlx::query(
                     "UPDATE records SET fields = $1, dedupe_key = $2, version = version + 1, updated_at = $3 WHERE tenant_id = $4 AND id = $5"
                 )
                 .bind(Json(&merged))
@@ -224,15 +279,21 @@ async fn apply_one(tx: &mut Tx, page: &PageWrite, item: &Incoming, allow_duplica
                 .bind(existing.id)
                 .execute(c)
                 .await
-                .map(|_| ()))?;
+                .map(|_| ())
+                })?;
             }
-            let outcome = if record_changed || link.is_none() { Applied::Updated } else { Applied::Unchanged };
+            let outcome = if record_changed || link.is_none() {
+                Applied::Updated
+            } else {
+                Applied::Unchanged
+            };
             (existing.id, outcome)
         }
     };
     let fingerprint = item.fields.fingerprint();
     match &link {
-        Some(l) => on_db!(tx, |c| sqlx::query(
+        Some(l) => on_db!(tx, |c| {
+            sqlx::query(
             "UPDATE record_links SET base = $1, pulled_fingerprint = $2, crm_modified_at = $3, crm_deleted_at = NULL, updated_at = $4
               WHERE tenant_id = $5 AND id = $6"
         )
@@ -244,8 +305,10 @@ async fn apply_one(tx: &mut Tx, page: &PageWrite, item: &Incoming, allow_duplica
         .bind(l.id)
         .execute(c)
         .await
-        .map(|_| ()))?,
-        None => on_db!(tx, |c| sqlx::query(
+        .map(|_| ())
+        })?,
+        None => on_db!(tx, |c| {
+            sqlx::query(
             "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pulled_fingerprint, crm_modified_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
         )
@@ -261,7 +324,8 @@ async fn apply_one(tx: &mut Tx, page: &PageWrite, item: &Incoming, allow_duplica
         .bind(now)
         .execute(c)
         .await
-        .map(|_| ()))?,
+        .map(|_| ())
+        })?,
     };
     Ok(outcome)
 }

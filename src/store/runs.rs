@@ -120,7 +120,8 @@ impl Store {
         let id = RunId::new();
         let now = Utc::now();
         let mut tx = self.begin(tenant).await?;
-        on_db!(&mut tx, |c| sqlx::query(
+        on_db!(&mut tx, |c| {
+            sqlx::query(
             "INSERT INTO sync_runs (id, tenant_id, connection_id, crm_object, kind, direction, status, started_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, 'pull', 'running', $6, $6)"
         )
@@ -132,9 +133,11 @@ impl Store {
         .bind(now)
         .execute(c)
         .await
-        .map(|_| ()))?;
+        .map(|_| ())
+        })?;
         if kind == RunKind::FullSync {
-            on_db!(&mut tx, |c| sqlx::query(
+            on_db!(&mut tx, |c| {
+                sqlx::query(
                 "INSERT INTO sync_cursors (tenant_id, connection_id, crm_object, modified_at, crm_id, updated_at)
                  VALUES ($1, $2, $3, $4, '0', $4) ON CONFLICT (connection_id, crm_object) DO NOTHING"
             )
@@ -144,7 +147,8 @@ impl Store {
             .bind(now)
             .execute(c)
             .await
-            .map(|_| ()))?;
+            .map(|_| ())
+            })?;
         }
         tx.commit().await?;
         self.run(tenant, id).await
@@ -153,9 +157,9 @@ impl Store {
     /// Loads a run.
     pub async fn run(&self, tenant: TenantId, id: RunId) -> Result<RunRow, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let found: Option<RunSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_RUN} WHERE tenant_id = $1 AND id = $2"
-        )))
+        let found: Option<RunSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(
+            format!("{SELECT_RUN} WHERE tenant_id = $1 AND id = $2")
+        ))
         .bind(tenant.0)
         .bind(id.0)
         .fetch_optional(c)
@@ -174,7 +178,8 @@ impl Store {
         kind: RunKind,
     ) -> Result<Option<RunRow>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let found: Option<RunSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let found: Option<RunSql> = on_db!(&mut tx, |c| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{SELECT_RUN} WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND kind = $4 AND status = 'running'
              ORDER BY started_at DESC LIMIT 1"
         )))
@@ -183,21 +188,28 @@ impl Store {
         .bind(object.as_str())
         .bind(kind.as_str())
         .fetch_optional(c)
-        .await)?;
+        .await
+        })?;
         tx.commit().await?;
         found.map(to_run).transpose()
     }
 
     /// The connection's most recent run.
-    pub async fn latest_run(&self, tenant: TenantId, connection: ConnectionId) -> Result<Option<RunRow>, StoreError> {
+    pub async fn latest_run(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+    ) -> Result<Option<RunRow>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let found: Option<RunSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let found: Option<RunSql> = on_db!(&mut tx, |c| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{SELECT_RUN} WHERE tenant_id = $1 AND connection_id = $2 ORDER BY started_at DESC, id DESC LIMIT 1"
         )))
         .bind(tenant.0)
         .bind(connection.0)
         .fetch_optional(c)
-        .await)?;
+        .await
+        })?;
         tx.commit().await?;
         found.map(to_run).transpose()
     }
@@ -229,14 +241,24 @@ impl Store {
 
     /// Adds one page's counts to a run outside a page write (a delta window
     /// that read only unchanged records still counts them).
-    pub async fn add_run_counts(&self, tenant: TenantId, id: RunId, counts: RunUpdate) -> Result<(), StoreError> {
+    pub async fn add_run_counts(
+        &self,
+        tenant: TenantId,
+        id: RunId,
+        counts: RunUpdate,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin(tenant).await?;
         add_counts(&mut tx, tenant, id, counts, None, false).await?;
         tx.commit().await
     }
 
     /// The delta cursor of one object.
-    pub async fn cursor(&self, tenant: TenantId, connection: ConnectionId, object: CrmObject) -> Result<Option<Cursor>, StoreError> {
+    pub async fn cursor(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+    ) -> Result<Option<Cursor>, StoreError> {
         Ok(self
             .cursors(tenant, connection)
             .await?
@@ -246,34 +268,54 @@ impl Store {
     }
 
     /// Every delta cursor of a connection.
-    pub async fn cursors(&self, tenant: TenantId, connection: ConnectionId) -> Result<Vec<(CrmObject, Cursor)>, StoreError> {
+    pub async fn cursors(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+    ) -> Result<Vec<(CrmObject, Cursor)>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let rows: Vec<(String, DateTime<Utc>, String)> = on_db!(&mut tx, |c| sqlx::query_as(
+        let rows: Vec<(String, DateTime<Utc>, String)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
             "SELECT crm_object, modified_at, crm_id FROM sync_cursors WHERE tenant_id = $1 AND connection_id = $2 ORDER BY crm_object"
         )
         .bind(tenant.0)
         .bind(connection.0)
         .fetch_all(c)
-        .await)?;
+        .await
+        })?;
         tx.commit().await?;
         rows.into_iter()
             .map(|(o, modified_at, id)| {
-                let object = o.parse().map_err(|e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string()))?;
-                Ok((object, Cursor { modified_at, crm_id: CrmId(id) }))
+                let object = o
+                    .parse()
+                    .map_err(|e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string()))?;
+                Ok((
+                    object,
+                    Cursor {
+                        modified_at,
+                        crm_id: CrmId(id),
+                    },
+                ))
             })
             .collect()
     }
 
     /// Platform records linked to a connection.
-    pub async fn linked_records(&self, tenant: TenantId, connection: ConnectionId) -> Result<i64, StoreError> {
+    pub async fn linked_records(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+    ) -> Result<i64, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let (n,): (i64,) = on_db!(&mut tx, |c| sqlx::query_as(
+        let (n,): (i64,) = on_db!(&mut tx, |c| {
+            sqlx::query_as(
             "SELECT COUNT(DISTINCT record_id) FROM record_links WHERE tenant_id = $1 AND connection_id = $2 AND crm_deleted_at IS NULL"
         )
         .bind(tenant.0)
         .bind(connection.0)
         .fetch_one(c)
-        .await)?;
+        .await
+        })?;
         tx.commit().await?;
         Ok(n)
     }
@@ -293,7 +335,8 @@ pub(super) async fn add_counts(
         Some(token) => (true, token),
         None => (false, None),
     };
-    on_db!(tx, |c| sqlx::query(
+    on_db!(tx, |c| {
+        sqlx::query(
         "UPDATE sync_runs SET processed = processed + $1, created = created + $2, updated = updated + $3,
                 unchanged = unchanged + $4, failed = failed + $5,
                 page_token = CASE WHEN $6 THEN $7 ELSE page_token END,
@@ -316,7 +359,8 @@ pub(super) async fn add_counts(
     .bind(id.0)
     .execute(c)
     .await
-    .map(|_| ()))?;
+    .map(|_| ())
+    })?;
     Ok(())
 }
 
@@ -332,21 +376,27 @@ pub(super) async fn advance_cursor(
         Tx::Postgres(_) => " FOR UPDATE",
         Tx::Sqlite(_) => "",
     };
-    let current: Option<(DateTime<Utc>, String)> = on_db!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let current: Option<(DateTime<Utc>, String)> = on_db!(tx, |c| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT modified_at, crm_id FROM sync_cursors WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3{lock}"
     )))
     .bind(tenant.0)
     .bind(connection.0)
     .bind(object.as_str())
     .fetch_optional(c)
-    .await)?;
+    .await
+    })?;
     if let Some((modified_at, id)) = current
-        && (Cursor { modified_at, crm_id: CrmId(id) }) >= *to
+        && (Cursor {
+            modified_at,
+            crm_id: CrmId(id),
+        }) >= *to
     {
         return Ok(());
     }
     let now = Utc::now();
-    on_db!(tx, |c| sqlx::query(
+    on_db!(tx, |c| {
+        sqlx::query(
         "INSERT INTO sync_cursors (tenant_id, connection_id, crm_object, modified_at, crm_id, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (connection_id, crm_object) DO UPDATE
@@ -360,6 +410,7 @@ pub(super) async fn advance_cursor(
     .bind(now)
     .execute(c)
     .await
-    .map(|_| ()))?;
+    .map(|_| ())
+    })?;
     Ok(())
 }

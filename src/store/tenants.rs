@@ -27,18 +27,24 @@ impl Store {
     pub async fn create_tenant(&self, name: &str) -> Result<NewTenant, StoreError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
-            return Err(StoreError::Invalid("a tenant name must have 1 to 200 characters".into()));
+            return Err(StoreError::Invalid(
+                "a tenant name must have 1 to 200 characters".into(),
+            ));
         }
         if self.find_tenant(name).await?.is_some() {
-            return Err(StoreError::Invalid(format!("a tenant named {name:?} already exists")));
+            return Err(StoreError::Invalid(format!(
+                "a tenant named {name:?} already exists"
+            )));
         }
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| StoreError::Invalid(format!("no randomness: {e}")))?;
+        getrandom::fill(&mut secret)
+            .map_err(|e| StoreError::Invalid(format!("no randomness: {e}")))?;
         let token = format!("cst_{}", URL_SAFE_NO_PAD.encode(secret));
         let hash = Sha256::digest(token.as_bytes()).to_vec();
         let id = TenantId::new();
         let mut tx = self.begin(id).await?;
-        on_db!(&mut tx, |c| sqlx::query(
+        on_db!(&mut tx, |c| {
+            sqlx::query(
             "INSERT INTO tenants (id, name, api_token_hash, allow_duplicates, created_at) VALUES ($1, $2, $3, $4, $5)"
         )
         .bind(id.0)
@@ -48,9 +54,14 @@ impl Store {
         .bind(Utc::now())
         .execute(c)
         .await
-        .map(|_| ()))?;
+        .map(|_| ())
+        })?;
         tx.commit().await?;
-        Ok(NewTenant { id, name: name.to_string(), token })
+        Ok(NewTenant {
+            id,
+            name: name.to_string(),
+            token,
+        })
     }
 
     /// Finds a tenant by name or id (across tenants: an operator lookup).
@@ -79,10 +90,11 @@ impl Store {
     /// The named tenant, or the default one (created on first use).
     pub async fn resolve_tenant(&self, name_or_id: Option<&str>) -> Result<TenantId, StoreError> {
         match name_or_id {
-            Some(n) => self
-                .find_tenant(n)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("tenant {n:?} (create it with `crmsync tenant create {n}`)"))),
+            Some(n) => self.find_tenant(n).await?.ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "tenant {n:?} (create it with `crmsync tenant create {n}`)"
+                ))
+            }),
             None => match self.find_tenant(DEFAULT_TENANT).await? {
                 Some(id) => Ok(id),
                 None => match self.create_tenant(DEFAULT_TENANT).await {

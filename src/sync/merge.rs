@@ -167,7 +167,13 @@ mod tests {
             .with(CanonicalField::Email, "a@x.io")
             .with(CanonicalField::Phone, "2")
             .with(CanonicalField::Company, "Acme");
-        let m = merge(&RecordFields::new(), &local, &remote, ConflictStrategy::CrmWins, Newer::Platform);
+        let m = merge(
+            &RecordFields::new(),
+            &local,
+            &remote,
+            ConflictStrategy::CrmWins,
+            Newer::Platform,
+        );
         assert_eq!(m.local.get(CanonicalField::Company), Some("Acme"));
         assert_eq!(m.local.get(CanonicalField::Phone), Some("2"));
     }

@@ -70,11 +70,17 @@ pub fn decide_pull(
 ) -> PullDecision {
     let fingerprint = incoming.fields.fingerprint();
     if let Some(link) = link {
-        if link.crm_modified_at.is_some_and(|seen| incoming.modified_at < seen) {
+        if link
+            .crm_modified_at
+            .is_some_and(|seen| incoming.modified_at < seen)
+        {
             return PullDecision::Stale;
         }
         let known = [&link.pulled_fingerprint, &link.pushed_fingerprint];
-        if known.iter().any(|f| f.as_deref() == Some(fingerprint.as_str())) {
+        if known
+            .iter()
+            .any(|f| f.as_deref() == Some(fingerprint.as_str()))
+        {
             return PullDecision::Unchanged;
         }
     }
@@ -87,7 +93,11 @@ pub fn decide_pull(
     };
     let empty = RecordFields::new();
     let base = link.map_or(&empty, |l| &l.base);
-    let newer = if local.updated_at > incoming.modified_at { Newer::Platform } else { Newer::Crm };
+    let newer = if local.updated_at > incoming.modified_at {
+        Newer::Platform
+    } else {
+        Newer::Crm
+    };
     let merged = merge(base, &local.fields, &incoming.fields, strategy, newer);
     PullDecision::Apply {
         record_changed: merged.local != local.fields,
@@ -153,16 +163,31 @@ mod tests {
             pushed_fingerprint: Some(pushed.fields.fingerprint()),
             crm_modified_at: None,
         };
-        assert_eq!(decide_pull(Some(&link), None, &pushed, ConflictStrategy::NewestWins), PullDecision::Unchanged);
+        assert_eq!(
+            decide_pull(Some(&link), None, &pushed, ConflictStrategy::NewestWins),
+            PullDecision::Unchanged
+        );
     }
 
     #[test]
     fn a_crm_edit_updates_the_platform_record() {
         let first = incoming("Ada", 10);
         let edit = incoming("Grace", 20);
-        let local = LocalState { fields: first.fields.clone(), updated_at: at(10) };
-        match decide_pull(Some(&applied(&first)), Some(&local), &edit, ConflictStrategy::NewestWins) {
-            PullDecision::Apply { local, record_changed, .. } => {
+        let local = LocalState {
+            fields: first.fields.clone(),
+            updated_at: at(10),
+        };
+        match decide_pull(
+            Some(&applied(&first)),
+            Some(&local),
+            &edit,
+            ConflictStrategy::NewestWins,
+        ) {
+            PullDecision::Apply {
+                local,
+                record_changed,
+                ..
+            } => {
                 assert!(record_changed);
                 assert_eq!(local.get(CanonicalField::FirstName), Some("Grace"));
             }

@@ -55,7 +55,8 @@ pub(crate) use on_both_backends;
 pub const APP_ROLE: &str = "crmsync_it_app";
 
 fn admin_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn redis_url() -> String {
@@ -68,7 +69,9 @@ fn with_database(url: &str, db: &str, user: Option<&str>) -> String {
     let host = auth_host.rsplit_once('@').map_or(auth_host, |(_, h)| h);
     let auth = match user {
         Some(u) => format!("{u}@"),
-        None => auth_host.rsplit_once('@').map_or(String::new(), |(a, _)| format!("{a}@")),
+        None => auth_host
+            .rsplit_once('@')
+            .map_or(String::new(), |(a, _)| format!("{a}@")),
     };
     format!("{scheme}://{auth}{host}/{db}")
 }
@@ -77,8 +80,13 @@ fn with_database(url: &str, db: &str, user: Option<&str>) -> String {
 /// in as the application role.
 pub async fn fresh_postgres() -> (String, String) {
     let name = format!("crmsync_it_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("admin connection (DATABASE_URL)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create database");
+    let mut admin = sqlx::PgConnection::connect(&admin_url())
+        .await
+        .expect("admin connection (DATABASE_URL)");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
     let owner_url = with_database(&admin_url(), &name, None);
     Store::migrate(&owner_url).await.expect("migrate");
     // The login role: member of crmsync_app, neither owner nor RLS-exempt.
@@ -90,17 +98,25 @@ pub async fn fresh_postgres() -> (String, String) {
          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
          END $$"
     );
-    sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await.expect("app role");
+    sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&mut admin)
+        .await
+        .expect("app role");
     admin.close().await.ok();
-    (name.clone(), with_database(&admin_url(), &name, Some(APP_ROLE)))
+    (
+        name.clone(),
+        with_database(&admin_url(), &name, Some(APP_ROLE)),
+    )
 }
 
 /// Drops a test database (best effort).
 pub async fn drop_postgres(name: &str) {
     if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-            .execute(&mut admin)
-            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
     }
 }
 
@@ -122,13 +138,21 @@ pub struct Fleet {
 impl Fleet {
     /// A fleet with `contacts` seeded in a fast sandbox and no workers yet.
     pub async fn start(backend: Backend, contacts: u64) -> Self {
-        Self::with_sandbox(backend, SandboxConfig { seed_contacts: contacts, ..SandboxConfig::for_tests() }).await
+        Self::with_sandbox(
+            backend,
+            SandboxConfig {
+                seed_contacts: contacts,
+                ..SandboxConfig::for_tests()
+            },
+        )
+        .await
     }
 
     /// A fleet on a sandbox configured by the test.
     pub async fn with_sandbox(backend: Backend, config: SandboxConfig) -> Self {
         let sandbox = TestSandbox::with(config).await;
-        let dir = std::env::temp_dir().join(format!("crmsync-it-{}", uuid::Uuid::now_v7().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("crmsync-it-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut settings = Settings::defaults().expect("defaults");
         let mut database = None;
@@ -157,29 +181,59 @@ impl Fleet {
         settings.hubspot.search_requests_per_second = 1_000_000;
         settings.sync.delta_interval_secs = 3600;
         settings.sync.guard_secs = 0;
-        let store = crmsync::app::open_store(&settings, false).await.expect("store");
-        if backend == Backend::Postgres {
-            assert!(!store.bypasses_row_security().await.expect("probe"), "tests must not bypass RLS");
-        }
-        let deps = crmsync::app::deps(&settings, store.clone()).await.expect("deps");
-        let tenant = store.resolve_tenant(None).await.expect("tenant");
-        let credentials = Credentials::PrivateAppToken { token: SecretString::from(TOKEN) };
-        let (connection, portal) = crmsync::cli::connect_hubspot_token(&settings, &store, tenant, credentials, None)
+        let store = crmsync::app::open_store(&settings, false)
             .await
-            .expect("connect");
+            .expect("store");
+        if backend == Backend::Postgres {
+            assert!(
+                !store.bypasses_row_security().await.expect("probe"),
+                "tests must not bypass RLS"
+            );
+        }
+        let deps = crmsync::app::deps(&settings, store.clone())
+            .await
+            .expect("deps");
+        let tenant = store.resolve_tenant(None).await.expect("tenant");
+        let credentials = Credentials::PrivateAppToken {
+            token: SecretString::from(TOKEN),
+        };
+        let (connection, portal) =
+            crmsync::cli::connect_hubspot_token(&settings, &store, tenant, credentials, None)
+                .await
+                .expect("connect");
         assert_eq!(portal, PORTAL);
-        Self { backend, settings, deps, store, sandbox, tenant, connection, dir, database, stop: None, workers: None }
+        Self {
+            backend,
+            settings,
+            deps,
+            store,
+            sandbox,
+            tenant,
+            connection,
+            dir,
+            database,
+            stop: None,
+            workers: None,
+        }
     }
 
     /// Starts in-process workers for both job kinds.
     pub fn start_workers(&mut self) {
         let (tx, rx) = watch::channel(false);
         let specs = [
-            WorkerSpec { kind: JobKind::FullSync, concurrency: 1 },
-            WorkerSpec { kind: JobKind::DeltaSync, concurrency: 2 },
+            WorkerSpec {
+                kind: JobKind::FullSync,
+                concurrency: 1,
+            },
+            WorkerSpec {
+                kind: JobKind::DeltaSync,
+                concurrency: 2,
+            },
         ];
         let (queue, deps) = (self.deps.queue.clone(), self.deps.clone());
-        self.workers = Some(tokio::spawn(async move { run_workers(&queue, deps, &specs, rx).await }));
+        self.workers = Some(tokio::spawn(async move {
+            run_workers(&queue, deps, &specs, rx).await
+        }));
         self.stop = Some(tx);
     }
 
@@ -198,21 +252,54 @@ impl Fleet {
         let s = &self.settings;
         let mut env = vec![
             ("CRMSYNC__DATABASE__URL".into(), s.database.url.clone()),
-            ("CRMSYNC__QUEUE__NAMESPACE".into(), s.queue.namespace.clone()),
-            ("CRMSYNC__QUEUE__POLL_INTERVAL_MS".into(), s.queue.poll_interval_ms.to_string()),
-            ("CRMSYNC__QUEUE__HEARTBEAT_SECS".into(), s.queue.heartbeat_secs.to_string()),
-            ("CRMSYNC__QUEUE__MISSED_HEARTBEATS".into(), s.queue.missed_heartbeats.to_string()),
-            ("CRMSYNC__QUEUE__SQLITE_PATH".into(), s.queue.sqlite_path.clone()),
-            ("CRMSYNC__WORKER__JOB_TIMEOUT_SECS".into(), s.worker.job_timeout_secs.to_string()),
-            ("CRMSYNC__WORKER__SHUTDOWN_GRACE_SECS".into(), s.worker.shutdown_grace_secs.to_string()),
-            ("CRMSYNC__HUBSPOT__API_BASE_URL".into(), s.hubspot.api_base_url.clone()),
-            ("CRMSYNC__HUBSPOT__REQUESTS_PER_10S".into(), s.hubspot.requests_per_10s.to_string()),
-            ("CRMSYNC__HUBSPOT__SEARCH_REQUESTS_PER_SECOND".into(), s.hubspot.search_requests_per_second.to_string()),
+            (
+                "CRMSYNC__QUEUE__NAMESPACE".into(),
+                s.queue.namespace.clone(),
+            ),
+            (
+                "CRMSYNC__QUEUE__POLL_INTERVAL_MS".into(),
+                s.queue.poll_interval_ms.to_string(),
+            ),
+            (
+                "CRMSYNC__QUEUE__HEARTBEAT_SECS".into(),
+                s.queue.heartbeat_secs.to_string(),
+            ),
+            (
+                "CRMSYNC__QUEUE__MISSED_HEARTBEATS".into(),
+                s.queue.missed_heartbeats.to_string(),
+            ),
+            (
+                "CRMSYNC__QUEUE__SQLITE_PATH".into(),
+                s.queue.sqlite_path.clone(),
+            ),
+            (
+                "CRMSYNC__WORKER__JOB_TIMEOUT_SECS".into(),
+                s.worker.job_timeout_secs.to_string(),
+            ),
+            (
+                "CRMSYNC__WORKER__SHUTDOWN_GRACE_SECS".into(),
+                s.worker.shutdown_grace_secs.to_string(),
+            ),
+            (
+                "CRMSYNC__HUBSPOT__API_BASE_URL".into(),
+                s.hubspot.api_base_url.clone(),
+            ),
+            (
+                "CRMSYNC__HUBSPOT__REQUESTS_PER_10S".into(),
+                s.hubspot.requests_per_10s.to_string(),
+            ),
+            (
+                "CRMSYNC__HUBSPOT__SEARCH_REQUESTS_PER_SECOND".into(),
+                s.hubspot.search_requests_per_second.to_string(),
+            ),
             ("CRMSYNC__TELEMETRY__LISTEN".into(), "127.0.0.1:0".into()),
             ("CRMSYNC__TELEMETRY__LOG_LEVEL".into(), "warn".into()),
         ];
         if let Some(key) = &s.secrets.encryption_key {
-            env.push(("CRMSYNC__SECRETS__ENCRYPTION_KEY".into(), key.expose_secret().to_string()));
+            env.push((
+                "CRMSYNC__SECRETS__ENCRYPTION_KEY".into(),
+                key.expose_secret().to_string(),
+            ));
         }
         match self.backend {
             Backend::Postgres => {
@@ -227,7 +314,11 @@ impl Fleet {
     /// Spawns a `crmsync-worker` child process for full syncs.
     pub fn spawn_worker_process(&self) -> Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_crmsync-worker"));
-        command.args(["--jobs", "full_sync,delta_sync"]).current_dir(&self.dir).stdout(Stdio::null()).stderr(Stdio::null());
+        command
+            .args(["--jobs", "full_sync,delta_sync"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         for (k, v) in self.child_env() {
             command.env(k, v);
         }
@@ -237,7 +328,9 @@ impl Fleet {
 
     /// Starts a full sync of the connection and returns its run.
     pub async fn start_full_sync(&self) -> RunRow {
-        let runs = crmsync::cli::start_full_sync(&self.deps, self.tenant, self.connection).await.expect("start full sync");
+        let runs = crmsync::cli::start_full_sync(&self.deps, self.tenant, self.connection)
+            .await
+            .expect("start full sync");
         runs.into_iter().next().expect("one object")
     }
 
@@ -249,7 +342,10 @@ impl Fleet {
             if row.status != RunStatus::Running {
                 return row;
             }
-            assert!(started.elapsed() < limit, "run {run} still running after {limit:?}: {row:?}");
+            assert!(
+                started.elapsed() < limit,
+                "run {run} still running after {limit:?}: {row:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -265,16 +361,19 @@ impl Fleet {
     /// Runs delta syncs in-process until one catches up; returns the summed
     /// counts of its runs.
     pub async fn delta_sync(&self) -> RunRow {
-        let job = DeltaSyncJob {
+        let mut job = DeltaSyncJob {
             tenant: self.tenant,
             connection: self.connection,
             object: Some(CrmObject::Contacts),
             trigger: format!("test-{}", uuid::Uuid::now_v7()),
             attempt: 0,
+            resume: None,
         };
         let mut total: Option<RunRow> = None;
         for _ in 0..50 {
-            let outcome = crmsync::jobs::delta_sync::run(&job, &self.deps).await.expect("delta sync");
+            let outcome = crmsync::jobs::delta_sync::run(&job, &self.deps)
+                .await
+                .expect("delta sync");
             for id in &outcome.runs {
                 let row = self.store.run(self.tenant, *id).await.expect("run");
                 assert_eq!(row.kind, RunKind::DeltaSync);
@@ -291,8 +390,9 @@ impl Fleet {
                     }
                 });
             }
-            if outcome.caught_up {
-                return total.expect("a delta run");
+            match outcome.resume {
+                None => return total.expect("a delta run"),
+                Some(resume) => job = job.follow_up(resume),
             }
         }
         panic!("delta sync did not catch up in 50 job runs");
@@ -300,7 +400,13 @@ impl Fleet {
 
     /// The platform's leads as (email, firstname, jobtitle) sorted by email.
     pub async fn leads(&self) -> Vec<crmsync::domain::RecordFields> {
-        self.store.records(self.tenant, RecordKind::Lead).await.expect("records").into_iter().map(|(_, f)| f).collect()
+        self.store
+            .records(self.tenant, RecordKind::Lead)
+            .await
+            .expect("records")
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect()
     }
 
     /// The sandbox's contacts as the API lists them: id → properties.
@@ -315,7 +421,10 @@ impl Fleet {
             let reply = self.sandbox.get(&path).await;
             assert!(reply.status.is_success(), "{:?}", reply.body);
             for r in reply.body["results"].as_array().expect("results") {
-                all.insert(r["id"].as_str().expect("id").to_string(), r["properties"].clone());
+                all.insert(
+                    r["id"].as_str().expect("id").to_string(),
+                    r["properties"].clone(),
+                );
             }
             match reply.body["paging"]["next"]["after"].as_str() {
                 Some(a) => after = Some(a.to_string()),
@@ -350,17 +459,34 @@ pub async fn assert_mirrors_sandbox(fleet: &Fleet) {
     assert_eq!(linked.len(), expected.len(), "one link per CRM record");
     assert!(linked == expected, "links differ from the sandbox's ids");
     let leads = fleet.leads().await;
-    assert_eq!(leads.len(), sandbox.len(), "one platform lead per CRM contact, no more");
+    assert_eq!(
+        leads.len(),
+        sandbox.len(),
+        "one platform lead per CRM contact, no more"
+    );
     let by_email: std::collections::BTreeMap<String, &crmsync::domain::RecordFields> = leads
         .iter()
         .map(|f| (f.normalized_email().unwrap_or_default().to_string(), f))
         .collect();
     use crmsync::domain::CanonicalField as F;
     for props in sandbox.values() {
-        let email = props["email"].as_str().unwrap_or_default().trim().to_lowercase();
-        let lead = by_email.get(&email).unwrap_or_else(|| panic!("no lead for {email}"));
-        for (field, property) in [(F::FirstName, "firstname"), (F::LastName, "lastname"), (F::JobTitle, "jobtitle")] {
-            let want = props[property].as_str().map(str::trim).filter(|s| !s.is_empty());
+        let email = props["email"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_lowercase();
+        let lead = by_email
+            .get(&email)
+            .unwrap_or_else(|| panic!("no lead for {email}"));
+        for (field, property) in [
+            (F::FirstName, "firstname"),
+            (F::LastName, "lastname"),
+            (F::JobTitle, "jobtitle"),
+        ] {
+            let want = props[property]
+                .as_str()
+                .map(str::trim)
+                .filter(|s| !s.is_empty());
             assert_eq!(lead.get(field), want, "{email}: {property}");
         }
     }

@@ -20,7 +20,12 @@ async fn bulk_edit(fleet: &Fleet, ids: &[u64], firstname: &str) -> serde_json::V
 }
 
 async fn contact_ids(fleet: &Fleet) -> Vec<u64> {
-    fleet.sandbox_contacts().await.keys().map(|id| id.parse().expect("numeric id")).collect()
+    fleet
+        .sandbox_contacts()
+        .await
+        .keys()
+        .map(|id| id.parse().expect("numeric id"))
+        .collect()
 }
 
 on_both_backends! {
@@ -57,7 +62,8 @@ on_both_backends! {
         let mut fleet = Fleet::start(backend, 500).await;
         fleet.start_workers();
         fleet.full_sync().await;
-        fleet.sandbox.put_control("/_sandbox/settings", json!({"indexLagMs": 1_500})).await;
+        let set = fleet.sandbox.put_control("/_sandbox/settings", json!({"indexLagMs": 1_500, "tokenTtlSecs": 1_800})).await;
+        assert!(set.status.is_success(), "{:?}", set.body);
         let ids = contact_ids(&fleet).await;
         bulk_edit(&fleet, &ids[..300], "Lagging").await;
         // The search index does not show the edits yet: nothing to bring over.

@@ -90,7 +90,11 @@ impl HubspotClient {
             .user_agent(concat!("crmsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ProviderError::Transport(e.to_string()))?;
-        Ok(Self { http, settings: Arc::new(settings), budgets })
+        Ok(Self {
+            http,
+            settings: Arc::new(settings),
+            budgets,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -98,18 +102,35 @@ impl HubspotClient {
     }
 
     fn burst_budget(&self, portal: &str) -> Arc<Budget> {
-        let limit = WindowLimit { requests: self.settings.requests_per_10s, window: Duration::from_secs(10) };
-        self.budgets.get(&format!("hubspot:{portal}:burst"), limit, self.settings.budget_share)
+        let limit = WindowLimit {
+            requests: self.settings.requests_per_10s,
+            window: Duration::from_secs(10),
+        };
+        self.budgets.get(
+            &format!("hubspot:{portal}:burst"),
+            limit,
+            self.settings.budget_share,
+        )
     }
 
     fn search_budget(&self, portal: &str) -> Arc<Budget> {
-        let limit = WindowLimit { requests: self.settings.search_requests_per_second, window: Duration::from_secs(1) };
-        self.budgets.get(&format!("hubspot:{portal}:search"), limit, self.settings.budget_share)
+        let limit = WindowLimit {
+            requests: self.settings.search_requests_per_second,
+            window: Duration::from_secs(1),
+        };
+        self.budgets.get(
+            &format!("hubspot:{portal}:search"),
+            limit,
+            self.settings.budget_share,
+        )
     }
 
     /// The portal (account) id the token belongs to.
     pub async fn portal_id(&self, token: &SecretString) -> Result<u64, ProviderError> {
-        let request = self.http.get(self.url("/account-info/v3/details")).bearer_auth(token.expose_secret());
+        let request = self
+            .http
+            .get(self.url("/account-info/v3/details"))
+            .bearer_auth(token.expose_secret());
         let body: Value = send(request, None).await?;
         body.get("portalId")
             .and_then(Value::as_u64)
@@ -127,7 +148,10 @@ impl HubspotClient {
     ) -> Result<Page, ProviderError> {
         let mut query = vec![
             ("limit".to_string(), limit.to_string()),
-            ("properties".to_string(), mapping::properties(object).join(",")),
+            (
+                "properties".to_string(),
+                mapping::properties(object).join(","),
+            ),
             ("archived".to_string(), "false".to_string()),
         ];
         if let Some(after) = after {
@@ -135,7 +159,10 @@ impl HubspotClient {
         }
         let request = self
             .http
-            .request(Method::GET, self.url(&format!("/crm/v3/objects/{}", object.as_str())))
+            .request(
+                Method::GET,
+                self.url(&format!("/crm/v3/objects/{}", object.as_str())),
+            )
             .query(&query)
             .bearer_auth(token.expose_secret());
         let body: ListBody = send(request, Some(&self.burst_budget(portal))).await?;
@@ -211,8 +238,13 @@ impl HubspotClient {
     }
 
     /// Exchanges a refresh token (OAuth v3 token endpoint).
-    pub async fn refresh(&self, refresh_token: &SecretString) -> Result<RefreshedTokens, ProviderError> {
-        let (Some(client_id), Some(secret)) = (&self.settings.client_id, &self.settings.client_secret) else {
+    pub async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+    ) -> Result<RefreshedTokens, ProviderError> {
+        let (Some(client_id), Some(secret)) =
+            (&self.settings.client_id, &self.settings.client_secret)
+        else {
             return Err(ProviderError::Unauthorized(
                 "OAuth refresh needs CRMSYNC__HUBSPOT__CLIENT_ID and CRMSYNC__HUBSPOT__CLIENT_SECRET".into(),
             ));
@@ -223,11 +255,16 @@ impl HubspotClient {
             ("client_secret", secret.expose_secret()),
             ("refresh_token", refresh_token.expose_secret()),
         ];
-        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
         let request = self
             .http
             .post(self.url("/oauth/v3/token"))
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .body(body);
         #[derive(Deserialize)]
         struct TokenBody {
@@ -237,12 +274,16 @@ impl HubspotClient {
         }
         let tokens: TokenBody = match send(request, None).await {
             // The token endpoint answers 400 for a revoked or unknown refresh token.
-            Err(ProviderError::Rejected { message, .. }) => return Err(ProviderError::Unauthorized(message)),
+            Err(ProviderError::Rejected { message, .. }) => {
+                return Err(ProviderError::Unauthorized(message));
+            }
             other => other?,
         };
         Ok(RefreshedTokens {
             access_token: SecretString::from(tokens.access_token),
-            refresh_token: tokens.refresh_token.map_or_else(|| refresh_token.clone(), SecretString::from),
+            refresh_token: tokens
+                .refresh_token
+                .map_or_else(|| refresh_token.clone(), SecretString::from),
             expires_in: Duration::from_secs(tokens.expires_in),
         })
     }
@@ -259,7 +300,10 @@ fn page(object: CrmObject, body: ListBody) -> Result<Page, ProviderError> {
 }
 
 /// Sends after taking the budget; classifies the answer.
-async fn send<T: serde::de::DeserializeOwned>(request: RequestBuilder, budget: Option<&Budget>) -> Result<T, ProviderError> {
+async fn send<T: serde::de::DeserializeOwned>(
+    request: RequestBuilder,
+    budget: Option<&Budget>,
+) -> Result<T, ProviderError> {
     if let Some(budget) = budget {
         budget.acquire().await;
     }
@@ -272,16 +316,19 @@ async fn send<T: serde::de::DeserializeOwned>(request: RequestBuilder, budget: O
     })?;
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = response.bytes().await.map_err(|e| ProviderError::Unavailable(format!("body cut short: {e}")))?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| ProviderError::Unavailable(format!("body cut short: {e}")))?;
     if status.is_success() {
         return serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::Unavailable(format!("unreadable response body: {e}")));
     }
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let message = body
-        .get("message")
-        .and_then(Value::as_str)
-        .map_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect(), str::to_string);
+    let message = body.get("message").and_then(Value::as_str).map_or_else(
+        || String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+        str::to_string,
+    );
     let error = classify(status, &headers, &body, message);
     if let (ProviderError::RateLimited { retry_after, .. }, Some(budget)) = (&error, budget) {
         budget.cool_down(*retry_after);
@@ -290,10 +337,19 @@ async fn send<T: serde::de::DeserializeOwned>(request: RequestBuilder, budget: O
 }
 
 /// Maps a non-2xx answer to a [`ProviderError`].
-fn classify(status: StatusCode, headers: &reqwest::header::HeaderMap, body: &Value, message: String) -> ProviderError {
+fn classify(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    message: String,
+) -> ProviderError {
     match status.as_u16() {
         429 => {
-            let policy = body.get("policyName").and_then(Value::as_str).unwrap_or("UNKNOWN").to_string();
+            let policy = body
+                .get("policyName")
+                .and_then(Value::as_str)
+                .unwrap_or("UNKNOWN")
+                .to_string();
             let retry_after = headers
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
@@ -304,7 +360,10 @@ fn classify(status: StatusCode, headers: &reqwest::header::HeaderMap, body: &Val
                     "TEN_SECONDLY_ROLLING" => Duration::from_secs(10),
                     _ => Duration::from_secs(1),
                 });
-            ProviderError::RateLimited { retry_after, policy }
+            ProviderError::RateLimited {
+                retry_after,
+                policy,
+            }
         }
         401 | 403 => ProviderError::Unauthorized(message),
         404 => ProviderError::NotFound(message),
@@ -322,11 +381,21 @@ mod tests {
     #[test]
     fn rate_limits_use_retry_after_or_the_policy_window() {
         let body = json!({"policyName": "TEN_SECONDLY_ROLLING"});
-        let e = classify(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), &body, String::new());
+        let e = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &HeaderMap::new(),
+            &body,
+            String::new(),
+        );
         assert_eq!(e.retry_after(), Some(Duration::from_secs(10)));
         let mut headers = HeaderMap::new();
         headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("3"));
-        let e = classify(StatusCode::TOO_MANY_REQUESTS, &headers, &body, String::new());
+        let e = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            &body,
+            String::new(),
+        );
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
         assert!(e.is_retryable());
     }
@@ -335,7 +404,9 @@ mod tests {
     fn client_errors_are_final_and_server_errors_are_retried() {
         let none = HeaderMap::new();
         assert!(!classify(StatusCode::BAD_REQUEST, &none, &Value::Null, "x".into()).is_retryable());
-        assert!(!classify(StatusCode::UNAUTHORIZED, &none, &Value::Null, "x".into()).is_retryable());
+        assert!(
+            !classify(StatusCode::UNAUTHORIZED, &none, &Value::Null, "x".into()).is_retryable()
+        );
         assert!(classify(StatusCode::BAD_GATEWAY, &none, &Value::Null, "x".into()).is_retryable());
     }
 }

@@ -65,7 +65,9 @@ pub fn parse_time(value: &str) -> Option<DateTime<Utc>> {
     if let Ok(ms) = value.parse::<i64>() {
         return Utc.timestamp_millis_opt(ms).single();
     }
-    DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(value)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Maps one HubSpot object to an [`Incoming`] record.
@@ -88,8 +90,17 @@ pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, Provide
         .and_then(|v| v.as_deref())
         .or(raw.updated_at.as_deref())
         .and_then(parse_time)
-        .ok_or_else(|| ProviderError::Unavailable(format!("HubSpot {} {} has no readable modified time", object, raw.id)))?;
-    Ok(Incoming { crm_id: CrmId(raw.id), modified_at: modified, fields })
+        .ok_or_else(|| {
+            ProviderError::Unavailable(format!(
+                "HubSpot {} {} has no readable modified time",
+                object, raw.id
+            ))
+        })?;
+    Ok(Incoming {
+        crm_id: CrmId(raw.id),
+        modified_at: modified,
+        fields,
+    })
 }
 
 #[cfg(test)]
@@ -112,16 +123,23 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let incoming = to_incoming(CrmObject::Contacts, raw).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(incoming.crm_id.as_str(), "512");
-        assert_eq!(incoming.fields.get(CanonicalField::Email), Some("ada@example.com"));
+        assert_eq!(
+            incoming.fields.get(CanonicalField::Email),
+            Some("ada@example.com")
+        );
         assert_eq!(incoming.fields.get(CanonicalField::LastName), None);
         assert_eq!(incoming.fields.get(CanonicalField::Company), None);
-        assert_eq!(incoming.fields.get(CanonicalField::Status), Some("contacted"));
+        assert_eq!(
+            incoming.fields.get(CanonicalField::Status),
+            Some("contacted")
+        );
         assert_eq!(incoming.modified_at.timestamp_millis(), 1_795_169_472_345);
     }
 
     #[test]
     fn a_record_without_a_modified_time_is_an_error_not_a_guess() {
-        let raw: HsObject = serde_json::from_value(json!({"id": "1", "properties": {}})).unwrap_or_else(|e| panic!("{e}"));
+        let raw: HsObject = serde_json::from_value(json!({"id": "1", "properties": {}}))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(to_incoming(CrmObject::Contacts, raw).is_err());
     }
 
