@@ -459,6 +459,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
 mod tests {
     use super::*;
     use figment::Jail;

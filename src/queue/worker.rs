@@ -203,17 +203,13 @@ async fn supervise(
     }
 }
 
-fn stop_signal(
-    mut shutdown: watch::Receiver<bool>,
-) -> impl Future<Output = Result<(), WorkerError>> + Send + 'static {
-    async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
+async fn stop_signal(mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 async fn run_one(
