@@ -94,9 +94,26 @@ impl DeltaSyncJob {
     }
 }
 
+/// What a delta attempt has done so far, kept by the caller so that it
+/// survives an error or the job timeout dropping the attempt: a retry resumes
+/// where the attempt stopped, and a run the attempt left open gets closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeltaProgress {
+    /// Where the window stands after the last page applied.
+    pub resume: Option<DeltaResume>,
+    /// A run started and not yet finished.
+    pub open_run: Option<RunId>,
+    /// Pages applied by this attempt (progress, even if it then failed).
+    pub pages_applied: u32,
+}
+
 /// Runs a delta sync within half the job timeout (so a huge backlog never
-/// holds a worker slot past it).
-pub async fn run(job: &DeltaSyncJob, deps: &Deps) -> Result<DeltaOutcome, JobError> {
+/// holds a worker slot past it), recording its progress in `progress`.
+pub async fn run(
+    job: &DeltaSyncJob,
+    deps: &Deps,
+    progress: &mut DeltaProgress,
+) -> Result<DeltaOutcome, JobError> {
     let budget = std::time::Duration::from_secs(deps.settings.worker.job_timeout_secs) / 2;
     let deadline = std::time::Instant::now() + budget;
     let connection = deps.store.connection(job.tenant, job.connection).await?;
@@ -121,18 +138,42 @@ pub async fn run(job: &DeltaSyncJob, deps: &Deps) -> Result<DeltaOutcome, JobErr
             tracing::info!(connection.id = %job.connection, %object, "no cursor yet: waiting for the first full sync");
             continue;
         };
+        let idle_since = Utc::now()
+            - chrono::Duration::from_std(deps.settings.orphan_window()).unwrap_or_default();
+        deps.store
+            .close_abandoned_runs(
+                job.tenant,
+                job.connection,
+                object,
+                RunKind::DeltaSync,
+                idle_since,
+            )
+            .await?;
         let run = deps
             .store
             .start_run(job.tenant, job.connection, object, RunKind::DeltaSync)
             .await?;
         runs.push(run.id);
+        progress.open_run = Some(run.id);
         let start = job.resume.clone().filter(|r| r.object == object);
-        match pull(deps, &mut session, object, run.id, cursor, start, deadline).await {
-            Ok(progress) => {
+        let pulled = pull(
+            deps,
+            &mut session,
+            object,
+            run.id,
+            cursor,
+            start,
+            deadline,
+            progress,
+        )
+        .await;
+        match pulled {
+            Ok(done) => {
                 deps.store
                     .finish_run(job.tenant, run.id, RunStatus::Succeeded, None)
                     .await?;
-                if let Progress::MoreToRead(resume) = progress {
+                progress.open_run = None;
+                if let Progress::MoreToRead(resume) = done {
                     // Resume this object first; any later objects follow then.
                     resume_at = Some(resume);
                     break;
@@ -142,6 +183,7 @@ pub async fn run(job: &DeltaSyncJob, deps: &Deps) -> Result<DeltaOutcome, JobErr
                 deps.store
                     .finish_run(job.tenant, run.id, RunStatus::Failed, Some(&e.to_string()))
                     .await?;
+                progress.open_run = None;
                 return Err(e);
             }
         }
@@ -160,6 +202,7 @@ async fn pull(
     cursor: Cursor,
     start: Option<DeltaResume>,
     deadline: std::time::Instant,
+    progress: &mut DeltaProgress,
 ) -> Result<Progress, JobError> {
     let sync = &deps.settings.sync;
     let connection: ConnectionRow = session.connection.clone();
@@ -183,6 +226,7 @@ async fn pull(
         since,
         instant: instant.clone(),
     };
+    progress.resume = Some(resume.clone());
     'windows: while since <= until {
         let query = match &instant {
             Some((at, after_id)) => ChangeQuery::Instant {
@@ -249,6 +293,8 @@ async fn pull(
                         instant: None,
                     },
                 };
+                progress.resume = Some(resume.clone());
+                progress.pages_applied += 1;
             }
             let Some((last_at, last_id)) = last else {
                 if let ChangeQuery::Instant { at, .. } = &query {

@@ -6,7 +6,7 @@ pub mod delta_sync;
 pub mod full_sync;
 mod session;
 
-pub use delta_sync::{DeltaOutcome, DeltaResume, DeltaSyncJob};
+pub use delta_sync::{DeltaOutcome, DeltaProgress, DeltaResume, DeltaSyncJob};
 pub use full_sync::FullSyncJob;
 pub use session::Session;
 

@@ -3,6 +3,7 @@
 //! and the retry policy described in [`super`].
 
 use super::{Queue, Storages};
+use crate::domain::RunStatus;
 use crate::jobs::{self, DeltaSyncJob, Deps, FullSyncJob, JobError, JobKind};
 use apalis::prelude::{
     AbortError, BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError,
@@ -108,7 +109,20 @@ async fn full_sync_task(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDyn
 
 async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
     let started = Instant::now();
-    let result = match with_timeout(&deps, jobs::delta_sync::run(&job, &deps)).await {
+    let mut progress = jobs::DeltaProgress::default();
+    let attempt = with_timeout(&deps, jobs::delta_sync::run(&job, &deps, &mut progress)).await;
+    if let Some(run) = progress.open_run.take() {
+        // The job timeout dropped the attempt mid-run: close its run.
+        deps.store
+            .finish_run(
+                job.tenant,
+                run,
+                RunStatus::Failed,
+                Some("cut off at the job timeout"),
+            )
+            .await?;
+    }
+    let result = match attempt {
         Ok(jobs::DeltaOutcome {
             resume: Some(resume),
             ..
@@ -130,9 +144,22 @@ async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxD
         (Settled::Done, _) | (_, Ok(())) => Ok(()),
         (Settled::Retry(delay), Err(e)) => {
             tracing::warn!(job = "delta_sync", connection.id = %job.connection, attempt = job.attempt, error = %e, ?delay, "retrying");
-            let again = DeltaSyncJob {
-                attempt: job.attempt + 1,
-                ..job.clone()
+            // Resume where this attempt stopped, not at the start of the
+            // window. An attempt that applied pages made progress: its
+            // follow-up starts a fresh count, so a flaky CRM slows a long
+            // window down but cannot exhaust its attempts.
+            let again = match progress.resume.clone() {
+                Some(resume) if progress.pages_applied > 0 => job.follow_up(resume),
+                resume => DeltaSyncJob {
+                    attempt: job.attempt + 1,
+                    resume: resume.or(job.resume.clone()),
+                    ..job.clone()
+                },
+            };
+            let delay = if again.attempt == 0 {
+                Duration::from_secs(1)
+            } else {
+                delay
             };
             deps.queue.push_delta_sync_after(&again, delay).await?;
             Ok(())

@@ -154,6 +154,36 @@ impl Store {
         self.run(tenant, id).await
     }
 
+    /// Closes runs of this kind left `running` by a process that died (no
+    /// progress since `idle_since`), so status never shows a ghost run.
+    pub async fn close_abandoned_runs(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        kind: RunKind,
+        idle_since: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let closed = on_db!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE sync_runs SET status = 'failed', error = 'abandoned: the worker running it stopped', finished_at = $1, updated_at = $1
+              WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND kind = $5 AND status = 'running' AND updated_at < $6"
+        )
+        .bind(Utc::now())
+        .bind(tenant.0)
+        .bind(connection.0)
+        .bind(object.as_str())
+        .bind(kind.as_str())
+        .bind(idle_since)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
+        tx.commit().await?;
+        Ok(closed)
+    }
+
     /// Loads a run.
     pub async fn run(&self, tenant: TenantId, id: RunId) -> Result<RunRow, StoreError> {
         let mut tx = self.begin(tenant).await?;

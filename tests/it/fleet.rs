@@ -371,9 +371,13 @@ impl Fleet {
         };
         let mut total: Option<RunRow> = None;
         for _ in 0..50 {
-            let outcome = crmsync::jobs::delta_sync::run(&job, &self.deps)
-                .await
-                .expect("delta sync");
+            let outcome = crmsync::jobs::delta_sync::run(
+                &job,
+                &self.deps,
+                &mut crmsync::jobs::DeltaProgress::default(),
+            )
+            .await
+            .expect("delta sync");
             for id in &outcome.runs {
                 let row = self.store.run(self.tenant, *id).await.expect("run");
                 assert_eq!(row.kind, RunKind::DeltaSync);

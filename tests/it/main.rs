@@ -14,3 +14,9 @@ mod fleet;
 mod sync_delta;
 mod sync_full;
 mod sync_resume;
+
+mod cli;
+mod hubspot_client;
+mod scheduler;
+mod store_security;
+mod sync_faults;

@@ -1,0 +1,286 @@
+//! Full-sync throughput against HubSpot's rate budget, with the worker's peak
+//! memory, for 10,000 and 100,000 contacts side by side.
+//!
+//! The sandbox enforces HubSpot's private-app budget (100 requests per rolling
+//! 10 s, 100 records per list page), so no sync can beat the floor
+//! `records ÷ (100 × 100) × 10 s`; the goal is to come within 5 % of it with
+//! no 429s, while a `crmsync-worker` child process stays under 64 MB peak RSS,
+//! flat in the number of records.
+//!
+//! Run: `cargo bench --bench full_sync` (Postgres + Redis on loopback, as in
+//! production). `BENCH_BACKENDS=postgres,sqlite` adds the embedded shape;
+//! `BENCH_SIZES=10000` runs a quick subset.
+
+use crmsync::config::{QueueBackend, Settings};
+use crmsync::domain::RunStatus;
+use crmsync::sandbox::hubspot::{Sandbox, SandboxConfig};
+use crmsync::secrets::EncryptionKey;
+use crmsync::store::{Credentials, Store};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::Connection;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "pat-na1-00000000-0000-4000-8000-000000000000";
+const PORTAL: u64 = 62515;
+const PER_10S: u64 = 100;
+const PAGE: u64 = 100;
+
+struct Row {
+    backend: &'static str,
+    records: u64,
+    wall: Duration,
+    floor: Duration,
+    rate_limited: u64,
+    peak_rss_mb: f64,
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn db_url(db: &str, user: &str) -> String {
+    let admin = admin_url();
+    let rest = admin.split_once("://").map_or(admin.as_str(), |(_, r)| r);
+    let host = rest.split_once('/').map_or(rest, |(h, _)| h);
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    format!("postgres://{user}@{host}/{db}")
+}
+
+async fn postgres_database() -> anyhow::Result<(String, String)> {
+    let name = format!("crmsync_bench_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    Store::migrate(&db_url(&name, "postgres")).await?;
+    sqlx::query(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'crmsync_bench_app') THEN
+             CREATE ROLE crmsync_bench_app LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE crmsync_app;
+           END IF;
+         END $$",
+    )
+    .execute(&mut admin)
+    .await?;
+    Ok((name.clone(), db_url(&name, "crmsync_bench_app")))
+}
+
+async fn drop_database(name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn run_one(backend: &'static str, records: u64) -> anyhow::Result<Row> {
+    let sandbox = Sandbox::new(SandboxConfig {
+        seed_contacts: records,
+        index_lag_ms: 0,
+        ..SandboxConfig::default()
+    })
+    .map_err(anyhow::Error::msg)?;
+    let (addr, server) = sandbox.spawn("127.0.0.1:0".parse()?).await?;
+    let dir = std::env::temp_dir().join(format!("crmsync-bench-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let mut settings = Settings::defaults()?;
+    let mut database = None;
+    if backend == "postgres" {
+        let (name, url) = postgres_database().await?;
+        database = Some(name);
+        settings.database.url = url;
+        settings.redis.url =
+            Some(std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()));
+        settings.queue.backend = Some(QueueBackend::Redis);
+    } else {
+        settings.database.url = format!("sqlite://{}", dir.join("crmsync.db").display());
+        settings.queue.backend = Some(QueueBackend::Sqlite);
+    }
+    settings.queue.namespace = format!("crmsync-bench-{}", uuid::Uuid::now_v7().simple());
+    settings.secrets.encryption_key = Some(EncryptionKey::generate()?);
+    settings.hubspot.api_base_url = format!("http://{addr}");
+    let store = crmsync::app::open_store(&settings, false).await?;
+    let deps = crmsync::app::deps(&settings, store.clone()).await?;
+    let tenant = store.resolve_tenant(None).await?;
+    let credentials = Credentials::PrivateAppToken {
+        token: SecretString::from(TOKEN),
+    };
+    let (connection, _) =
+        crmsync::cli::connect_hubspot_token(&settings, &store, tenant, credentials, Some(PORTAL))
+            .await?;
+
+    let health = free_port()?;
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_crmsync-worker"));
+    worker
+        .args(["--jobs", "full_sync"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .env_remove("RUST_LOG")
+        .env("CRMSYNC__DATABASE__URL", &settings.database.url)
+        .env("CRMSYNC__QUEUE__NAMESPACE", &settings.queue.namespace)
+        .env("CRMSYNC__QUEUE__BACKEND", backend_queue(backend))
+        .env(
+            "CRMSYNC__HUBSPOT__API_BASE_URL",
+            &settings.hubspot.api_base_url,
+        )
+        .env("CRMSYNC__TELEMETRY__LISTEN", format!("127.0.0.1:{health}"))
+        .env("CRMSYNC__TELEMETRY__LOG_LEVEL", "warn");
+    if let Some(key) = &settings.secrets.encryption_key {
+        worker.env("CRMSYNC__SECRETS__ENCRYPTION_KEY", key.expose_secret());
+    }
+    if let Some(redis) = &settings.redis.url {
+        worker.env("CRMSYNC__REDIS__URL", redis);
+    }
+    let mut child = worker.spawn()?;
+    let http = reqwest::Client::new();
+    let ready = Instant::now();
+    while http
+        .get(format!("http://127.0.0.1:{health}/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(30),
+            "worker did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let started = Instant::now();
+    let runs = crmsync::cli::start_full_sync(&deps, tenant, connection).await?;
+    let run = runs.first().ok_or_else(|| anyhow::anyhow!("no run"))?.id;
+    let mut last_report = Instant::now();
+    let done = loop {
+        let row = store.run(tenant, run).await?;
+        if row.status != RunStatus::Running {
+            break row;
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "  {backend} {records}: {} records after {:.0?}",
+                row.processed,
+                started.elapsed()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let wall = started.elapsed();
+    let peak = peak_rss_mb(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    anyhow::ensure!(
+        done.status == RunStatus::Succeeded && done.created as u64 == records,
+        "run ended badly: {done:?}"
+    );
+    let counters: serde_json::Value = http
+        .get(format!("http://{addr}/_sandbox/accounts/{PORTAL}/counters"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let rate_limited = counters["rateLimited"].as_object().map_or(0, |m| {
+        m.values().filter_map(serde_json::Value::as_u64).sum()
+    });
+    deps.queue.close().await;
+    store.close().await;
+    server.abort();
+    if let Some(db) = database {
+        drop_database(&db).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let floor = Duration::from_secs_f64(records as f64 / (PER_10S * PAGE) as f64 * 10.0);
+    Ok(Row {
+        backend,
+        records,
+        wall,
+        floor,
+        rate_limited,
+        peak_rss_mb: peak,
+    })
+}
+
+fn backend_queue(backend: &str) -> &'static str {
+    if backend == "postgres" {
+        "redis"
+    } else {
+        "sqlite"
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let backends: Vec<&'static str> = std::env::var("BENCH_BACKENDS")
+        .unwrap_or_else(|_| "postgres".into())
+        .split(',')
+        .map(|b| {
+            if b.trim() == "sqlite" {
+                "sqlite"
+            } else {
+                "postgres"
+            }
+        })
+        .collect();
+    let sizes: Vec<u64> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "10000,100000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let mut rows = Vec::new();
+    for backend in &backends {
+        for size in &sizes {
+            eprintln!("full sync of {size} contacts on {backend}…");
+            rows.push(run_one(backend, *size).await?);
+        }
+    }
+    println!();
+    println!(
+        "| store + queue | contacts | wall | floor | wall ÷ floor | records/s | budget records/s | 429s | worker peak RSS |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let budget = (PER_10S * PAGE) as f64 / 10.0;
+        println!(
+            "| {} | {} | {:.1} s | {:.1} s | {:.3} | {:.0} | {:.0} | {} | {:.1} MB |",
+            if r.backend == "postgres" {
+                "Postgres + Redis"
+            } else {
+                "SQLite + SQLite"
+            },
+            r.records,
+            r.wall.as_secs_f64(),
+            r.floor.as_secs_f64(),
+            r.wall.as_secs_f64() / r.floor.as_secs_f64(),
+            r.records as f64 / r.wall.as_secs_f64(),
+            budget,
+            r.rate_limited,
+            r.peak_rss_mb
+        );
+    }
+    println!();
+    println!(
+        "Goals: wall within 5 % of the floor (ratio ≤ 1.05), no 429s, worker peak RSS ≤ 64 MB and flat from 10k to 100k."
+    );
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! Sync against an unreliable or unwilling CRM: 5xx answers and hanging
+//! requests are retried until every record lands exactly once; credentials
+//! the CRM refuses mark the connection `needs_reauth`; an expired OAuth
+//! access token is refreshed once, a revoked refresh token ends in
+//! `needs_reauth`.
+
+use crate::fleet::{Fleet, assert_mirrors_sandbox, on_both_backends};
+use crate::support::{PORTAL, TOKEN, TestSandbox};
+use crmsync::config::Settings;
+use crmsync::domain::{
+    CanonicalField, ConnectionId, ConnectionStatus, RunId, RunKind, RunStatus, TenantId,
+};
+use crmsync::jobs::DeltaSyncJob;
+use crmsync::store::{Credentials, RunRow};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const CLIENT_ID: &str = "sandbox-client-id";
+const CLIENT_SECRET: &str = "sandbox-client-secret";
+
+/// Rebuilds the fleet's settings and dependencies (before workers start).
+async fn rewire(fleet: &mut Fleet, change: impl FnOnce(&mut Settings)) {
+    let mut settings = fleet.settings.clone();
+    change(&mut settings);
+    let deps = crmsync::app::deps(&settings, fleet.store.clone())
+        .await
+        .expect("deps");
+    let old = std::mem::replace(&mut fleet.deps, deps);
+    old.queue.close().await;
+    fleet.settings = settings;
+}
+
+async fn set_faults(sandbox: &TestSandbox, faults: Value) {
+    let reply = sandbox.put_control("/_sandbox/faults", faults).await;
+    assert!(reply.status.is_success(), "{:?}", reply.body);
+}
+
+async fn faults_injected(sandbox: &TestSandbox) -> u64 {
+    sandbox.counters().await["faultsInjected"]
+        .as_u64()
+        .expect("faultsInjected counter")
+}
+
+/// Waits (on state) until a run of `tenant` ends.
+async fn wait_run_of(fleet: &Fleet, tenant: TenantId, run: RunId, limit: Duration) -> RunRow {
+    let started = Instant::now();
+    loop {
+        let row = fleet.store.run(tenant, run).await.expect("run");
+        if row.status != RunStatus::Running {
+            return row;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "run {run} still running after {limit:?}: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A full sync of `connection` of `tenant` through the queue, to its end.
+async fn full_sync_of(
+    fleet: &Fleet,
+    tenant: TenantId,
+    connection: ConnectionId,
+    limit: Duration,
+) -> RunRow {
+    let runs = crmsync::cli::start_full_sync(&fleet.deps, tenant, connection)
+        .await
+        .expect("start full sync");
+    let run = runs.into_iter().next().expect("one object");
+    wait_run_of(fleet, tenant, run.id, limit).await
+}
+
+async fn bulk_edit(fleet: &Fleet, ids: &[u64], firstname: &str) {
+    let reply = fleet
+        .sandbox
+        .post_control(
+            &format!("/_sandbox/accounts/{PORTAL}/objects/contacts/bulk-update"),
+            json!({"ids": ids, "properties": {"firstname": firstname}, "suffixWithId": true}),
+        )
+        .await;
+    assert!(reply.status.is_success(), "{:?}", reply.body);
+    assert_eq!(reply.body["updated"].as_u64(), Some(ids.len() as u64));
+}
+
+async fn leads_named(fleet: &Fleet, prefix: &str) -> usize {
+    fleet
+        .leads()
+        .await
+        .iter()
+        .filter(|f| {
+            f.get(CanonicalField::FirstName)
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .count()
+}
+
+on_both_backends! {
+    async fn a_full_sync_through_a_crm_failing_one_request_in_five_lands_exactly_the_sandboxs_records(backend) {
+        let mut fleet = Fleet::start(backend, 3_000).await;
+        fleet.start_workers();
+        set_faults(&fleet.sandbox, json!({"errorRate": 0.2})).await;
+        let run = fleet.start_full_sync().await;
+        let done = fleet.wait_run(run.id, Duration::from_secs(60)).await;
+        let injected = faults_injected(&fleet.sandbox).await;
+        set_faults(&fleet.sandbox, json!({})).await;
+        assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+        assert!(injected > 0, "the sandbox failed no request: the test proves nothing");
+        assert_eq!(
+            (done.processed, done.created, done.failed, done.pages_done),
+            (3_000, 3_000, 0, 30),
+            "every page applied exactly once despite {injected} failed requests: {done:?}"
+        );
+        assert_mirrors_sandbox(&fleet).await;
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn a_full_sync_through_requests_that_hang_times_them_out_and_lands_every_record(backend) {
+        let mut fleet = Fleet::start(backend, 1_000).await;
+        rewire(&mut fleet, |s| s.hubspot.request_timeout_secs = 1).await;
+        fleet.start_workers();
+        set_faults(&fleet.sandbox, json!({"timeoutRate": 0.2})).await;
+        let run = fleet.start_full_sync().await;
+        let done = fleet.wait_run(run.id, Duration::from_secs(60)).await;
+        let injected = faults_injected(&fleet.sandbox).await;
+        set_faults(&fleet.sandbox, json!({})).await;
+        assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+        assert!(injected > 0, "no request hung: the test proves nothing");
+        assert_eq!(
+            (done.processed, done.created, done.failed, done.pages_done),
+            (1_000, 1_000, 0, 10),
+            "{injected} hung requests: {done:?}"
+        );
+        assert_mirrors_sandbox(&fleet).await;
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn a_queued_delta_through_a_failing_crm_still_brings_every_edit(backend) {
+        let mut fleet = Fleet::start(backend, 3_000).await;
+        fleet.start_workers();
+        fleet.full_sync().await;
+        let ids: Vec<u64> = fleet
+            .sandbox_contacts()
+            .await
+            .keys()
+            .map(|id| id.parse().expect("numeric id"))
+            .collect();
+        let edited = &ids[..1_000];
+        bulk_edit(&fleet, edited, "Edited").await;
+        set_faults(&fleet.sandbox, json!({"errorRate": 0.2})).await;
+        let job = DeltaSyncJob {
+            tenant: fleet.tenant,
+            connection: fleet.connection,
+            object: None,
+            trigger: format!("faults-{}", uuid::Uuid::now_v7()),
+            attempt: 0,
+            resume: None,
+        };
+        fleet.deps.queue.push_delta_sync(&job).await.expect("enqueue delta");
+        let started = Instant::now();
+        loop {
+            let arrived = leads_named(&fleet, "Edited #").await;
+            let latest = fleet
+                .store
+                .latest_run(fleet.tenant, fleet.connection)
+                .await
+                .expect("latest run");
+            let finished = latest
+                .as_ref()
+                .is_some_and(|r| r.kind == RunKind::DeltaSync && r.status == RunStatus::Succeeded);
+            if arrived == edited.len() && finished {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "{arrived} of {} edits arrived; latest run {latest:?}",
+                edited.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let injected = faults_injected(&fleet.sandbox).await;
+        set_faults(&fleet.sandbox, json!({})).await;
+        assert!(injected > 0, "the sandbox failed no request: the test proves nothing");
+        assert_mirrors_sandbox(&fleet).await;
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn a_refused_private_app_token_marks_the_connection_needs_reauth_until_it_is_reconnected(backend) {
+        let mut fleet = Fleet::start(backend, 150).await;
+        fleet.start_workers();
+        let tenant = fleet.store.create_tenant("refused").await.expect("tenant").id;
+        let wrong = Credentials::PrivateAppToken {
+            token: SecretString::from("pat-na1-ffffffff-ffff-4fff-8fff-ffffffffffff"),
+        };
+        let (connection, portal) = crmsync::cli::connect_hubspot_token(
+            &fleet.settings,
+            &fleet.store,
+            tenant,
+            wrong,
+            Some(PORTAL),
+        )
+        .await
+        .expect("connect with an explicit portal id");
+        assert_eq!(portal, PORTAL);
+
+        let run = full_sync_of(&fleet, tenant, connection, Duration::from_secs(20)).await;
+        assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+        let error = run.error.clone().unwrap_or_default();
+        assert!(error.contains("re-authorisation"), "the error names the cure: {error}");
+        assert_eq!(run.created, 0, "{run:?}");
+        let row = fleet.store.connection(tenant, connection).await.expect("connection");
+        assert_eq!(row.status, ConnectionStatus::NeedsReauth);
+        let reason = row.status_reason.unwrap_or_default();
+        assert!(reason.contains("crmsync connect"), "the reason says how to fix it: {reason}");
+
+        // While it needs re-authorisation, syncs stop at once without calling the CRM.
+        let again = full_sync_of(&fleet, tenant, connection, Duration::from_secs(20)).await;
+        assert_eq!(again.status, RunStatus::Failed, "{again:?}");
+        assert!(
+            again.error.as_deref().unwrap_or_default().contains("needs_reauth"),
+            "{again:?}"
+        );
+
+        // Reconnecting with a token the CRM accepts reactivates the same connection.
+        let right = Credentials::PrivateAppToken { token: SecretString::from(TOKEN) };
+        let (reconnected, _) = crmsync::cli::connect_hubspot_token(
+            &fleet.settings,
+            &fleet.store,
+            tenant,
+            right,
+            None,
+        )
+        .await
+        .expect("reconnect");
+        assert_eq!(reconnected, connection, "a re-authorisation keeps the connection");
+        let row = fleet.store.connection(tenant, connection).await.expect("connection");
+        assert_eq!(row.status, ConnectionStatus::Active);
+        let healed = full_sync_of(&fleet, tenant, connection, Duration::from_secs(20)).await;
+        assert_eq!(healed.status, RunStatus::Succeeded, "{healed:?}");
+        assert_eq!(healed.created, 150, "{healed:?}");
+        // The other tenant's connection never noticed.
+        let ours = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
+        assert_eq!(ours.status, ConnectionStatus::Active);
+        fleet.finish().await;
+    }
+}
+
+/// Tokens from the sandbox's OAuth flow: a code (the user's consent), then
+/// the `authorization_code` grant.
+async fn oauth_tokens(sandbox: &TestSandbox) -> (String, String, u64) {
+    let redirect = "https://platform.example/oauth/callback";
+    let code = sandbox
+        .post_control("/_sandbox/oauth/codes", json!({"redirectUri": redirect}))
+        .await;
+    assert!(code.status.is_success(), "{:?}", code.body);
+    let code = code.body["code"].as_str().expect("code").to_string();
+    let body = token_endpoint(
+        sandbox,
+        "/oauth/v3/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("redirect_uri", redirect),
+            ("code", &code),
+        ],
+    )
+    .await;
+    (
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string(),
+        body["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_string(),
+        body["expires_in"].as_u64().expect("expires_in"),
+    )
+}
+
+async fn token_endpoint(sandbox: &TestSandbox, path: &str, form: &[(&str, &str)]) -> Value {
+    let response = sandbox
+        .http
+        .post(format!("{}{path}", sandbox.base))
+        .form(form)
+        .send()
+        .await
+        .expect("token endpoint");
+    let status = response.status();
+    let body: Value = response.json().await.expect("JSON body");
+    assert!(status.is_success(), "{path}: {status} {body}");
+    body
+}
+
+async fn expire(sandbox: &TestSandbox, access_token: &str) {
+    let reply = sandbox
+        .post_control(
+            "/_sandbox/oauth/expire",
+            json!({"accessToken": access_token}),
+        )
+        .await;
+    assert!(reply.status.is_success(), "{:?}", reply.body);
+}
+
+fn oauth_parts(credentials: Credentials) -> (String, String) {
+    match credentials {
+        Credentials::OAuth {
+            access_token,
+            refresh_token,
+            ..
+        } => (
+            access_token.expose_secret().to_string(),
+            refresh_token.expose_secret().to_string(),
+        ),
+        other => panic!("expected OAuth credentials, got {other:?}"),
+    }
+}
+
+on_both_backends! {
+    async fn an_expired_oauth_token_is_refreshed_once_and_a_revoked_refresh_token_ends_in_needs_reauth(backend) {
+        let mut fleet = Fleet::start(backend, 250).await;
+        rewire(&mut fleet, |s| {
+            s.hubspot.client_id = Some(CLIENT_ID.into());
+            s.hubspot.client_secret = Some(SecretString::from(CLIENT_SECRET));
+        })
+        .await;
+        fleet.start_workers();
+        let (access, refresh, expires_in) = oauth_tokens(&fleet.sandbox).await;
+        let credentials = Credentials::OAuth {
+            access_token: SecretString::from(access.clone()),
+            refresh_token: SecretString::from(refresh.clone()),
+            expires_at: chrono::Utc::now() + chrono::Duration::seconds(expires_in as i64),
+        };
+        // The portal is read from HubSpot's account details with the OAuth token.
+        let (connection, portal) = crmsync::cli::connect_hubspot_token(
+            &fleet.settings,
+            &fleet.store,
+            fleet.tenant,
+            credentials,
+            None,
+        )
+        .await
+        .expect("connect with OAuth tokens");
+        assert_eq!((connection, portal), (fleet.connection, PORTAL));
+
+        // HubSpot expires the token before our stored expiry says so.
+        expire(&fleet.sandbox, &access).await;
+        assert_eq!(fleet.sandbox.status_with(&access).await, reqwest::StatusCode::UNAUTHORIZED);
+        let run = fleet.full_sync().await;
+        assert_eq!((run.processed, run.created, run.pages_done), (250, 250, 3), "{run:?}");
+        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
+        assert_eq!(row.status, ConnectionStatus::Active);
+        let (fresh, kept_refresh) = oauth_parts(fleet.store.credentials(&row).expect("credentials open"));
+        assert_ne!(fresh, access, "the refreshed access token is stored");
+        assert_eq!(kept_refresh, refresh, "HubSpot keeps the refresh token");
+        assert!(fleet.sandbox.status_with(&fresh).await.is_success(), "the stored token works");
+        // One refresh served every page: a second sync uses the stored token
+        // and needs none (the stored token is unchanged after it).
+        fleet.full_sync().await;
+        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
+        let (same, _) = oauth_parts(fleet.store.credentials(&row).expect("credentials open"));
+        assert_eq!(same, fresh, "no refresh while the token is valid");
+
+        // The customer uninstalls the app: the refresh token is revoked.
+        token_endpoint(
+            &fleet.sandbox,
+            "/oauth/v3/token/revoke",
+            &[("client_id", CLIENT_ID), ("client_secret", CLIENT_SECRET), ("token", &refresh)],
+        )
+        .await;
+        expire(&fleet.sandbox, &fresh).await;
+        let run = fleet.start_full_sync().await;
+        let failed = fleet.wait_run(run.id, Duration::from_secs(20)).await;
+        assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+        let error = failed.error.clone().unwrap_or_default();
+        assert!(error.contains("re-authorisation"), "{error}");
+        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
+        assert_eq!(row.status, ConnectionStatus::NeedsReauth, "{:?}", row.status_reason);
+        assert_mirrors_sandbox(&fleet).await;
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn a_delta_attempt_cut_off_at_the_job_timeout_does_not_leave_its_run_running(backend) {
+        let mut fleet = Fleet::start(backend, 100).await;
+        // Requests give up after the job does, so the job timeout (4 s) cuts
+        // the attempt off while its request hangs.
+        rewire(&mut fleet, |s| s.hubspot.request_timeout_secs = 6).await;
+        let job_timeout = Duration::from_secs(fleet.settings.worker.job_timeout_secs);
+        fleet.start_workers();
+        fleet.full_sync().await;
+        set_faults(&fleet.sandbox, json!({"timeoutRate": 1.0})).await;
+        let job = DeltaSyncJob {
+            tenant: fleet.tenant,
+            connection: fleet.connection,
+            object: None,
+            trigger: format!("hang-{}", uuid::Uuid::now_v7()),
+            attempt: 0,
+            resume: None,
+        };
+        fleet.deps.queue.push_delta_sync(&job).await.expect("enqueue delta");
+        let started = Instant::now();
+        let first = loop {
+            let latest = fleet
+                .store
+                .latest_run(fleet.tenant, fleet.connection)
+                .await
+                .expect("latest run");
+            if let Some(run) = latest.filter(|r| r.kind == RunKind::DeltaSync) {
+                break run;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no delta run started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let since_start = Instant::now();
+        let ended = loop {
+            let row = fleet.store.run(fleet.tenant, first.id).await.expect("run");
+            if row.status != RunStatus::Running {
+                break row;
+            }
+            assert!(
+                since_start.elapsed() < job_timeout + Duration::from_secs(4),
+                "the delta attempt was abandoned at the {job_timeout:?} job timeout, yet its run \
+                 is still `running` {:?} later: {row:?}",
+                since_start.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        set_faults(&fleet.sandbox, json!({})).await;
+        assert_eq!(ended.status, RunStatus::Failed, "{ended:?}");
+        assert!(ended.error.is_some(), "{ended:?}");
+        fleet.finish().await;
+    }
+}
