@@ -127,6 +127,7 @@ pub async fn run(
             .collect(),
     };
     let mut session = Session::open(deps, connection).await?;
+    progress.resume = job.resume.clone();
     let mut runs = Vec::new();
     let mut resume_at = None;
     for object in objects {
@@ -200,10 +201,11 @@ async fn pull(
     object: CrmObject,
     run: RunId,
     cursor: Cursor,
-    start: Option<DeltaResume>,
     deadline: std::time::Instant,
     progress: &mut DeltaProgress,
 ) -> Result<Progress, JobError> {
+    // A retry or follow-up resumes where its predecessor stopped.
+    let start = progress.resume.clone().filter(|r| r.object == object);
     let sync = &deps.settings.sync;
     let connection: ConnectionRow = session.connection.clone();
     let Some(kind) = connection.settings.kind_of(object) else {
