@@ -156,14 +156,12 @@ pub async fn run(
             .await?;
         runs.push(run.id);
         progress.open_run = Some(run.id);
-        let start = job.resume.clone().filter(|r| r.object == object);
         let pulled = pull(
             deps,
             &mut session,
             object,
             run.id,
             cursor,
-            start,
             deadline,
             progress,
         )
