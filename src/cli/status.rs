@@ -29,58 +29,14 @@ pub struct ConnectionReport {
     pub status_reason: Option<String>,
     /// Platform records linked to it.
     pub records: i64,
-    /// The most recent sync run.
-    pub last_run: Option<RunReport>,
+    /// The most recent sync run (`kind`, `object`, `status`, `startedAt`,
+    /// `finishedAt`, `pagesDone`, `processed`, `created`, `updated`,
+    /// `unchanged`, `failed`, `error`).
+    pub last_run: Option<RunRow>,
     /// Delta cursor per CRM object.
     pub cursors: BTreeMap<String, CursorReport>,
     /// Now minus the oldest cursor time, in seconds.
     pub lag_seconds: Option<i64>,
-}
-
-/// A run as reported.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunReport {
-    /// `full_sync` or `delta_sync`.
-    pub kind: String,
-    /// CRM object.
-    pub object: String,
-    /// `running`, `succeeded` or `failed`.
-    pub status: String,
-    /// Start.
-    pub started_at: DateTime<Utc>,
-    /// End.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Records read.
-    pub processed: i64,
-    /// Records created.
-    pub created: i64,
-    /// Records updated.
-    pub updated: i64,
-    /// Records unchanged.
-    pub unchanged: i64,
-    /// Records failed.
-    pub failed: i64,
-    /// Why it failed.
-    pub error: Option<String>,
-}
-
-impl From<RunRow> for RunReport {
-    fn from(r: RunRow) -> Self {
-        Self {
-            kind: r.kind.to_string(),
-            object: r.object.to_string(),
-            status: r.status.to_string(),
-            started_at: r.started_at,
-            finished_at: r.finished_at,
-            processed: r.processed,
-            created: r.created,
-            updated: r.updated,
-            unchanged: r.unchanged,
-            failed: r.failed,
-            error: r.error,
-        }
-    }
 }
 
 /// A cursor as reported.
@@ -113,7 +69,7 @@ pub async fn collect(store: &Store) -> anyhow::Result<Vec<ConnectionReport>> {
             status: connection.status.to_string(),
             status_reason: connection.status_reason,
             records: store.linked_records(tenant, id).await?,
-            last_run: store.latest_run(tenant, id).await?.map(RunReport::from),
+            last_run: store.latest_run(tenant, id).await?,
             cursors: cursors
                 .into_iter()
                 .map(|(o, c)| {

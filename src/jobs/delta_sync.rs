@@ -219,6 +219,21 @@ async fn pull(
         None => (cursor.modified_at - seconds(sync.overlap_secs), None),
     };
     let limit = sync.delta_page_size;
+    // Every write of this pull: the page's records and the cursor after them.
+    let page_write = |items: Vec<crate::sync::Incoming>, cursor: Option<Cursor>| PageWrite {
+        tenant: connection.tenant,
+        connection: connection.id,
+        provider: connection.provider,
+        object,
+        kind,
+        strategy: connection.settings.strategy,
+        items,
+        run,
+        page_number: None,
+        next_page_token: None,
+        finishes_run: false,
+        cursor,
+    };
     // Where a follow-up resumes if the time budget runs out: just behind the
     // last page applied, so every job run makes progress.
     let mut resume = DeltaResume {
@@ -255,23 +270,13 @@ async fn pull(
                 .records
                 .last()
                 .map(|r| (r.modified_at, r.crm_id.clone()));
-            let write = PageWrite {
-                tenant: connection.tenant,
-                connection: connection.id,
-                provider: connection.provider,
-                object,
-                kind,
-                strategy: connection.settings.strategy,
-                items: page.records,
-                run,
-                page_number: None,
-                next_page_token: None,
-                finishes_run: false,
-                cursor: last.clone().map(|(modified_at, crm_id)| Cursor {
+            let write = page_write(
+                page.records,
+                last.clone().map(|(modified_at, crm_id)| Cursor {
                     modified_at,
                     crm_id,
                 }),
-            };
+            );
             let outcome = deps.store.apply_page(&write).await?;
             crate::telemetry::record_page("delta_sync", outcome.map(|o| o.counts));
             if let Some((last_at, last_id)) = &last {
@@ -336,23 +341,13 @@ async fn pull(
     // its end (records that show up late there are re-read by the overlap),
     // so the lag reported is the sync's real delay, not the age of the last
     // change.
-    let end = PageWrite {
-        tenant: connection.tenant,
-        connection: connection.id,
-        provider: connection.provider,
-        object,
-        kind,
-        strategy: connection.settings.strategy,
-        items: Vec::new(),
-        run,
-        page_number: None,
-        next_page_token: None,
-        finishes_run: false,
-        cursor: Some(Cursor {
+    let end = page_write(
+        Vec::new(),
+        Some(Cursor {
             modified_at: until,
             crm_id: CrmId("0".into()),
         }),
-    };
+    );
     deps.store.apply_page(&end).await?;
     Ok(Progress::Caught)
 }

@@ -239,6 +239,21 @@ async fn stop_signal(mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerEr
     Ok(())
 }
 
+/// Builds and runs one apalis worker; the storage type differs per backend
+/// and job kind, the chain does not (a macro, since apalis's generic bounds
+/// for a shared function are long and brittle).
+macro_rules! run_worker {
+    ($storage:expr, $handler:expr, $name:expr, $deps:expr, $poll:expr, $concurrency:expr, $signal:expr) => {
+        WorkerBuilder::new($name)
+            .backend($storage.poll_with_interval($poll))
+            .data($deps)
+            .concurrency($concurrency)
+            .build($handler)
+            .run_until($signal)
+            .await
+    };
+}
+
 async fn run_one(
     queue: &Queue,
     deps: Deps,
@@ -246,54 +261,29 @@ async fn run_one(
     name: String,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let poll = queue.settings.poll_interval;
-    let batch = spec.concurrency;
+    let (poll, n) = (queue.settings.poll_interval, spec.concurrency);
     let tuning = &queue.settings;
     let signal = stop_signal(shutdown);
     match (&queue.storages, spec.kind) {
         (Storages::Redis { conn, .. }, JobKind::FullSync) => {
             let storage: RedisStorage<FullSyncJob> =
-                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, batch));
-            WorkerBuilder::new(name)
-                .backend(storage.poll_with_interval(poll))
-                .data(deps)
-                .concurrency(spec.concurrency)
-                .build(full_sync_task)
-                .run_until(signal)
-                .await
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, n));
+            run_worker!(storage, full_sync_task, name, deps, poll, n, signal)
         }
         (Storages::Redis { conn, .. }, JobKind::DeltaSync) => {
             let storage: RedisStorage<DeltaSyncJob> =
-                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, batch));
-            WorkerBuilder::new(name)
-                .backend(storage.poll_with_interval(poll))
-                .data(deps)
-                .concurrency(spec.concurrency)
-                .build(delta_sync_task)
-                .run_until(signal)
-                .await
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, n));
+            run_worker!(storage, delta_sync_task, name, deps, poll, n, signal)
         }
         (Storages::Sqlite { pool, .. }, JobKind::FullSync) => {
             let storage: SqliteStorage<FullSyncJob> =
-                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, batch));
-            WorkerBuilder::new(name)
-                .backend(storage.poll_with_interval(poll))
-                .data(deps)
-                .concurrency(spec.concurrency)
-                .build(full_sync_task)
-                .run_until(signal)
-                .await
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
+            run_worker!(storage, full_sync_task, name, deps, poll, n, signal)
         }
         (Storages::Sqlite { pool, .. }, JobKind::DeltaSync) => {
             let storage: SqliteStorage<DeltaSyncJob> =
-                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, batch));
-            WorkerBuilder::new(name)
-                .backend(storage.poll_with_interval(poll))
-                .data(deps)
-                .concurrency(spec.concurrency)
-                .build(delta_sync_task)
-                .run_until(signal)
-                .await
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
+            run_worker!(storage, delta_sync_task, name, deps, poll, n, signal)
         }
     }
 }
