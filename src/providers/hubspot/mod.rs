@@ -1,7 +1,8 @@
 //! HubSpot: the read side (list, search, batch read), account details and
-//! OAuth refresh, plus the default property mapping.
+//! OAuth refresh, the default property mapping, and webhook verification.
 
 mod client;
 pub mod mapping;
+pub mod webhook;
 
 pub use client::{ChangeQuery, HubspotClient, Page, RefreshedTokens};
