@@ -5,9 +5,9 @@
 //! Signatures (CRM_API_FACTS §1.5): v3 is `Base64(HMAC-SHA256(secret, method
 //! + uri + body + timestamp))` over the URI HubSpot called with a fixed set of
 //! percent-encodings decoded, within 5 minutes either way; v1 is
-//! `hex(SHA-256(secret + body))` and v2 `hex(SHA-256(secret + method + uri +
-//! body))`, accepted only where the operator allows them. Every comparison is
-//! constant-time.
+//! `hex(SHA-256(secret + body))` and v2 is `hex(SHA-256(secret + method +
+//! uri + body))`, accepted only where the operator allows them. Every
+//! comparison is constant-time.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -337,11 +337,10 @@ pub fn coalesce(events: &[WebhookEvent]) -> Coalesced {
         let kind = event.subscription_type.rsplit('.').next().unwrap_or("");
         let id = event.object_id;
         match kind {
-            "creation" | "propertyChange" | "restore" => {
-                if !out.erased.contains(&id) {
-                    out.deleted.remove(&id);
-                    out.changed.insert(id);
-                }
+            // An erased record never comes back.
+            "creation" | "propertyChange" | "restore" if !out.erased.contains(&id) => {
+                out.deleted.remove(&id);
+                out.changed.insert(id);
             }
             "deletion" => {
                 out.changed.remove(&id);
