@@ -2,12 +2,14 @@
 //! is passed in): unverified bytes cannot become events, because the only way
 //! to get a [`Verified`] batch is through [`verify_batch`].
 //!
-//! Signatures (CRM_API_FACTS §1.5): v3 is `Base64(HMAC-SHA256(secret, method
-//! + uri + body + timestamp))` over the URI HubSpot called with a fixed set of
-//! percent-encodings decoded, within 5 minutes either way; v1 is
-//! `hex(SHA-256(secret + body))` and v2 is `hex(SHA-256(secret + method +
-//! uri + body))`, accepted only where the operator allows them. Every
-//! comparison is constant-time.
+//! Signatures (CRM_API_FACTS §1.5):
+//! - v3: Base64 of HMAC-SHA256 over method, URI (HubSpot's listed
+//!   percent-encodings decoded), body and timestamp, within 5 minutes either
+//!   way;
+//! - v1: hex SHA-256 of secret and body; v2: hex SHA-256 of secret, method,
+//!   URI and body — accepted only where the operator allows them.
+//!
+//! Every comparison is constant-time.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
