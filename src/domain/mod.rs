@@ -83,7 +83,9 @@ closed_set!(
 
 closed_set!(
     /// Kinds of sync run recorded in `sync_runs`.
-    RunKind, "run kind" { FullSync => "full_sync", DeltaSync => "delta_sync" }
+    RunKind, "run kind" {
+        FullSync => "full_sync", DeltaSync => "delta_sync", ProcessWebhook => "process_webhook"
+    }
 );
 
 closed_set!(

@@ -4,10 +4,12 @@
 
 pub mod delta_sync;
 pub mod full_sync;
+pub mod process_webhook;
 mod session;
 
 pub use delta_sync::{DeltaOutcome, DeltaProgress, DeltaResume, DeltaSyncJob};
 pub use full_sync::FullSyncJob;
+pub use process_webhook::ProcessWebhookJob;
 pub use session::Session;
 
 use crate::config::Settings;
@@ -26,17 +28,20 @@ pub enum JobKind {
     FullSync,
     /// [`DeltaSyncJob`].
     DeltaSync,
+    /// [`ProcessWebhookJob`].
+    ProcessWebhook,
 }
 
 impl JobKind {
     /// Every kind.
-    pub const ALL: &'static [JobKind] = &[JobKind::FullSync, JobKind::DeltaSync];
+    pub const ALL: &'static [JobKind] = &[JobKind::FullSync, JobKind::DeltaSync, JobKind::ProcessWebhook];
 
     /// The stem.
     pub fn stem(self) -> &'static str {
         match self {
             JobKind::FullSync => "full_sync",
             JobKind::DeltaSync => "delta_sync",
+            JobKind::ProcessWebhook => "process_webhook",
         }
     }
 

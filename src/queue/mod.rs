@@ -13,7 +13,7 @@ mod worker;
 pub use worker::{Settled, WorkerSpec, run_workers, settle};
 
 use crate::config::{QueueBackend, Settings};
-use crate::jobs::{DeltaSyncJob, FullSyncJob, JobKind};
+use crate::jobs::{DeltaSyncJob, FullSyncJob, JobKind, ProcessWebhookJob};
 use apalis::prelude::{TaskBuilder, TaskSink};
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
@@ -46,16 +46,8 @@ pub enum QueueError {
 /// A storage per job kind on one backend.
 #[derive(Clone)]
 enum Storages {
-    Redis {
-        full_sync: RedisStorage<FullSyncJob>,
-        delta_sync: RedisStorage<DeltaSyncJob>,
-        conn: apalis_redis::ConnectionManager,
-    },
-    Sqlite {
-        full_sync: SqliteStorage<FullSyncJob>,
-        delta_sync: SqliteStorage<DeltaSyncJob>,
-        pool: sqlx::SqlitePool,
-    },
+    Redis { conn: apalis_redis::ConnectionManager },
+    Sqlite { pool: sqlx::SqlitePool },
 }
 
 /// The queue handle: cheap to clone, shared by producers and workers.
@@ -101,13 +93,7 @@ impl Queue {
                 let conn = apalis_redis::connect(url)
                     .await
                     .map_err(|e| QueueError::Redis(e.to_string()))?;
-                Storages::Redis {
-                    full_sync: RedisStorage::new(conn.clone())
-                        .with_config(tuning.redis_config(JobKind::FullSync, 1)),
-                    delta_sync: RedisStorage::new(conn.clone())
-                        .with_config(tuning.redis_config(JobKind::DeltaSync, 1)),
-                    conn,
-                }
+                Storages::Redis { conn }
             }
             QueueBackend::Sqlite => {
                 let path = store_dir.join(&settings.queue.sqlite_path);
@@ -119,13 +105,7 @@ impl Queue {
                     .run(&pool)
                     .await
                     .map_err(|e| QueueError::Sqlite(e.to_string()))?;
-                Storages::Sqlite {
-                    full_sync: SqliteStorage::new(&pool)
-                        .with_config(tuning.sqlite_config(JobKind::FullSync, 1)),
-                    delta_sync: SqliteStorage::new(&pool)
-                        .with_config(tuning.sqlite_config(JobKind::DeltaSync, 1)),
-                    pool,
-                }
+                Storages::Sqlite { pool }
             }
         };
         Ok(Self {
@@ -140,28 +120,8 @@ impl Queue {
     }
 
     /// Enqueues a full-sync page to run after `delay`.
-    pub async fn push_full_sync_after(
-        &self,
-        job: &FullSyncJob,
-        delay: Duration,
-    ) -> Result<(), QueueError> {
-        let task = self.task(job.clone(), job.idempotency_key(), delay);
-        let result = match &self.storages {
-            Storages::Redis { full_sync, .. } => full_sync
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| e.to_string()),
-            Storages::Sqlite { full_sync, .. } => full_sync
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        result.map_err(|message| QueueError::Push {
-            job: "full_sync",
-            message,
-        })
+    pub async fn push_full_sync_after(&self, job: &FullSyncJob, delay: Duration) -> Result<(), QueueError> {
+        self.push(JobKind::FullSync, job.clone(), job.idempotency_key(), delay).await
     }
 
     /// Enqueues a delta sync (once per idempotency key).
@@ -170,28 +130,35 @@ impl Queue {
     }
 
     /// Enqueues a delta sync to run after `delay`.
-    pub async fn push_delta_sync_after(
-        &self,
-        job: &DeltaSyncJob,
-        delay: Duration,
-    ) -> Result<(), QueueError> {
-        let task = self.task(job.clone(), job.idempotency_key(), delay);
+    pub async fn push_delta_sync_after(&self, job: &DeltaSyncJob, delay: Duration) -> Result<(), QueueError> {
+        self.push(JobKind::DeltaSync, job.clone(), job.idempotency_key(), delay).await
+    }
+
+    /// Enqueues webhook processing to run after `delay` (once per key).
+    pub async fn push_process_webhook_after(&self, job: &ProcessWebhookJob, delay: Duration) -> Result<(), QueueError> {
+        self.push(JobKind::ProcessWebhook, job.clone(), job.idempotency_key(), delay).await
+    }
+
+    /// Pushes through a storage made for the job's queue (cheap: it shares
+    /// the connection or pool), so no storage per kind needs keeping.
+    async fn push<J>(&self, kind: JobKind, job: J, key: String, delay: Duration) -> Result<(), QueueError>
+    where
+        J: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
+    {
+        let task = self.task(job, key, delay);
         let result = match &self.storages {
-            Storages::Redis { delta_sync, .. } => delta_sync
-                .clone()
+            Storages::Redis { conn } => RedisStorage::<J>::new(conn.clone())
+                .with_config(self.settings.redis_config(kind, 1))
                 .push_task(task)
                 .await
                 .map_err(|e| e.to_string()),
-            Storages::Sqlite { delta_sync, .. } => delta_sync
-                .clone()
+            Storages::Sqlite { pool } => SqliteStorage::<J>::new(pool)
+                .with_config(self.settings.sqlite_config(kind, 1))
                 .push_task(task)
                 .await
                 .map_err(|e| e.to_string()),
         };
-        result.map_err(|message| QueueError::Push {
-            job: "delta_sync",
-            message,
-        })
+        result.map_err(|message| QueueError::Push { job: kind.stem(), message })
     }
 
     fn task<J>(&self, job: J, key: String, delay: Duration) -> apalis::prelude::Task<J> {

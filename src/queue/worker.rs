@@ -4,7 +4,7 @@
 
 use super::{Queue, Storages};
 use crate::domain::RunStatus;
-use crate::jobs::{self, DeltaSyncJob, Deps, FullSyncJob, JobError, JobKind};
+use crate::jobs::{self, DeltaSyncJob, Deps, FullSyncJob, JobError, JobKind, ProcessWebhookJob};
 use apalis::prelude::{
     AbortError, BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError,
 };
@@ -171,6 +171,27 @@ async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxD
     }
 }
 
+async fn process_webhook_task(job: ProcessWebhookJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let started = Instant::now();
+    let result = with_timeout(&deps, jobs::process_webhook::run(&job, &deps)).await;
+    let settled = settle(&result, job.attempt, deps.settings.worker.max_attempts, jitter_seed());
+    crate::telemetry::record_job("process_webhook", settled, started.elapsed());
+    match (settled, result) {
+        (Settled::Done, _) | (_, Ok(())) => Ok(()),
+        (Settled::Retry(delay), Err(e)) => {
+            tracing::warn!(job = "process_webhook", connection.id = %job.connection, attempt = job.attempt, error = %e, ?delay, "retrying");
+            let again = ProcessWebhookJob { attempt: job.attempt + 1, ..job.clone() };
+            deps.queue.push_process_webhook_after(&again, delay).await?;
+            Ok(())
+        }
+        (Settled::GiveUp, Err(e)) => {
+            // The next delta sync brings whatever this delivery said.
+            tracing::error!(job = "process_webhook", connection.id = %job.connection, error = %e, "giving up; the next delta covers it");
+            Err(AbortError::new(e).into())
+        }
+    }
+}
+
 fn worker_name(kind: JobKind) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     format!(
@@ -279,6 +300,16 @@ async fn run_one(
             let storage: SqliteStorage<FullSyncJob> =
                 SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
             run_worker!(storage, full_sync_task, name, deps, poll, n, signal)
+        }
+        (Storages::Redis { conn }, JobKind::ProcessWebhook) => {
+            let storage: RedisStorage<ProcessWebhookJob> =
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, n));
+            run_worker!(storage, process_webhook_task, name, deps, poll, n, signal)
+        }
+        (Storages::Sqlite { pool }, JobKind::ProcessWebhook) => {
+            let storage: SqliteStorage<ProcessWebhookJob> =
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
+            run_worker!(storage, process_webhook_task, name, deps, poll, n, signal)
         }
         (Storages::Sqlite { pool, .. }, JobKind::DeltaSync) => {
             let storage: SqliteStorage<DeltaSyncJob> =

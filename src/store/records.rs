@@ -4,10 +4,7 @@
 
 use super::runs::{RunUpdate, add_counts, advance_cursor};
 use super::{Store, StoreError, Tx, on_db};
-use crate::domain::{
-    ConnectionId, CrmObject, Cursor, Origin, ProviderKind, RecordFields, RecordId, RecordKind,
-    RunId, TenantId,
-};
+use crate::domain::{ConnectionId, CrmId, CrmObject, Cursor, Origin, ProviderKind, RecordFields, RecordId, RecordKind, RunId, TenantId};
 use crate::sync::{ConflictStrategy, Incoming, LinkState, LocalState, PullDecision, decide_pull};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -64,6 +61,7 @@ struct RecordSql {
     id: uuid::Uuid,
     fields: Json<RecordFields>,
     updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -167,6 +165,129 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Marks links as deleted in the CRM (tombstones): the platform record
+    /// stays (default delete policy); a later restore clears the tombstone.
+    pub async fn tombstone_links(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        crm_ids: &[CrmId],
+    ) -> Result<(), StoreError> {
+        if crm_ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin(tenant).await?;
+        let now = Utc::now();
+        for id in crm_ids {
+            on_db!(&mut tx, |c| sqlx::query(
+                "UPDATE record_links SET crm_deleted_at = $1, updated_at = $1
+                  WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND crm_id = $5 AND crm_deleted_at IS NULL"
+            )
+            .bind(now)
+            .bind(tenant.0)
+            .bind(connection.0)
+            .bind(object.as_str())
+            .bind(id.as_str())
+            .execute(c)
+            .await
+            .map(|_| ()))?;
+        }
+        tx.commit().await
+    }
+
+    /// Privacy deletion: the linked platform records lose every personal
+    /// field and are marked deleted; the link stays as an audited tombstone
+    /// (ids and times only) that blocks re-creation by a late event.
+    pub async fn erase_linked_records(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        crm_ids: &[CrmId],
+    ) -> Result<(), StoreError> {
+        if crm_ids.is_empty() {
+            return Ok(());
+        }
+        let empty = Json(RecordFields::new());
+        let mut tx = self.begin(tenant).await?;
+        let now = Utc::now();
+        for id in crm_ids {
+            on_db!(&mut tx, |c| sqlx::query(
+                "UPDATE records SET fields = $1, dedupe_key = NULL, deleted_at = $2, updated_at = $2, version = version + 1
+                  WHERE tenant_id = $3 AND id IN (SELECT record_id FROM record_links
+                        WHERE tenant_id = $3 AND connection_id = $4 AND crm_object = $5 AND crm_id = $6)"
+            )
+            .bind(&empty)
+            .bind(now)
+            .bind(tenant.0)
+            .bind(connection.0)
+            .bind(object.as_str())
+            .bind(id.as_str())
+            .execute(c)
+            .await
+            .map(|_| ()))?;
+            on_db!(&mut tx, |c| sqlx::query(
+                "UPDATE record_links SET base = $1, pulled_fingerprint = NULL, pushed_fingerprint = NULL, crm_deleted_at = $2, updated_at = $2
+                  WHERE tenant_id = $3 AND connection_id = $4 AND crm_object = $5 AND crm_id = $6"
+            )
+            .bind(&empty)
+            .bind(now)
+            .bind(tenant.0)
+            .bind(connection.0)
+            .bind(object.as_str())
+            .bind(id.as_str())
+            .execute(c)
+            .await
+            .map(|_| ()))?;
+        }
+        tx.commit().await
+    }
+
+    /// A CRM merge: the link to the merged-away id now points at the
+    /// survivor, or — when the survivor is linked already — becomes a
+    /// tombstone (the survivor's state arrives as a change).
+    pub async fn remap_link(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        from: &CrmId,
+        to: &CrmId,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let now = Utc::now();
+        let survivor: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| sqlx::query_as(
+            "SELECT id FROM record_links WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id = $4"
+        )
+        .bind(tenant.0)
+        .bind(connection.0)
+        .bind(object.as_str())
+        .bind(to.as_str())
+        .fetch_optional(c)
+        .await)?;
+        let sql = if survivor.is_some() {
+            "UPDATE record_links SET crm_deleted_at = $1, updated_at = $1
+              WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND crm_id = $5 AND $6 = $6"
+        } else {
+            "UPDATE record_links SET crm_id = $6, updated_at = $1
+              WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND crm_id = $5"
+        };
+        on_db!(&mut tx, |c| sqlx::query(sql)
+            .bind(now)
+            .bind(tenant.0)
+            .bind(connection.0)
+            .bind(object.as_str())
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .execute(c)
+            .await
+            .map(|_| ()))?;
+        tx.commit().await
+    }
+}
+
 enum Applied {
     Created,
     Updated,
@@ -195,7 +316,7 @@ async fn apply_one(
     let email = item.fields.normalized_email().map(str::to_string);
     let local: Option<RecordSql> = match (&link, &email) {
         (Some(l), _) => on_db!(tx, |c| sqlx::query_as(
-            "SELECT id, fields, updated_at FROM records WHERE tenant_id = $1 AND id = $2"
+            "SELECT id, fields, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND id = $2"
         )
         .bind(t)
         .bind(l.record_id)
@@ -203,7 +324,7 @@ async fn apply_one(
         .await)?,
         (None, Some(email)) if !allow_duplicates => on_db!(tx, |c| {
             sqlx::query_as(
-            "SELECT id, fields, updated_at FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"
+            "SELECT id, fields, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"
         )
         .bind(t)
         .bind(page.kind.as_str())
@@ -213,6 +334,10 @@ async fn apply_one(
         })?,
         _ => None,
     };
+    if local.as_ref().is_some_and(|r| r.deleted_at.is_some()) {
+        // Deleted or erased on the platform: a CRM state never revives it.
+        return Ok(Applied::Unchanged);
+    }
     let link_state = link.as_ref().map(|l| LinkState {
         base: l.base.0.clone().renormalized(),
         pulled_fingerprint: l.pulled_fingerprint.clone(),

@@ -1,0 +1,129 @@
+//! `ProcessWebhook`: what a batch of webhook events says per record —
+//! changed, deleted, erased, merged — applied to the platform. Changed records
+//! are fetched in batches of up to 100 (their current state, never an event's
+//! value, so reordering and duplicates cannot regress a field) and applied
+//! through the same idempotent page write as a sync.
+//!
+//! The job carries CRM ids only: no customer data sits in the queue.
+
+use super::{Deps, JobError, Session};
+use crate::domain::{ConnectionId, CrmId, CrmObject, RunKind, RunStatus, TenantId};
+use crate::providers::hubspot::webhook::Coalesced;
+use crate::store::PageWrite;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// HubSpot's batch read takes at most 100 ids.
+const BATCH: usize = 100;
+
+/// The coalesced meaning of one webhook delivery for one connection and object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessWebhookJob {
+    /// Owner.
+    pub tenant: TenantId,
+    /// Connection the events were routed to.
+    pub connection: ConnectionId,
+    /// CRM object the events are about.
+    pub object: CrmObject,
+    /// Records to fetch and apply.
+    pub changed: Vec<CrmId>,
+    /// Records deleted in the CRM: their links become tombstones.
+    pub deleted: Vec<CrmId>,
+    /// Records erased for privacy: the platform record's personal fields go.
+    pub erased: Vec<CrmId>,
+    /// (merged-away id, surviving id).
+    pub merged: Vec<(CrmId, CrmId)>,
+    /// Identifies the delivery (the idempotency key).
+    pub delivery: String,
+    /// Retry number.
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl ProcessWebhookJob {
+    /// Builds the job for one connection from coalesced events.
+    pub fn from_coalesced(
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        coalesced: &Coalesced,
+        delivery: String,
+    ) -> Self {
+        let ids = |set: &BTreeSet<u64>| set.iter().map(|id| CrmId(id.to_string())).collect();
+        Self {
+            tenant,
+            connection,
+            object,
+            changed: ids(&coalesced.changed),
+            deleted: ids(&coalesced.deleted),
+            erased: ids(&coalesced.erased),
+            merged: coalesced
+                .merged_into
+                .iter()
+                .map(|(from, to)| (CrmId(from.to_string()), CrmId(to.to_string())))
+                .collect(),
+            delivery,
+            attempt: 0,
+        }
+    }
+
+    /// The key that makes enqueueing the same delivery twice a no-op.
+    pub fn idempotency_key(&self) -> String {
+        format!("process_webhook:{}:{}:{}", self.connection, self.delivery, self.attempt)
+    }
+}
+
+/// Applies the job; records its counts in a `process_webhook` run.
+pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
+    let connection = deps.store.connection(job.tenant, job.connection).await?;
+    let Some(kind) = connection.settings.kind_of(job.object) else {
+        // Events for an object this connection does not sync: nothing to do.
+        return Ok(());
+    };
+    let strategy = connection.settings.strategy;
+    let provider = connection.provider;
+    let mut session = Session::open(deps, connection).await?;
+    let account = session.account().to_string();
+    let store = &deps.store;
+    for (from, to) in &job.merged {
+        store.remap_link(job.tenant, job.connection, job.object, from, to).await?;
+    }
+    store.erase_linked_records(job.tenant, job.connection, job.object, &job.erased).await?;
+    store.tombstone_links(job.tenant, job.connection, job.object, &job.deleted).await?;
+    if job.changed.is_empty() {
+        return Ok(());
+    }
+    let run = store.start_run(job.tenant, job.connection, job.object, RunKind::ProcessWebhook).await?;
+    let outcome = async {
+        for ids in job.changed.chunks(BATCH) {
+            let records = crate::with_auth!(session, deps, |token| deps.hubspot.batch_read(&account, token, job.object, ids))?;
+            // Ids the CRM no longer returns were deleted since the event.
+            let found: BTreeSet<&CrmId> = records.iter().map(|r| &r.crm_id).collect();
+            let gone: Vec<CrmId> = ids.iter().filter(|id| !found.contains(id)).cloned().collect();
+            store.tombstone_links(job.tenant, job.connection, job.object, &gone).await?;
+            let write = PageWrite {
+                tenant: job.tenant,
+                connection: job.connection,
+                provider,
+                object: job.object,
+                kind,
+                strategy,
+                items: records,
+                run: run.id,
+                page_number: None,
+                next_page_token: None,
+                finishes_run: false,
+                cursor: None,
+            };
+            let applied = store.apply_page(&write).await?;
+            crate::telemetry::record_page("process_webhook", applied.map(|o| o.counts));
+        }
+        Ok::<(), JobError>(())
+    }
+    .await;
+    match &outcome {
+        Ok(()) => store.finish_run(job.tenant, run.id, RunStatus::Succeeded, None).await?,
+        Err(e) => store.finish_run(job.tenant, run.id, RunStatus::Failed, Some(&e.to_string())).await?,
+    }
+    outcome
+}
