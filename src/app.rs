@@ -106,3 +106,60 @@ pub async fn deps(settings: &Settings, store: Store) -> anyhow::Result<Deps> {
         settings: Arc::new(settings.clone()),
     })
 }
+
+/// A Redis connection manager for fleet state (routes, dedupe), if configured.
+pub async fn redis(settings: &Settings) -> anyhow::Result<Option<redis::aio::ConnectionManager>> {
+    let Some(url) = &settings.redis.url else {
+        return Ok(None);
+    };
+    let client = redis::Client::open(url.as_str()).context("invalid CRMSYNC__REDIS__URL")?;
+    let conn = client.get_connection_manager().await.with_context(|| {
+        format!(
+            "failed to connect to Redis at {}",
+            crate::config::redact_url(url)
+        )
+    })?;
+    Ok(Some(conn))
+}
+
+/// Publishes connection routes to Redis when the deployment has one.
+pub async fn publish_routes(settings: &Settings, store: &Store) -> anyhow::Result<Option<usize>> {
+    match redis(settings).await? {
+        Some(conn) => Ok(Some(
+            crate::ingress::routes::publish(store, &conn, &settings.queue.namespace)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("failed to publish webhook routes to Redis")?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The ingress for these settings: Redis routes and dedupe in production;
+/// the embedded store and in-memory dedupe without Redis (SQLite only).
+pub async fn ingress(
+    settings: &Settings,
+    queue: crate::queue::Queue,
+) -> anyhow::Result<crate::ingress::Ingress> {
+    use crate::ingress::routes::{Dedupe, Routes};
+    let (routes, dedupe) = match redis(settings).await? {
+        Some(conn) => (
+            Routes::Redis {
+                conn: conn.clone(),
+                namespace: settings.queue.namespace.clone(),
+            },
+            Dedupe::Redis {
+                conn,
+                namespace: settings.queue.namespace.clone(),
+            },
+        ),
+        None if settings.is_embedded() => (
+            Routes::Store(open_store(settings, false).await?),
+            Dedupe::memory(),
+        ),
+        None => anyhow::bail!(
+            "crmsync-ingress with Postgres needs Redis (CRMSYNC__REDIS__URL): routes and dedupe live there"
+        ),
+    };
+    crate::ingress::Ingress::new(settings, routes, dedupe, queue).map_err(anyhow::Error::msg)
+}

@@ -66,6 +66,8 @@ pub struct Settings {
     pub hubspot: HubspotSettings,
     /// Delta and full sync tuning.
     pub sync: SyncSettings,
+    /// Webhook ingress.
+    pub ingress: IngressSettings,
     /// Worker timeouts and shutdown.
     pub worker: WorkerSettings,
     /// Logs, metrics and health.
@@ -169,6 +171,20 @@ pub struct SyncSettings {
     pub search_result_cap: u32,
 }
 
+/// `[ingress]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressSettings {
+    /// Where `crmsync-ingress` listens.
+    pub listen: String,
+    /// The public URL HubSpot calls, when behind a proxy.
+    pub public_url: Option<String>,
+    /// Largest body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Whether v1/v2 signatures are accepted besides v3.
+    pub allow_legacy_signatures: bool,
+}
+
 /// `[worker]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +285,9 @@ impl Settings {
         }
         if blank(&self.hubspot.client_id) {
             self.hubspot.client_id = None;
+        }
+        if blank(&self.ingress.public_url) {
+            self.ingress.public_url = None;
         }
     }
 

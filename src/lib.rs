@@ -9,8 +9,9 @@
 //! - [`secrets`] — credentials sealed at rest.
 //! - [`store`] — sqlx repositories (Postgres with row-level security, SQLite).
 //! - [`providers`] — CRM adapters (HubSpot), budgets and provider errors.
-//! - [`jobs`] — `full_sync` and `delta_sync`, with their error policy.
+//! - [`jobs`] — `full_sync`, `delta_sync`, `process_webhook`, error policy.
 //! - [`queue`] — apalis backends (Redis, SQLite) behind one handle; workers.
+//! - [`ingress`] — verified webhook intake: routes, dedupe, enqueue.
 //! - [`scheduler`] — enqueues due delta syncs, once per tick fleet-wide.
 //! - [`telemetry`] — logs, metrics, `/metrics` and `/health`.
 //! - [`app`] — start-up wiring shared by the binaries.
@@ -22,6 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod ingress;
 pub mod jobs;
 pub mod providers;
 pub mod queue;

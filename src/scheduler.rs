@@ -2,7 +2,8 @@
 //! whose interval has come round. The database arbitrates: claiming a due
 //! connection moves its next due time in the same statement, so several
 //! scheduler replicas enqueue each tick once (and the job's idempotency key,
-//! derived from the due time, drops a duplicate push as well).
+//! derived from the due time, drops a duplicate push as well). It also
+//! re-publishes the webhook routes to Redis every minute.
 
 use crate::jobs::{DeltaSyncJob, Deps, JobError};
 use chrono::Utc;
@@ -11,6 +12,9 @@ use tokio::sync::watch;
 
 /// How often the scheduler looks for due work.
 pub const TICK: Duration = Duration::from_secs(1);
+
+/// Ticks between re-publications of the webhook routes to Redis.
+const ROUTES_EVERY_TICKS: u64 = 60;
 
 /// One tick: claims due connections and enqueues their deltas. Returns how
 /// many were enqueued.
@@ -40,6 +44,7 @@ pub async fn tick(deps: &Deps) -> Result<usize, JobError> {
 pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -51,5 +56,12 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = tick(&deps).await {
             tracing::warn!(error = %e, "scheduler tick failed; retrying next tick");
         }
+        // Redis may lose the webhook routes: re-publish them every minute.
+        if ticks % ROUTES_EVERY_TICKS == 0
+            && let Err(e) = crate::app::publish_routes(&deps.settings, &deps.store).await
+        {
+            tracing::warn!(error = %e, "publishing webhook routes failed; retrying next minute");
+        }
+        ticks += 1;
     }
 }

@@ -152,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = app::open_store(&settings, true).await?;
             let tenant = store.resolve_tenant(args.tenant.as_deref()).await?;
             let (id, portal) = connect_hubspot(&settings, &store, tenant, &args).await?;
+            app::publish_routes(&settings, &store).await?;
             if args.json {
                 println!(
                     "{}",
@@ -331,5 +332,33 @@ pub async fn serve_scheduler() -> anyhow::Result<()> {
     let (_stop, shutdown) = shutdown_signal();
     crate::scheduler::run(deps.clone(), shutdown).await;
     deps.queue.close().await;
+    Ok(())
+}
+
+/// The `crmsync-ingress` process.
+pub async fn serve_ingress(listen: Option<String>) -> anyhow::Result<()> {
+    let mut settings = Settings::load()?;
+    if let Some(listen) = listen {
+        settings.ingress.listen = listen;
+    }
+    crate::telemetry::init_logs(&settings.telemetry);
+    let queue = crate::queue::Queue::connect(&settings, &app::store_dir(&settings)).await?;
+    let ingress = app::ingress(&settings, queue.clone()).await?;
+    let metrics = crate::telemetry::serve(&settings.telemetry.listen, "ingress").await?;
+    let listener = tokio::net::TcpListener::bind(&settings.ingress.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", settings.ingress.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, metrics = %metrics, "crmsync-ingress started");
+    let (_stop, mut shutdown) = shutdown_signal();
+    axum::serve(listener, ingress.router(settings.ingress.max_body_bytes))
+        .with_graceful_shutdown(async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await?;
+    queue.close().await;
     Ok(())
 }

@@ -34,7 +34,11 @@ pub enum JobKind {
 
 impl JobKind {
     /// Every kind.
-    pub const ALL: &'static [JobKind] = &[JobKind::FullSync, JobKind::DeltaSync, JobKind::ProcessWebhook];
+    pub const ALL: &'static [JobKind] = &[
+        JobKind::FullSync,
+        JobKind::DeltaSync,
+        JobKind::ProcessWebhook,
+    ];
 
     /// The stem.
     pub fn stem(self) -> &'static str {

@@ -69,7 +69,10 @@ impl ProcessWebhookJob {
 
     /// The key that makes enqueueing the same delivery twice a no-op.
     pub fn idempotency_key(&self) -> String {
-        format!("process_webhook:{}:{}:{}", self.connection, self.delivery, self.attempt)
+        format!(
+            "process_webhook:{}:{}:{}",
+            self.connection, self.delivery, self.attempt
+        )
     }
 }
 
@@ -86,21 +89,42 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     let account = session.account().to_string();
     let store = &deps.store;
     for (from, to) in &job.merged {
-        store.remap_link(job.tenant, job.connection, job.object, from, to).await?;
+        store
+            .remap_link(job.tenant, job.connection, job.object, from, to)
+            .await?;
     }
-    store.erase_linked_records(job.tenant, job.connection, job.object, &job.erased).await?;
-    store.tombstone_links(job.tenant, job.connection, job.object, &job.deleted).await?;
+    store
+        .erase_linked_records(job.tenant, job.connection, job.object, &job.erased)
+        .await?;
+    store
+        .tombstone_links(job.tenant, job.connection, job.object, &job.deleted)
+        .await?;
     if job.changed.is_empty() {
         return Ok(());
     }
-    let run = store.start_run(job.tenant, job.connection, job.object, RunKind::ProcessWebhook).await?;
+    let run = store
+        .start_run(
+            job.tenant,
+            job.connection,
+            job.object,
+            RunKind::ProcessWebhook,
+        )
+        .await?;
     let outcome = async {
         for ids in job.changed.chunks(BATCH) {
-            let records = crate::with_auth!(session, deps, |token| deps.hubspot.batch_read(&account, token, job.object, ids))?;
+            let records = crate::with_auth!(session, deps, |token| deps
+                .hubspot
+                .batch_read(&account, token, job.object, ids))?;
             // Ids the CRM no longer returns were deleted since the event.
             let found: BTreeSet<&CrmId> = records.iter().map(|r| &r.crm_id).collect();
-            let gone: Vec<CrmId> = ids.iter().filter(|id| !found.contains(id)).cloned().collect();
-            store.tombstone_links(job.tenant, job.connection, job.object, &gone).await?;
+            let gone: Vec<CrmId> = ids
+                .iter()
+                .filter(|id| !found.contains(id))
+                .cloned()
+                .collect();
+            store
+                .tombstone_links(job.tenant, job.connection, job.object, &gone)
+                .await?;
             let write = PageWrite {
                 tenant: job.tenant,
                 connection: job.connection,
@@ -122,8 +146,16 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     }
     .await;
     match &outcome {
-        Ok(()) => store.finish_run(job.tenant, run.id, RunStatus::Succeeded, None).await?,
-        Err(e) => store.finish_run(job.tenant, run.id, RunStatus::Failed, Some(&e.to_string())).await?,
+        Ok(()) => {
+            store
+                .finish_run(job.tenant, run.id, RunStatus::Succeeded, None)
+                .await?
+        }
+        Err(e) => {
+            store
+                .finish_run(job.tenant, run.id, RunStatus::Failed, Some(&e.to_string()))
+                .await?
+        }
     }
     outcome
 }

@@ -46,8 +46,12 @@ pub enum QueueError {
 /// A storage per job kind on one backend.
 #[derive(Clone)]
 enum Storages {
-    Redis { conn: apalis_redis::ConnectionManager },
-    Sqlite { pool: sqlx::SqlitePool },
+    Redis {
+        conn: apalis_redis::ConnectionManager,
+    },
+    Sqlite {
+        pool: sqlx::SqlitePool,
+    },
 }
 
 /// The queue handle: cheap to clone, shared by producers and workers.
@@ -120,8 +124,13 @@ impl Queue {
     }
 
     /// Enqueues a full-sync page to run after `delay`.
-    pub async fn push_full_sync_after(&self, job: &FullSyncJob, delay: Duration) -> Result<(), QueueError> {
-        self.push(JobKind::FullSync, job.clone(), job.idempotency_key(), delay).await
+    pub async fn push_full_sync_after(
+        &self,
+        job: &FullSyncJob,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        self.push(JobKind::FullSync, job.clone(), job.idempotency_key(), delay)
+            .await
     }
 
     /// Enqueues a delta sync (once per idempotency key).
@@ -130,18 +139,44 @@ impl Queue {
     }
 
     /// Enqueues a delta sync to run after `delay`.
-    pub async fn push_delta_sync_after(&self, job: &DeltaSyncJob, delay: Duration) -> Result<(), QueueError> {
-        self.push(JobKind::DeltaSync, job.clone(), job.idempotency_key(), delay).await
+    pub async fn push_delta_sync_after(
+        &self,
+        job: &DeltaSyncJob,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        self.push(
+            JobKind::DeltaSync,
+            job.clone(),
+            job.idempotency_key(),
+            delay,
+        )
+        .await
     }
 
     /// Enqueues webhook processing to run after `delay` (once per key).
-    pub async fn push_process_webhook_after(&self, job: &ProcessWebhookJob, delay: Duration) -> Result<(), QueueError> {
-        self.push(JobKind::ProcessWebhook, job.clone(), job.idempotency_key(), delay).await
+    pub async fn push_process_webhook_after(
+        &self,
+        job: &ProcessWebhookJob,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        self.push(
+            JobKind::ProcessWebhook,
+            job.clone(),
+            job.idempotency_key(),
+            delay,
+        )
+        .await
     }
 
     /// Pushes through a storage made for the job's queue (cheap: it shares
     /// the connection or pool), so no storage per kind needs keeping.
-    async fn push<J>(&self, kind: JobKind, job: J, key: String, delay: Duration) -> Result<(), QueueError>
+    async fn push<J>(
+        &self,
+        kind: JobKind,
+        job: J,
+        key: String,
+        delay: Duration,
+    ) -> Result<(), QueueError>
     where
         J: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
     {
@@ -158,7 +193,10 @@ impl Queue {
                 .await
                 .map_err(|e| e.to_string()),
         };
-        result.map_err(|message| QueueError::Push { job: kind.stem(), message })
+        result.map_err(|message| QueueError::Push {
+            job: kind.stem(),
+            message,
+        })
     }
 
     fn task<J>(&self, job: J, key: String, delay: Duration) -> apalis::prelude::Task<J> {

@@ -174,13 +174,21 @@ async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxD
 async fn process_webhook_task(job: ProcessWebhookJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
     let started = Instant::now();
     let result = with_timeout(&deps, jobs::process_webhook::run(&job, &deps)).await;
-    let settled = settle(&result, job.attempt, deps.settings.worker.max_attempts, jitter_seed());
+    let settled = settle(
+        &result,
+        job.attempt,
+        deps.settings.worker.max_attempts,
+        jitter_seed(),
+    );
     crate::telemetry::record_job("process_webhook", settled, started.elapsed());
     match (settled, result) {
         (Settled::Done, _) | (_, Ok(())) => Ok(()),
         (Settled::Retry(delay), Err(e)) => {
             tracing::warn!(job = "process_webhook", connection.id = %job.connection, attempt = job.attempt, error = %e, ?delay, "retrying");
-            let again = ProcessWebhookJob { attempt: job.attempt + 1, ..job.clone() };
+            let again = ProcessWebhookJob {
+                attempt: job.attempt + 1,
+                ..job.clone()
+            };
             deps.queue.push_process_webhook_after(&again, delay).await?;
             Ok(())
         }

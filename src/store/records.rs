@@ -4,7 +4,10 @@
 
 use super::runs::{RunUpdate, add_counts, advance_cursor};
 use super::{Store, StoreError, Tx, on_db};
-use crate::domain::{ConnectionId, CrmId, CrmObject, Cursor, Origin, ProviderKind, RecordFields, RecordId, RecordKind, RunId, TenantId};
+use crate::domain::{
+    ConnectionId, CrmId, CrmObject, Cursor, Origin, ProviderKind, RecordFields, RecordId,
+    RecordKind, RunId, TenantId,
+};
 use crate::sync::{ConflictStrategy, Incoming, LinkState, LocalState, PullDecision, decide_pull};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -181,7 +184,8 @@ impl Store {
         let mut tx = self.begin(tenant).await?;
         let now = Utc::now();
         for id in crm_ids {
-            on_db!(&mut tx, |c| sqlx::query(
+            on_db!(&mut tx, |c| {
+                sqlx::query(
                 "UPDATE record_links SET crm_deleted_at = $1, updated_at = $1
                   WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND crm_id = $5 AND crm_deleted_at IS NULL"
             )
@@ -192,7 +196,8 @@ impl Store {
             .bind(id.as_str())
             .execute(c)
             .await
-            .map(|_| ()))?;
+            .map(|_| ())
+            })?;
         }
         tx.commit().await
     }
@@ -214,7 +219,8 @@ impl Store {
         let mut tx = self.begin(tenant).await?;
         let now = Utc::now();
         for id in crm_ids {
-            on_db!(&mut tx, |c| sqlx::query(
+            on_db!(&mut tx, |c| {
+                sqlx::query(
                 "UPDATE records SET fields = $1, dedupe_key = NULL, deleted_at = $2, updated_at = $2, version = version + 1
                   WHERE tenant_id = $3 AND id IN (SELECT record_id FROM record_links
                         WHERE tenant_id = $3 AND connection_id = $4 AND crm_object = $5 AND crm_id = $6)"
@@ -227,8 +233,10 @@ impl Store {
             .bind(id.as_str())
             .execute(c)
             .await
-            .map(|_| ()))?;
-            on_db!(&mut tx, |c| sqlx::query(
+            .map(|_| ())
+            })?;
+            on_db!(&mut tx, |c| {
+                sqlx::query(
                 "UPDATE record_links SET base = $1, pulled_fingerprint = NULL, pushed_fingerprint = NULL, crm_deleted_at = $2, updated_at = $2
                   WHERE tenant_id = $3 AND connection_id = $4 AND crm_object = $5 AND crm_id = $6"
             )
@@ -240,7 +248,8 @@ impl Store {
             .bind(id.as_str())
             .execute(c)
             .await
-            .map(|_| ()))?;
+            .map(|_| ())
+            })?;
         }
         tx.commit().await
     }
@@ -258,7 +267,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin(tenant).await?;
         let now = Utc::now();
-        let survivor: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| sqlx::query_as(
+        let survivor: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
             "SELECT id FROM record_links WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id = $4"
         )
         .bind(tenant.0)
@@ -266,7 +276,8 @@ impl Store {
         .bind(object.as_str())
         .bind(to.as_str())
         .fetch_optional(c)
-        .await)?;
+        .await
+        })?;
         let sql = if survivor.is_some() {
             "UPDATE record_links SET crm_deleted_at = $1, updated_at = $1
               WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND crm_id = $5 AND $6 = $6"
@@ -315,13 +326,15 @@ async fn apply_one(
     })?;
     let email = item.fields.normalized_email().map(str::to_string);
     let local: Option<RecordSql> = match (&link, &email) {
-        (Some(l), _) => on_db!(tx, |c| sqlx::query_as(
+        (Some(l), _) => on_db!(tx, |c| {
+            sqlx::query_as(
             "SELECT id, fields, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND id = $2"
         )
         .bind(t)
         .bind(l.record_id)
         .fetch_optional(c)
-        .await)?,
+        .await
+        })?,
         (None, Some(email)) if !allow_duplicates => on_db!(tx, |c| {
             sqlx::query_as(
             "SELECT id, fields, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"

@@ -177,6 +177,7 @@ impl Fleet {
         settings.worker.shutdown_grace_secs = 2;
         settings.secrets.encryption_key = Some(EncryptionKey::generate().expect("key"));
         settings.hubspot.api_base_url = sandbox.base.clone();
+        settings.hubspot.client_secret = Some(SecretString::from(crate::support::SECRET));
         settings.hubspot.requests_per_10s = 1_000_000;
         settings.hubspot.search_requests_per_second = 1_000_000;
         settings.sync.delta_interval_secs = 3600;
@@ -217,19 +218,16 @@ impl Fleet {
         }
     }
 
-    /// Starts in-process workers for both job kinds.
+    /// Starts in-process workers for every job kind.
     pub fn start_workers(&mut self) {
         let (tx, rx) = watch::channel(false);
-        let specs = [
-            WorkerSpec {
-                kind: JobKind::FullSync,
-                concurrency: 1,
-            },
-            WorkerSpec {
-                kind: JobKind::DeltaSync,
+        let specs = JobKind::ALL
+            .iter()
+            .map(|&kind| WorkerSpec {
+                kind,
                 concurrency: 2,
-            },
-        ];
+            })
+            .collect::<Vec<_>>();
         let (queue, deps) = (self.deps.queue.clone(), self.deps.clone());
         self.workers = Some(tokio::spawn(async move {
             run_workers(&queue, deps, &specs, rx).await

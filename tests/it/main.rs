@@ -20,3 +20,4 @@ mod hubspot_client;
 mod scheduler;
 mod store_security;
 mod sync_faults;
+mod webhook_ingress;

@@ -1,0 +1,223 @@
+//! Webhooks end to end: the sandbox delivers signed batches to a running
+//! ingress, which routes them to `ProcessWebhook` jobs; and what ingress
+//! refuses (forged, stale, malformed, oversized, replayed).
+
+use crate::fleet::{Backend, Fleet, on_both_backends};
+use crate::support::{PORTAL, SECRET};
+use crmsync::domain::{CanonicalField, CrmObject, RecordKind, RunKind};
+use crmsync::providers::hubspot::webhook::sign_v3;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Serves ingress for the fleet on a free port; returns its base URL.
+async fn start_ingress(fleet: &Fleet) -> String {
+    crmsync::app::publish_routes(&fleet.settings, &fleet.store)
+        .await
+        .expect("publish routes");
+    let ingress = crmsync::app::ingress(&fleet.settings, fleet.deps.queue.clone())
+        .await
+        .expect("ingress");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = ingress.router(fleet.settings.ingress.max_body_bytes);
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    format!("http://{addr}")
+}
+
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn lead_with_email(fleet: &Fleet, email: &str) -> Option<crmsync::domain::RecordFields> {
+    fleet
+        .store
+        .records(fleet.tenant, RecordKind::Lead)
+        .await
+        .expect("records")
+        .into_iter()
+        .map(|(_, f)| f)
+        .find(|f| f.normalized_email() == Some(email))
+}
+
+on_both_backends! {
+    async fn a_sandbox_users_create_edit_and_delete_arrive_through_webhooks_without_a_delta(backend) {
+        let mut fleet = Fleet::start(backend, 20).await;
+        fleet.start_workers();
+        fleet.full_sync().await;
+        let ingress = start_ingress(&fleet).await;
+        fleet.sandbox.sandbox.subscribe_everything(&format!("{ingress}/webhooks/hubspot")).expect("subscribe");
+
+        let created = fleet
+            .sandbox
+            .post_control(
+                &format!("/_sandbox/accounts/{PORTAL}/objects/contacts"),
+                json!({"properties": {"email": "grace@example.com", "firstname": "Grace"}}),
+            )
+            .await;
+        assert!(created.status.is_success(), "{:?}", created.body);
+        let id = created.body["id"].as_str().expect("id").to_string();
+        wait_for("the created contact", || async { lead_with_email(&fleet, "grace@example.com").await.is_some() }).await;
+
+        let path = format!("/_sandbox/accounts/{PORTAL}/objects/contacts/{id}");
+        let edited = fleet.sandbox.control(reqwest::Method::PATCH, &path, Some(json!({"properties": {"firstname": "Grace B."}}))).await;
+        assert!(edited.status.is_success(), "{:?}", edited.body);
+        wait_for("the edit", || async {
+            lead_with_email(&fleet, "grace@example.com").await.and_then(|f| f.get(CanonicalField::FirstName).map(str::to_string)).as_deref() == Some("Grace B.")
+        })
+        .await;
+
+        let linked_before = fleet.store.linked_records(fleet.tenant, fleet.connection).await.expect("count");
+        let deleted = fleet.sandbox.control(reqwest::Method::DELETE, &path, None).await;
+        assert!(deleted.status.is_success(), "{:?}", deleted.body);
+        wait_for("the deletion", || async {
+            fleet.store.linked_records(fleet.tenant, fleet.connection).await.expect("count") == linked_before - 1
+        })
+        .await;
+        // The platform keeps the lead (default delete policy) …
+        assert!(lead_with_email(&fleet, "grace@example.com").await.is_some());
+        // … and none of this needed a delta sync.
+        let latest = fleet.store.latest_run(fleet.tenant, fleet.connection).await.expect("run").expect("a run");
+        assert_ne!(latest.kind, RunKind::DeltaSync);
+        fleet.finish().await;
+    }
+}
+
+fn signed(body: &[u8], url: &str, at_ms: i64) -> Vec<(&'static str, String)> {
+    let ts = at_ms.to_string();
+    vec![
+        (
+            "x-hubspot-signature-v3",
+            sign_v3(SECRET.as_bytes(), "POST", url, body, &ts),
+        ),
+        ("x-hubspot-request-timestamp", ts),
+        ("content-type", "application/json".into()),
+    ]
+}
+
+async fn post(url: &str, body: &[u8], headers: Vec<(&'static str, String)>) -> reqwest::StatusCode {
+    let mut request = reqwest::Client::new().post(url).body(body.to_vec());
+    for (k, v) in headers {
+        request = request.header(k, v);
+    }
+    request.send().await.expect("send").status()
+}
+
+fn counter(name: &str, outcome: &str) -> u64 {
+    let text = crmsync::telemetry::metrics()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(&format!("outcome=\"{outcome}\"")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stale_malformed_oversized_and_replayed_webhooks_enqueue_nothing() {
+    let mut fleet = Fleet::start(Backend::Postgres, 3).await;
+    fleet.start_workers();
+    fleet.full_sync().await;
+    let base = start_ingress(&fleet).await;
+    let url = format!("{base}/webhooks/hubspot");
+    let ids = fleet
+        .store
+        .linked_crm_ids(fleet.tenant, fleet.connection, CrmObject::Contacts)
+        .await
+        .expect("ids");
+    let now = chrono::Utc::now().timestamp_millis();
+    let event = |event_id: u64, portal: u64| -> Value {
+        json!({"eventId": event_id, "subscriptionId": 1, "portalId": portal, "appId": 54321, "occurredAt": now,
+               "subscriptionType": "contact.propertyChange", "attemptNumber": 0, "objectId": ids[0].parse::<u64>().unwrap_or(0),
+               "propertyName": "firstname", "propertyValue": "X", "changeSource": "CRM_UI"})
+    };
+    let body = serde_json::to_vec(&json!([event(1, PORTAL), event(2, PORTAL)])).expect("json");
+
+    // Forged: signed with another secret.
+    let ts = now.to_string();
+    let forged = vec![
+        (
+            "x-hubspot-signature-v3",
+            sign_v3(b"not-the-secret", "POST", &url, &body, &ts),
+        ),
+        ("x-hubspot-request-timestamp", ts.clone()),
+    ];
+    assert_eq!(
+        post(&url, &body, forged).await,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    // Unsigned.
+    assert_eq!(
+        post(&url, &body, vec![]).await,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    // Stale: correctly signed ten minutes ago.
+    assert_eq!(
+        post(&url, &body, signed(&body, &url, now - 600_000)).await,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    // Malformed: correctly signed, not an event array.
+    let garbage = b"{\"oops\": true}";
+    assert_eq!(
+        post(&url, garbage, signed(garbage, &url, now)).await,
+        reqwest::StatusCode::BAD_REQUEST
+    );
+    // Oversized.
+    let huge = vec![b' '; fleet.settings.ingress.max_body_bytes + 1];
+    assert_eq!(
+        post(&url, &huge, signed(&huge, &url, now)).await,
+        reqwest::StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        counter("crmsync_webhook_events_total", "accepted"),
+        0,
+        "nothing was accepted so far"
+    );
+
+    // Genuine: accepted, and the same delivery again is recognised.
+    assert_eq!(
+        post(&url, &body, signed(&body, &url, now)).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    assert_eq!(counter("crmsync_webhook_events_total", "accepted"), 2);
+    assert_eq!(
+        post(
+            &url,
+            &body,
+            signed(&body, &url, chrono::Utc::now().timestamp_millis())
+        )
+        .await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        counter("crmsync_webhook_events_total", "duplicate"),
+        2,
+        "a replay enqueues nothing"
+    );
+    assert_eq!(counter("crmsync_webhook_events_total", "accepted"), 2);
+
+    // An account nobody connected: 2xx (HubSpot must not retry), counted.
+    let stranger = serde_json::to_vec(&json!([event(9, 999_999)])).expect("json");
+    assert_eq!(
+        post(&url, &stranger, signed(&stranger, &url, now)).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        counter("crmsync_webhook_events_total", "unknown_account"),
+        1
+    );
+    fleet.finish().await;
+}
