@@ -57,7 +57,7 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
             tracing::warn!(error = %e, "scheduler tick failed; retrying next tick");
         }
         // Redis may lose the webhook routes: re-publish them every minute.
-        if ticks % ROUTES_EVERY_TICKS == 0
+        if ticks.is_multiple_of(ROUTES_EVERY_TICKS)
             && let Err(e) = crate::app::publish_routes(&deps.settings, &deps.store).await
         {
             tracing::warn!(error = %e, "publishing webhook routes failed; retrying next minute");

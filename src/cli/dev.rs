@@ -35,6 +35,9 @@ pub struct DevArgs {
     /// Where the sandbox listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     sandbox_listen: SocketAddr,
+    /// Where the webhook ingress listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    ingress_listen: SocketAddr,
     /// Stop after this many seconds (0: run until Ctrl-C); for scripts and CI.
     #[arg(long, default_value_t = 0)]
     exit_after: u64,
@@ -56,10 +59,13 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
     };
     let portal = sandbox_config.portal_id;
     let pat = sandbox_config.private_app_token.clone();
+    // The sandbox signs its webhooks with its app's client secret.
+    settings.hubspot.client_secret = Some(SecretString::from(sandbox_config.client_secret.clone()));
     let sandbox = Sandbox::new(sandbox_config)
         .map_err(anyhow::Error::msg)
         .context("invalid sandbox settings")?;
     let (sandbox_addr, _server) = sandbox
+        .clone()
         .spawn(args.sandbox_listen)
         .await
         .with_context(|| format!("failed to listen on {}", args.sandbox_listen))?;
@@ -77,6 +83,18 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
     let metrics = crate::telemetry::serve(&settings.telemetry.listen, "dev")
         .await
         .ok();
+    // Ingress, with the sandbox delivering every contact event to it.
+    app::publish_routes(&settings, &store).await?;
+    let ingress = app::ingress(&settings, deps.queue.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(args.ingress_listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.ingress_listen))?;
+    let ingress_addr = listener.local_addr()?;
+    let ingress_app = ingress.router(settings.ingress.max_body_bytes);
+    tokio::spawn(async move { axum::serve(listener, ingress_app).await.ok() });
+    sandbox
+        .subscribe_everything(&format!("http://{ingress_addr}/webhooks/hubspot"))
+        .map_err(|e| anyhow::anyhow!("sandbox webhook subscription failed: {e:?}"))?;
 
     println!("crmsync dev");
     println!(
@@ -89,6 +107,9 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
         args.contacts, args.leads
     );
     println!("  connection {connection} (tenant default)");
+    println!(
+        "  ingress    http://{ingress_addr}/webhooks/hubspot (the sandbox delivers its webhooks here)"
+    );
     if let Some(addr) = metrics {
         println!("  metrics    http://{addr}/metrics");
     }
@@ -102,6 +123,10 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
         },
         WorkerSpec {
             kind: JobKind::DeltaSync,
+            concurrency: 2,
+        },
+        WorkerSpec {
+            kind: JobKind::ProcessWebhook,
             concurrency: 2,
         },
     ];
