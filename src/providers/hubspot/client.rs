@@ -299,8 +299,40 @@ fn page(object: CrmObject, body: ListBody) -> Result<Page, ProviderError> {
     Ok(Page { records, next })
 }
 
-/// Sends after taking the budget; classifies the answer.
+/// Sends with a short in-process retry for flaky answers (5xx, timeouts,
+/// cut connections: two more tries after ~100 ms and ~300 ms, jittered), so
+/// one hiccup does not fail a whole page job; anything else — and a third
+/// failure — goes back to the job's own retry with backoff.
 async fn send<T: serde::de::DeserializeOwned>(
+    request: RequestBuilder,
+    budget: Option<&Budget>,
+) -> Result<T, ProviderError> {
+    use backon::{ExponentialBuilder, Retryable};
+    let attempt = || async {
+        let request = request
+            .try_clone()
+            .ok_or_else(|| ProviderError::Transport("request cannot be retried".into()))?;
+        send_once(request, budget).await
+    };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_factor(3.0)
+                .with_max_times(2)
+                .with_jitter(),
+        )
+        .when(|e: &ProviderError| {
+            matches!(
+                e,
+                ProviderError::Unavailable(_) | ProviderError::Transport(_)
+            )
+        })
+        .await
+}
+
+/// Sends once after taking the budget; classifies the answer.
+async fn send_once<T: serde::de::DeserializeOwned>(
     request: RequestBuilder,
     budget: Option<&Budget>,
 ) -> Result<T, ProviderError> {
