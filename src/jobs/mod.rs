@@ -5,11 +5,13 @@
 pub mod delta_sync;
 pub mod full_sync;
 pub mod process_webhook;
+pub mod push_changes;
 mod session;
 
 pub use delta_sync::{DeltaOutcome, DeltaProgress, DeltaResume, DeltaSyncJob};
 pub use full_sync::FullSyncJob;
 pub use process_webhook::ProcessWebhookJob;
+pub use push_changes::PushChangesJob;
 pub use session::Session;
 
 use crate::config::Settings;
@@ -30,6 +32,8 @@ pub enum JobKind {
     DeltaSync,
     /// [`ProcessWebhookJob`].
     ProcessWebhook,
+    /// [`PushChangesJob`].
+    PushChanges,
 }
 
 impl JobKind {
@@ -38,6 +42,7 @@ impl JobKind {
         JobKind::FullSync,
         JobKind::DeltaSync,
         JobKind::ProcessWebhook,
+        JobKind::PushChanges,
     ];
 
     /// The stem.
@@ -46,6 +51,7 @@ impl JobKind {
             JobKind::FullSync => "full_sync",
             JobKind::DeltaSync => "delta_sync",
             JobKind::ProcessWebhook => "process_webhook",
+            JobKind::PushChanges => "push_changes",
         }
     }
 
@@ -124,4 +130,31 @@ pub struct Deps {
     pub queue: Queue,
     /// Settings in effect.
     pub settings: Arc<Settings>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_kind_is_listed_and_its_stem_parses_back() {
+        // Adding a variant fails to compile here until it is listed in ALL
+        // (a worker started from ALL would otherwise never run it).
+        let listed = |k: JobKind| match k {
+            JobKind::FullSync
+            | JobKind::DeltaSync
+            | JobKind::ProcessWebhook
+            | JobKind::PushChanges => JobKind::ALL.contains(&k),
+        };
+        for k in [
+            JobKind::FullSync,
+            JobKind::DeltaSync,
+            JobKind::ProcessWebhook,
+            JobKind::PushChanges,
+        ] {
+            assert!(listed(k), "{k:?} missing from JobKind::ALL");
+            assert_eq!(JobKind::from_stem(k.stem()), Ok(k));
+        }
+        assert!(JobKind::from_stem("nope").is_err_and(|e| e.contains("push_changes")));
+    }
 }

@@ -13,7 +13,7 @@ mod worker;
 pub use worker::{Settled, WorkerSpec, run_workers, settle};
 
 use crate::config::{QueueBackend, Settings};
-use crate::jobs::{DeltaSyncJob, FullSyncJob, JobKind, ProcessWebhookJob};
+use crate::jobs::{DeltaSyncJob, FullSyncJob, JobKind, ProcessWebhookJob, PushChangesJob};
 use apalis::prelude::{TaskBuilder, TaskSink};
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
@@ -161,6 +161,21 @@ impl Queue {
     ) -> Result<(), QueueError> {
         self.push(
             JobKind::ProcessWebhook,
+            job.clone(),
+            job.idempotency_key(),
+            delay,
+        )
+        .await
+    }
+
+    /// Enqueues a push of a connection's outbox to run after `delay`.
+    pub async fn push_push_changes_after(
+        &self,
+        job: &PushChangesJob,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        self.push(
+            JobKind::PushChanges,
             job.clone(),
             job.idempotency_key(),
             delay,

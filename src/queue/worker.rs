@@ -4,7 +4,9 @@
 
 use super::{Queue, Storages};
 use crate::domain::RunStatus;
-use crate::jobs::{self, DeltaSyncJob, Deps, FullSyncJob, JobError, JobKind, ProcessWebhookJob};
+use crate::jobs::{
+    self, DeltaSyncJob, Deps, FullSyncJob, JobError, JobKind, ProcessWebhookJob, PushChangesJob,
+};
 use apalis::prelude::{
     AbortError, BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError,
 };
@@ -131,7 +133,21 @@ async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxD
             .push_delta_sync(&job.follow_up(resume))
             .await
             .map_err(JobError::from),
-        other => other.map(|_| ()),
+        Ok(_) => {
+            // Caught up: push whatever the outbox still holds (a push job
+            // that gave up, or one that was never enqueued).
+            let sweep = PushChangesJob {
+                tenant: job.tenant,
+                connection: job.connection,
+                trigger: format!("after-{}", job.idempotency_key()),
+                attempt: 0,
+            };
+            deps.queue
+                .push_push_changes_after(&sweep, Duration::ZERO)
+                .await
+                .map_err(JobError::from)
+        }
+        Err(e) => Err(e),
     };
     let settled = settle(
         &result,
@@ -195,6 +211,37 @@ async fn process_webhook_task(job: ProcessWebhookJob, deps: Data<Deps>) -> Resul
         (Settled::GiveUp, Err(e)) => {
             // The next delta sync brings whatever this delivery said.
             tracing::error!(job = "process_webhook", connection.id = %job.connection, error = %e, "giving up; the next delta covers it");
+            Err(AbortError::new(e).into())
+        }
+    }
+}
+
+async fn push_changes_task(job: PushChangesJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let started = Instant::now();
+    let result = with_timeout(&deps, jobs::push_changes::run(&job, &deps))
+        .await
+        .map(|_| ());
+    let settled = settle(
+        &result,
+        job.attempt,
+        deps.settings.worker.max_attempts,
+        jitter_seed(),
+    );
+    crate::telemetry::record_job("push_changes", settled, started.elapsed());
+    match (settled, result) {
+        (Settled::Done, _) | (_, Ok(())) => Ok(()),
+        (Settled::Retry(delay), Err(e)) => {
+            tracing::warn!(job = "push_changes", connection.id = %job.connection, attempt = job.attempt, error = %e, ?delay, "retrying");
+            let again = PushChangesJob {
+                attempt: job.attempt + 1,
+                ..job.clone()
+            };
+            deps.queue.push_push_changes_after(&again, delay).await?;
+            Ok(())
+        }
+        (Settled::GiveUp, Err(e)) => {
+            // The rows stay pending: the next delta sync pushes them again.
+            tracing::error!(job = "push_changes", connection.id = %job.connection, error = %e, "giving up; the outbox keeps the changes");
             Err(AbortError::new(e).into())
         }
     }
@@ -318,6 +365,16 @@ async fn run_one(
             let storage: SqliteStorage<ProcessWebhookJob> =
                 SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
             run_worker!(storage, process_webhook_task, name, deps, poll, n, signal)
+        }
+        (Storages::Redis { conn }, JobKind::PushChanges) => {
+            let storage: RedisStorage<PushChangesJob> =
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, n));
+            run_worker!(storage, push_changes_task, name, deps, poll, n, signal)
+        }
+        (Storages::Sqlite { pool }, JobKind::PushChanges) => {
+            let storage: SqliteStorage<PushChangesJob> =
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
+            run_worker!(storage, push_changes_task, name, deps, poll, n, signal)
         }
         (Storages::Sqlite { pool, .. }, JobKind::DeltaSync) => {
             let storage: SqliteStorage<DeltaSyncJob> =

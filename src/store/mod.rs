@@ -3,6 +3,7 @@
 //! (the embedded store); [`on_db!`] runs the same query text on either.
 
 mod connections;
+mod platform;
 mod records;
 mod runs;
 mod tenants;
@@ -10,6 +11,7 @@ mod tenants;
 pub use connections::{
     ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping,
 };
+pub use platform::{LinkView, PendingPush, PushedRecord, RecordView};
 pub use records::{PageOutcome, PageWrite};
 pub use runs::{RunRow, RunUpdate};
 pub use tenants::{DEFAULT_TENANT, NewTenant};
@@ -45,6 +47,10 @@ pub enum StoreError {
     /// Input the store refuses, with the reason.
     #[error("{0}")]
     Invalid(String),
+    /// The write would break a uniqueness rule (e.g. a second lead with the
+    /// same email).
+    #[error("{0}")]
+    Conflict(String),
     /// Credentials could not be sealed or opened.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretsError),

@@ -325,17 +325,34 @@ async fn apply_one(
     .await
     })?;
     let email = item.fields.normalized_email().map(str::to_string);
-    let local: Option<RecordSql> = match (&link, &email) {
-        (Some(l), _) => on_db!(tx, |c| {
-            sqlx::query_as(
-            "SELECT id, fields, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND id = $2"
+    // Which platform record this CRM record is: the one linked to its CRM
+    // id, else the one whose id it carries (our own creation, its push not
+    // booked yet), else the one with the same normalised email.
+    let by_id = |id: uuid::Uuid| {
+        (
+            id,
+            "SELECT id, fields, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND id = $2",
         )
-        .bind(t)
-        .bind(l.record_id)
-        .fetch_optional(c)
-        .await
-        })?,
-        (None, Some(email)) if !allow_duplicates => on_db!(tx, |c| {
+    };
+    let lookup = match (&link, item.platform_id, &email) {
+        (Some(l), _, _) => Some(by_id(l.record_id)),
+        (None, Some(platform), _) => Some(by_id(platform.0)),
+        _ => None,
+    };
+    let mut local: Option<RecordSql> = match lookup {
+        Some((id, sql)) => on_db!(tx, |c| sqlx::query_as(sql)
+            .bind(t)
+            .bind(id)
+            .fetch_optional(c)
+            .await)?,
+        None => None,
+    };
+    if local.is_none()
+        && link.is_none()
+        && !allow_duplicates
+        && let Some(email) = &email
+    {
+        local = on_db!(tx, |c| {
             sqlx::query_as(
             "SELECT id, fields, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"
         )
@@ -344,9 +361,8 @@ async fn apply_one(
         .bind(email)
         .fetch_optional(c)
         .await
-        })?,
-        _ => None,
-    };
+        })?;
+    }
     if local.as_ref().is_some_and(|r| r.deleted_at.is_some()) {
         // Deleted or erased on the platform: a CRM state never revives it.
         return Ok(Applied::Unchanged);

@@ -3,7 +3,7 @@
 
 pub mod merge;
 
-use crate::domain::{CrmId, RecordFields};
+use crate::domain::{CrmId, RecordFields, RecordId};
 use chrono::{DateTime, Utc};
 pub use merge::{ConflictStrategy, Merged, Newer, merge};
 
@@ -16,6 +16,9 @@ pub struct Incoming {
     pub modified_at: DateTime<Utc>,
     /// Its mapped, normalised field values.
     pub fields: RecordFields,
+    /// The platform record id the CRM record carries (our upsert key), when
+    /// we created it: links our own creation even before its push is booked.
+    pub platform_id: Option<RecordId>,
 }
 
 /// What a record's link remembers from the last sync.
@@ -124,6 +127,7 @@ mod tests {
             fields: RecordFields::new()
                 .with(CanonicalField::Email, "a@x.io")
                 .with(CanonicalField::FirstName, name),
+            platform_id: None,
         }
     }
 

@@ -17,6 +17,7 @@ mod sync_resume;
 
 mod cli;
 mod hubspot_client;
+mod push;
 mod scheduler;
 mod store_security;
 mod sync_faults;

@@ -237,6 +237,125 @@ impl HubspotClient {
         Ok(page(object, body)?.records)
     }
 
+    /// Creates crmsync's properties on `object` if they are missing: the
+    /// unique `crmsync_record_id` (the upsert key) and `crmsync_source_system`.
+    pub async fn ensure_properties(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+    ) -> Result<(), ProviderError> {
+        for (name, label, unique) in [
+            (mapping::RECORD_ID_PROPERTY, "crmsync record id", true),
+            (mapping::SOURCE_SYSTEM_PROPERTY, "Source system", false),
+        ] {
+            let body = json!({
+                "name": name, "label": label, "groupName": "contactinformation", "type": "string",
+                "fieldType": "text", "hasUniqueValue": unique, "formField": false,
+                "description": "Set by crmsync",
+            });
+            let request = self
+                .http
+                .post(self.url(&format!("/crm/v3/properties/{}", object.as_str())))
+                .bearer_auth(token.expose_secret())
+                .json(&body);
+            match send::<Value>(request, Some(&self.burst_budget(portal))).await {
+                Ok(_) => {}
+                // 409: it exists already (created by an earlier push).
+                Err(ProviderError::Rejected { status: 409, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes records that originated on the platform by upsert on
+    /// `crmsync_record_id` (a retry after a crash cannot create a second
+    /// record), and returns `our id → CRM id`.
+    pub async fn batch_upsert(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        inputs: &[(String, serde_json::Map<String, Value>)],
+    ) -> Result<Vec<(String, CrmId)>, ProviderError> {
+        let body = json!({"inputs": inputs.iter().map(|(our_id, properties)| json!({
+            "idProperty": mapping::RECORD_ID_PROPERTY, "id": our_id, "properties": properties,
+        })).collect::<Vec<_>>()});
+        let request = self
+            .http
+            .post(self.url(&format!("/crm/v3/objects/{}/batch/upsert", object.as_str())))
+            .bearer_auth(token.expose_secret())
+            .json(&body);
+        let reply: ListBody = send(request, Some(&self.burst_budget(portal))).await?;
+        let mut ids = Vec::new();
+        for result in reply.results {
+            match result
+                .properties
+                .get(mapping::RECORD_ID_PROPERTY)
+                .cloned()
+                .flatten()
+            {
+                Some(our_id) => ids.push((our_id, CrmId(result.id))),
+                None => return self.ids_by_record_id(portal, token, object, inputs).await,
+            }
+        }
+        Ok(ids)
+    }
+
+    /// `our id → CRM id` by a batch read on the unique property.
+    async fn ids_by_record_id(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        inputs: &[(String, serde_json::Map<String, Value>)],
+    ) -> Result<Vec<(String, CrmId)>, ProviderError> {
+        let body = json!({
+            "idProperty": mapping::RECORD_ID_PROPERTY,
+            "inputs": inputs.iter().map(|(id, _)| json!({"id": id})).collect::<Vec<_>>(),
+            "properties": [mapping::RECORD_ID_PROPERTY],
+        });
+        let request = self
+            .http
+            .post(self.url(&format!("/crm/v3/objects/{}/batch/read", object.as_str())))
+            .bearer_auth(token.expose_secret())
+            .json(&body);
+        let reply: ListBody = send(request, Some(&self.burst_budget(portal))).await?;
+        Ok(reply
+            .results
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    r.properties
+                        .get(mapping::RECORD_ID_PROPERTY)
+                        .cloned()
+                        .flatten()?,
+                    CrmId(r.id),
+                ))
+            })
+            .collect())
+    }
+
+    /// Patches records that are already linked, by CRM id.
+    pub async fn batch_update(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        inputs: &[(CrmId, serde_json::Map<String, Value>)],
+    ) -> Result<(), ProviderError> {
+        let body = json!({"inputs": inputs.iter().map(|(id, properties)| json!({"id": id.as_str(), "properties": properties})).collect::<Vec<_>>()});
+        let request = self
+            .http
+            .post(self.url(&format!("/crm/v3/objects/{}/batch/update", object.as_str())))
+            .bearer_auth(token.expose_secret())
+            .json(&body);
+        send::<Value>(request, Some(&self.burst_budget(portal)))
+            .await
+            .map(|_| ())
+    }
+
     /// Exchanges a refresh token (OAuth v3 token endpoint).
     pub async fn refresh(
         &self,

@@ -45,6 +45,7 @@ pub fn properties(object: CrmObject) -> Vec<&'static str> {
     let mut names: Vec<&'static str> = FIELDS.iter().map(|(_, p)| *p).collect();
     names.push(modified_property(object));
     names.push("hs_object_id");
+    names.push(RECORD_ID_PROPERTY);
     names
 }
 
@@ -68,6 +69,61 @@ pub fn parse_time(value: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(value)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// The unique property holding the platform record id: the upsert key.
+pub const RECORD_ID_PROPERTY: &str = "crmsync_record_id";
+/// Marks where a record originated (`platform` | `crm`), for CRM users.
+pub const SOURCE_SYSTEM_PROPERTY: &str = "crmsync_source_system";
+
+fn status_to_hubspot(value: &str) -> Option<&'static str> {
+    match value {
+        "new" => Some("NEW"),
+        "contacted" => Some("ATTEMPTED_TO_CONTACT"),
+        "qualified" => Some("OPEN_DEAL"),
+        "unqualified" => Some("UNQUALIFIED"),
+        _ => None,
+    }
+}
+
+/// Canonical fields → HubSpot properties to write. Absent fields are written
+/// empty (which clears them), so the CRM ends up holding exactly `fields`.
+pub fn to_properties(fields: &RecordFields) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (field, property) in FIELDS {
+        let value = match (field, fields.get(*field)) {
+            (CanonicalField::Status, Some(v)) => status_to_hubspot(v).unwrap_or(""),
+            (_, Some(v)) => v,
+            (_, None) => "",
+        };
+        out.insert(
+            (*property).to_string(),
+            serde_json::Value::String(value.to_string()),
+        );
+    }
+    out
+}
+
+/// What the CRM will hold after [`to_properties`], read back as canonical
+/// fields: the pushed fingerprint is taken over this, so our own write is
+/// recognised when it comes back.
+pub fn round_trip(fields: &RecordFields) -> RecordFields {
+    let mut out = RecordFields::new();
+    for (property_field, property) in FIELDS {
+        let written = to_properties(fields);
+        let value = written
+            .get(*property)
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if *property_field == CanonicalField::Status {
+            if let Some(status) = status_from_hubspot(value) {
+                out.set(*property_field, status);
+            }
+        } else {
+            out.set(*property_field, value);
+        }
+    }
+    out
 }
 
 /// Maps one HubSpot object to an [`Incoming`] record.
@@ -96,10 +152,16 @@ pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, Provide
                 object, raw.id
             ))
         })?;
+    let platform_id = raw
+        .properties
+        .get(RECORD_ID_PROPERTY)
+        .and_then(|v| v.as_deref())
+        .and_then(|v| v.parse().ok());
     Ok(Incoming {
         crm_id: CrmId(raw.id),
         modified_at: modified,
         fields,
+        platform_id,
     })
 }
 
@@ -141,6 +203,31 @@ mod tests {
         let raw: HsObject = serde_json::from_value(json!({"id": "1", "properties": {}}))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(to_incoming(CrmObject::Contacts, raw).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_pushed_record_reads_back_as_what_was_pushed(
+            name in "[A-Za-z ]{0,12}", email in "[a-z]{1,8}@[a-z]{1,8}\\.io",
+            status in proptest::sample::select(vec!["new", "contacted", "qualified", "unqualified", ""]),
+        ) {
+            let fields = RecordFields::new()
+                .with(CanonicalField::Email, &email)
+                .with(CanonicalField::FirstName, &name)
+                .with(CanonicalField::Status, status);
+            // Read back through the inbound mapping, the values are the same:
+            // the fingerprint of our write matches its echo.
+            let props = to_properties(&fields);
+            let mut echoed = serde_json::Map::new();
+            for (k, v) in props {
+                echoed.insert(k, v);
+            }
+            echoed.insert("lastmodifieddate".into(), json!("2026-11-20T10:00:00Z"));
+            let raw: HsObject = serde_json::from_value(json!({"id": "1", "properties": echoed})).unwrap_or_else(|e| panic!("{e}"));
+            let back = to_incoming(CrmObject::Contacts, raw).unwrap_or_else(|e| panic!("{e}"));
+            proptest::prop_assert_eq!(&back.fields, &fields);
+            proptest::prop_assert_eq!(round_trip(&fields).fingerprint(), back.fields.fingerprint());
+        }
     }
 
     #[test]

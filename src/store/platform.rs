@@ -1,0 +1,410 @@
+//! Platform-side writes and the outbox (`SYNC_ALGORITHMS.md` §4): a platform
+//! write and the outbox rows that will push it commit in one transaction, so
+//! a crash can delay a push but never lose it; the push's bookkeeping (CRM id,
+//! base, pushed fingerprint) commits with the outbox rows it completes.
+
+use super::{Store, StoreError, on_db};
+use crate::domain::{
+    ConnectionId, CrmId, CrmObject, Origin, RecordFields, RecordId, RecordKind, TenantId,
+};
+use crate::store::ConnectionSettings;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+/// A platform record with its CRM links, as the api shows it.
+#[derive(Debug, Clone)]
+pub struct RecordView {
+    /// Its id.
+    pub id: RecordId,
+    /// Lead or contact.
+    pub kind: RecordKind,
+    /// Field values.
+    pub fields: RecordFields,
+    /// Where it was born.
+    pub origin: Origin,
+    /// The CRM it came from, if any.
+    pub origin_provider: Option<String>,
+    /// Its id there.
+    pub origin_crm_id: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Its links.
+    pub links: Vec<LinkView>,
+}
+
+/// One link of a record to a CRM record.
+#[derive(Debug, Clone)]
+pub struct LinkView {
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The CRM id.
+    pub crm_id: String,
+    /// When the CRM deleted it, if it did.
+    pub crm_deleted_at: Option<DateTime<Utc>>,
+    /// Last pull or push.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One record waiting to be pushed to a connection.
+#[derive(Debug, Clone)]
+pub struct PendingPush {
+    /// The outbox row.
+    pub outbox_id: uuid::Uuid,
+    /// The record.
+    pub record: RecordId,
+    /// Its present values.
+    pub fields: RecordFields,
+    /// Its CRM id on this connection, when already linked.
+    pub crm_id: Option<CrmId>,
+}
+
+/// What a push did for one record.
+#[derive(Debug, Clone)]
+pub struct PushedRecord {
+    /// The outbox rows it completes.
+    pub outbox_ids: Vec<uuid::Uuid>,
+    /// The record.
+    pub record: RecordId,
+    /// Its CRM id (new or existing).
+    pub crm_id: CrmId,
+    /// The values the CRM now holds, in canonical form (the new base).
+    pub pushed: RecordFields,
+}
+
+/// (connection, CRM id, CRM deletion time, last update) of one link.
+type LinkRow = (uuid::Uuid, String, Option<DateTime<Utc>>, DateTime<Utc>);
+
+#[derive(sqlx::FromRow)]
+struct RecordRowSql {
+    id: uuid::Uuid,
+    kind: String,
+    fields: Json<RecordFields>,
+    origin: String,
+    origin_provider: Option<String>,
+    origin_crm_id: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Creates a platform record and queues its push to every active
+    /// connection that syncs its kind. A second record with the same email
+    /// is refused (unless the tenant allows duplicates).
+    pub async fn create_platform_record(
+        &self,
+        tenant: TenantId,
+        kind: RecordKind,
+        fields: &RecordFields,
+    ) -> Result<(RecordId, Vec<ConnectionId>), StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let (allow_duplicates,): (bool,) = on_db!(&mut tx, |c| sqlx::query_as(
+            "SELECT allow_duplicates FROM tenants WHERE id = $1"
+        )
+        .bind(tenant.0)
+        .fetch_one(c)
+        .await)?;
+        let dedupe_key = if allow_duplicates {
+            None
+        } else {
+            fields.normalized_email().map(str::to_string)
+        };
+        if let Some(email) = &dedupe_key {
+            let existing: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| sqlx::query_as(
+                "SELECT id FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"
+            )
+            .bind(tenant.0)
+            .bind(kind.as_str())
+            .bind(email)
+            .fetch_optional(c)
+            .await)?;
+            if let Some((id,)) = existing {
+                return Err(StoreError::Conflict(format!(
+                    "a {kind} with this email exists: {id}"
+                )));
+            }
+        }
+        let id = RecordId::new();
+        let now = Utc::now();
+        on_db!(&mut tx, |c| {
+            sqlx::query(
+            "INSERT INTO records (id, tenant_id, kind, fields, dedupe_key, origin, version, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'platform', 1, $6, $6)"
+        )
+        .bind(id.0)
+        .bind(tenant.0)
+        .bind(kind.as_str())
+        .bind(Json(fields))
+        .bind(&dedupe_key)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ())
+        })?;
+        let connections = queue_pushes(&mut tx, tenant, id, kind, now).await?;
+        tx.commit().await?;
+        Ok((id, connections))
+    }
+
+    /// Replaces a platform record's fields (a PATCH already merged by the
+    /// caller) and queues its push; `None` when there is no such record.
+    pub async fn update_platform_record(
+        &self,
+        tenant: TenantId,
+        kind: RecordKind,
+        id: RecordId,
+        fields: &RecordFields,
+    ) -> Result<Option<Vec<ConnectionId>>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let (allow_duplicates,): (bool,) = on_db!(&mut tx, |c| sqlx::query_as(
+            "SELECT allow_duplicates FROM tenants WHERE id = $1"
+        )
+        .bind(tenant.0)
+        .fetch_one(c)
+        .await)?;
+        let dedupe_key = if allow_duplicates {
+            None
+        } else {
+            fields.normalized_email().map(str::to_string)
+        };
+        let now = Utc::now();
+        let updated: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
+            "UPDATE records SET fields = $1, dedupe_key = $2, version = version + 1, updated_at = $3
+              WHERE tenant_id = $4 AND kind = $5 AND id = $6 AND deleted_at IS NULL RETURNING id"
+        )
+        .bind(Json(fields))
+        .bind(&dedupe_key)
+        .bind(now)
+        .bind(tenant.0)
+        .bind(kind.as_str())
+        .bind(id.0)
+        .fetch_optional(c)
+        .await
+        })
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(format!("another {kind} has this email"))
+            }
+            _ => StoreError::Database(e),
+        })?;
+        if updated.is_none() {
+            return Ok(None);
+        }
+        let connections = queue_pushes(&mut tx, tenant, id, kind, now).await?;
+        tx.commit().await?;
+        Ok(Some(connections))
+    }
+
+    /// Deletes a platform record (soft); CRM records stay (default policy).
+    pub async fn delete_platform_record(
+        &self,
+        tenant: TenantId,
+        kind: RecordKind,
+        id: RecordId,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let now = Utc::now();
+        let deleted: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
+            "UPDATE records SET deleted_at = $1, dedupe_key = NULL, updated_at = $1, version = version + 1
+              WHERE tenant_id = $2 AND kind = $3 AND id = $4 AND deleted_at IS NULL RETURNING id"
+        )
+        .bind(now)
+        .bind(tenant.0)
+        .bind(kind.as_str())
+        .bind(id.0)
+        .fetch_optional(c)
+        .await
+        })?;
+        tx.commit().await?;
+        Ok(deleted.is_some())
+    }
+
+    /// One live record with its links.
+    pub async fn record_view(
+        &self,
+        tenant: TenantId,
+        kind: RecordKind,
+        id: RecordId,
+    ) -> Result<Option<RecordView>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let row: Option<RecordRowSql> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
+            "SELECT id, kind, fields, origin, origin_provider, origin_crm_id, created_at, updated_at FROM records
+              WHERE tenant_id = $1 AND kind = $2 AND id = $3 AND deleted_at IS NULL"
+        )
+        .bind(tenant.0)
+        .bind(kind.as_str())
+        .bind(id.0)
+        .fetch_optional(c)
+        .await
+        })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let links: Vec<LinkRow> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
+            "SELECT connection_id, crm_id, crm_deleted_at, updated_at FROM record_links WHERE tenant_id = $1 AND record_id = $2 ORDER BY created_at"
+        )
+        .bind(tenant.0)
+        .bind(id.0)
+        .fetch_all(c)
+        .await
+        })?;
+        tx.commit().await?;
+        let corrupt = |e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string());
+        Ok(Some(RecordView {
+            id: RecordId(row.id),
+            kind: row.kind.parse().map_err(corrupt)?,
+            fields: row.fields.0.renormalized(),
+            origin: row.origin.parse().map_err(corrupt)?,
+            origin_provider: row.origin_provider,
+            origin_crm_id: row.origin_crm_id,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            links: links
+                .into_iter()
+                .map(|(c, crm_id, crm_deleted_at, updated_at)| LinkView {
+                    connection: ConnectionId(c),
+                    crm_id,
+                    crm_deleted_at,
+                    updated_at,
+                })
+                .collect(),
+        }))
+    }
+
+    /// Up to `limit` records waiting to be pushed to a connection, oldest
+    /// first, one entry per record (its latest values).
+    pub async fn pending_pushes(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        limit: i64,
+    ) -> Result<Vec<PendingPush>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let rows: Vec<(uuid::Uuid, uuid::Uuid, Json<RecordFields>, Option<String>)> = on_db!(
+            &mut tx,
+            |c| {
+                sqlx::query_as(
+            "SELECT o.id, o.record_id, r.fields,
+                    (SELECT l.crm_id FROM record_links l
+                      WHERE l.tenant_id = o.tenant_id AND l.record_id = o.record_id AND l.connection_id = o.connection_id
+                        AND l.crm_object = $3 AND l.crm_deleted_at IS NULL LIMIT 1)
+               FROM outbox o JOIN records r ON r.id = o.record_id AND r.tenant_id = o.tenant_id
+              WHERE o.tenant_id = $1 AND o.connection_id = $2 AND o.status = 'pending' AND r.deleted_at IS NULL
+              ORDER BY o.created_at, o.id LIMIT $4"
+        )
+        .bind(tenant.0)
+        .bind(connection.0)
+        .bind(object.as_str())
+        .bind(limit)
+        .fetch_all(c)
+        .await
+            }
+        )?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(outbox_id, record, fields, crm_id)| PendingPush {
+                outbox_id,
+                record: RecordId(record),
+                fields: fields.0.renormalized(),
+                crm_id: crm_id.map(CrmId),
+            })
+            .collect())
+    }
+
+    /// Records a push: links (new or existing) get the CRM id, the pushed
+    /// values as base and their fingerprint (our echo), and the outbox rows
+    /// are done — all in one transaction.
+    pub async fn complete_pushes(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        pushed: &[PushedRecord],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let now = Utc::now();
+        for p in pushed {
+            let fingerprint = p.pushed.fingerprint();
+            on_db!(&mut tx, |c| {
+                sqlx::query(
+                "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pushed_fingerprint, local_modified_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)
+                 ON CONFLICT (connection_id, crm_object, crm_id) DO UPDATE
+                    SET base = excluded.base, pushed_fingerprint = excluded.pushed_fingerprint,
+                        local_modified_at = excluded.local_modified_at, crm_deleted_at = NULL, updated_at = excluded.updated_at"
+            )
+            .bind(uuid::Uuid::now_v7())
+            .bind(tenant.0)
+            .bind(p.record.0)
+            .bind(connection.0)
+            .bind(object.as_str())
+            .bind(p.crm_id.as_str())
+            .bind(Json(&p.pushed))
+            .bind(&fingerprint)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|_| ())
+            })?;
+            for outbox in &p.outbox_ids {
+                on_db!(&mut tx, |c| {
+                    sqlx::query(
+                    "UPDATE outbox SET status = 'done', attempts = attempts + 1, error = NULL, updated_at = $1 WHERE tenant_id = $2 AND id = $3"
+                )
+                .bind(now)
+                .bind(tenant.0)
+                .bind(outbox)
+                .execute(c)
+                .await
+                .map(|_| ())
+                })?;
+            }
+        }
+        tx.commit().await
+    }
+}
+
+/// Queues a push of `record` to each active connection that syncs `kind`.
+async fn queue_pushes(
+    tx: &mut super::Tx,
+    tenant: TenantId,
+    record: RecordId,
+    kind: RecordKind,
+    now: DateTime<Utc>,
+) -> Result<Vec<ConnectionId>, StoreError> {
+    let connections: Vec<(uuid::Uuid, Json<ConnectionSettings>)> = on_db!(tx, |c| sqlx::query_as(
+        "SELECT id, settings FROM connections WHERE tenant_id = $1 AND status = 'active'"
+    )
+    .bind(tenant.0)
+    .fetch_all(c)
+    .await)?;
+    let mut queued = Vec::new();
+    for (connection, settings) in connections {
+        if !settings.0.objects.iter().any(|m| m.record_kind == kind) {
+            continue;
+        }
+        on_db!(tx, |c| {
+            sqlx::query(
+            "INSERT INTO outbox (id, tenant_id, connection_id, record_id, operation, status, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'upsert', 'pending', $5, $5)"
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(tenant.0)
+        .bind(connection)
+        .bind(record.0)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ())
+        })?;
+        queued.push(ConnectionId(connection));
+    }
+    Ok(queued)
+}

@@ -1,0 +1,141 @@
+//! Platform → CRM: a platform lead is written to HubSpot once (upsert on our
+//! record id), its echo is recognised and skipped, and a genuine CRM edit of
+//! it still flows back.
+
+use crate::fleet::{Fleet, on_both_backends};
+use crate::support::PORTAL;
+use crmsync::domain::{CanonicalField, RecordFields, RecordKind, RunKind};
+use crmsync::jobs::PushChangesJob;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+async fn start_ingress(fleet: &Fleet) {
+    crmsync::app::publish_routes(&fleet.settings, &fleet.store)
+        .await
+        .expect("publish routes");
+    let ingress = crmsync::app::ingress(&fleet.settings, fleet.deps.queue.clone())
+        .await
+        .expect("ingress");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = ingress.router(fleet.settings.ingress.max_body_bytes);
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    fleet
+        .sandbox
+        .sandbox
+        .subscribe_everything(&format!("http://{addr}/webhooks/hubspot"))
+        .expect("subscribe");
+}
+
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Write requests the sandbox served, by route fragment.
+async fn writes(fleet: &Fleet, route: &str) -> u64 {
+    let counters = fleet.sandbox.counters().await;
+    counters["requests"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.contains(route))
+                .filter_map(|(_, v)| v.as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn sandbox_contact(fleet: &Fleet, email: &str) -> Option<(String, serde_json::Value)> {
+    fleet
+        .sandbox_contacts()
+        .await
+        .into_iter()
+        .find(|(_, p)| p["email"].as_str().map(str::to_lowercase).as_deref() == Some(email))
+}
+
+async fn push(fleet: &Fleet) {
+    let job = PushChangesJob {
+        tenant: fleet.tenant,
+        connection: fleet.connection,
+        trigger: uuid::Uuid::now_v7().to_string(),
+        attempt: 0,
+    };
+    fleet
+        .deps
+        .queue
+        .push_push_changes_after(&job, Duration::ZERO)
+        .await
+        .expect("enqueue push");
+}
+
+on_both_backends! {
+    async fn a_platform_lead_reaches_hubspot_once_its_echo_is_skipped_and_crm_edits_flow_back(backend) {
+        let mut fleet = Fleet::start(backend, 5).await;
+        fleet.start_workers();
+        fleet.full_sync().await;
+        start_ingress(&fleet).await;
+
+        let fields = RecordFields::new()
+            .with(CanonicalField::Email, "new.lead@example.com")
+            .with(CanonicalField::FirstName, "Ada")
+            .with(CanonicalField::Status, "contacted");
+        let (record, queued) = fleet.store.create_platform_record(fleet.tenant, RecordKind::Lead, &fields).await.expect("create");
+        assert_eq!(queued, vec![fleet.connection], "queued for the one connection that syncs leads");
+        push(&fleet).await;
+        wait_for("the lead in HubSpot", || async { sandbox_contact(&fleet, "new.lead@example.com").await.is_some() }).await;
+        let (crm_id, props) = sandbox_contact(&fleet, "new.lead@example.com").await.expect("contact");
+        assert_eq!(props["firstname"], "Ada");
+        // The echo (a webhook for our own creation) is processed and skipped.
+        wait_for("the echo to be processed", || async {
+            fleet.store.latest_run(fleet.tenant, fleet.connection).await.ok().flatten().is_some_and(|r| r.kind == RunKind::ProcessWebhook && r.status.as_str() == "succeeded")
+        })
+        .await;
+        let echo = fleet.store.latest_run(fleet.tenant, fleet.connection).await.expect("run").expect("run");
+        assert_eq!((echo.created, echo.updated), (0, 0), "our own write is not applied back: {echo:?}");
+        // Pushing again (a retried job) neither writes nor duplicates.
+        push(&fleet).await;
+        let delta = fleet.delta_sync().await;
+        assert_eq!((delta.created, delta.updated), (0, 0), "{delta:?}");
+        assert_eq!(fleet.sandbox_contacts().await.len(), 6, "one new contact in HubSpot");
+        assert_eq!(fleet.leads().await.len(), 6, "and no duplicate lead on the platform");
+        assert_eq!(writes(&fleet, "batch/upsert").await, 1, "one write, no echo writes");
+        let view = fleet.store.record_view(fleet.tenant, RecordKind::Lead, record).await.expect("view").expect("lead");
+        assert_eq!(view.links.len(), 1);
+        assert_eq!(view.links[0].crm_id, crm_id);
+
+        // A genuine CRM edit of a platform-originated lead still flows back.
+        let path = format!("/_sandbox/accounts/{PORTAL}/objects/contacts/{crm_id}");
+        let edited = fleet.sandbox.control(reqwest::Method::PATCH, &path, Some(json!({"properties": {"firstname": "Ada L."}}))).await;
+        assert!(edited.status.is_success(), "{:?}", edited.body);
+        wait_for("the CRM edit on the platform", || async {
+            fleet.store.record_view(fleet.tenant, RecordKind::Lead, record).await.ok().flatten()
+                .and_then(|v| v.fields.get(CanonicalField::FirstName).map(str::to_string)).as_deref() == Some("Ada L.")
+        })
+        .await;
+
+        // And a platform edit goes out as a patch by CRM id.
+        let changed = fields.clone().with(CanonicalField::FirstName, "Ada Lovelace");
+        fleet.store.update_platform_record(fleet.tenant, RecordKind::Lead, record, &changed).await.expect("update").expect("exists");
+        push(&fleet).await;
+        wait_for("the platform edit in HubSpot", || async {
+            sandbox_contact(&fleet, "new.lead@example.com").await.is_some_and(|(_, p)| p["firstname"] == "Ada Lovelace")
+        })
+        .await;
+        assert_eq!(writes(&fleet, "batch/upsert").await, 1);
+        assert_eq!(fleet.sandbox_contacts().await.len(), 6);
+        fleet.finish().await;
+    }
+}
