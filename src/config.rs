@@ -68,6 +68,8 @@ pub struct Settings {
     pub sync: SyncSettings,
     /// Webhook ingress.
     pub ingress: IngressSettings,
+    /// The platform API.
+    pub api: ApiSettings,
     /// Worker timeouts and shutdown.
     pub worker: WorkerSettings,
     /// Logs, metrics and health.
@@ -183,6 +185,14 @@ pub struct IngressSettings {
     pub max_body_bytes: usize,
     /// Whether v1/v2 signatures are accepted besides v3.
     pub allow_legacy_signatures: bool,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Where `crmsync-api` listens.
+    pub listen: String,
 }
 
 /// `[worker]`.

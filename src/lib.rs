@@ -14,11 +14,13 @@
 //! - [`ingress`] — verified webhook intake: routes, dedupe, enqueue.
 //! - [`scheduler`] — enqueues due delta syncs, once per tick fleet-wide.
 //! - [`telemetry`] — logs, metrics, `/metrics` and `/health`.
+//! - [`api`] — the platform API: leads and contacts, bearer token per tenant.
 //! - [`app`] — start-up wiring shared by the binaries.
 //! - [`cli`] — the `crmsync` operator commands, `dev` included.
 //! - [`sandbox`] — emulated CRMs that tests, benchmarks and `crmsync dev`
 //!   talk to over real HTTP.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

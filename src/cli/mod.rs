@@ -362,3 +362,34 @@ pub async fn serve_ingress(listen: Option<String>) -> anyhow::Result<()> {
     queue.close().await;
     Ok(())
 }
+
+/// The `crmsync-api` process.
+pub async fn serve_api(listen: Option<String>) -> anyhow::Result<()> {
+    let mut settings = Settings::load()?;
+    if let Some(listen) = listen {
+        settings.api.listen = listen;
+    }
+    crate::telemetry::init_logs(&settings.telemetry);
+    let store = app::open_store(&settings, false).await?;
+    let queue = crate::queue::Queue::connect(&settings, &app::store_dir(&settings)).await?;
+    let metrics = crate::telemetry::serve(&settings.telemetry.listen, "api").await?;
+    let listener = tokio::net::TcpListener::bind(&settings.api.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", settings.api.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, metrics = %metrics, "crmsync-api started");
+    let (_stop, mut shutdown) = shutdown_signal();
+    axum::serve(
+        listener,
+        crate::api::Api::new(store, queue.clone()).router(),
+    )
+    .with_graceful_shutdown(async move {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await?;
+    queue.close().await;
+    Ok(())
+}

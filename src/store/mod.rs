@@ -11,7 +11,7 @@ mod tenants;
 pub use connections::{
     ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping,
 };
-pub use platform::{LinkView, PendingPush, PushedRecord, RecordView};
+pub use platform::{LinkView, PendingPush, PushedRecord, RecordQuery, RecordView};
 pub use records::{PageOutcome, PageWrite};
 pub use runs::{RunRow, RunUpdate};
 pub use tenants::{DEFAULT_TENANT, NewTenant};

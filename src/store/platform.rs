@@ -34,6 +34,25 @@ pub struct RecordView {
     pub links: Vec<LinkView>,
 }
 
+/// Filters and paging of [`Store::list_records`].
+#[derive(Debug, Clone, Default)]
+pub struct RecordQuery {
+    /// Only this origin.
+    pub origin: Option<Origin>,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only records changed at or after this time.
+    pub updated_since: Option<DateTime<Utc>>,
+    /// Only records linked to this connection.
+    pub connection: Option<ConnectionId>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+    /// Continue after this (created_at, id).
+    pub after: Option<(DateTime<Utc>, RecordId)>,
+    /// Page size.
+    pub limit: i64,
+}
+
 /// One link of a record to a CRM record.
 #[derive(Debug, Clone)]
 pub struct LinkView {
@@ -274,6 +293,62 @@ impl Store {
                 })
                 .collect(),
         }))
+    }
+
+    /// One page of a tenant's live records of `kind`, oldest first (or
+    /// newest first), after the `(created_at, id)` cursor, filtered.
+    pub async fn list_records(
+        &self,
+        tenant: TenantId,
+        kind: RecordKind,
+        query: &RecordQuery,
+    ) -> Result<Vec<RecordView>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let status_expr = match &tx {
+            super::Tx::Postgres(_) => "r.fields->>'status'",
+            super::Tx::Sqlite(_) => "json_extract(r.fields, '$.status')",
+        };
+        let (order, cmp) = if query.newest_first {
+            ("DESC", "<")
+        } else {
+            ("ASC", ">")
+        };
+        let sql = format!(
+            "SELECT r.id FROM records r
+              WHERE r.tenant_id = $1 AND r.kind = $2 AND r.deleted_at IS NULL
+                AND ($3 IS NULL OR r.origin = $3)
+                AND ($4 IS NULL OR {status_expr} = $4)
+                AND ($5 IS NULL OR r.updated_at >= $5)
+                AND ($6 IS NULL OR EXISTS (SELECT 1 FROM record_links l WHERE l.tenant_id = r.tenant_id AND l.record_id = r.id AND l.connection_id = $6))
+                AND ($7 IS NULL OR (r.created_at, r.id) {cmp} ($7, $8))
+              ORDER BY r.created_at {order}, r.id {order} LIMIT $9"
+        );
+        let (after_at, after_id) = match query.after {
+            Some((at, id)) => (Some(at), Some(id.0)),
+            None => (None, None),
+        };
+        let ids: Vec<(uuid::Uuid,)> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(
+            sql.clone()
+        ))
+        .bind(tenant.0)
+        .bind(kind.as_str())
+        .bind(query.origin.map(Origin::as_str))
+        .bind(query.status.as_deref())
+        .bind(query.updated_since)
+        .bind(query.connection.map(|c| c.0))
+        .bind(after_at)
+        .bind(after_id)
+        .bind(query.limit)
+        .fetch_all(c)
+        .await)?;
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            if let Some(view) = self.record_view(tenant, kind, RecordId(id)).await? {
+                out.push(view);
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `limit` records waiting to be pushed to a connection, oldest

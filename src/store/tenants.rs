@@ -87,6 +87,27 @@ impl Store {
         Ok(found.map(|(id,)| TenantId(id)))
     }
 
+    /// The tenant an API token belongs to (compared by hash; cross-tenant by
+    /// nature: the caller does not know its tenant yet).
+    pub async fn tenant_by_token(&self, token: &str) -> Result<Option<TenantId>, StoreError> {
+        let hash = Sha256::digest(token.as_bytes()).to_vec();
+        let found: Option<(Option<uuid::Uuid>,)> = match &self.db {
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT crmsync_tenant_by_token($1)")
+                    .bind(&hash)
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Db::Sqlite(pool) => {
+                sqlx::query_as("SELECT id FROM tenants WHERE api_token_hash = $1")
+                    .bind(&hash)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        Ok(found.and_then(|(id,)| id).map(TenantId))
+    }
+
     /// The named tenant, or the default one (created on first use).
     pub async fn resolve_tenant(&self, name_or_id: Option<&str>) -> Result<TenantId, StoreError> {
         match name_or_id {

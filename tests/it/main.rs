@@ -15,6 +15,7 @@ mod sync_delta;
 mod sync_full;
 mod sync_resume;
 
+mod api;
 mod cli;
 mod hubspot_client;
 mod push;

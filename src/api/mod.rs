@@ -1,0 +1,528 @@
+//! The platform API (`crmsync-api`): leads and contacts as one deduplicated
+//! view of platform- and CRM-originated records, behind a bearer token per
+//! tenant. Writes commit with their outbox rows and enqueue a push, so a lead
+//! created here reaches each connected CRM once. Errors are
+//! `application/problem+json`.
+
+use crate::domain::{
+    CanonicalField, ConnectionId, Origin, RecordFields, RecordId, RecordKind, TenantId,
+};
+use crate::jobs::PushChangesJob;
+use crate::queue::Queue;
+use crate::store::{RecordQuery, RecordView, Store, StoreError};
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct Api {
+    store: Store,
+    queue: Queue,
+}
+
+impl Api {
+    /// Builds the API over a store and the queue pushes go to.
+    pub fn new(store: Store, queue: Queue) -> Self {
+        Self { store, queue }
+    }
+
+    /// The axum app.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/leads", get(list_leads).post(create_lead))
+            .route(
+                "/v1/leads/{id}",
+                get(get_lead).patch(patch_lead).delete(delete_lead),
+            )
+            .route("/v1/contacts", get(list_contacts).post(create_contact))
+            .route(
+                "/v1/contacts/{id}",
+                get(get_contact).patch(patch_contact).delete(delete_contact),
+            )
+            .route("/openapi.json", get(openapi))
+            .route("/health", get(|| async { "ok" }))
+            .with_state(self)
+    }
+}
+
+/// An error answered as `application/problem+json`.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    detail: String,
+}
+
+impl Problem {
+    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => Problem::new(StatusCode::CONFLICT, m),
+            StoreError::Invalid(m) => Problem::new(StatusCode::BAD_REQUEST, m),
+            StoreError::NotFound(m) => {
+                Problem::new(StatusCode::NOT_FOUND, format!("{m} not found"))
+            }
+            other => {
+                tracing::error!(error = %other, "api store error");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable")
+            }
+        }
+    }
+}
+
+/// The caller's tenant, from `Authorization: Bearer <token>`.
+pub struct Tenant(TenantId);
+
+impl FromRequestParts<Api> for Tenant {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Problem::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+        match api.store.tenant_by_token(token.trim()).await? {
+            Some(tenant) => Ok(Tenant(tenant)),
+            None => Err(Problem::new(StatusCode::UNAUTHORIZED, "unknown token")),
+        }
+    }
+}
+
+/// A lead or contact as written by the platform (all fields optional on
+/// PATCH; `null` clears a field).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordInput {
+    #[serde(default, deserialize_with = "present")]
+    email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    last_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    company: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    job_title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    phone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    status: Option<Option<String>>,
+}
+
+/// A field that is present (`Some`), possibly `null` (`Some(None)`); absent
+/// fields stay `None` through `#[serde(default)]`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+const STATUSES: &[&str] = &["new", "contacted", "qualified", "unqualified"];
+
+impl RecordInput {
+    fn apply(&self, mut fields: RecordFields) -> Result<RecordFields, Problem> {
+        let pairs = [
+            (CanonicalField::Email, &self.email),
+            (CanonicalField::FirstName, &self.first_name),
+            (CanonicalField::LastName, &self.last_name),
+            (CanonicalField::Company, &self.company),
+            (CanonicalField::JobTitle, &self.job_title),
+            (CanonicalField::Phone, &self.phone),
+            (CanonicalField::Status, &self.status),
+        ];
+        for (field, value) in pairs {
+            match value {
+                None => {}
+                Some(None) => fields.set(field, ""),
+                Some(Some(v)) => {
+                    if v.len() > 500 {
+                        return Err(Problem::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("{field:?} is longer than 500 characters"),
+                        ));
+                    }
+                    fields.set(field, v);
+                }
+            }
+        }
+        if let Some(email) = fields.get(CanonicalField::Email)
+            && (!email.contains('@') || email.starts_with('@') || email.ends_with('@'))
+        {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("email {email:?} is not an email address"),
+            ));
+        }
+        if let Some(status) = fields.get(CanonicalField::Status)
+            && !STATUSES.contains(&status)
+        {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("status must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+        Ok(fields)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LinkOut {
+    connection_id: ConnectionId,
+    provider: &'static str,
+    crm_id: String,
+    sync_status: &'static str,
+    last_synced_at: DateTime<Utc>,
+}
+
+fn render(view: &RecordView) -> Value {
+    let f = |field| view.fields.get(field);
+    let full_name = [f(CanonicalField::FirstName), f(CanonicalField::LastName)]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let links: Vec<LinkOut> = view
+        .links
+        .iter()
+        .map(|l| LinkOut {
+            connection_id: l.connection,
+            provider: "hubspot",
+            crm_id: l.crm_id.clone(),
+            sync_status: if l.crm_deleted_at.is_some() {
+                "deleted_in_crm"
+            } else {
+                "synced"
+            },
+            last_synced_at: l.updated_at,
+        })
+        .collect();
+    json!({
+        "id": view.id,
+        "email": f(CanonicalField::Email),
+        "firstName": f(CanonicalField::FirstName),
+        "lastName": f(CanonicalField::LastName),
+        "company": f(CanonicalField::Company),
+        "jobTitle": f(CanonicalField::JobTitle),
+        "phone": f(CanonicalField::Phone),
+        "status": f(CanonicalField::Status),
+        "fullName": if full_name.is_empty() { None } else { Some(full_name) },
+        "origin": view.origin,
+        "originProvider": view.origin_provider,
+        "originCrmId": view.origin_crm_id,
+        "links": links,
+        "createdAt": view.created_at,
+        "updatedAt": view.updated_at,
+    })
+}
+
+fn parse_body(body: &[u8]) -> Result<RecordInput, Problem> {
+    serde_json::from_slice(body)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn parse_id(id: &str) -> Result<RecordId, Problem> {
+    id.parse()
+        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no record {id}")))
+}
+
+async fn enqueue_pushes(api: &Api, tenant: TenantId, connections: &[ConnectionId]) {
+    for connection in connections {
+        let job = PushChangesJob {
+            tenant,
+            connection: *connection,
+            trigger: uuid::Uuid::now_v7().to_string(),
+            attempt: 0,
+        };
+        // Not fatal: the row is in the outbox and the next delta pushes it.
+        if let Err(e) = api
+            .queue
+            .push_push_changes_after(&job, std::time::Duration::ZERO)
+            .await
+        {
+            tracing::warn!(error = %e, connection.id = %connection, "push not enqueued; the outbox keeps it");
+        }
+    }
+}
+
+async fn create(
+    api: Api,
+    tenant: TenantId,
+    kind: RecordKind,
+    body: &[u8],
+) -> Result<Response, Problem> {
+    let input = parse_body(body)?;
+    let fields = input.apply(RecordFields::new())?;
+    let (id, connections) = api
+        .store
+        .create_platform_record(tenant, kind, &fields)
+        .await?;
+    enqueue_pushes(&api, tenant, &connections).await;
+    let view = api
+        .store
+        .record_view(tenant, kind, id)
+        .await?
+        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "gone"))?;
+    Ok((StatusCode::CREATED, axum::Json(render(&view))).into_response())
+}
+
+async fn read(api: Api, tenant: TenantId, kind: RecordKind, id: &str) -> Result<Response, Problem> {
+    let id = parse_id(id)?;
+    match api.store.record_view(tenant, kind, id).await? {
+        Some(view) => Ok(axum::Json(render(&view)).into_response()),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no {kind} {id}"),
+        )),
+    }
+}
+
+async fn patch(
+    api: Api,
+    tenant: TenantId,
+    kind: RecordKind,
+    id: &str,
+    body: &[u8],
+) -> Result<Response, Problem> {
+    let id = parse_id(id)?;
+    let input = parse_body(body)?;
+    let Some(current) = api.store.record_view(tenant, kind, id).await? else {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no {kind} {id}"),
+        ));
+    };
+    let fields = input.apply(current.fields)?;
+    let Some(connections) = api
+        .store
+        .update_platform_record(tenant, kind, id, &fields)
+        .await?
+    else {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no {kind} {id}"),
+        ));
+    };
+    enqueue_pushes(&api, tenant, &connections).await;
+    read(api, tenant, kind, &id.to_string()).await
+}
+
+async fn delete(
+    api: Api,
+    tenant: TenantId,
+    kind: RecordKind,
+    id: &str,
+) -> Result<Response, Problem> {
+    let id = parse_id(id)?;
+    if api.store.delete_platform_record(tenant, kind, id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no {kind} {id}"),
+        ))
+    }
+}
+
+/// `GET /v1/leads` query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListParams {
+    status: Option<String>,
+    origin: Option<String>,
+    provider: Option<String>,
+    connection_id: Option<String>,
+    updated_since: Option<String>,
+    sort: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+    include_crm_leads: Option<bool>,
+}
+
+fn bad(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, detail)
+}
+
+async fn list(
+    api: Api,
+    tenant: TenantId,
+    kind: RecordKind,
+    params: ListParams,
+) -> Result<Response, Problem> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(bad("limit must be between 1 and 200"));
+    }
+    let mut origin = match params.origin.as_deref() {
+        Some(o) => Some(o.parse::<Origin>().map_err(|e| bad(e.to_string()))?),
+        None => None,
+    };
+    if params.include_crm_leads == Some(false) {
+        origin = Some(Origin::Platform);
+    }
+    if let Some(provider) = params.provider.as_deref()
+        && provider != "hubspot"
+    {
+        return Err(bad(format!(
+            "unknown provider {provider:?}; expected one of: hubspot"
+        )));
+    }
+    let connection = match params.connection_id.as_deref() {
+        Some(c) => Some(
+            c.parse::<ConnectionId>()
+                .map_err(|_| bad("connectionId is not a connection id"))?,
+        ),
+        None => None,
+    };
+    let updated_since = match params.updated_since.as_deref() {
+        Some(t) => Some(
+            DateTime::parse_from_rfc3339(t)
+                .map_err(|_| bad("updatedSince must be RFC 3339"))?
+                .with_timezone(&Utc),
+        ),
+        None => None,
+    };
+    let newest_first = match params.sort.as_deref() {
+        None | Some("createdAt") => false,
+        Some("-createdAt") => true,
+        Some(other) => {
+            return Err(bad(format!(
+                "sort {other:?} is not supported; use createdAt or -createdAt"
+            )));
+        }
+    };
+    let after = match params.cursor.as_deref() {
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| bad("invalid cursor"))?),
+        None => None,
+    };
+    let query = RecordQuery {
+        origin,
+        status: params.status,
+        updated_since,
+        connection,
+        newest_first,
+        after,
+        limit: limit + 1,
+    };
+    let mut page = api.store.list_records(tenant, kind, &query).await?;
+    let next = if page.len() as i64 > limit {
+        page.truncate(limit as usize);
+        page.last().map(|v| encode_cursor(v.created_at, v.id))
+    } else {
+        None
+    };
+    let data: Vec<Value> = page.iter().map(render).collect();
+    Ok(axum::Json(json!({"data": data, "nextCursor": next})).into_response())
+}
+
+fn encode_cursor(at: DateTime<Utc>, id: RecordId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{}", at.to_rfc3339(), id))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, RecordId)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (at, id) = text.split_once('|')?;
+    Some((
+        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+        id.parse().ok()?,
+    ))
+}
+
+macro_rules! kind_routes {
+    ($kind:expr, $list:ident, $create:ident, $get:ident, $patch:ident, $delete:ident) => {
+        async fn $list(
+            State(api): State<Api>,
+            Tenant(t): Tenant,
+            params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+        ) -> Result<Response, Problem> {
+            let Query(params) = params.map_err(|e| bad(e.body_text()))?;
+            list(api, t, $kind, params).await
+        }
+        async fn $create(
+            State(api): State<Api>,
+            Tenant(t): Tenant,
+            body: axum::body::Bytes,
+        ) -> Result<Response, Problem> {
+            create(api, t, $kind, &body).await
+        }
+        async fn $get(
+            State(api): State<Api>,
+            Tenant(t): Tenant,
+            Path(id): Path<String>,
+        ) -> Result<Response, Problem> {
+            read(api, t, $kind, &id).await
+        }
+        async fn $patch(
+            State(api): State<Api>,
+            Tenant(t): Tenant,
+            Path(id): Path<String>,
+            body: axum::body::Bytes,
+        ) -> Result<Response, Problem> {
+            patch(api, t, $kind, &id, &body).await
+        }
+        async fn $delete(
+            State(api): State<Api>,
+            Tenant(t): Tenant,
+            Path(id): Path<String>,
+        ) -> Result<Response, Problem> {
+            delete(api, t, $kind, &id).await
+        }
+    };
+}
+
+kind_routes!(
+    RecordKind::Lead,
+    list_leads,
+    create_lead,
+    get_lead,
+    patch_lead,
+    delete_lead
+);
+kind_routes!(
+    RecordKind::Contact,
+    list_contacts,
+    create_contact,
+    get_contact,
+    patch_contact,
+    delete_contact
+);
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The OpenAPI document of the endpoints above.
+const OPENAPI: &str = include_str!("openapi.json");

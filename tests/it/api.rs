@@ -1,0 +1,150 @@
+//! The platform API over HTTP: a lead created there reaches HubSpot once and
+//! shows its link; the unified list pages and filters; tenants are isolated;
+//! bad input gets a problem+json answer.
+
+use crate::fleet::{Fleet, on_both_backends};
+use crate::support::TOKEN;
+use crmsync::domain::{CrmObject, RecordKind};
+use crmsync::store::Credentials;
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, String) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("api request");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            content_type,
+        )
+    }
+}
+
+async fn start_api(fleet: &Fleet) -> String {
+    let api = crmsync::api::Api::new(fleet.store.clone(), fleet.deps.queue.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, api.router()).await.ok() });
+    format!("http://{addr}")
+}
+
+on_both_backends! {
+    async fn a_lead_created_through_the_api_reaches_hubspot_once_and_tenants_stay_apart(backend) {
+        let mut fleet = Fleet::start(backend, 3).await;
+        fleet.start_workers();
+        // The api's tenant, with its own connection to the sandbox portal.
+        let acme = fleet.store.create_tenant("acme").await.expect("tenant");
+        let credentials = Credentials::PrivateAppToken { token: SecretString::from(TOKEN) };
+        let (connection, _) = crmsync::cli::connect_hubspot_token(&fleet.settings, &fleet.store, acme.id, credentials, None).await.expect("connect");
+        let base = start_api(&fleet).await;
+        let api = Client { base: base.clone(), token: acme.token.clone(), http: reqwest::Client::new() };
+
+        let (status, lead, _) = api.send(reqwest::Method::POST, "/v1/leads", Some(json!({
+            "email": "Ada@Example.com", "firstName": "Ada", "lastName": "Lovelace", "status": "qualified"
+        }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{lead}");
+        assert_eq!(lead["email"], "ada@example.com");
+        assert_eq!(lead["fullName"], "Ada Lovelace");
+        assert_eq!(lead["origin"], "platform");
+        let id = lead["id"].as_str().expect("id").to_string();
+
+        // The push lands in HubSpot and the link shows up.
+        let started = Instant::now();
+        let linked = loop {
+            let (_, lead, _) = api.send(reqwest::Method::GET, &format!("/v1/leads/{id}"), None).await;
+            if lead["links"].as_array().is_some_and(|l| !l.is_empty()) {
+                break lead;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "never linked: {lead}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        assert_eq!(linked["links"][0]["connectionId"], connection.to_string());
+        assert_eq!(linked["links"][0]["syncStatus"], "synced");
+        let crm_ids = fleet.store.linked_crm_ids(acme.id, connection, CrmObject::Contacts).await.expect("links");
+        assert_eq!(crm_ids.len(), 1, "exactly one CRM record for the lead");
+        let in_hubspot = fleet.sandbox_contacts().await;
+        assert_eq!(in_hubspot.len(), 4, "three seeded and ours");
+        assert!(in_hubspot.values().any(|p| p["email"] == "ada@example.com" && p["lastname"] == "Lovelace"));
+
+        // The same email again is a conflict, not a duplicate.
+        let (status, problem, content_type) = api.send(reqwest::Method::POST, "/v1/leads", Some(json!({"email": "ada@example.com"}))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+        assert_eq!(content_type, "application/problem+json");
+        // Bad input.
+        let (status, problem, _) = api.send(reqwest::Method::POST, "/v1/leads", Some(json!({"email": "nope", "shoeSize": 9}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        let (status, _, _) = api.send(reqwest::Method::POST, "/v1/leads", Some(json!({"status": "hot"}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // PATCH changes one field, null clears another.
+        let (status, patched, _) = api.send(reqwest::Method::PATCH, &format!("/v1/leads/{id}"), Some(json!({"company": "Analytical Engines", "lastName": null}))).await;
+        assert_eq!(status, StatusCode::OK, "{patched}");
+        assert_eq!(patched["company"], "Analytical Engines");
+        assert_eq!(patched["lastName"], Value::Null);
+
+        // The unified list: paging with a cursor, filters, platform-only.
+        for n in 0..3 {
+            let (status, _, _) = api.send(reqwest::Method::POST, "/v1/leads", Some(json!({"email": format!("p{n}@example.com"), "status": "new"}))).await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        let (_, page1, _) = api.send(reqwest::Method::GET, "/v1/leads?limit=2", None).await;
+        assert_eq!(page1["data"].as_array().map(Vec::len), Some(2));
+        let cursor = page1["nextCursor"].as_str().expect("a next page").to_string();
+        let (_, page2, _) = api.send(reqwest::Method::GET, &format!("/v1/leads?limit=2&cursor={cursor}"), None).await;
+        assert_eq!(page2["data"].as_array().map(Vec::len), Some(2));
+        assert_eq!(page2["nextCursor"], Value::Null);
+        let (_, new_only, _) = api.send(reqwest::Method::GET, "/v1/leads?status=new", None).await;
+        assert_eq!(new_only["data"].as_array().map(Vec::len), Some(3));
+        let (status, problem, _) = api.send(reqwest::Method::GET, "/v1/leads?limit=500", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+
+        // Another tenant sees none of it; no token is 401.
+        let default_token_client = Client { base: base.clone(), token: "cst_not-a-token".into(), http: reqwest::Client::new() };
+        let (status, _, _) = default_token_client.send(reqwest::Method::GET, "/v1/leads", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let other = fleet.store.create_tenant("globex").await.expect("tenant");
+        let globex = Client { base, token: other.token, http: reqwest::Client::new() };
+        let (status, _, _) = globex.send(reqwest::Method::GET, &format!("/v1/leads/{id}"), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_, theirs, _) = globex.send(reqwest::Method::GET, "/v1/leads", None).await;
+        assert_eq!(theirs["data"].as_array().map(Vec::len), Some(0));
+
+        // DELETE removes it from the platform view (the CRM record stays).
+        let (status, _, _) = api.send(reqwest::Method::DELETE, &format!("/v1/leads/{id}"), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, _, _) = api.send(reqwest::Method::GET, &format!("/v1/leads/{id}"), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(fleet.store.records(acme.id, RecordKind::Lead).await.expect("records").iter().all(|(r, _)| r.to_string() != id));
+        fleet.finish().await;
+    }
+}
