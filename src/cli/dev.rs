@@ -35,6 +35,9 @@ pub struct DevArgs {
     /// Where the sandbox listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     sandbox_listen: SocketAddr,
+    /// Where the platform API listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    api_listen: SocketAddr,
     /// Where the webhook ingress listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     ingress_listen: SocketAddr,
@@ -95,6 +98,14 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
     sandbox
         .subscribe_everything(&format!("http://{ingress_addr}/webhooks/hubspot"))
         .map_err(|e| anyhow::anyhow!("sandbox webhook subscription failed: {e:?}"))?;
+    // The platform API, with a fresh token for the default tenant.
+    let api_token = store.issue_token(tenant).await?;
+    let api_listener = tokio::net::TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.api_listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let api_app = crate::api::Api::new(store.clone(), deps.queue.clone()).router();
+    tokio::spawn(async move { axum::serve(api_listener, api_app).await.ok() });
 
     println!("crmsync dev");
     println!(
@@ -109,6 +120,10 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
     println!("  connection {connection} (tenant default)");
     println!(
         "  ingress    http://{ingress_addr}/webhooks/hubspot (the sandbox delivers its webhooks here)"
+    );
+    println!("  api        http://{api_addr}/v1/leads   (token {api_token})");
+    println!(
+        "  try        curl -H 'authorization: Bearer {api_token}' -H 'content-type: application/json' -d '{{\"email\":\"ada@example.com\",\"firstName\":\"Ada\"}}' http://{api_addr}/v1/leads"
     );
     if let Some(addr) = metrics {
         println!("  metrics    http://{addr}/metrics");
@@ -128,6 +143,10 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
         WorkerSpec {
             kind: JobKind::ProcessWebhook,
             concurrency: 2,
+        },
+        WorkerSpec {
+            kind: JobKind::PushChanges,
+            concurrency: 1,
         },
     ];
     let workers = {

@@ -87,6 +87,22 @@ impl Store {
         Ok(found.map(|(id,)| TenantId(id)))
     }
 
+    /// Replaces a tenant's API token with a new one (the old stops working).
+    pub async fn issue_token(&self, tenant: TenantId) -> Result<String, StoreError> {
+        let (token, hash) = new_token()?;
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| sqlx::query(
+            "UPDATE tenants SET api_token_hash = $1 WHERE id = $2"
+        )
+        .bind(&hash)
+        .bind(tenant.0)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
     /// The tenant an API token belongs to (compared by hash; cross-tenant by
     /// nature: the caller does not know its tenant yet).
     pub async fn tenant_by_token(&self, token: &str) -> Result<Option<TenantId>, StoreError> {
@@ -129,4 +145,13 @@ impl Store {
             },
         }
     }
+}
+
+/// A fresh API token (`cst_` + 32 random bytes) and its stored hash.
+fn new_token() -> Result<(String, Vec<u8>), StoreError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| StoreError::Invalid(format!("no randomness: {e}")))?;
+    let token = format!("cst_{}", URL_SAFE_NO_PAD.encode(secret));
+    let hash = Sha256::digest(token.as_bytes()).to_vec();
+    Ok((token, hash))
 }
