@@ -110,6 +110,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
             RunKind::ProcessWebhook,
         )
         .await?;
+    let mut pushes = 0;
     let outcome = async {
         for ids in job.changed.chunks(BATCH) {
             let records = crate::with_auth!(session, deps, |token| deps
@@ -140,6 +141,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
                 cursor: None,
             };
             let applied = store.apply_page(&write).await?;
+            pushes += applied.map_or(0, |o| o.pushes);
             crate::telemetry::record_page("process_webhook", applied.map(|o| o.counts));
         }
         Ok::<(), JobError>(())

@@ -69,17 +69,17 @@ pub async fn run(job: &PushChangesJob, deps: &Deps) -> Result<usize, JobError> {
             }
             // One entry per record (its latest values), with every outbox row
             // it completes.
-            let mut by_record: BTreeMap<_, (Vec<uuid::Uuid>, _, Option<CrmId>)> = BTreeMap::new();
+            let mut by_record: BTreeMap<_, (Vec<uuid::Uuid>, _, Option<CrmId>, i64)> =
+                BTreeMap::new();
             for p in pending {
                 let entry = by_record
                     .entry(p.record)
-                    .or_insert_with(|| (Vec::new(), p.fields.clone(), p.crm_id.clone()));
+                    .or_insert_with(|| (Vec::new(), p.fields.clone(), p.crm_id.clone(), p.version));
                 entry.0.push(p.outbox_id);
-                entry.1 = p.fields;
             }
             let mut upserts = Vec::new();
             let mut updates = Vec::new();
-            for (record, (_, fields, crm_id)) in &by_record {
+            for (record, (_, fields, crm_id, _)) in &by_record {
                 let mut properties = mapping::to_properties(fields);
                 match crm_id {
                     Some(id) => updates.push((id.clone(), properties)),
@@ -104,13 +104,14 @@ pub async fn run(job: &PushChangesJob, deps: &Deps) -> Result<usize, JobError> {
             }
             let pushed: Vec<PushedRecord> = by_record
                 .into_iter()
-                .filter_map(|(record, (outbox_ids, fields, crm_id))| {
+                .filter_map(|(record, (outbox_ids, fields, crm_id, version))| {
                     let crm_id = crm_id.or_else(|| crm_ids.get(&record.to_string()).cloned())?;
                     Some(PushedRecord {
                         outbox_ids,
                         record,
                         crm_id,
                         pushed: mapping::round_trip(&fields),
+                        version,
                     })
                 })
                 .collect();

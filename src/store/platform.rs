@@ -77,6 +77,9 @@ pub struct PendingPush {
     pub fields: RecordFields,
     /// Its CRM id on this connection, when already linked.
     pub crm_id: Option<CrmId>,
+    /// The record's version when read: the push is booked as current only
+    /// if the record has not changed since.
+    pub version: i64,
 }
 
 /// What a push did for one record.
@@ -90,7 +93,18 @@ pub struct PushedRecord {
     pub crm_id: CrmId,
     /// The values the CRM now holds, in canonical form (the new base).
     pub pushed: RecordFields,
+    /// The record version those values came from.
+    pub version: i64,
 }
+
+/// (outbox id, record id, fields, linked CRM id, record version).
+type PendingRow = (
+    uuid::Uuid,
+    uuid::Uuid,
+    Json<RecordFields>,
+    Option<String>,
+    i64,
+);
 
 /// (connection, CRM id, CRM deletion time, last update) of one link.
 type LinkRow = (uuid::Uuid, String, Option<DateTime<Utc>>, DateTime<Utc>);
@@ -361,14 +375,13 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<PendingPush>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let rows: Vec<(uuid::Uuid, uuid::Uuid, Json<RecordFields>, Option<String>)> = on_db!(
-            &mut tx,
-            |c| {
-                sqlx::query_as(
+        let rows: Vec<PendingRow> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
             "SELECT o.id, o.record_id, r.fields,
                     (SELECT l.crm_id FROM record_links l
                       WHERE l.tenant_id = o.tenant_id AND l.record_id = o.record_id AND l.connection_id = o.connection_id
-                        AND l.crm_object = $3 AND l.crm_deleted_at IS NULL LIMIT 1)
+                        AND l.crm_object = $3 AND l.crm_deleted_at IS NULL LIMIT 1),
+                    r.version
                FROM outbox o JOIN records r ON r.id = o.record_id AND r.tenant_id = o.tenant_id
               WHERE o.tenant_id = $1 AND o.connection_id = $2 AND o.status = 'pending' AND r.deleted_at IS NULL
               ORDER BY o.created_at, o.id LIMIT $4"
@@ -379,16 +392,16 @@ impl Store {
         .bind(limit)
         .fetch_all(c)
         .await
-            }
-        )?;
+        })?;
         tx.commit().await?;
         Ok(rows
             .into_iter()
-            .map(|(outbox_id, record, fields, crm_id)| PendingPush {
+            .map(|(outbox_id, record, fields, crm_id, version)| PendingPush {
                 outbox_id,
                 record: RecordId(record),
                 fields: fields.0.renormalized(),
                 crm_id: crm_id.map(CrmId),
+                version,
             })
             .collect())
     }
@@ -428,6 +441,31 @@ impl Store {
             .await
             .map(|_| ())
             })?;
+            // Changed while the push was in flight (a pull, a platform edit):
+            // what the CRM got is stale, so the present values go out again.
+            let (current,): (i64,) = on_db!(&mut tx, |c| sqlx::query_as(
+                "SELECT version FROM records WHERE tenant_id = $1 AND id = $2"
+            )
+            .bind(tenant.0)
+            .bind(p.record.0)
+            .fetch_one(c)
+            .await)?;
+            if current != p.version {
+                on_db!(&mut tx, |c| {
+                    sqlx::query(
+                    "INSERT INTO outbox (id, tenant_id, connection_id, record_id, operation, status, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, 'upsert', 'pending', $5, $5)"
+                )
+                .bind(uuid::Uuid::now_v7())
+                .bind(tenant.0)
+                .bind(connection.0)
+                .bind(p.record.0)
+                .bind(now)
+                .execute(c)
+                .await
+                .map(|_| ())
+                })?;
+            }
             for outbox in &p.outbox_ids {
                 on_db!(&mut tx, |c| {
                     sqlx::query(

@@ -47,6 +47,9 @@ pub struct PageWrite {
 pub struct PageOutcome {
     /// The counts added to the run.
     pub counts: RunUpdate,
+    /// Records queued for a push back to the CRM (the merge kept platform
+    /// values); the caller enqueues `PushChanges`.
+    pub pushes: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -97,12 +100,21 @@ impl Store {
         .fetch_one(c)
         .await)?;
         let mut counts = RunUpdate::default();
+        let mut pushes = 0;
         for item in &page.items {
             counts.processed += 1;
             match apply_one(&mut tx, page, item, allow_duplicates).await? {
                 Applied::Created => counts.created += 1,
                 Applied::Updated => counts.updated += 1,
                 Applied::Unchanged => counts.unchanged += 1,
+                Applied::UpdatedNeedsPush => {
+                    counts.updated += 1;
+                    pushes += 1;
+                }
+                Applied::UnchangedNeedsPush => {
+                    counts.unchanged += 1;
+                    pushes += 1;
+                }
             }
         }
         let page_state = page.page_number.map(|_| page.next_page_token.as_deref());
@@ -119,7 +131,7 @@ impl Store {
             advance_cursor(&mut tx, page.tenant, page.connection, page.object, cursor).await?;
         }
         tx.commit().await?;
-        Ok(Some(PageOutcome { counts }))
+        Ok(Some(PageOutcome { counts, pushes }))
     }
 
     /// Records of a tenant's kind, as (id, fields), for tests and the api.
@@ -303,6 +315,10 @@ enum Applied {
     Created,
     Updated,
     Unchanged,
+    /// Applied, and the platform side must be pushed back to the CRM.
+    UpdatedNeedsPush,
+    /// Nothing taken, but the CRM is behind the platform: push.
+    UnchangedNeedsPush,
 }
 
 async fn apply_one(
@@ -387,6 +403,7 @@ async fn apply_one(
         local: merged,
         base,
         record_changed,
+        push,
     } = decision
     else {
         return Ok(Applied::Unchanged);
@@ -481,5 +498,28 @@ async fn apply_one(
         .map(|_| ())
         })?,
     };
+    if push {
+        // The merge kept platform values the CRM lacks: queue them (the
+        // caller enqueues the push job).
+        on_db!(tx, |c| {
+            sqlx::query(
+            "INSERT INTO outbox (id, tenant_id, connection_id, record_id, operation, status, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'upsert', 'pending', $5, $5)"
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(t)
+        .bind(page.connection.0)
+        .bind(record_id)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ())
+        })?;
+        return Ok(match outcome {
+            Applied::Created => Applied::Created,
+            _ if record_changed => Applied::UpdatedNeedsPush,
+            _ => Applied::UnchangedNeedsPush,
+        });
+    }
     Ok(outcome)
 }

@@ -59,6 +59,10 @@ pub enum PullDecision {
         base: RecordFields,
         /// Whether the platform record's values change.
         record_changed: bool,
+        /// Whether the CRM must be updated: the merge kept platform values
+        /// the CRM does not hold (a local change, or a conflict the platform
+        /// won). Without this push both sides would stay apart.
+        push: bool,
     },
 }
 
@@ -84,7 +88,18 @@ pub fn decide_pull(
             .iter()
             .any(|f| f.as_deref() == Some(fingerprint.as_str()))
         {
-            return PullDecision::Unchanged;
+            // Our own echo, or a state seen before: nothing to take. But if
+            // the platform has moved on since (a push raced a pull), the CRM
+            // is behind and must get the platform's values again.
+            return match local {
+                Some(local) if local.fields != incoming.fields => PullDecision::Apply {
+                    local: local.fields.clone(),
+                    base: link.base.clone(),
+                    record_changed: false,
+                    push: true,
+                },
+                _ => PullDecision::Unchanged,
+            };
         }
     }
     let Some(local) = local else {
@@ -92,6 +107,7 @@ pub fn decide_pull(
             local: incoming.fields.clone(),
             base: incoming.fields.clone(),
             record_changed: true,
+            push: false,
         };
     };
     let empty = RecordFields::new();
@@ -104,6 +120,7 @@ pub fn decide_pull(
     let merged = merge(base, &local.fields, &incoming.fields, strategy, newer);
     PullDecision::Apply {
         record_changed: merged.local != local.fields,
+        push: merged.remote != incoming.fields,
         local: merged.local,
         base: merged.base,
     }
@@ -155,6 +172,62 @@ mod tests {
             let older = incoming(&b, ms);
             let local = LocalState { fields: newer.fields.clone(), updated_at: at(ms + back) };
             prop_assert_eq!(decide_pull(Some(&applied(&newer)), Some(&local), &older, ConflictStrategy::NewestWins), PullDecision::Stale);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_pull_either_takes_the_crm_values_or_asks_for_a_push(
+            name in "[a-z]{1,6}", other in "[a-z]{1,6}", platform_newer: bool,
+        ) {
+            prop_assume!(name != other);
+            let base = incoming("base", 10);
+            let remote = incoming(&name, 20);
+            let local = LocalState {
+                fields: base.fields.clone().with(CanonicalField::FirstName, &other),
+                updated_at: at(if platform_newer { 30 } else { 15 }),
+            };
+            match decide_pull(Some(&applied(&base)), Some(&local), &remote, ConflictStrategy::NewestWins) {
+                PullDecision::Apply { local: merged, push, .. } => {
+                    // Both sides changed the field: the newer side wins, and if
+                    // it is the platform, the CRM has to be told.
+                    prop_assert_eq!(push, platform_newer);
+                    prop_assert_eq!(merged.get(CanonicalField::FirstName), Some(if platform_newer { other.as_str() } else { name.as_str() }));
+                }
+                other => prop_assert!(false, "expected Apply, got {:?}", other),
+            }
+        }
+    }
+
+    #[test]
+    fn an_echo_of_a_stale_push_sends_the_platforms_newer_values_again() {
+        let pushed = incoming("Old", 10);
+        let link = LinkState {
+            base: pushed.fields.clone(),
+            pulled_fingerprint: None,
+            pushed_fingerprint: Some(pushed.fields.fingerprint()),
+            crm_modified_at: None,
+        };
+        let local = LocalState {
+            fields: pushed.fields.clone().with(CanonicalField::FirstName, "New"),
+            updated_at: at(20),
+        };
+        match decide_pull(
+            Some(&link),
+            Some(&local),
+            &pushed,
+            ConflictStrategy::NewestWins,
+        ) {
+            PullDecision::Apply {
+                push,
+                record_changed,
+                local: kept,
+                ..
+            } => {
+                assert!(push && !record_changed);
+                assert_eq!(kept.get(CanonicalField::FirstName), Some("New"));
+            }
+            other => panic!("expected a push, got {other:?}"),
         }
     }
 

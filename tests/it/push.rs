@@ -9,7 +9,7 @@ use crmsync::jobs::PushChangesJob;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-async fn start_ingress(fleet: &Fleet) {
+pub async fn start_ingress(fleet: &Fleet) {
     crmsync::app::publish_routes(&fleet.settings, &fleet.store)
         .await
         .expect("publish routes");
