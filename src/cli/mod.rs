@@ -278,6 +278,15 @@ async fn wait_for_signal() {
     }
 }
 
+/// Resolves once the shutdown flag turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Finds a connection by id across tenants (an operator command).
 pub async fn find_connection(store: &Store, id: &str) -> anyhow::Result<(TenantId, ConnectionId)> {
     let wanted: ConnectionId = id
@@ -311,7 +320,7 @@ pub async fn serve_workers(specs: &[crate::queue::WorkerSpec]) -> anyhow::Result
     tokio::pin!(run);
     tokio::select! {
         _ = &mut run => {}
-        _ = async { while !*watch.borrow() { if watch.changed().await.is_err() { break; } } } => {
+        _ = stopped(&mut watch) => {
             if tokio::time::timeout(grace, &mut run).await.is_err() {
                 tracing::warn!("shutdown grace period over; unfinished jobs will run again elsewhere");
             }
@@ -351,13 +360,7 @@ pub async fn serve_ingress(listen: Option<String>) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, metrics = %metrics, "crmsync-ingress started");
     let (_stop, mut shutdown) = shutdown_signal();
     axum::serve(listener, ingress.router(settings.ingress.max_body_bytes))
-        .with_graceful_shutdown(async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
+        .with_graceful_shutdown(async move { stopped(&mut shutdown).await })
         .await?;
     queue.close().await;
     Ok(())
@@ -382,13 +385,7 @@ pub async fn serve_api(listen: Option<String>) -> anyhow::Result<()> {
         listener,
         crate::api::Api::new(store, queue.clone()).router(),
     )
-    .with_graceful_shutdown(async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
-    })
+    .with_graceful_shutdown(async move { stopped(&mut shutdown).await })
     .await?;
     queue.close().await;
     Ok(())

@@ -263,3 +263,29 @@ pub async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqlitePool, 
         .connect_with(options)
         .await?)
 }
+
+/// Queues `record` for a push to `connection` (an outbox row), inside the
+/// caller's transaction so the row commits with the change that needs it.
+pub(crate) async fn queue_outbox(
+    tx: &mut Tx,
+    tenant: TenantId,
+    connection: uuid::Uuid,
+    record: uuid::Uuid,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StoreError> {
+    on_db!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO outbox (id, tenant_id, connection_id, record_id, operation, status, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'upsert', 'pending', $5, $5)"
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(tenant.0)
+    .bind(connection)
+    .bind(record)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|_| ())
+    })?;
+    Ok(())
+}

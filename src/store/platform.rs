@@ -451,20 +451,7 @@ impl Store {
             .fetch_one(c)
             .await)?;
             if current != p.version {
-                on_db!(&mut tx, |c| {
-                    sqlx::query(
-                    "INSERT INTO outbox (id, tenant_id, connection_id, record_id, operation, status, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, 'upsert', 'pending', $5, $5)"
-                )
-                .bind(uuid::Uuid::now_v7())
-                .bind(tenant.0)
-                .bind(connection.0)
-                .bind(p.record.0)
-                .bind(now)
-                .execute(c)
-                .await
-                .map(|_| ())
-                })?;
+                super::queue_outbox(&mut tx, tenant, connection.0, p.record.0, now).await?;
             }
             for outbox in &p.outbox_ids {
                 on_db!(&mut tx, |c| {
@@ -503,20 +490,7 @@ async fn queue_pushes(
         if !settings.0.objects.iter().any(|m| m.record_kind == kind) {
             continue;
         }
-        on_db!(tx, |c| {
-            sqlx::query(
-            "INSERT INTO outbox (id, tenant_id, connection_id, record_id, operation, status, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'upsert', 'pending', $5, $5)"
-        )
-        .bind(uuid::Uuid::now_v7())
-        .bind(tenant.0)
-        .bind(connection)
-        .bind(record.0)
-        .bind(now)
-        .execute(c)
-        .await
-        .map(|_| ())
-        })?;
+        super::queue_outbox(tx, tenant, connection, record.0, now).await?;
         queued.push(ConnectionId(connection));
     }
     Ok(queued)

@@ -501,20 +501,7 @@ async fn apply_one(
     if push {
         // The merge kept platform values the CRM lacks: queue them (the
         // caller enqueues the push job).
-        on_db!(tx, |c| {
-            sqlx::query(
-            "INSERT INTO outbox (id, tenant_id, connection_id, record_id, operation, status, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'upsert', 'pending', $5, $5)"
-        )
-        .bind(uuid::Uuid::now_v7())
-        .bind(t)
-        .bind(page.connection.0)
-        .bind(record_id)
-        .bind(now)
-        .execute(c)
-        .await
-        .map(|_| ())
-        })?;
+        super::queue_outbox(tx, TenantId(t), page.connection.0, record_id, now).await?;
         return Ok(match outcome {
             Applied::Created => Applied::Created,
             _ if record_changed => Applied::UpdatedNeedsPush,
