@@ -132,17 +132,7 @@ impl Store {
         fields: &RecordFields,
     ) -> Result<(RecordId, Vec<ConnectionId>), StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let (allow_duplicates,): (bool,) = on_db!(&mut tx, |c| sqlx::query_as(
-            "SELECT allow_duplicates FROM tenants WHERE id = $1"
-        )
-        .bind(tenant.0)
-        .fetch_one(c)
-        .await)?;
-        let dedupe_key = if allow_duplicates {
-            None
-        } else {
-            fields.normalized_email().map(str::to_string)
-        };
+        let dedupe_key = dedupe_key(&mut tx, tenant, fields).await?;
         if let Some(email) = &dedupe_key {
             let existing: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| sqlx::query_as(
                 "SELECT id FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"
@@ -190,17 +180,7 @@ impl Store {
         fields: &RecordFields,
     ) -> Result<Option<Vec<ConnectionId>>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let (allow_duplicates,): (bool,) = on_db!(&mut tx, |c| sqlx::query_as(
-            "SELECT allow_duplicates FROM tenants WHERE id = $1"
-        )
-        .bind(tenant.0)
-        .fetch_one(c)
-        .await)?;
-        let dedupe_key = if allow_duplicates {
-            None
-        } else {
-            fields.normalized_email().map(str::to_string)
-        };
+        let dedupe_key = dedupe_key(&mut tx, tenant, fields).await?;
         let now = Utc::now();
         let updated: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
             sqlx::query_as(
@@ -469,6 +449,26 @@ impl Store {
         }
         tx.commit().await
     }
+}
+
+/// The record's dedupe key: its normalised email, unless the tenant allows
+/// duplicates (then none, and the unique index lets copies through).
+async fn dedupe_key(
+    tx: &mut super::Tx,
+    tenant: TenantId,
+    fields: &RecordFields,
+) -> Result<Option<String>, StoreError> {
+    let (allow_duplicates,): (bool,) = on_db!(tx, |c| sqlx::query_as(
+        "SELECT allow_duplicates FROM tenants WHERE id = $1"
+    )
+    .bind(tenant.0)
+    .fetch_one(c)
+    .await)?;
+    Ok(if allow_duplicates {
+        None
+    } else {
+        fields.normalized_email().map(str::to_string)
+    })
 }
 
 /// Queues a push of `record` to each active connection that syncs `kind`.

@@ -51,7 +51,7 @@ on_both_backends! {
     let mut fleet = Fleet::start(backend, 40).await;
     fleet.start_workers();
     fleet.full_sync().await;
-    crate::push::start_ingress(&fleet).await;
+    fleet.start_ingress(true).await;
 
     // record id ↔ CRM id
     let mut pairs: Vec<(RecordId, String)> = Vec::new();

@@ -435,6 +435,31 @@ impl Fleet {
         }
     }
 
+    /// Serves ingress for the fleet on a free port (routes published);
+    /// with `subscribe`, the sandbox delivers every contact event to it.
+    /// Returns its base URL.
+    pub async fn start_ingress(&self, subscribe: bool) -> String {
+        crmsync::app::publish_routes(&self.settings, &self.store)
+            .await
+            .expect("publish routes");
+        let ingress = crmsync::app::ingress(&self.settings, self.deps.queue.clone())
+            .await
+            .expect("ingress");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = ingress.router(self.settings.ingress.max_body_bytes);
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        if subscribe {
+            self.sandbox
+                .sandbox
+                .subscribe_everything(&format!("{base}/webhooks/hubspot"))
+                .expect("subscribe");
+        }
+        base
+    }
+
     /// Ends the fleet and removes its database and files.
     pub async fn finish(mut self) {
         self.stop_workers().await;
@@ -491,5 +516,21 @@ pub async fn assert_mirrors_sandbox(fleet: &Fleet) {
                 .filter(|s| !s.is_empty());
             assert_eq!(lead.get(field), want, "{email}: {property}");
         }
+    }
+}
+
+/// Waits (on state) until `check` holds; fails the test after 15 s.
+pub async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

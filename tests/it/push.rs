@@ -2,47 +2,12 @@
 //! record id), its echo is recognised and skipped, and a genuine CRM edit of
 //! it still flows back.
 
-use crate::fleet::{Fleet, on_both_backends};
+use crate::fleet::{Fleet, on_both_backends, wait_for};
 use crate::support::PORTAL;
 use crmsync::domain::{CanonicalField, RecordFields, RecordKind, RunKind};
 use crmsync::jobs::PushChangesJob;
 use serde_json::json;
-use std::time::{Duration, Instant};
-
-pub async fn start_ingress(fleet: &Fleet) {
-    crmsync::app::publish_routes(&fleet.settings, &fleet.store)
-        .await
-        .expect("publish routes");
-    let ingress = crmsync::app::ingress(&fleet.settings, fleet.deps.queue.clone())
-        .await
-        .expect("ingress");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = ingress.router(fleet.settings.ingress.max_body_bytes);
-    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-    fleet
-        .sandbox
-        .sandbox
-        .subscribe_everything(&format!("http://{addr}/webhooks/hubspot"))
-        .expect("subscribe");
-}
-
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+use std::time::Duration;
 
 /// Write requests the sandbox served, by route fragment.
 async fn writes(fleet: &Fleet, route: &str) -> u64 {
@@ -86,7 +51,7 @@ on_both_backends! {
         let mut fleet = Fleet::start(backend, 5).await;
         fleet.start_workers();
         fleet.full_sync().await;
-        start_ingress(&fleet).await;
+        fleet.start_ingress(true).await;
 
         let fields = RecordFields::new()
             .with(CanonicalField::Email, "new.lead@example.com")

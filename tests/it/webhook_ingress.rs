@@ -2,44 +2,11 @@
 //! ingress, which routes them to `ProcessWebhook` jobs; and what ingress
 //! refuses (forged, stale, malformed, oversized, replayed).
 
-use crate::fleet::{Backend, Fleet, on_both_backends};
+use crate::fleet::{Backend, Fleet, on_both_backends, wait_for};
 use crate::support::{PORTAL, SECRET};
 use crmsync::domain::{CanonicalField, CrmObject, RecordKind, RunKind};
 use crmsync::providers::hubspot::webhook::sign_v3;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
-
-/// Serves ingress for the fleet on a free port; returns its base URL.
-async fn start_ingress(fleet: &Fleet) -> String {
-    crmsync::app::publish_routes(&fleet.settings, &fleet.store)
-        .await
-        .expect("publish routes");
-    let ingress = crmsync::app::ingress(&fleet.settings, fleet.deps.queue.clone())
-        .await
-        .expect("ingress");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = ingress.router(fleet.settings.ingress.max_body_bytes);
-    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-    format!("http://{addr}")
-}
-
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 async fn lead_with_email(fleet: &Fleet, email: &str) -> Option<crmsync::domain::RecordFields> {
     fleet
@@ -57,8 +24,7 @@ on_both_backends! {
         let mut fleet = Fleet::start(backend, 20).await;
         fleet.start_workers();
         fleet.full_sync().await;
-        let ingress = start_ingress(&fleet).await;
-        fleet.sandbox.sandbox.subscribe_everything(&format!("{ingress}/webhooks/hubspot")).expect("subscribe");
+        let _ingress = fleet.start_ingress(true).await;
 
         let created = fleet
             .sandbox
@@ -131,7 +97,7 @@ async fn forged_stale_malformed_oversized_and_replayed_webhooks_enqueue_nothing(
     let mut fleet = Fleet::start(Backend::Postgres, 3).await;
     fleet.start_workers();
     fleet.full_sync().await;
-    let base = start_ingress(&fleet).await;
+    let base = fleet.start_ingress(false).await;
     let url = format!("{base}/webhooks/hubspot");
     let ids = fleet
         .store
