@@ -45,6 +45,7 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
+    let mut redis = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -56,12 +57,34 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = tick(&deps).await {
             tracing::warn!(error = %e, "scheduler tick failed; retrying next tick");
         }
-        // Redis may lose the webhook routes: re-publish them every minute.
+        // Redis may lose the webhook routes: re-publish them every minute,
+        // over one connection kept for the scheduler's life (it reconnects).
         if ticks.is_multiple_of(ROUTES_EVERY_TICKS)
-            && let Err(e) = crate::app::publish_routes(&deps.settings, &deps.store).await
+            && let Err(e) = publish_routes(&deps, &mut redis).await
         {
             tracing::warn!(error = %e, "publishing webhook routes failed; retrying next minute");
         }
         ticks += 1;
+    }
+}
+
+/// Publishes the routes when the deployment has Redis, connecting on first
+/// use and keeping the connection.
+async fn publish_routes(
+    deps: &Deps,
+    redis: &mut Option<redis::aio::ConnectionManager>,
+) -> Result<(), String> {
+    if redis.is_none() {
+        *redis = crate::app::redis(&deps.settings)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+    }
+    match redis {
+        Some(conn) => {
+            crate::ingress::routes::publish(&deps.store, conn, &deps.settings.queue.namespace)
+                .await
+                .map(|_| ())
+        }
+        None => Ok(()),
     }
 }

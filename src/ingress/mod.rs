@@ -207,12 +207,21 @@ async fn accept(ingress: &Ingress, events: Vec<WebhookEvent>) -> Result<(), Stri
         ),
         Vec<WebhookEvent>,
     > = BTreeMap::new();
+    let mut routes: BTreeMap<u64, Vec<(crate::domain::TenantId, crate::domain::ConnectionId)>> =
+        BTreeMap::new();
     for event in fresh {
         let Some(object) = object_of(&event) else {
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "ignored").increment(1);
             continue;
         };
-        let targets = ingress.routes.lookup("hubspot", event.portal_id).await?;
+        // One route lookup per account per delivery, not per event.
+        let targets = match routes.get(&event.portal_id) {
+            Some(targets) => targets,
+            None => {
+                let found = ingress.routes.lookup("hubspot", event.portal_id).await?;
+                routes.entry(event.portal_id).or_insert(found)
+            }
+        };
         if targets.is_empty() {
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "unknown_account")
                 .increment(1);
@@ -220,7 +229,7 @@ async fn accept(ingress: &Ingress, events: Vec<WebhookEvent>) -> Result<(), Stri
         }
         for (tenant, connection) in targets {
             groups
-                .entry((tenant, connection, object))
+                .entry((*tenant, *connection, object))
                 .or_default()
                 .push(event.clone());
         }

@@ -106,8 +106,14 @@ type PendingRow = (
     i64,
 );
 
-/// (connection, CRM id, CRM deletion time, last update) of one link.
-type LinkRow = (uuid::Uuid, String, Option<DateTime<Utc>>, DateTime<Utc>);
+/// (record, connection, CRM id, CRM deletion time, last update) of one link.
+type LinkRow = (
+    uuid::Uuid,
+    uuid::Uuid,
+    String,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+);
 
 #[derive(sqlx::FromRow)]
 struct RecordRowSql {
@@ -243,50 +249,19 @@ impl Store {
         id: RecordId,
     ) -> Result<Option<RecordView>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let row: Option<RecordRowSql> = on_db!(&mut tx, |c| {
-            sqlx::query_as(
-            "SELECT id, kind, fields, origin, origin_provider, origin_crm_id, created_at, updated_at FROM records
-              WHERE tenant_id = $1 AND kind = $2 AND id = $3 AND deleted_at IS NULL"
-        )
+        let rows: Vec<RecordRowSql> = on_db!(&mut tx, |c| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_RECORD} WHERE r.tenant_id = $1 AND r.kind = $2 AND r.id = $3 AND r.deleted_at IS NULL"
+        )))
         .bind(tenant.0)
         .bind(kind.as_str())
-        .bind(id.0)
-        .fetch_optional(c)
-        .await
-        })?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let links: Vec<LinkRow> = on_db!(&mut tx, |c| {
-            sqlx::query_as(
-            "SELECT connection_id, crm_id, crm_deleted_at, updated_at FROM record_links WHERE tenant_id = $1 AND record_id = $2 ORDER BY created_at"
-        )
-        .bind(tenant.0)
         .bind(id.0)
         .fetch_all(c)
         .await
         })?;
+        let views = with_links(&mut tx, tenant, rows).await?;
         tx.commit().await?;
-        let corrupt = |e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string());
-        Ok(Some(RecordView {
-            id: RecordId(row.id),
-            kind: row.kind.parse().map_err(corrupt)?,
-            fields: row.fields.0.renormalized(),
-            origin: row.origin.parse().map_err(corrupt)?,
-            origin_provider: row.origin_provider,
-            origin_crm_id: row.origin_crm_id,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            links: links
-                .into_iter()
-                .map(|(c, crm_id, crm_deleted_at, updated_at)| LinkView {
-                    connection: ConnectionId(c),
-                    crm_id,
-                    crm_deleted_at,
-                    updated_at,
-                })
-                .collect(),
-        }))
+        Ok(views.into_iter().next())
     }
 
     /// One page of a tenant's live records of `kind`, oldest first (or
@@ -308,7 +283,7 @@ impl Store {
             ("ASC", ">")
         };
         let sql = format!(
-            "SELECT r.id FROM records r
+            "{SELECT_RECORD}
               WHERE r.tenant_id = $1 AND r.kind = $2 AND r.deleted_at IS NULL
                 AND ($3 IS NULL OR r.origin = $3)
                 AND ($4 IS NULL OR {status_expr} = $4)
@@ -321,7 +296,7 @@ impl Store {
             Some((at, id)) => (Some(at), Some(id.0)),
             None => (None, None),
         };
-        let ids: Vec<(uuid::Uuid,)> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(
+        let rows: Vec<RecordRowSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(
             sql.clone()
         ))
         .bind(tenant.0)
@@ -335,14 +310,9 @@ impl Store {
         .bind(query.limit)
         .fetch_all(c)
         .await)?;
+        let views = with_links(&mut tx, tenant, rows).await?;
         tx.commit().await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id,) in ids {
-            if let Some(view) = self.record_view(tenant, kind, RecordId(id)).await? {
-                out.push(view);
-            }
-        }
-        Ok(out)
+        Ok(views)
     }
 
     /// Up to `limit` records waiting to be pushed to a connection, oldest
@@ -469,6 +439,60 @@ async fn dedupe_key(
     } else {
         fields.normalized_email().map(str::to_string)
     })
+}
+
+/// The record columns a [`RecordView`] needs.
+const SELECT_RECORD: &str = "SELECT r.id, r.kind, r.fields, r.origin, r.origin_provider, r.origin_crm_id, r.created_at, r.updated_at FROM records r";
+
+/// Turns record rows into views with their links, in one query for all of
+/// them (not one per record).
+async fn with_links(
+    tx: &mut super::Tx,
+    tenant: TenantId,
+    rows: Vec<RecordRowSql>,
+) -> Result<Vec<RecordView>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (0..rows.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "SELECT record_id, connection_id, crm_id, crm_deleted_at, updated_at FROM record_links
+          WHERE tenant_id = $1 AND record_id IN ({}) ORDER BY created_at",
+        placeholders.join(", ")
+    );
+    let links: Vec<LinkRow> = on_db!(tx, |c| {
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(tenant.0);
+        for row in &rows {
+            query = query.bind(row.id);
+        }
+        query.fetch_all(c).await
+    })?;
+    let mut by_record: std::collections::HashMap<uuid::Uuid, Vec<LinkView>> =
+        std::collections::HashMap::new();
+    for (record, connection, crm_id, crm_deleted_at, updated_at) in links {
+        by_record.entry(record).or_default().push(LinkView {
+            connection: ConnectionId(connection),
+            crm_id,
+            crm_deleted_at,
+            updated_at,
+        });
+    }
+    let corrupt = |e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string());
+    rows.into_iter()
+        .map(|row| {
+            Ok(RecordView {
+                id: RecordId(row.id),
+                kind: row.kind.parse().map_err(corrupt)?,
+                fields: row.fields.0.renormalized(),
+                origin: row.origin.parse().map_err(corrupt)?,
+                origin_provider: row.origin_provider,
+                origin_crm_id: row.origin_crm_id,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+                links: by_record.remove(&row.id).unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// Queues a push of `record` to each active connection that syncs `kind`.

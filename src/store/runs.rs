@@ -269,19 +269,6 @@ impl Store {
         tx.commit().await
     }
 
-    /// Adds one page's counts to a run outside a page write (a delta window
-    /// that read only unchanged records still counts them).
-    pub async fn add_run_counts(
-        &self,
-        tenant: TenantId,
-        id: RunId,
-        counts: RunUpdate,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin(tenant).await?;
-        add_counts(&mut tx, tenant, id, counts, None, false).await?;
-        tx.commit().await
-    }
-
     /// The delta cursor of one object.
     pub async fn cursor(
         &self,

@@ -284,11 +284,6 @@ impl<T> Verified<T> {
     pub fn into_inner(self) -> T {
         self.0
     }
-
-    /// Borrows the verified value.
-    pub fn get(&self) -> &T {
-        &self.0
-    }
 }
 
 /// Verifies a delivery and parses its events.
