@@ -347,7 +347,8 @@ async fn delete(
     id: &str,
 ) -> Result<Response, Problem> {
     let id = parse_id(id)?;
-    if api.store.delete_platform_record(tenant, kind, id).await? {
+    if let Some(connections) = api.store.delete_platform_record(tenant, kind, id).await? {
+        enqueue_pushes(&api, tenant, &connections).await;
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(Problem::new(

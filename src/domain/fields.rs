@@ -25,6 +25,42 @@ pub enum CanonicalField {
     Status,
 }
 
+impl CanonicalField {
+    /// Every field, in canonical order.
+    pub const ALL: [CanonicalField; 7] = [
+        Self::Email,
+        Self::FirstName,
+        Self::LastName,
+        Self::Company,
+        Self::JobTitle,
+        Self::Phone,
+        Self::Status,
+    ];
+
+    /// The api's (camelCase) name, also stored in audit and conflict rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::FirstName => "firstName",
+            Self::LastName => "lastName",
+            Self::Company => "company",
+            Self::JobTitle => "jobTitle",
+            Self::Phone => "phone",
+            Self::Status => "status",
+        }
+    }
+}
+
+impl std::str::FromStr for CanonicalField {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unknown field {s:?}"))
+    }
+}
+
 /// A record's field values in normal form: trimmed, emails lowercased, and an
 /// empty value is the same as an absent one. Built only through [`Self::set`],
 /// so two values that mean the same thing are equal and fingerprint equally.

@@ -84,7 +84,8 @@ closed_set!(
 closed_set!(
     /// Kinds of sync run recorded in `sync_runs`.
     RunKind, "run kind" {
-        FullSync => "full_sync", DeltaSync => "delta_sync", ProcessWebhook => "process_webhook"
+        FullSync => "full_sync", DeltaSync => "delta_sync", ProcessWebhook => "process_webhook",
+        PushChanges => "push_changes"
     }
 );
 

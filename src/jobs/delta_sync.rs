@@ -232,6 +232,7 @@ async fn pull(
         page_number: None,
         next_page_token: None,
         finishes_run: false,
+        queue_pushes: true,
         cursor,
     };
     // Where a follow-up resumes if the time budget runs out: just behind the
@@ -278,7 +279,7 @@ async fn pull(
                 }),
             );
             let outcome = deps.store.apply_page(&write).await?;
-            crate::telemetry::record_page("delta_sync", outcome.map(|o| o.counts));
+            crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
             if let Some((last_at, last_id)) = &last {
                 resume = match &query {
                     ChangeQuery::Instant { at, .. } => DeltaResume {

@@ -102,10 +102,11 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
         page_number: Some(job.page),
         next_page_token: page.next,
         finishes_run: finishes,
+        queue_pushes: true,
         cursor: None,
     };
     let outcome = deps.store.apply_page(&write).await?;
-    crate::telemetry::record_page("full_sync", outcome.map(|o| o.counts));
+    crate::telemetry::record_page("full_sync", outcome.as_ref().map(|o| o.counts));
     if outcome.is_some() && !finishes {
         deps.queue.push_full_sync(&job.next_page()).await?;
     }

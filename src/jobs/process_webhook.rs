@@ -84,6 +84,8 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         return Ok(());
     };
     let strategy = connection.settings.strategy;
+    // Per-field change times decide `newest_wins`; other strategies need none.
+    let with_history = strategy == crate::sync::ConflictStrategy::NewestWins;
     let provider = connection.provider;
     let mut session = Session::open(deps, connection).await?;
     let account = session.account().to_string();
@@ -113,9 +115,13 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     let mut pushes = 0;
     let outcome = async {
         for ids in job.changed.chunks(BATCH) {
-            let records = crate::with_auth!(session, deps, |token| deps
-                .hubspot
-                .batch_read(&account, token, job.object, ids))?;
+            let records = crate::with_auth!(session, deps, |token| deps.hubspot.batch_read(
+                &account,
+                token,
+                job.object,
+                ids,
+                with_history
+            ))?;
             // Ids the CRM no longer returns were deleted since the event.
             let found: BTreeSet<&CrmId> = records.iter().map(|r| &r.crm_id).collect();
             let gone: Vec<CrmId> = ids
@@ -138,10 +144,11 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
                 page_number: None,
                 next_page_token: None,
                 finishes_run: false,
+                queue_pushes: true,
                 cursor: None,
             };
             let applied = store.apply_page(&write).await?;
-            pushes += applied.map_or(0, |o| o.pushes);
+            pushes += applied.as_ref().map_or(0, |o| o.pushes);
             crate::telemetry::record_page("process_webhook", applied.map(|o| o.counts));
         }
         Ok::<(), JobError>(())

@@ -1,17 +1,32 @@
 //! `PushChanges`: drains a connection's outbox to the CRM in batches of up to
-//! 100 (`SYNC_ALGORITHMS.md` §4). Records born on the platform are written by
-//! upsert on `crmsync_record_id`, so repeating a batch after a crash finds the
-//! record instead of creating a second one; records already linked are
-//! patched by CRM id. Each link then stores the pushed values as its base and
-//! their fingerprint, which is how the webhook or delta that brings our own
-//! write back is recognised and skipped.
+//! 100 (`SYNC_ALGORITHMS.md` §4).
+//!
+//! - Records born on the platform are written by upsert on
+//!   `crmsync_record_id`, so repeating a batch after a crash finds the record
+//!   instead of creating a second one.
+//! - Records already linked are read first (one batch read per 100) and
+//!   merged three-way against the link's base, exactly like a pull: a CRM
+//!   edit made since the last sync is taken, a conflict follows the
+//!   connection's strategy (`manual` holds it and writes neither side), and
+//!   only the properties that change are patched — a push never overwrites
+//!   a CRM edit it has not merged.
+//! - Platform deletes archive the CRM record (batch archive) and tombstone
+//!   the link.
+//!
+//! Each link then stores the new base and the fingerprint of what the CRM now
+//! holds, which is how the webhook or delta that brings our own write back is
+//! recognised and skipped.
 
 use super::{Deps, JobError, Session};
-use crate::domain::{ConnectionId, CrmId, TenantId};
+use crate::domain::{
+    CanonicalField, ConnectionId, CrmId, CrmObject, RecordFields, RecordId, RecordKind, RunKind,
+    RunStatus, TenantId,
+};
 use crate::providers::hubspot::mapping;
-use crate::store::PushedRecord;
+use crate::store::{PageWrite, PushTarget, PushedRecord};
+use crate::sync::ConflictStrategy;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// HubSpot's batch endpoints take at most 100 records.
 const BATCH: i64 = 100;
@@ -41,93 +56,306 @@ impl PushChangesJob {
 }
 
 /// Pushes until the outbox is empty (or half the job timeout has passed;
-/// the rest stays pending for the next push). Returns records pushed.
+/// the rest stays pending for the next push). Returns records written.
 pub async fn run(job: &PushChangesJob, deps: &Deps) -> Result<usize, JobError> {
     let deadline = std::time::Instant::now()
         + std::time::Duration::from_secs(deps.settings.worker.job_timeout_secs) / 2;
     let connection = deps.store.connection(job.tenant, job.connection).await?;
     let objects = connection.settings.objects.clone();
-    let mut session = Session::open(deps, connection).await?;
-    let account = session.account().to_string();
-    let mut pushed_total = 0;
+    let strategy = connection.settings.strategy;
+    let provider = connection.provider;
+    let mut push = Push {
+        job,
+        deps,
+        session: Session::open(deps, connection).await?,
+        strategy,
+        provider,
+        ensured: BTreeSet::new(),
+    };
+    let mut written = 0;
     for mapping_ in objects {
-        let object = mapping_.crm_object;
-        let mut ensured = false;
+        let (object, kind) = (mapping_.crm_object, mapping_.record_kind);
+        written += push.deletes(object, deadline).await?;
+        if deps
+            .store
+            .pending_pushes(job.tenant, job.connection, object, 1)
+            .await?
+            .is_empty()
+        {
+            continue;
+        }
+        let run = deps
+            .store
+            .start_run(job.tenant, job.connection, object, RunKind::PushChanges)
+            .await?;
+        let outcome = push.upserts(object, kind, run.id, deadline).await;
+        let (status, error) = match &outcome {
+            Ok(_) => (RunStatus::Succeeded, None),
+            Err(e) => (RunStatus::Failed, Some(e.to_string())),
+        };
+        deps.store
+            .finish_run(job.tenant, run.id, status, error.as_deref())
+            .await?;
+        written += outcome?;
+    }
+    Ok(written)
+}
+
+/// One push job's state: the CRM session and which objects have crmsync's
+/// properties ensured.
+struct Push<'a> {
+    job: &'a PushChangesJob,
+    deps: &'a Deps,
+    session: Session,
+    strategy: ConflictStrategy,
+    provider: crate::domain::ProviderKind,
+    ensured: BTreeSet<CrmObject>,
+}
+
+/// The outbox rows, latest values and link of one record in a batch.
+struct Pending {
+    outbox_ids: Vec<uuid::Uuid>,
+    fields: RecordFields,
+    crm_id: Option<CrmId>,
+    version: i64,
+}
+
+impl Push<'_> {
+    /// Archives the CRM records of platform deletes.
+    async fn deletes(
+        &mut self,
+        object: CrmObject,
+        deadline: std::time::Instant,
+    ) -> Result<usize, JobError> {
+        let (job, deps) = (self.job, self.deps);
+        let account = self.session.account().to_string();
+        let mut archived = 0;
+        loop {
+            let pending = deps
+                .store
+                .pending_deletes(job.tenant, job.connection, object, BATCH)
+                .await?;
+            if pending.is_empty() || std::time::Instant::now() >= deadline {
+                return Ok(archived);
+            }
+            let ids: Vec<CrmId> = pending.iter().filter_map(|d| d.crm_id.clone()).collect();
+            if !ids.is_empty() {
+                crate::with_auth!(self.session, deps, |token| deps
+                    .hubspot
+                    .batch_archive(&account, token, object, &ids))?;
+            }
+            deps.store
+                .complete_deletes(job.tenant, job.connection, object, &pending)
+                .await?;
+            archived += pending.len();
+        }
+    }
+
+    /// Writes pending record changes, batch by batch.
+    async fn upserts(
+        &mut self,
+        object: CrmObject,
+        kind: RecordKind,
+        run: crate::domain::RunId,
+        deadline: std::time::Instant,
+    ) -> Result<usize, JobError> {
+        let (job, deps) = (self.job, self.deps);
+        let account = self.session.account().to_string();
+        let mut written = 0;
         loop {
             let pending = deps
                 .store
                 .pending_pushes(job.tenant, job.connection, object, BATCH)
                 .await?;
             if pending.is_empty() || std::time::Instant::now() >= deadline {
-                break;
+                return Ok(written);
             }
-            if !ensured {
-                crate::with_auth!(session, deps, |token| deps
+            if self.ensured.insert(object) {
+                crate::with_auth!(self.session, deps, |token| deps
                     .hubspot
                     .ensure_properties(&account, token, object))?;
-                ensured = true;
             }
             // One entry per record (its latest values), with every outbox row
             // it completes.
-            let mut by_record: BTreeMap<_, (Vec<uuid::Uuid>, _, Option<CrmId>, i64)> =
-                BTreeMap::new();
+            let mut by_record: BTreeMap<RecordId, Pending> = BTreeMap::new();
             for p in pending {
-                let entry = by_record
+                by_record
                     .entry(p.record)
-                    .or_insert_with(|| (Vec::new(), p.fields.clone(), p.crm_id.clone(), p.version));
-                entry.0.push(p.outbox_id);
-            }
-            let mut upserts = Vec::new();
-            let mut updates = Vec::new();
-            for (record, (_, fields, crm_id, _)) in &by_record {
-                let mut properties = mapping::to_properties(fields);
-                match crm_id {
-                    Some(id) => updates.push((id.clone(), properties)),
-                    None => {
-                        properties
-                            .insert(mapping::SOURCE_SYSTEM_PROPERTY.into(), "platform".into());
-                        upserts.push((record.to_string(), properties));
-                    }
-                }
-            }
-            let mut crm_ids: BTreeMap<String, CrmId> = BTreeMap::new();
-            if !upserts.is_empty() {
-                let written = crate::with_auth!(session, deps, |token| deps
-                    .hubspot
-                    .batch_upsert(&account, token, object, &upserts))?;
-                crm_ids.extend(written);
-            }
-            if !updates.is_empty() {
-                crate::with_auth!(session, deps, |token| deps
-                    .hubspot
-                    .batch_update(&account, token, object, &updates))?;
-            }
-            let pushed: Vec<PushedRecord> = by_record
-                .into_iter()
-                .filter_map(|(record, (outbox_ids, fields, crm_id, version))| {
-                    let crm_id = crm_id.or_else(|| crm_ids.get(&record.to_string()).cloned())?;
-                    Some(PushedRecord {
-                        outbox_ids,
-                        record,
-                        crm_id,
-                        pushed: mapping::round_trip(&fields),
-                        version,
+                    .or_insert_with(|| Pending {
+                        outbox_ids: Vec::new(),
+                        fields: p.fields.clone(),
+                        crm_id: p.crm_id.clone(),
+                        version: p.version,
                     })
-                })
-                .collect();
-            if pushed.is_empty() {
-                return Err(JobError::Transient {
-                    message: "the CRM returned no ids for the pushed records".into(),
-                    retry_after: None,
-                });
+                    .outbox_ids
+                    .push(p.outbox_id);
             }
-            pushed_total += pushed.len();
+            let targets = self.merge_linked(object, kind, run, &by_record).await?;
+            let mut pushed = self.write(object, &by_record, &targets).await?;
+            // Rows with nothing to write: the CRM agrees already, the record
+            // is gone there, or its difference is held in a conflict.
+            let done: BTreeSet<RecordId> = pushed.iter().map(|p| p.record).collect();
+            let settled: Vec<uuid::Uuid> = by_record
+                .iter()
+                .filter(|(record, _)| !done.contains(record))
+                .flat_map(|(_, p)| p.outbox_ids.iter().copied())
+                .collect();
+            deps.store.complete_outbox(job.tenant, &settled).await?;
+            written += pushed.len();
             deps.store
                 .complete_pushes(job.tenant, job.connection, object, &pushed)
                 .await?;
             metrics::counter!("crmsync_pushed_records_total", "provider" => "hubspot")
                 .increment(pushed.len() as u64);
+            pushed.clear();
         }
     }
-    Ok(pushed_total)
+
+    /// Reads the linked records' CRM state and merges it with the platform's
+    /// (taking CRM edits, holding `manual` conflicts): what each needs written.
+    async fn merge_linked(
+        &mut self,
+        object: CrmObject,
+        kind: RecordKind,
+        run: crate::domain::RunId,
+        by_record: &BTreeMap<RecordId, Pending>,
+    ) -> Result<Vec<PushTarget>, JobError> {
+        let (job, deps) = (self.job, self.deps);
+        let linked: Vec<CrmId> = by_record
+            .values()
+            .filter_map(|p| p.crm_id.clone())
+            .collect();
+        if linked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let account = self.session.account().to_string();
+        let with_history = self.strategy == ConflictStrategy::NewestWins;
+        let current = crate::with_auth!(self.session, deps, |token| deps.hubspot.batch_read(
+            &account,
+            token,
+            object,
+            &linked,
+            with_history
+        ))?;
+        let found: BTreeSet<&CrmId> = current.iter().map(|r| &r.crm_id).collect();
+        let gone: Vec<CrmId> = linked
+            .iter()
+            .filter(|id| !found.contains(id))
+            .cloned()
+            .collect();
+        deps.store
+            .tombstone_links(job.tenant, job.connection, object, &gone)
+            .await?;
+        let write = PageWrite {
+            tenant: job.tenant,
+            connection: job.connection,
+            provider: self.provider,
+            object,
+            kind,
+            strategy: self.strategy,
+            items: current,
+            run,
+            page_number: None,
+            next_page_token: None,
+            finishes_run: false,
+            queue_pushes: false,
+            cursor: None,
+        };
+        let outcome = deps.store.apply_page(&write).await?;
+        crate::telemetry::record_page("push_changes", outcome.as_ref().map(|o| o.counts));
+        Ok(outcome.map(|o| o.targets).unwrap_or_default())
+    }
+
+    /// Patches linked records to their targets and upserts unlinked ones;
+    /// returns what each write left in the CRM.
+    async fn write(
+        &mut self,
+        object: CrmObject,
+        by_record: &BTreeMap<RecordId, Pending>,
+        targets: &[PushTarget],
+    ) -> Result<Vec<PushedRecord>, JobError> {
+        let deps = self.deps;
+        let account = self.session.account().to_string();
+        let mut pushed = Vec::new();
+        let updates: Vec<(CrmId, serde_json::Map<String, serde_json::Value>)> = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.crm_id.clone(),
+                    mapping::patch_properties(&t.current, &t.target),
+                )
+            })
+            .filter(|(_, patch)| !patch.is_empty())
+            .collect();
+        if !updates.is_empty() {
+            crate::with_auth!(self.session, deps, |token| deps
+                .hubspot
+                .batch_update(&account, token, object, &updates))?;
+        }
+        for t in targets {
+            let Some(pending) = by_record.get(&t.record) else {
+                continue;
+            };
+            pushed.push(PushedRecord {
+                outbox_ids: pending.outbox_ids.clone(),
+                record: t.record,
+                crm_id: t.crm_id.clone(),
+                pushed: mapping::round_trip(&t.target),
+                base: base_after_push(t),
+                version: t.version,
+            });
+        }
+        let upserts: Vec<(String, serde_json::Map<String, serde_json::Value>)> = by_record
+            .iter()
+            .filter(|(_, p)| p.crm_id.is_none())
+            .map(|(record, p)| {
+                let mut properties = mapping::to_properties(&p.fields);
+                properties.insert(mapping::SOURCE_SYSTEM_PROPERTY.into(), "platform".into());
+                (record.to_string(), properties)
+            })
+            .collect();
+        if upserts.is_empty() {
+            return Ok(pushed);
+        }
+        let crm_ids: BTreeMap<String, CrmId> = crate::with_auth!(self.session, deps, |token| deps
+            .hubspot
+            .batch_upsert(&account, token, object, &upserts))?
+        .into_iter()
+        .collect();
+        let before = pushed.len();
+        for (record, p) in by_record.iter().filter(|(_, p)| p.crm_id.is_none()) {
+            let Some(crm_id) = crm_ids.get(&record.to_string()) else {
+                continue;
+            };
+            let written = mapping::round_trip(&p.fields);
+            pushed.push(PushedRecord {
+                outbox_ids: p.outbox_ids.clone(),
+                record: *record,
+                crm_id: crm_id.clone(),
+                base: written.clone(),
+                pushed: written,
+                version: p.version,
+            });
+        }
+        if pushed.len() == before {
+            return Err(JobError::Transient {
+                message: "the CRM returned no ids for the upserted records".into(),
+                retry_after: None,
+            });
+        }
+        Ok(pushed)
+    }
+}
+
+/// The link's base after a push: what the CRM now holds, except fields held
+/// in a `manual` conflict, which keep the base they had (so the conflict is
+/// still seen as one until an operator resolves it).
+fn base_after_push(t: &PushTarget) -> RecordFields {
+    let mut base = mapping::round_trip(&t.target);
+    for field in CanonicalField::ALL {
+        if t.base.get(field) != t.target.get(field) {
+            base.set(field, t.base.get(field).unwrap_or(""));
+        }
+    }
+    base
 }

@@ -11,8 +11,8 @@ mod tenants;
 pub use connections::{
     ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping,
 };
-pub use platform::{LinkView, PendingPush, PushedRecord, RecordQuery, RecordView};
-pub use records::{PageOutcome, PageWrite};
+pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQuery, RecordView};
+pub use records::{PageOutcome, PageWrite, PushTarget};
 pub use runs::{RunRow, RunUpdate};
 pub use tenants::{DEFAULT_TENANT, NewTenant};
 
@@ -273,15 +273,28 @@ pub(crate) async fn queue_outbox(
     record: uuid::Uuid,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), StoreError> {
+    queue_outbox_operation(tx, tenant, connection, record, "upsert", now).await
+}
+
+/// Queues an outbox row of either operation (`upsert` | `delete`).
+pub(crate) async fn queue_outbox_operation(
+    tx: &mut Tx,
+    tenant: TenantId,
+    connection: uuid::Uuid,
+    record: uuid::Uuid,
+    operation: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StoreError> {
     on_db!(tx, |c| {
         sqlx::query(
         "INSERT INTO outbox (id, tenant_id, connection_id, record_id, operation, status, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'upsert', 'pending', $5, $5)"
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)"
     )
     .bind(uuid::Uuid::now_v7())
     .bind(tenant.0)
     .bind(connection)
     .bind(record)
+    .bind(operation)
     .bind(now)
     .execute(c)
     .await

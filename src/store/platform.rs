@@ -8,6 +8,7 @@ use crate::domain::{
     ConnectionId, CrmId, CrmObject, Origin, RecordFields, RecordId, RecordKind, TenantId,
 };
 use crate::store::ConnectionSettings;
+use crate::sync::FieldTimes;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
@@ -91,8 +92,12 @@ pub struct PushedRecord {
     pub record: RecordId,
     /// Its CRM id (new or existing).
     pub crm_id: CrmId,
-    /// The values the CRM now holds, in canonical form (the new base).
+    /// The values the CRM now holds, in canonical form (their fingerprint
+    /// recognises the echo).
     pub pushed: RecordFields,
+    /// The link's new base (the pushed values, but for fields held in a
+    /// `manual` conflict, which keep their old base).
+    pub base: RecordFields,
     /// The record version those values came from.
     pub version: i64,
 }
@@ -158,8 +163,8 @@ impl Store {
         let now = Utc::now();
         on_db!(&mut tx, |c| {
             sqlx::query(
-            "INSERT INTO records (id, tenant_id, kind, fields, dedupe_key, origin, version, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'platform', 1, $6, $6)"
+            "INSERT INTO records (id, tenant_id, kind, fields, dedupe_key, origin, version, created_at, updated_at, field_times)
+             VALUES ($1, $2, $3, $4, $5, 'platform', 1, $6, $6, $7)"
         )
         .bind(id.0)
         .bind(tenant.0)
@@ -167,6 +172,7 @@ impl Store {
         .bind(Json(fields))
         .bind(&dedupe_key)
         .bind(now)
+        .bind(Json(changed_times(&RecordFields::new(), fields, FieldTimes::new(), now)))
         .execute(c)
         .await
         .map(|_| ())
@@ -188,9 +194,23 @@ impl Store {
         let mut tx = self.begin(tenant).await?;
         let dedupe_key = dedupe_key(&mut tx, tenant, fields).await?;
         let now = Utc::now();
+        let before: Option<(Json<RecordFields>, Json<FieldTimes>)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
+                "SELECT fields, field_times FROM records WHERE tenant_id = $1 AND kind = $2 AND id = $3 AND deleted_at IS NULL",
+            )
+            .bind(tenant.0)
+            .bind(kind.as_str())
+            .bind(id.0)
+            .fetch_optional(c)
+            .await
+        })?;
+        let Some((old, times)) = before else {
+            return Ok(None);
+        };
+        let times = changed_times(&old.0.renormalized(), fields, times.0, now);
         let updated: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
             sqlx::query_as(
-            "UPDATE records SET fields = $1, dedupe_key = $2, version = version + 1, updated_at = $3
+            "UPDATE records SET fields = $1, dedupe_key = $2, version = version + 1, updated_at = $3, field_times = $7
               WHERE tenant_id = $4 AND kind = $5 AND id = $6 AND deleted_at IS NULL RETURNING id"
         )
         .bind(Json(fields))
@@ -199,6 +219,7 @@ impl Store {
         .bind(tenant.0)
         .bind(kind.as_str())
         .bind(id.0)
+        .bind(Json(&times))
         .fetch_optional(c)
         .await
         })
@@ -216,13 +237,16 @@ impl Store {
         Ok(Some(connections))
     }
 
-    /// Deletes a platform record (soft); CRM records stay (default policy).
+    /// Deletes a platform record (soft) and queues the archive of its CRM
+    /// records on every active connection it is linked to; its pending
+    /// upserts are dropped. Returns the connections to push, or `None` when
+    /// there is no such record.
     pub async fn delete_platform_record(
         &self,
         tenant: TenantId,
         kind: RecordKind,
         id: RecordId,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Vec<ConnectionId>>, StoreError> {
         let mut tx = self.begin(tenant).await?;
         let now = Utc::now();
         let deleted: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
@@ -237,8 +261,39 @@ impl Store {
         .fetch_optional(c)
         .await
         })?;
+        if deleted.is_none() {
+            return Ok(None);
+        }
+        on_db!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE outbox SET status = 'done', error = 'superseded by a delete', updated_at = $1
+              WHERE tenant_id = $2 AND record_id = $3 AND status = 'pending' AND operation = 'upsert'"
+        )
+        .bind(now)
+        .bind(tenant.0)
+        .bind(id.0)
+        .execute(c)
+        .await
+        .map(|_| ())
+        })?;
+        let linked: Vec<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
+            "SELECT DISTINCT l.connection_id FROM record_links l JOIN connections c ON c.id = l.connection_id AND c.tenant_id = l.tenant_id
+              WHERE l.tenant_id = $1 AND l.record_id = $2 AND l.crm_deleted_at IS NULL AND c.status = 'active'"
+        )
+        .bind(tenant.0)
+        .bind(id.0)
+        .fetch_all(c)
+        .await
+        })?;
+        for (connection,) in &linked {
+            super::queue_outbox_operation(&mut tx, tenant, *connection, id.0, "delete", now)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(deleted.is_some())
+        Ok(Some(
+            linked.into_iter().map(|(c,)| ConnectionId(c)).collect(),
+        ))
     }
 
     /// One live record with its links.
@@ -333,7 +388,7 @@ impl Store {
                         AND l.crm_object = $3 AND l.crm_deleted_at IS NULL LIMIT 1),
                     r.version
                FROM outbox o JOIN records r ON r.id = o.record_id AND r.tenant_id = o.tenant_id
-              WHERE o.tenant_id = $1 AND o.connection_id = $2 AND o.status = 'pending' AND r.deleted_at IS NULL
+              WHERE o.tenant_id = $1 AND o.connection_id = $2 AND o.status = 'pending' AND o.operation = 'upsert' AND r.deleted_at IS NULL
               ORDER BY o.created_at, o.id LIMIT $4"
         )
         .bind(tenant.0)
@@ -384,7 +439,7 @@ impl Store {
             .bind(connection.0)
             .bind(object.as_str())
             .bind(p.crm_id.as_str())
-            .bind(Json(&p.pushed))
+            .bind(Json(&p.base))
             .bind(&fingerprint)
             .bind(now)
             .execute(c)
@@ -404,21 +459,146 @@ impl Store {
                 super::queue_outbox(&mut tx, tenant, connection.0, p.record.0, now).await?;
             }
             for outbox in &p.outbox_ids {
-                on_db!(&mut tx, |c| {
-                    sqlx::query(
-                    "UPDATE outbox SET status = 'done', attempts = attempts + 1, error = NULL, updated_at = $1 WHERE tenant_id = $2 AND id = $3"
-                )
-                .bind(now)
-                .bind(tenant.0)
-                .bind(outbox)
-                .execute(c)
-                .await
-                .map(|_| ())
-                })?;
+                mark_outbox_done(&mut tx, tenant, *outbox, now).await?;
             }
         }
         tx.commit().await
     }
+}
+
+/// A platform delete waiting to archive a CRM record.
+#[derive(Debug, Clone)]
+pub struct PendingDelete {
+    /// The outbox row.
+    pub outbox_id: uuid::Uuid,
+    /// The CRM record to archive; `None` when the link is gone or already
+    /// a tombstone (the CRM deleted it too): nothing to archive.
+    pub crm_id: Option<CrmId>,
+}
+
+impl Store {
+    /// Up to `limit` pending deletes of a connection's object, oldest first.
+    /// A delete whose link is gone already (the CRM deleted it too) comes
+    /// back without work to do and is completed with the rest.
+    pub async fn pending_deletes(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        limit: i64,
+    ) -> Result<Vec<PendingDelete>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let rows: Vec<(uuid::Uuid, Option<String>)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
+            "SELECT o.id, l.crm_id FROM outbox o
+               LEFT JOIN record_links l ON l.tenant_id = o.tenant_id AND l.record_id = o.record_id
+                                  AND l.connection_id = o.connection_id AND l.crm_object = $3 AND l.crm_deleted_at IS NULL
+              WHERE o.tenant_id = $1 AND o.connection_id = $2 AND o.status = 'pending' AND o.operation = 'delete'
+              ORDER BY o.created_at, o.id LIMIT $4"
+        )
+        .bind(tenant.0)
+        .bind(connection.0)
+        .bind(object.as_str())
+        .bind(limit)
+        .fetch_all(c)
+        .await
+        })?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(outbox_id, crm_id)| PendingDelete {
+                outbox_id,
+                crm_id: crm_id.map(CrmId),
+            })
+            .collect())
+    }
+
+    /// Books archived CRM records: their links become tombstones (which also
+    /// makes the archive's own webhook a no-op) and the rows are done.
+    pub async fn complete_deletes(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        done: &[PendingDelete],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let now = Utc::now();
+        for d in done {
+            let Some(crm_id) = &d.crm_id else {
+                mark_outbox_done(&mut tx, tenant, d.outbox_id, now).await?;
+                continue;
+            };
+            on_db!(&mut tx, |c| {
+                sqlx::query(
+                "UPDATE record_links SET crm_deleted_at = $1, updated_at = $1
+                  WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND crm_id = $5 AND crm_deleted_at IS NULL"
+            )
+            .bind(now)
+            .bind(tenant.0)
+            .bind(connection.0)
+            .bind(object.as_str())
+            .bind(crm_id.as_str())
+            .execute(c)
+            .await
+            .map(|_| ())
+            })?;
+            mark_outbox_done(&mut tx, tenant, d.outbox_id, now).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Completes outbox rows that need no CRM write (the CRM already holds
+    /// the platform's values, or the record is held in a conflict).
+    pub async fn complete_outbox(
+        &self,
+        tenant: TenantId,
+        outbox_ids: &[uuid::Uuid],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let now = Utc::now();
+        for id in outbox_ids {
+            mark_outbox_done(&mut tx, tenant, *id, now).await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// Marks one outbox row done.
+async fn mark_outbox_done(
+    tx: &mut super::Tx,
+    tenant: TenantId,
+    outbox: uuid::Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    on_db!(tx, |c| {
+        sqlx::query(
+        "UPDATE outbox SET status = 'done', attempts = attempts + 1, error = NULL, updated_at = $1 WHERE tenant_id = $2 AND id = $3"
+    )
+    .bind(now)
+    .bind(tenant.0)
+    .bind(outbox)
+    .execute(c)
+    .await
+    .map(|_| ())
+    })?;
+    Ok(())
+}
+
+/// `times` with every field that differs between `old` and `new` stamped
+/// `now`: the platform side of `newest_wins`.
+fn changed_times(
+    old: &RecordFields,
+    new: &RecordFields,
+    mut times: FieldTimes,
+    now: DateTime<Utc>,
+) -> FieldTimes {
+    for field in crate::domain::CanonicalField::ALL {
+        if old.get(field) != new.get(field) {
+            times.insert(field, now);
+        }
+    }
+    times
 }
 
 /// The record's dedupe key: its normalised email, unless the tenant allows

@@ -8,7 +8,10 @@ use crate::domain::{
     ConnectionId, CrmId, CrmObject, Cursor, Origin, ProviderKind, RecordFields, RecordId,
     RecordKind, RunId, TenantId,
 };
-use crate::sync::{ConflictStrategy, Incoming, LinkState, LocalState, PullDecision, decide_pull};
+use crate::sync::{
+    ConflictStrategy, FieldConflict, FieldDecision, FieldTimes, Incoming, LinkState, LocalState,
+    PullDecision, decide_pull,
+};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
@@ -40,16 +43,41 @@ pub struct PageWrite {
     pub finishes_run: bool,
     /// Delta: the cursor after this page (never moves back).
     pub cursor: Option<Cursor>,
+    /// Whether a record the CRM is behind on goes to the outbox (a pull), or
+    /// comes back as a [`PushTarget`] for the caller to write now (the read
+    /// before a push).
+    pub queue_pushes: bool,
+}
+
+/// A record the CRM must be brought to: the push side of a merge.
+#[derive(Debug, Clone)]
+pub struct PushTarget {
+    /// The platform record.
+    pub record: RecordId,
+    /// Its CRM id.
+    pub crm_id: CrmId,
+    /// What the CRM holds now.
+    pub current: RecordFields,
+    /// What it must hold.
+    pub target: RecordFields,
+    /// The link's base once written.
+    pub base: RecordFields,
+    /// The record version the target came from.
+    pub version: i64,
 }
 
 /// What one page did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PageOutcome {
     /// The counts added to the run.
     pub counts: RunUpdate,
     /// Records queued for a push back to the CRM (the merge kept platform
     /// values); the caller enqueues `PushChanges`.
     pub pushes: i64,
+    /// Conflicts held for an operator.
+    pub conflicts: i64,
+    /// With `queue_pushes` off: what to write to the CRM now.
+    pub targets: Vec<PushTarget>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -66,6 +94,8 @@ struct LinkSql {
 struct RecordSql {
     id: uuid::Uuid,
     fields: Json<RecordFields>,
+    field_times: Json<FieldTimes>,
+    version: i64,
     updated_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
 }
@@ -100,10 +130,11 @@ impl Store {
         .fetch_one(c)
         .await)?;
         let mut counts = RunUpdate::default();
+        let mut outcome = PageOutcome::default();
         let mut pushes = 0;
         for item in &page.items {
             counts.processed += 1;
-            match apply_one(&mut tx, page, item, allow_duplicates).await? {
+            match apply_one(&mut tx, page, item, allow_duplicates, &mut outcome).await? {
                 Applied::Created => counts.created += 1,
                 Applied::Updated => counts.updated += 1,
                 Applied::Unchanged => counts.unchanged += 1,
@@ -131,7 +162,9 @@ impl Store {
             advance_cursor(&mut tx, page.tenant, page.connection, page.object, cursor).await?;
         }
         tx.commit().await?;
-        Ok(Some(PageOutcome { counts, pushes }))
+        outcome.counts = counts;
+        outcome.pushes = pushes;
+        Ok(Some(outcome))
     }
 
     /// Records of a tenant's kind, as (id, fields), for tests and the api.
@@ -326,6 +359,7 @@ async fn apply_one(
     page: &PageWrite,
     item: &Incoming,
     allow_duplicates: bool,
+    outcome: &mut PageOutcome,
 ) -> Result<Applied, StoreError> {
     let t = page.tenant.0;
     let link: Option<LinkSql> = on_db!(tx, |c| {
@@ -347,7 +381,7 @@ async fn apply_one(
     let by_id = |id: uuid::Uuid| {
         (
             id,
-            "SELECT id, fields, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND id = $2",
+            "SELECT id, fields, field_times, version, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND id = $2",
         )
     };
     let lookup = match (&link, item.platform_id, &email) {
@@ -370,7 +404,7 @@ async fn apply_one(
     {
         local = on_db!(tx, |c| {
             sqlx::query_as(
-            "SELECT id, fields, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"
+            "SELECT id, fields, field_times, version, updated_at, deleted_at FROM records WHERE tenant_id = $1 AND kind = $2 AND dedupe_key = $3"
         )
         .bind(t)
         .bind(page.kind.as_str())
@@ -392,6 +426,7 @@ async fn apply_one(
     let local_state = local.as_ref().map(|r| LocalState {
         fields: r.fields.0.clone().renormalized(),
         updated_at: r.updated_at,
+        field_times: r.field_times.0.clone(),
     });
     let decision = decide_pull(
         link_state.as_ref(),
@@ -401,26 +436,53 @@ async fn apply_one(
     );
     let PullDecision::Apply {
         local: merged,
+        remote,
         base,
         record_changed,
         push,
+        decisions,
+        conflicts,
     } = decision
     else {
         return Ok(Applied::Unchanged);
     };
     let now = Utc::now();
+    // Fields the CRM changed here take the CRM's time for that field.
+    let crm_time = |field| {
+        item.field_times
+            .get(&field)
+            .copied()
+            .unwrap_or(item.modified_at)
+    };
+    let mut field_times = local_state
+        .as_ref()
+        .map(|l| l.field_times.clone())
+        .unwrap_or_default();
+    for (field, value) in merged.iter() {
+        if local_state.as_ref().and_then(|l| l.fields.get(field)) != Some(value) {
+            field_times.insert(field, crm_time(field));
+        }
+    }
+    if let Some(l) = &local_state {
+        for (field, _) in l.fields.iter() {
+            if merged.get(field).is_none() {
+                field_times.insert(field, crm_time(field));
+            }
+        }
+    }
     let dedupe_key = if allow_duplicates {
         None
     } else {
         merged.normalized_email().map(str::to_string)
     };
-    let (record_id, outcome) = match &local {
+    let mut version = 1;
+    let (record_id, applied) = match &local {
         None => {
             let id = RecordId::new();
             on_db!(tx, |c| {
                 sqlx::query(
-                "INSERT INTO records (id, tenant_id, kind, fields, dedupe_key, origin, origin_provider, origin_crm_id, version, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)"
+                "INSERT INTO records (id, tenant_id, kind, fields, dedupe_key, origin, origin_provider, origin_crm_id, version, created_at, updated_at, field_times)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9, $10)"
             )
             .bind(id.0)
             .bind(t)
@@ -431,6 +493,7 @@ async fn apply_one(
             .bind(page.provider.as_str())
             .bind(item.crm_id.as_str())
             .bind(now)
+            .bind(Json(&field_times))
             .execute(c)
             .await
             .map(|_| ())
@@ -438,27 +501,30 @@ async fn apply_one(
             (id.0, Applied::Created)
         }
         Some(existing) => {
+            version = existing.version;
             if record_changed {
-                on_db!(tx, |c| {
-                    sqlx::query(
-                    "UPDATE records SET fields = $1, dedupe_key = $2, version = version + 1, updated_at = $3 WHERE tenant_id = $4 AND id = $5"
+                (version,) = on_db!(tx, |c| {
+                    sqlx::query_as(
+                    "UPDATE records SET fields = $1, dedupe_key = $2, version = version + 1, updated_at = $3, field_times = $6
+                      WHERE tenant_id = $4 AND id = $5 RETURNING version"
                 )
                 .bind(Json(&merged))
                 .bind(&dedupe_key)
                 .bind(now)
                 .bind(t)
                 .bind(existing.id)
-                .execute(c)
+                .bind(Json(&field_times))
+                .fetch_one(c)
                 .await
-                .map(|_| ())
                 })?;
             }
-            let outcome = if record_changed || link.is_none() {
+            record_decisions(tx, page, existing.id, &decisions, now).await?;
+            let applied = if record_changed || link.is_none() {
                 Applied::Updated
             } else {
                 Applied::Unchanged
             };
-            (existing.id, outcome)
+            (existing.id, applied)
         }
     };
     let fingerprint = item.fields.fingerprint();
@@ -498,15 +564,179 @@ async fn apply_one(
         .map(|_| ())
         })?,
     };
+    if page.strategy == ConflictStrategy::Manual || !conflicts.is_empty() {
+        outcome.conflicts += conflicts.len() as i64;
+        hold_conflicts(
+            tx,
+            page,
+            item,
+            record_id,
+            &conflicts,
+            local_state.as_ref(),
+            now,
+        )
+        .await?;
+    }
     if push {
+        if !page.queue_pushes {
+            outcome.targets.push(PushTarget {
+                record: RecordId(record_id),
+                crm_id: item.crm_id.clone(),
+                current: item.fields.clone(),
+                target: remote,
+                base,
+                version,
+            });
+            return Ok(applied);
+        }
         // The merge kept platform values the CRM lacks: queue them (the
         // caller enqueues the push job).
         super::queue_outbox(tx, TenantId(t), page.connection.0, record_id, now).await?;
-        return Ok(match outcome {
+        return Ok(match applied {
             Applied::Created => Applied::Created,
             _ if record_changed => Applied::UpdatedNeedsPush,
             _ => Applied::UnchangedNeedsPush,
         });
     }
-    Ok(outcome)
+    Ok(applied)
+}
+
+/// Writes the audit of every field a merge changed: which rule, old and new
+/// value, and which side it came from.
+async fn record_decisions(
+    tx: &mut Tx,
+    page: &PageWrite,
+    record: uuid::Uuid,
+    decisions: &[FieldDecision],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for d in decisions {
+        // The side the value came from: a platform value went to the CRM.
+        let (source, old) = if d.value != d.platform_before {
+            ("crm", &d.platform_before)
+        } else {
+            ("platform", &d.crm_before)
+        };
+        on_db!(tx, |c| {
+            sqlx::query(
+            "INSERT INTO field_changes (id, tenant_id, record_id, connection_id, field, rule, old_value, new_value, source, decided_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(page.tenant.0)
+        .bind(record)
+        .bind(page.connection.0)
+        .bind(d.field.as_str())
+        .bind(d.rule.as_str())
+        .bind(old)
+        .bind(&d.value)
+        .bind(source)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ())
+        })?;
+    }
+    Ok(())
+}
+
+/// Holds `manual` conflicts (one open row per field, refreshed when seen
+/// again) and closes open ones the sides have since settled by themselves.
+async fn hold_conflicts(
+    tx: &mut Tx,
+    page: &PageWrite,
+    item: &Incoming,
+    record: uuid::Uuid,
+    conflicts: &[FieldConflict],
+    local: Option<&LocalState>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let held: Vec<&str> = conflicts.iter().map(|c| c.field.as_str()).collect();
+    let open: Vec<(uuid::Uuid, String)> = on_db!(tx, |c| {
+        sqlx::query_as(
+        "SELECT id, field FROM conflicts WHERE tenant_id = $1 AND connection_id = $2 AND record_id = $3 AND status = 'open'"
+    )
+    .bind(page.tenant.0)
+    .bind(page.connection.0)
+    .bind(record)
+    .fetch_all(c)
+    .await
+    })?;
+    for (id, field) in &open {
+        if !held.contains(&field.as_str()) {
+            on_db!(tx, |c| {
+                sqlx::query(
+                "UPDATE conflicts SET status = 'resolved', resolution = 'settled', resolved_at = $1, updated_at = $1 WHERE tenant_id = $2 AND id = $3"
+            )
+            .bind(now)
+            .bind(page.tenant.0)
+            .bind(id)
+            .execute(c)
+            .await
+            .map(|_| ())
+            })?;
+        }
+    }
+    for conflict in conflicts {
+        let platform_at = local.map(|l| {
+            l.field_times
+                .get(&conflict.field)
+                .copied()
+                .unwrap_or(l.updated_at)
+        });
+        let crm_at = item
+            .field_times
+            .get(&conflict.field)
+            .copied()
+            .unwrap_or(item.modified_at);
+        let existing = open
+            .iter()
+            .find(|(_, f)| f == conflict.field.as_str())
+            .map(|(id, _)| *id);
+        match existing {
+            Some(id) => on_db!(tx, |c| {
+                sqlx::query(
+                "UPDATE conflicts SET base_value = $1, platform_value = $2, crm_value = $3, platform_changed_at = $4,
+                        crm_changed_at = $5, crm_id = $6, updated_at = $7
+                  WHERE tenant_id = $8 AND id = $9"
+            )
+            .bind(&conflict.base)
+            .bind(&conflict.platform)
+            .bind(&conflict.crm)
+            .bind(platform_at)
+            .bind(crm_at)
+            .bind(item.crm_id.as_str())
+            .bind(now)
+            .bind(page.tenant.0)
+            .bind(id)
+            .execute(c)
+            .await
+            .map(|_| ())
+            })?,
+            None => on_db!(tx, |c| {
+                sqlx::query(
+                "INSERT INTO conflicts (id, tenant_id, connection_id, record_id, crm_object, crm_id, field, base_value,
+                                        platform_value, crm_value, platform_changed_at, crm_changed_at, status, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'open', $13, $13)"
+            )
+            .bind(uuid::Uuid::now_v7())
+            .bind(page.tenant.0)
+            .bind(page.connection.0)
+            .bind(record)
+            .bind(page.object.as_str())
+            .bind(item.crm_id.as_str())
+            .bind(conflict.field.as_str())
+            .bind(&conflict.base)
+            .bind(&conflict.platform)
+            .bind(&conflict.crm)
+            .bind(platform_at)
+            .bind(crm_at)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|_| ())
+            })?,
+        }
+    }
+    Ok(())
 }

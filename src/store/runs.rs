@@ -123,7 +123,7 @@ impl Store {
         on_db!(&mut tx, |c| {
             sqlx::query(
             "INSERT INTO sync_runs (id, tenant_id, connection_id, crm_object, kind, direction, status, started_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'pull', 'running', $6, $6)"
+             VALUES ($1, $2, $3, $4, $5, $7, 'running', $6, $6)"
         )
         .bind(id.0)
         .bind(tenant.0)
@@ -131,6 +131,7 @@ impl Store {
         .bind(object.as_str())
         .bind(kind.as_str())
         .bind(now)
+        .bind(if kind == RunKind::PushChanges { "push" } else { "pull" })
         .execute(c)
         .await
         .map(|_| ())

@@ -3,9 +3,14 @@
 
 pub mod merge;
 
-use crate::domain::{CrmId, RecordFields, RecordId};
+use crate::domain::{CanonicalField, CrmId, RecordFields, RecordId};
 use chrono::{DateTime, Utc};
-pub use merge::{ConflictStrategy, Merged, Newer, merge};
+pub use merge::{ConflictStrategy, FieldConflict, FieldDecision, Merged, Newer, Rule, merge};
+use std::collections::BTreeMap;
+
+/// When each field last changed on one side; a field not listed falls back
+/// to the record's own modified time.
+pub type FieldTimes = BTreeMap<CanonicalField, DateTime<Utc>>;
 
 /// A CRM record as the provider adapter mapped it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +24,9 @@ pub struct Incoming {
     /// The platform record id the CRM record carries (our upsert key), when
     /// we created it: links our own creation even before its push is booked.
     pub platform_id: Option<RecordId>,
+    /// Per-field change times, when the CRM gave them (HubSpot's
+    /// `propertiesWithHistory`); `newest_wins` compares these.
+    pub field_times: FieldTimes,
 }
 
 /// What a record's link remembers from the last sync.
@@ -41,6 +49,8 @@ pub struct LocalState {
     pub fields: RecordFields,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// When each field last changed.
+    pub field_times: FieldTimes,
 }
 
 /// The decision for one incoming record.
@@ -55,6 +65,9 @@ pub enum PullDecision {
     Apply {
         /// The platform record's new values.
         local: RecordFields,
+        /// What the CRM should hold (differs from the incoming values
+        /// exactly when `push`).
+        remote: RecordFields,
         /// The link's new base.
         base: RecordFields,
         /// Whether the platform record's values change.
@@ -63,6 +76,10 @@ pub enum PullDecision {
         /// the CRM does not hold (a local change, or a conflict the platform
         /// won). Without this push both sides would stay apart.
         push: bool,
+        /// Fields that changed a side, with the rule that decided each.
+        decisions: Vec<FieldDecision>,
+        /// Fields held for an operator (`manual`).
+        conflicts: Vec<FieldConflict>,
     },
 }
 
@@ -84,45 +101,57 @@ pub fn decide_pull(
             return PullDecision::Stale;
         }
         let known = [&link.pulled_fingerprint, &link.pushed_fingerprint];
-        if known
+        let seen_before = known
             .iter()
-            .any(|f| f.as_deref() == Some(fingerprint.as_str()))
-        {
-            // Our own echo, or a state seen before: nothing to take. But if
-            // the platform has moved on since (a push raced a pull), the CRM
-            // is behind and must get the platform's values again.
-            return match local {
-                Some(local) if local.fields != incoming.fields => PullDecision::Apply {
-                    local: local.fields.clone(),
-                    base: link.base.clone(),
-                    record_changed: false,
-                    push: true,
-                },
-                _ => PullDecision::Unchanged,
-            };
+            .any(|f| f.as_deref() == Some(fingerprint.as_str()));
+        // Our own echo, or a state seen before, that the platform agrees
+        // with: nothing to do. If the platform has moved on since (a push
+        // raced a pull), the merge below finds the CRM behind and pushes.
+        if seen_before && local.is_none_or(|l| l.fields == incoming.fields) {
+            return PullDecision::Unchanged;
         }
     }
     let Some(local) = local else {
         return PullDecision::Apply {
             local: incoming.fields.clone(),
+            remote: incoming.fields.clone(),
             base: incoming.fields.clone(),
             record_changed: true,
             push: false,
+            decisions: Vec::new(),
+            conflicts: Vec::new(),
         };
     };
     let empty = RecordFields::new();
     let base = link.map_or(&empty, |l| &l.base);
-    let newer = if local.updated_at > incoming.modified_at {
-        Newer::Platform
-    } else {
-        Newer::Crm
+    let newer = |field: CanonicalField| {
+        let platform = local
+            .field_times
+            .get(&field)
+            .copied()
+            .unwrap_or(local.updated_at);
+        let crm = incoming
+            .field_times
+            .get(&field)
+            .copied()
+            .unwrap_or(incoming.modified_at);
+        if platform > crm {
+            Newer::Platform
+        } else {
+            Newer::Crm
+        }
     };
-    let merged = merge(base, &local.fields, &incoming.fields, strategy, newer);
+    let merged = merge(base, &local.fields, &incoming.fields, strategy, &newer);
+    let record_changed = merged.local != local.fields;
+    let push = merged.remote != incoming.fields;
     PullDecision::Apply {
-        record_changed: merged.local != local.fields,
-        push: merged.remote != incoming.fields,
+        record_changed,
+        push,
         local: merged.local,
+        remote: merged.remote,
         base: merged.base,
+        decisions: merged.decisions,
+        conflicts: merged.conflicts,
     }
 }
 
@@ -145,6 +174,7 @@ mod tests {
                 .with(CanonicalField::Email, "a@x.io")
                 .with(CanonicalField::FirstName, name),
             platform_id: None,
+            field_times: FieldTimes::new(),
         }
     }
 
@@ -161,7 +191,7 @@ mod tests {
         #[test]
         fn applying_the_same_state_twice_is_unchanged(name in "[a-z]{1,8}", ms in 0i64..1_000_000) {
             let first = incoming(&name, ms);
-            let local = LocalState { fields: first.fields.clone(), updated_at: at(ms) };
+            let local = LocalState { fields: first.fields.clone(), updated_at: at(ms), field_times: FieldTimes::new() };
             prop_assert_eq!(decide_pull(Some(&applied(&first)), Some(&local), &first, ConflictStrategy::NewestWins), PullDecision::Unchanged);
         }
 
@@ -170,7 +200,7 @@ mod tests {
             prop_assume!(a != b);
             let newer = incoming(&a, ms + back);
             let older = incoming(&b, ms);
-            let local = LocalState { fields: newer.fields.clone(), updated_at: at(ms + back) };
+            let local = LocalState { fields: newer.fields.clone(), updated_at: at(ms + back), field_times: FieldTimes::new() };
             prop_assert_eq!(decide_pull(Some(&applied(&newer)), Some(&local), &older, ConflictStrategy::NewestWins), PullDecision::Stale);
         }
     }
@@ -186,6 +216,7 @@ mod tests {
             let local = LocalState {
                 fields: base.fields.clone().with(CanonicalField::FirstName, &other),
                 updated_at: at(if platform_newer { 30 } else { 15 }),
+                field_times: FieldTimes::new(),
             };
             match decide_pull(Some(&applied(&base)), Some(&local), &remote, ConflictStrategy::NewestWins) {
                 PullDecision::Apply { local: merged, push, .. } => {
@@ -211,6 +242,7 @@ mod tests {
         let local = LocalState {
             fields: pushed.fields.clone().with(CanonicalField::FirstName, "New"),
             updated_at: at(20),
+            field_times: FieldTimes::new(),
         };
         match decide_pull(
             Some(&link),
@@ -253,6 +285,7 @@ mod tests {
         let local = LocalState {
             fields: first.fields.clone(),
             updated_at: at(10),
+            field_times: FieldTimes::new(),
         };
         match decide_pull(
             Some(&applied(&first)),

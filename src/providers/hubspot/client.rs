@@ -64,6 +64,11 @@ pub struct HubspotClient {
     budgets: Arc<Budgets>,
 }
 
+/// HubSpot's batch endpoints take at most 100 records.
+const BATCH: usize = 100;
+/// …and 50 when property history is asked for.
+const HISTORY_BATCH: usize = 50;
+
 #[derive(Deserialize)]
 struct ListBody {
     #[serde(default)]
@@ -216,25 +221,63 @@ impl HubspotClient {
     }
 
     /// Current state of up to 100 records by id (missing ids are left out).
+    /// With `with_history`, each mapped property's change history comes too
+    /// (for `newest_wins`); HubSpot takes 50 ids per call then, so a batch of
+    /// 100 costs two calls.
     pub async fn batch_read(
         &self,
         portal: &str,
         token: &SecretString,
         object: CrmObject,
         ids: &[CrmId],
+        with_history: bool,
     ) -> Result<Vec<Incoming>, ProviderError> {
-        let body = json!({
-            "inputs": ids.iter().map(|id| json!({"id": id.as_str()})).collect::<Vec<_>>(),
-            "properties": mapping::properties(object),
-        });
-        let request = self
-            .http
-            .post(self.url(&format!("/crm/v3/objects/{}/batch/read", object.as_str())))
-            .query(&[("archived", "false")])
-            .bearer_auth(token.expose_secret())
-            .json(&body);
-        let body: ListBody = send(request, Some(&self.burst_budget(portal))).await?;
-        Ok(page(object, body)?.records)
+        let chunk = if with_history { HISTORY_BATCH } else { BATCH };
+        let mut records = Vec::with_capacity(ids.len());
+        for ids in ids.chunks(chunk) {
+            let mut body = json!({
+                "inputs": ids.iter().map(|id| json!({"id": id.as_str()})).collect::<Vec<_>>(),
+                "properties": mapping::properties(object),
+            });
+            if with_history {
+                body["propertiesWithHistory"] = json!(mapping::field_properties());
+            }
+            let request = self
+                .http
+                .post(self.url(&format!("/crm/v3/objects/{}/batch/read", object.as_str())))
+                .query(&[("archived", "false")])
+                .bearer_auth(token.expose_secret())
+                .json(&body);
+            let body: ListBody = send(request, Some(&self.burst_budget(portal))).await?;
+            records.extend(page(object, body)?.records);
+        }
+        Ok(records)
+    }
+
+    /// Archives records by CRM id, up to 100 per call (a platform delete).
+    /// Ids already gone are not an error: the outcome is the same.
+    pub async fn batch_archive(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        ids: &[CrmId],
+    ) -> Result<(), ProviderError> {
+        for ids in ids.chunks(BATCH) {
+            let body = json!({
+                "inputs": ids.iter().map(|id| json!({"id": id.as_str()})).collect::<Vec<_>>(),
+            });
+            let request = self
+                .http
+                .post(self.url(&format!(
+                    "/crm/v3/objects/{}/batch/archive",
+                    object.as_str()
+                )))
+                .bearer_auth(token.expose_secret())
+                .json(&body);
+            send::<Value>(request, Some(&self.burst_budget(portal))).await?;
+        }
+        Ok(())
     }
 
     /// Creates crmsync's properties on `object` if they are missing: the
@@ -472,7 +515,9 @@ async fn send_once<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| ProviderError::Unavailable(format!("body cut short: {e}")))?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes)
+        // 204 No Content (archive) reads as JSON `null`.
+        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        return serde_json::from_slice(body)
             .map_err(|e| ProviderError::Unavailable(format!("unreadable response body: {e}")));
     }
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

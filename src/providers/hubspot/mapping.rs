@@ -19,6 +19,17 @@ pub struct HsObject {
     pub properties: BTreeMap<String, Option<String>>,
     /// Last update time (ISO 8601).
     pub updated_at: Option<String>,
+    /// Per-property change history, when asked for (newest first).
+    #[serde(default)]
+    pub properties_with_history: BTreeMap<String, Vec<HistoryEntry>>,
+}
+
+/// One entry of a property's history (`ValueWithTimestamp`); only the time
+/// is used: `newest_wins` compares when each field changed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HistoryEntry {
+    /// When the value was set.
+    pub timestamp: String,
 }
 
 const FIELDS: &[(CanonicalField, &str)] = &[
@@ -38,6 +49,11 @@ pub fn modified_property(object: CrmObject) -> &'static str {
         CrmObject::Contacts => "lastmodifieddate",
         CrmObject::Leads => "hs_lastmodifieddate",
     }
+}
+
+/// The mapped properties whose history `newest_wins` reads.
+pub fn field_properties() -> Vec<&'static str> {
+    FIELDS.iter().map(|(_, p)| *p).collect()
 }
 
 /// The properties to request for `object`.
@@ -104,6 +120,21 @@ pub fn to_properties(fields: &RecordFields) -> serde_json::Map<String, serde_jso
     out
 }
 
+/// Only the properties whose written value differs between what the CRM
+/// holds (`current`) and what it must hold (`target`): a push never
+/// rewrites a field it does not change, so a concurrent CRM edit of another
+/// field survives.
+pub fn patch_properties(
+    current: &RecordFields,
+    target: &RecordFields,
+) -> serde_json::Map<String, serde_json::Value> {
+    let now = to_properties(current);
+    to_properties(target)
+        .into_iter()
+        .filter(|(name, value)| now.get(name) != Some(value))
+        .collect()
+}
+
 /// What the CRM will hold after [`to_properties`], read back as canonical
 /// fields: the pushed fingerprint is taken over this, so our own write is
 /// recognised when it comes back.
@@ -157,11 +188,25 @@ pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, Provide
         .get(RECORD_ID_PROPERTY)
         .and_then(|v| v.as_deref())
         .and_then(|v| v.parse().ok());
+    let mut field_times = crate::sync::FieldTimes::new();
+    for (field, property) in FIELDS {
+        let latest = raw
+            .properties_with_history
+            .get(*property)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| parse_time(&entry.timestamp))
+            .max();
+        if let Some(at) = latest {
+            field_times.insert(*field, at);
+        }
+    }
     Ok(Incoming {
         crm_id: CrmId(raw.id),
         modified_at: modified,
         fields,
         platform_id,
+        field_times,
     })
 }
 
@@ -199,6 +244,33 @@ mod tests {
     }
 
     #[test]
+    fn property_history_gives_each_field_its_own_change_time() {
+        let raw: HsObject = serde_json::from_value(json!({
+            "id": "7",
+            "properties": {"firstname": "Ada", "company": "Acme", "lastmodifieddate": "2026-11-20T10:00:00Z"},
+            "propertiesWithHistory": {
+                "firstname": [
+                    {"value": "Ada", "timestamp": "2026-11-20T09:00:00Z", "sourceType": "CRM_UI"},
+                    {"value": "A", "timestamp": "2026-11-19T09:00:00Z", "sourceType": "CRM_UI"}
+                ],
+                "company": [{"value": "Acme", "timestamp": "2026-11-20T10:00:00Z", "sourceType": "INTEGRATION"}]
+            }
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let incoming = to_incoming(CrmObject::Contacts, raw).unwrap_or_else(|e| panic!("{e}"));
+        let time = |f| incoming.field_times.get(&f).map(|t| t.to_rfc3339());
+        assert_eq!(
+            time(CanonicalField::FirstName).as_deref(),
+            Some("2026-11-20T09:00:00+00:00")
+        );
+        assert_eq!(
+            time(CanonicalField::Company).as_deref(),
+            Some("2026-11-20T10:00:00+00:00")
+        );
+        assert_eq!(time(CanonicalField::Email), None);
+    }
+
+    #[test]
     fn a_record_without_a_modified_time_is_an_error_not_a_guess() {
         let raw: HsObject = serde_json::from_value(json!({"id": "1", "properties": {}}))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -228,6 +300,22 @@ mod tests {
             proptest::prop_assert_eq!(&back.fields, &fields);
             proptest::prop_assert_eq!(round_trip(&fields).fingerprint(), back.fields.fingerprint());
         }
+    }
+
+    #[test]
+    fn a_patch_carries_only_the_changed_properties() {
+        let current = RecordFields::new()
+            .with(CanonicalField::Email, "a@x.io")
+            .with(CanonicalField::Phone, "1");
+        let target = current
+            .clone()
+            .with(CanonicalField::Phone, "")
+            .with(CanonicalField::Company, "Acme");
+        let patch = patch_properties(&current, &target);
+        assert_eq!(patch.len(), 2, "{patch:?}");
+        assert_eq!(patch.get("phone"), Some(&json!("")));
+        assert_eq!(patch.get("company"), Some(&json!("Acme")));
+        assert!(patch_properties(&target, &target).is_empty());
     }
 
     #[test]
