@@ -161,5 +161,35 @@ pub async fn ingress(
             "crmsync-ingress with Postgres needs Redis (CRMSYNC__REDIS__URL): routes and dedupe live there"
         ),
     };
-    crate::ingress::Ingress::new(settings, routes, dedupe, queue).map_err(anyhow::Error::msg)
+    let stats = webhook_stats(settings).await?;
+    crate::ingress::Ingress::new(settings, routes, dedupe, stats, queue).map_err(anyhow::Error::msg)
+}
+
+/// Where webhook stats live: Redis when the deployment has it, else this
+/// process's memory (the embedded mode runs ingress and api in one process).
+pub async fn webhook_stats(
+    settings: &Settings,
+) -> anyhow::Result<crate::ingress::stats::WebhookStats> {
+    Ok(match redis(settings).await? {
+        Some(conn) => crate::ingress::stats::WebhookStats::Redis {
+            conn,
+            namespace: settings.queue.namespace.clone(),
+        },
+        None => crate::ingress::stats::WebhookStats::memory(),
+    })
+}
+
+/// The api for these settings.
+pub async fn api(
+    settings: &Settings,
+    store: Store,
+    queue: crate::queue::Queue,
+) -> anyhow::Result<crate::api::Api> {
+    Ok(crate::api::Api::new(
+        store,
+        queue,
+        Arc::new(settings.clone()),
+        webhook_stats(settings).await?,
+        redis(settings).await?,
+    ))
 }

@@ -15,24 +15,43 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+mod operator;
+
 /// Shared state of the API.
 #[derive(Clone)]
 pub struct Api {
     store: Store,
     queue: Queue,
+    settings: std::sync::Arc<crate::config::Settings>,
+    stats: crate::ingress::stats::WebhookStats,
+    redis: Option<redis::aio::ConnectionManager>,
 }
 
 impl Api {
-    /// Builds the API over a store and the queue pushes go to.
-    pub fn new(store: Store, queue: Queue) -> Self {
-        Self { store, queue }
+    /// Builds the API over a store, the queue pushes and syncs go to, the
+    /// webhook stats ingress writes, and (in production) the Redis that
+    /// holds ingress routes, re-published when a connection changes.
+    pub fn new(
+        store: Store,
+        queue: Queue,
+        settings: std::sync::Arc<crate::config::Settings>,
+        stats: crate::ingress::stats::WebhookStats,
+        redis: Option<redis::aio::ConnectionManager>,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            settings,
+            stats,
+            redis,
+        }
     }
 
     /// The axum app.
@@ -47,6 +66,33 @@ impl Api {
             .route(
                 "/v1/contacts/{id}",
                 get(get_contact).patch(patch_contact).delete(delete_contact),
+            )
+            .route("/v1/leads/{id}/history", get(operator::record_history))
+            .route("/v1/contacts/{id}/history", get(operator::record_history))
+            .route(
+                "/v1/connections",
+                get(operator::list_connections).post(operator::create_connection),
+            )
+            .route(
+                "/v1/connections/{id}",
+                get(operator::get_connection)
+                    .patch(operator::patch_connection)
+                    .delete(operator::delete_connection),
+            )
+            .route(
+                "/v1/connections/{id}/pause",
+                post(operator::pause_connection),
+            )
+            .route(
+                "/v1/connections/{id}/resume",
+                post(operator::resume_connection),
+            )
+            .route("/v1/connections/{id}/sync", post(operator::sync_connection))
+            .route("/v1/sync-runs", get(operator::list_runs))
+            .route("/v1/conflicts", get(operator::list_conflicts))
+            .route(
+                "/v1/conflicts/{id}/resolve",
+                post(operator::resolve_conflict),
             )
             .route("/openapi.json", get(openapi))
             .route("/health", get(|| async { "ok" }))

@@ -104,7 +104,9 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
         .await
         .with_context(|| format!("failed to listen on {}", args.api_listen))?;
     let api_addr = api_listener.local_addr()?;
-    let api_app = crate::api::Api::new(store.clone(), deps.queue.clone()).router();
+    let api_app = app::api(&settings, store.clone(), deps.queue.clone())
+        .await?
+        .router();
     tokio::spawn(async move { axum::serve(api_listener, api_app).await.ok() });
 
     println!("crmsync dev");

@@ -381,12 +381,10 @@ pub async fn serve_api(listen: Option<String>) -> anyhow::Result<()> {
         .with_context(|| format!("failed to listen on {}", settings.api.listen))?;
     tracing::info!(listen = %listener.local_addr()?, metrics = %metrics, "crmsync-api started");
     let (_stop, mut shutdown) = shutdown_signal();
-    axum::serve(
-        listener,
-        crate::api::Api::new(store, queue.clone()).router(),
-    )
-    .with_graceful_shutdown(async move { stopped(&mut shutdown).await })
-    .await?;
+    let api = app::api(&settings, store, queue.clone()).await?;
+    axum::serve(listener, api.router())
+        .with_graceful_shutdown(async move { stopped(&mut shutdown).await })
+        .await?;
     queue.close().await;
     Ok(())
 }

@@ -5,7 +5,7 @@ use super::find_connection;
 use crate::app;
 use crate::config::Settings;
 use crate::domain::{ConnectionId, RunId, RunKind, RunStatus, TenantId};
-use crate::jobs::{DeltaSyncJob, Deps, FullSyncJob};
+use crate::jobs::{DeltaSyncJob, Deps};
 use crate::store::RunRow;
 use chrono::Utc;
 use std::io::{IsTerminal, Write};
@@ -79,36 +79,7 @@ pub async fn start_full_sync(
     tenant: TenantId,
     connection: ConnectionId,
 ) -> anyhow::Result<Vec<RunRow>> {
-    let row = deps.store.connection(tenant, connection).await?;
-    let mut runs = Vec::new();
-    for mapping in &row.settings.objects {
-        let object = mapping.crm_object;
-        let run = match deps
-            .store
-            .running_run(tenant, connection, object, RunKind::FullSync)
-            .await?
-        {
-            Some(run) => run,
-            None => {
-                deps.store
-                    .start_run(tenant, connection, object, RunKind::FullSync)
-                    .await?
-            }
-        };
-        // Enqueue the page the run is at (idempotent: a page already queued
-        // under the same key is not queued twice).
-        let job = FullSyncJob {
-            tenant,
-            connection,
-            object,
-            run: run.id,
-            page: run.pages_done,
-            attempt: 0,
-        };
-        deps.queue.push_full_sync(&job).await?;
-        runs.push(run);
-    }
-    Ok(runs)
+    Ok(crate::jobs::full_sync::start(&deps.store, &deps.queue, tenant, connection).await?)
 }
 
 struct Progress {

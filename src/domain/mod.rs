@@ -96,9 +96,11 @@ closed_set!(
 
 closed_set!(
     /// Whether a connection may be synced: `needs_reauth` stops jobs until an
-    /// operator reconnects it.
+    /// operator reconnects it; `deleted` keeps the row (its links stay as
+    /// unlinked history) with its credentials erased.
     ConnectionStatus, "connection status" {
-        Active => "active", Paused => "paused", NeedsReauth => "needs_reauth"
+        Active => "active", Paused => "paused", NeedsReauth => "needs_reauth",
+        Deleted => "deleted"
     }
 );
 

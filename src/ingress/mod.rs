@@ -10,53 +10,74 @@
 //! is down (HubSpot retries).
 
 pub mod routes;
+pub mod stats;
 
 use crate::config::Settings;
-use crate::domain::CrmObject;
+use crate::domain::{ConnectionId, CrmObject, TenantId};
 use crate::jobs::ProcessWebhookJob;
 use crate::providers::hubspot::webhook::{
     self, SignatureHeaders, WebhookError, WebhookEvent, coalesce,
 };
 use crate::queue::Queue;
+use crate::secrets::EncryptionKey;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use routes::{Dedupe, Routes};
+use routes::{Dedupe, Route, Routes};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use stats::{WebhookCounts, WebhookStats};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// What the webhook handler needs.
 #[derive(Clone)]
 pub struct Ingress {
-    secret: Arc<SecretString>,
+    secret: Option<Arc<SecretString>>,
+    key: Option<Arc<EncryptionKey>>,
     public_url: Option<Arc<str>>,
     allow_legacy: bool,
     routes: Routes,
     dedupe: Dedupe,
+    stats: WebhookStats,
     queue: Queue,
 }
 
 impl Ingress {
-    /// Builds the ingress from settings; refuses to start without the app
-    /// secret that signs HubSpot's webhooks.
+    /// Builds the ingress from settings. The app secret
+    /// (`CRMSYNC__HUBSPOT__CLIENT_SECRET`) verifies the public app's
+    /// webhooks; connections made with a customer's private app carry their
+    /// own secret, opened with the encryption key. Without either, nothing
+    /// could ever be verified, so it refuses to start.
     pub fn new(
         settings: &Settings,
         routes: Routes,
         dedupe: Dedupe,
+        stats: WebhookStats,
         queue: Queue,
     ) -> Result<Self, String> {
-        let secret = settings
-            .hubspot
-            .client_secret
-            .clone()
-            .ok_or("CRMSYNC__HUBSPOT__CLIENT_SECRET is not set: ingress cannot verify HubSpot's signatures")?;
+        let key = settings
+            .secrets
+            .encryption_key
+            .as_ref()
+            .map(EncryptionKey::parse)
+            .transpose()
+            .map_err(|e| format!("CRMSYNC__SECRETS__ENCRYPTION_KEY: {e}"))?;
+        let secret = settings.hubspot.client_secret.clone();
+        if secret.is_none() && key.is_none() {
+            return Err(
+                "neither CRMSYNC__HUBSPOT__CLIENT_SECRET (the app's webhook secret) nor \
+                 CRMSYNC__SECRETS__ENCRYPTION_KEY (to open private-app connections' own secrets) \
+                 is set: ingress could not verify any HubSpot signature"
+                    .into(),
+            );
+        }
         Ok(Self {
-            secret: Arc::new(secret),
+            secret: secret.map(Arc::new),
+            key: key.map(Arc::new),
             public_url: settings
                 .ingress
                 .public_url
@@ -65,6 +86,7 @@ impl Ingress {
             allow_legacy: settings.ingress.allow_legacy_signatures,
             routes,
             dedupe,
+            stats,
             queue,
         })
     }
@@ -129,6 +151,54 @@ fn problem(status: StatusCode, detail: &str) -> Response {
         .into_response()
 }
 
+/// Which connections a verified delivery may reach: those the app secret
+/// serves (no secret of their own), or the one whose own secret signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Signer {
+    App,
+    Connection(ConnectionId),
+}
+
+impl Signer {
+    fn serves(&self, route: &Route) -> bool {
+        match self {
+            Signer::App => route.sealed_secret.is_none(),
+            Signer::Connection(id) => route.connection == *id,
+        }
+    }
+}
+
+/// The routes of each account a delivery names, looked up once each.
+type RouteCache = BTreeMap<u64, Vec<Route>>;
+
+async fn routes_of(
+    ingress: &Ingress,
+    cache: &mut RouteCache,
+    account: u64,
+) -> Result<Vec<Route>, String> {
+    if let Some(found) = cache.get(&account) {
+        return Ok(found.clone());
+    }
+    let found = ingress.routes.lookup("hubspot", account).await?;
+    cache.insert(account, found.clone());
+    Ok(found)
+}
+
+/// The accounts an (unverified) body claims, to find their own secrets.
+fn claimed_accounts(body: &[u8]) -> Vec<u64> {
+    #[derive(serde::Deserialize)]
+    struct Claim {
+        #[serde(rename = "portalId")]
+        portal_id: u64,
+    }
+    let mut accounts: Vec<u64> = serde_json::from_slice::<Vec<Claim>>(body)
+        .map(|c| c.into_iter().map(|c| c.portal_id).collect())
+        .unwrap_or_default();
+    accounts.sort_unstable();
+    accounts.dedup();
+    accounts
+}
+
 async fn hubspot(
     State(ingress): State<Ingress>,
     uri: Uri,
@@ -143,17 +213,34 @@ async fn hubspot(
     };
     let url = called_url(&ingress, &headers, &uri);
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let verified = webhook::verify_batch(
-        ingress.secret.expose_secret().as_bytes(),
-        "POST",
-        &url,
-        &body,
-        &signatures,
-        now_ms,
-        ingress.allow_legacy,
-    );
-    let events = match verified {
-        Ok((_, batch)) => batch.into_inner(),
+    let verify = |secret: &[u8]| {
+        webhook::verify_batch(
+            secret,
+            "POST",
+            &url,
+            &body,
+            &signatures,
+            now_ms,
+            ingress.allow_legacy,
+        )
+    };
+    let mut cache = RouteCache::new();
+    let mut outcome = Err(WebhookError::MissingSignature);
+    if let Some(secret) = &ingress.secret {
+        outcome = verify(secret.expose_secret().as_bytes()).map(|(_, b)| (Signer::App, b));
+    }
+    if matches!(
+        outcome,
+        Err(WebhookError::Mismatch | WebhookError::MissingSignature)
+    ) {
+        match own_secret(&ingress, &mut cache, &body, &verify).await {
+            Ok(Some(found)) => outcome = Ok(found),
+            Ok(None) => {}
+            Err(e) => return unavailable(&e),
+        }
+    }
+    let (signer, events) = match outcome {
+        Ok((signer, batch)) => (signer, batch.into_inner()),
         Err(WebhookError::Malformed(why)) => {
             metrics::counter!("crmsync_webhook_requests_total", "outcome" => "malformed")
                 .increment(1);
@@ -166,72 +253,139 @@ async fn hubspot(
             metrics::counter!("crmsync_webhook_requests_total", "outcome" => "rejected")
                 .increment(1);
             tracing::warn!(error = %e, "webhook rejected");
+            count_rejected(&ingress, &mut cache, &body).await;
             return problem(StatusCode::UNAUTHORIZED, &e.to_string());
         }
     };
-    match accept(&ingress, events).await {
+    match accept(&ingress, &mut cache, &signer, events).await {
         Ok(()) => {
             metrics::counter!("crmsync_webhook_requests_total", "outcome" => "accepted")
                 .increment(1);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => {
-            metrics::counter!("crmsync_webhook_requests_total", "outcome" => "unavailable")
-                .increment(1);
-            tracing::error!(error = %e, "webhook not accepted: queue or Redis unavailable");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily unable to accept webhooks",
-            )
-        }
+        Err(e) => unavailable(&e),
     }
 }
 
-/// Dedupes, routes and enqueues verified events.
-async fn accept(ingress: &Ingress, events: Vec<WebhookEvent>) -> Result<(), String> {
-    let mut fresh = Vec::with_capacity(events.len());
-    for event in events {
-        if ingress.dedupe.first_time(&event.dedupe_key()).await? {
-            fresh.push(event);
-        } else {
-            metrics::counter!("crmsync_webhook_events_total", "outcome" => "duplicate")
-                .increment(1);
+fn unavailable(e: &str) -> Response {
+    metrics::counter!("crmsync_webhook_requests_total", "outcome" => "unavailable").increment(1);
+    tracing::error!(error = %e, "webhook not accepted: queue or Redis unavailable");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily unable to accept webhooks",
+    )
+}
+
+type Verify<'a> = dyn Fn(
+        &[u8],
+    ) -> Result<
+        (
+            webhook::SignatureVersion,
+            webhook::Verified<Vec<WebhookEvent>>,
+        ),
+        WebhookError,
+    > + Sync
+    + 'a;
+
+/// Tries the own secrets of the connections the body names.
+async fn own_secret(
+    ingress: &Ingress,
+    cache: &mut RouteCache,
+    body: &[u8],
+    verify: &Verify<'_>,
+) -> Result<Option<(Signer, webhook::Verified<Vec<WebhookEvent>>)>, String> {
+    let Some(key) = &ingress.key else {
+        return Ok(None);
+    };
+    for account in claimed_accounts(body) {
+        for route in routes_of(ingress, cache, account).await? {
+            let Some(sealed) = &route.sealed_secret else {
+                continue;
+            };
+            let secret = match crate::store::open_webhook_secret(
+                key,
+                route.tenant,
+                route.connection,
+                sealed,
+            ) {
+                Ok(secret) => secret,
+                Err(e) => {
+                    tracing::error!(connection.id = %route.connection, error = %e, "cannot open the connection's webhook secret");
+                    continue;
+                }
+            };
+            if let Ok((_, batch)) = verify(secret.expose_secret().as_bytes()) {
+                return Ok(Some((Signer::Connection(route.connection), batch)));
+            }
         }
     }
-    // (connection, object) → its events; one job each.
-    let mut groups: BTreeMap<
-        (
-            crate::domain::TenantId,
-            crate::domain::ConnectionId,
-            CrmObject,
-        ),
-        Vec<WebhookEvent>,
-    > = BTreeMap::new();
-    let mut routes: BTreeMap<u64, Vec<(crate::domain::TenantId, crate::domain::ConnectionId)>> =
-        BTreeMap::new();
-    for event in fresh {
+    Ok(None)
+}
+
+/// Counts a refused delivery against the connections its body names.
+async fn count_rejected(ingress: &Ingress, cache: &mut RouteCache, body: &[u8]) {
+    let mut deltas: HashMap<ConnectionId, WebhookCounts> = HashMap::new();
+    for account in claimed_accounts(body) {
+        if let Ok(routes) = routes_of(ingress, cache, account).await {
+            for route in routes {
+                deltas.entry(route.connection).or_default().rejected += 1;
+            }
+        }
+    }
+    ingress.stats.add(&deltas).await;
+}
+
+/// Routes, dedupes and enqueues verified events.
+async fn accept(
+    ingress: &Ingress,
+    cache: &mut RouteCache,
+    signer: &Signer,
+    events: Vec<WebhookEvent>,
+) -> Result<(), String> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut deltas: HashMap<ConnectionId, WebhookCounts> = HashMap::new();
+    // Each event with the connections it may reach.
+    let mut routed: Vec<(WebhookEvent, CrmObject, Vec<Route>)> = Vec::with_capacity(events.len());
+    for event in events {
         let Some(object) = object_of(&event) else {
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "ignored").increment(1);
             continue;
         };
-        // One route lookup per account per delivery, not per event.
-        let targets = match routes.get(&event.portal_id) {
-            Some(targets) => targets,
-            None => {
-                let found = ingress.routes.lookup("hubspot", event.portal_id).await?;
-                routes.entry(event.portal_id).or_insert(found)
-            }
-        };
+        let targets: Vec<Route> = routes_of(ingress, cache, event.portal_id)
+            .await?
+            .into_iter()
+            .filter(|r| signer.serves(r))
+            .collect();
         if targets.is_empty() {
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "unknown_account")
                 .increment(1);
             continue;
         }
-        for (tenant, connection) in targets {
-            groups
-                .entry((*tenant, *connection, object))
-                .or_default()
-                .push(event.clone());
+        routed.push((event, object, targets));
+    }
+    let keys: Vec<String> = routed.iter().map(|(e, _, _)| e.dedupe_key()).collect();
+    let first = ingress.dedupe.first_time(&keys).await?;
+    let mut groups: BTreeMap<(TenantId, ConnectionId, CrmObject), Vec<WebhookEvent>> =
+        BTreeMap::new();
+    for ((event, object, targets), first) in routed.into_iter().zip(first) {
+        for route in targets {
+            let counts = deltas.entry(route.connection).or_default();
+            if !first {
+                counts.duplicates += 1;
+            } else if route.paused {
+                counts.dropped_paused += 1;
+            } else {
+                counts.received += 1;
+                counts.last_received_at_ms = Some(now_ms);
+                groups
+                    .entry((route.tenant, route.connection, object))
+                    .or_default()
+                    .push(event.clone());
+            }
+        }
+        if !first {
+            metrics::counter!("crmsync_webhook_events_total", "outcome" => "duplicate")
+                .increment(1);
         }
     }
     for ((tenant, connection, object), events) in groups {
@@ -259,5 +413,6 @@ async fn accept(ingress: &Ingress, events: Vec<WebhookEvent>) -> Result<(), Stri
         metrics::counter!("crmsync_webhook_events_total", "outcome" => "accepted")
             .increment(events.len() as u64);
     }
+    ingress.stats.add(&deltas).await;
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! belongs to, and whether it has seen an event before.
 //!
 //! Redis keys (under the queue namespace):
-//! - `{ns}:routes:{provider}:{account}` — hash `connection id → tenant id`,
-//!   rebuilt by [`publish`] (the CLI on connect, the scheduler every minute:
-//!   Redis may lose it, the database is the truth);
+//! - `{ns}:routes:{provider}:{account}` — hash `connection id → route JSON`
+//!   (`{"tenant", "paused", "secret"}`; the secret is the connection's own
+//!   webhook secret, still sealed), rebuilt by [`publish`] (the api and CLI
+//!   when connections change, the scheduler every minute: Redis may lose it,
+//!   the database is the truth);
 //! - `{ns}:webhook-seen:{dedupe key}` — `SET NX` with a 78-hour TTL (HubSpot
 //!   retries for up to 24 hours; the design asks for at least 76).
 //!
@@ -12,14 +14,86 @@
 //! keeps dedupe keys in memory: it is one process.
 
 use crate::domain::{ConnectionId, ConnectionStatus, TenantId};
-use crate::store::Store;
+use crate::store::{ConnectionRow, Store};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long an event's dedupe key is remembered.
 pub const DEDUPE_TTL: Duration = Duration::from_secs(78 * 3600);
+
+/// Where one account's events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Owner.
+    pub tenant: TenantId,
+    /// Connection.
+    pub connection: ConnectionId,
+    /// Paused (or waiting for re-authorisation): events are counted and
+    /// dropped.
+    pub paused: bool,
+    /// The connection's own webhook secret, sealed (a private app's).
+    pub sealed_secret: Option<Vec<u8>>,
+}
+
+/// A route as published in Redis.
+#[derive(Serialize, Deserialize)]
+struct Published {
+    tenant: TenantId,
+    #[serde(default)]
+    paused: bool,
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+impl Route {
+    fn of(row: &ConnectionRow) -> Option<Self> {
+        let paused = match row.status {
+            ConnectionStatus::Active => false,
+            ConnectionStatus::Paused | ConnectionStatus::NeedsReauth => true,
+            ConnectionStatus::Deleted => return None,
+        };
+        Some(Self {
+            tenant: row.tenant,
+            connection: row.id,
+            paused,
+            sealed_secret: row.sealed_webhook_secret().map(<[u8]>::to_vec),
+        })
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(&Published {
+            tenant: self.tenant,
+            paused: self.paused,
+            secret: self.sealed_secret.as_ref().map(|s| STANDARD.encode(s)),
+        })
+        .unwrap_or_default()
+    }
+
+    fn from_published(connection: &str, value: &str) -> Option<Self> {
+        let connection = connection.parse().ok()?;
+        // Routes published before secrets and pausing were a bare tenant id.
+        if let Ok(tenant) = value.parse() {
+            return Some(Self {
+                tenant,
+                connection,
+                paused: false,
+                sealed_secret: None,
+            });
+        }
+        let p: Published = serde_json::from_str(value).ok()?;
+        Some(Self {
+            tenant: p.tenant,
+            connection,
+            paused: p.paused,
+            sealed_secret: p.secret.and_then(|s| STANDARD.decode(s).ok()),
+        })
+    }
+}
 
 /// Route lookups.
 #[derive(Clone)]
@@ -36,12 +110,8 @@ pub enum Routes {
 }
 
 impl Routes {
-    /// The (tenant, connection) pairs of active connections to `account`.
-    pub async fn lookup(
-        &self,
-        provider: &str,
-        account: u64,
-    ) -> Result<Vec<(TenantId, ConnectionId)>, String> {
+    /// The routes (active and paused connections) of `account`.
+    pub async fn lookup(&self, provider: &str, account: u64) -> Result<Vec<Route>, String> {
         match self {
             Routes::Redis { conn, namespace } => {
                 let mut conn = conn.clone();
@@ -50,8 +120,8 @@ impl Routes {
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(map
-                    .into_iter()
-                    .filter_map(|(c, t)| Some((t.parse().ok()?, c.parse().ok()?)))
+                    .iter()
+                    .filter_map(|(c, v)| Route::from_published(c, v))
                     .collect())
             }
             Routes::Store(store) => {
@@ -67,9 +137,9 @@ impl Routes {
                         .map_err(|e| e.to_string())?;
                     if row.provider.as_str() == provider
                         && row.external_account_id == account.to_string()
-                        && row.status == ConnectionStatus::Active
+                        && let Some(route) = Route::of(&row)
                     {
-                        out.push((tenant, id));
+                        out.push(route);
                     }
                 }
                 Ok(out)
@@ -78,8 +148,8 @@ impl Routes {
     }
 }
 
-/// Publishes every active connection's route to Redis, replacing each
-/// account's previous set atomically. Returns how many routes were written.
+/// Publishes every connection's route to Redis, replacing each account's
+/// previous set atomically. Returns how many routes were written.
 pub async fn publish(
     store: &Store,
     conn: &redis::aio::ConnectionManager,
@@ -100,13 +170,12 @@ pub async fn publish(
             "{namespace}:routes:{}:{}",
             row.provider, row.external_account_id
         );
-        if row.status == ConnectionStatus::Active {
-            by_key
+        match Route::of(&row) {
+            Some(route) => by_key
                 .entry(key)
                 .or_default()
-                .push((id.to_string(), tenant.to_string()));
-        } else {
-            stale.push(key);
+                .push((id.to_string(), route.to_json())),
+            None => stale.push(key),
         }
     }
     let mut pipe = redis::pipe();
@@ -147,21 +216,29 @@ impl Dedupe {
         Dedupe::Memory(Arc::default())
     }
 
-    /// Whether `key` is seen for the first time (and remembers it).
-    pub async fn first_time(&self, key: &str) -> Result<bool, String> {
+    /// For each key, whether it is seen for the first time (and remembers
+    /// it): one pipelined round trip for a whole delivery.
+    pub async fn first_time(&self, keys: &[String]) -> Result<Vec<bool>, String> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         match self {
             Dedupe::Redis { conn, namespace } => {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.cmd("SET")
+                        .arg(format!("{namespace}:webhook-seen:{key}"))
+                        .arg(1)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(DEDUPE_TTL.as_secs());
+                }
                 let mut conn = conn.clone();
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(format!("{namespace}:webhook-seen:{key}"))
-                    .arg(1)
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(DEDUPE_TTL.as_secs())
+                let set: Vec<Option<String>> = pipe
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(set.is_some())
+                Ok(set.into_iter().map(|s| s.is_some()).collect())
             }
             Dedupe::Memory(seen) => {
                 let mut seen = seen
@@ -171,7 +248,10 @@ impl Dedupe {
                 if seen.len() > 100_000 {
                     seen.retain(|_, at| now.duration_since(*at) < DEDUPE_TTL);
                 }
-                Ok(seen.insert(key.to_string(), now).is_none())
+                Ok(keys
+                    .iter()
+                    .map(|key| seen.insert(key.clone(), now).is_none())
+                    .collect())
             }
         }
     }

@@ -8,7 +8,7 @@
 //! heals a crash between the commit and the enqueue.
 
 use super::{Deps, JobError, Session};
-use crate::domain::{ConnectionId, CrmObject, RunId, RunStatus, TenantId};
+use crate::domain::{ConnectionId, CrmObject, RunId, RunKind, RunStatus, TenantId};
 use crate::store::PageWrite;
 use serde::{Deserialize, Serialize};
 
@@ -127,4 +127,48 @@ pub async fn give_up(job: &FullSyncJob, deps: &Deps, error: &JobError) -> Result
         )
         .await?;
     Ok(())
+}
+
+/// Starts a full sync of every synced object of a connection (or joins the
+/// one already running) and enqueues the page each run is at: idempotent,
+/// so asking twice never runs two full syncs of one object.
+pub async fn start(
+    store: &crate::store::Store,
+    queue: &crate::queue::Queue,
+    tenant: TenantId,
+    connection: ConnectionId,
+) -> Result<Vec<crate::store::RunRow>, JobError> {
+    let row = store.connection(tenant, connection).await?;
+    let mut runs = Vec::new();
+    for mapping in &row.settings.objects {
+        let object = mapping.crm_object;
+        let run = match store
+            .running_run(tenant, connection, object, RunKind::FullSync)
+            .await?
+        {
+            Some(run) => run,
+            None => {
+                store
+                    .start_run(tenant, connection, object, RunKind::FullSync)
+                    .await?
+            }
+        };
+        let job = FullSyncJob {
+            tenant,
+            connection,
+            object,
+            run: run.id,
+            page: run.pages_done,
+            attempt: 0,
+        };
+        queue
+            .push_full_sync(&job)
+            .await
+            .map_err(|e| JobError::Transient {
+                message: e.to_string(),
+                retry_after: None,
+            })?;
+        runs.push(run);
+    }
+    Ok(runs)
 }

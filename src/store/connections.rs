@@ -130,7 +130,12 @@ pub struct ConnectionRow {
     pub status_reason: Option<String>,
     /// Seconds between scheduled deltas.
     pub delta_interval_secs: u64,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// Last change of its settings, status or credentials.
+    pub updated_at: DateTime<Utc>,
     sealed: Vec<u8>,
+    sealed_webhook_secret: Option<Vec<u8>>,
 }
 
 type ConnectionTuple = (
@@ -143,9 +148,16 @@ type ConnectionTuple = (
     Option<String>,
     i64,
     Vec<u8>,
+    Option<Vec<u8>>,
+    DateTime<Utc>,
+    DateTime<Utc>,
 );
 
-const SELECT: &str = "SELECT id, tenant_id, provider, external_account_id, settings, status, status_reason, delta_interval_secs, credentials FROM connections";
+const SELECT: &str = "SELECT id, tenant_id, provider, external_account_id, settings, status, status_reason, delta_interval_secs, credentials, webhook_secret, created_at, updated_at FROM connections";
+
+fn webhook_binding(tenant: TenantId, id: ConnectionId) -> Vec<u8> {
+    format!("crmsync:webhook-secret:{tenant}:{id}").into_bytes()
+}
 
 fn binding(tenant: TenantId, id: ConnectionId) -> Vec<u8> {
     format!("crmsync:connection:{tenant}:{id}").into_bytes()
@@ -163,6 +175,9 @@ fn row(t: ConnectionTuple) -> Result<ConnectionRow, StoreError> {
         status_reason: t.6,
         delta_interval_secs: u64::try_from(t.7).unwrap_or(60),
         sealed: t.8,
+        sealed_webhook_secret: t.9,
+        created_at: t.10,
+        updated_at: t.11,
     })
 }
 
@@ -233,6 +248,20 @@ impl Store {
         row(found.ok_or_else(|| StoreError::NotFound(format!("connection {id}")))?)
     }
 
+    /// Opens a connection's own webhook secret, if it has one.
+    pub fn webhook_secret(
+        &self,
+        connection: &ConnectionRow,
+    ) -> Result<Option<SecretString>, StoreError> {
+        connection
+            .sealed_webhook_secret
+            .as_deref()
+            .map(|sealed| {
+                open_webhook_secret(self.key()?, connection.tenant, connection.id, sealed)
+            })
+            .transpose()
+    }
+
     /// Opens a connection's credentials.
     pub fn credentials(&self, connection: &ConnectionRow) -> Result<Credentials, StoreError> {
         let plain = self.key()?.open(
@@ -240,6 +269,119 @@ impl Store {
             &binding(connection.tenant, connection.id),
         )?;
         serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("credentials: {e}")))
+    }
+
+    /// The tenant's connections (deleted ones left out), oldest first.
+    pub async fn list_connections(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<ConnectionRow>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let rows: Vec<ConnectionTuple> =
+            on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT} WHERE tenant_id = $1 AND status <> 'deleted' ORDER BY created_at, id"
+            )))
+            .bind(tenant.0)
+            .fetch_all(c)
+            .await)?;
+        tx.commit().await?;
+        rows.into_iter().map(row).collect()
+    }
+
+    /// Changes a connection's sync settings and delta interval.
+    pub async fn update_connection(
+        &self,
+        tenant: TenantId,
+        id: ConnectionId,
+        settings: &ConnectionSettings,
+        delta_interval_secs: u64,
+    ) -> Result<(), StoreError> {
+        let interval = i64::try_from(delta_interval_secs).unwrap_or(i64::MAX);
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE connections SET settings = $1, delta_interval_secs = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5"
+        )
+        .bind(Json(settings))
+        .bind(interval)
+        .bind(Utc::now())
+        .bind(tenant.0)
+        .bind(id.0)
+        .execute(c)
+        .await
+        .map(|_| ())
+        })?;
+        tx.commit().await
+    }
+
+    /// Deletes a connection: its credentials and webhook secret are erased,
+    /// its pending pushes dropped, and the row stays (status `deleted`) so
+    /// its links remain as unlinked history. Connecting the same account
+    /// again revives it.
+    pub async fn delete_connection(
+        &self,
+        tenant: TenantId,
+        id: ConnectionId,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE connections SET status = 'deleted', status_reason = 'deleted by an operator', credentials = $1,
+                    webhook_secret = NULL, next_delta_at = NULL, updated_at = $2
+              WHERE tenant_id = $3 AND id = $4"
+        )
+        .bind(Vec::<u8>::new())
+        .bind(now)
+        .bind(tenant.0)
+        .bind(id.0)
+        .execute(c)
+        .await
+        .map(|_| ())
+        })?;
+        on_db!(&mut tx, |c| sqlx::query(
+            "UPDATE outbox SET status = 'done', error = 'connection deleted', updated_at = $1
+              WHERE tenant_id = $2 AND connection_id = $3 AND status = 'pending'"
+        )
+        .bind(now)
+        .bind(tenant.0)
+        .bind(id.0)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+        tx.commit().await
+    }
+
+    /// Sets (or, with `None`, clears) the secret that signs this
+    /// connection's webhooks (a customer's private app has its own), sealed
+    /// like the credentials.
+    pub async fn set_webhook_secret(
+        &self,
+        tenant: TenantId,
+        id: ConnectionId,
+        secret: Option<&SecretString>,
+    ) -> Result<(), StoreError> {
+        let sealed = match secret {
+            Some(s) => Some(
+                self.key()?
+                    .seal(s.expose_secret().as_bytes(), &webhook_binding(tenant, id))?,
+            ),
+            None => None,
+        };
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE connections SET webhook_secret = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4"
+        )
+        .bind(&sealed)
+        .bind(Utc::now())
+        .bind(tenant.0)
+        .bind(id.0)
+        .execute(c)
+        .await
+        .map(|_| ())
+        })?;
+        tx.commit().await
     }
 
     /// Replaces a connection's credentials (after an OAuth refresh).
@@ -356,4 +498,30 @@ impl Store {
             .map(|(t, c)| (TenantId(t), ConnectionId(c)))
             .collect())
     }
+}
+
+impl ConnectionRow {
+    /// The sealed webhook secret, as published to Redis for ingress (which
+    /// opens it with the same key and the route's ids).
+    pub fn sealed_webhook_secret(&self) -> Option<&[u8]> {
+        self.sealed_webhook_secret.as_deref()
+    }
+
+    /// Whether it has its own webhook secret.
+    pub fn has_webhook_secret(&self) -> bool {
+        self.sealed_webhook_secret.is_some()
+    }
+}
+
+/// Opens a sealed webhook secret of connection `id` of `tenant`.
+pub fn open_webhook_secret(
+    key: &crate::secrets::EncryptionKey,
+    tenant: TenantId,
+    id: ConnectionId,
+    sealed: &[u8],
+) -> Result<SecretString, StoreError> {
+    let plain = key.open(sealed, &webhook_binding(tenant, id))?;
+    String::from_utf8(plain)
+        .map(SecretString::from)
+        .map_err(|_| StoreError::Corrupt("webhook secret is not UTF-8".into()))
 }

@@ -2,14 +2,17 @@
 //! serves Postgres (production, row-level security per tenant) and SQLite
 //! (the embedded store); [`on_db!`] runs the same query text on either.
 
+mod conflicts;
 mod connections;
 mod platform;
 mod records;
 mod runs;
 mod tenants;
 
+pub use conflicts::{ConflictRow, FieldChange, Resolution};
 pub use connections::{
     ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping,
+    open_webhook_secret,
 };
 pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQuery, RecordView};
 pub use records::{PageOutcome, PageWrite, PushTarget};

@@ -603,7 +603,7 @@ fn changed_times(
 
 /// The record's dedupe key: its normalised email, unless the tenant allows
 /// duplicates (then none, and the unique index lets copies through).
-async fn dedupe_key(
+pub(super) async fn dedupe_key(
     tx: &mut super::Tx,
     tenant: TenantId,
     fields: &RecordFields,

@@ -16,11 +16,11 @@ pub struct RunRow {
     #[serde(skip)]
     pub tenant: TenantId,
     /// The connection synced.
-    #[serde(skip)]
+    #[serde(rename = "connectionId")]
     pub connection: ConnectionId,
     /// The CRM object synced.
     pub object: CrmObject,
-    /// Full or delta.
+    /// Full, delta, webhook or push.
     pub kind: RunKind,
     /// Running, succeeded or failed.
     pub status: RunStatus,
@@ -223,6 +223,42 @@ impl Store {
         })?;
         tx.commit().await?;
         found.map(to_run).transpose()
+    }
+
+    /// The tenant's runs, newest first, optionally of one connection, before
+    /// a (start time, id) cursor.
+    pub async fn list_runs(
+        &self,
+        tenant: TenantId,
+        connection: Option<ConnectionId>,
+        before: Option<(DateTime<Utc>, RunId)>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let mut sql = format!("{SELECT_RUN} WHERE tenant_id = $1");
+        if connection.is_some() {
+            sql.push_str(" AND connection_id = $2");
+        } else {
+            sql.push_str(" AND $2 IS NULL");
+        }
+        if before.is_some() {
+            sql.push_str(" AND (started_at < $3 OR (started_at = $3 AND id < $4))");
+        } else {
+            sql.push_str(" AND $3 IS NULL AND $4 IS NULL");
+        }
+        sql.push_str(" ORDER BY started_at DESC, id DESC LIMIT $5");
+        let mut tx = self.begin(tenant).await?;
+        let rows: Vec<RunSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(
+            sql.clone()
+        ))
+        .bind(tenant.0)
+        .bind(connection.map(|c| c.0))
+        .bind(before.map(|b| b.0))
+        .bind(before.map(|b| b.1.0))
+        .bind(limit)
+        .fetch_all(c)
+        .await)?;
+        tx.commit().await?;
+        rows.into_iter().map(to_run).collect()
     }
 
     /// The connection's most recent run.

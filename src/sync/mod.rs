@@ -93,6 +93,7 @@ pub fn decide_pull(
     strategy: ConflictStrategy,
 ) -> PullDecision {
     let fingerprint = incoming.fields.fingerprint();
+    let mut seen_before = false;
     if let Some(link) = link {
         if link
             .crm_modified_at
@@ -101,12 +102,11 @@ pub fn decide_pull(
             return PullDecision::Stale;
         }
         let known = [&link.pulled_fingerprint, &link.pushed_fingerprint];
-        let seen_before = known
+        seen_before = known
             .iter()
             .any(|f| f.as_deref() == Some(fingerprint.as_str()));
         // Our own echo, or a state seen before, that the platform agrees
-        // with: nothing to do. If the platform has moved on since (a push
-        // raced a pull), the merge below finds the CRM behind and pushes.
+        // with: nothing to do.
         if seen_before && local.is_none_or(|l| l.fields == incoming.fields) {
             return PullDecision::Unchanged;
         }
@@ -141,7 +141,29 @@ pub fn decide_pull(
             Newer::Crm
         }
     };
-    let merged = merge(base, &local.fields, &incoming.fields, strategy, &newer);
+    // A CRM state seen before holds no CRM change: every difference in it
+    // was merged already (the platform won it, or changed since, or — under
+    // `manual` — holds it as a conflict). Merging it as new would let a
+    // stale read undo a decision; so the CRM side counts as the base, but
+    // for held conflicts, which stay held. The push flag below still
+    // compares with what the CRM really holds.
+    let remote = if seen_before {
+        let mut effective = base.clone();
+        for field in crate::domain::CanonicalField::ALL {
+            let (b, l, r) = (
+                base.get(field),
+                local.fields.get(field),
+                incoming.fields.get(field),
+            );
+            if strategy == ConflictStrategy::Manual && l != b && r != b && l != r {
+                effective.set(field, r.unwrap_or(""));
+            }
+        }
+        effective
+    } else {
+        incoming.fields.clone()
+    };
+    let merged = merge(base, &local.fields, &remote, strategy, &newer);
     let record_changed = merged.local != local.fields;
     let push = merged.remote != incoming.fields;
     PullDecision::Apply {
@@ -260,6 +282,77 @@ mod tests {
                 assert_eq!(kept.get(CanonicalField::FirstName), Some("New"));
             }
             other => panic!("expected a push, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_crm_state_read_again_never_undoes_a_decision_the_platform_won() {
+        // A push merged the CRM's "Crm" and decided "Platform" (base and
+        // local now "Platform"); a webhook job read the same CRM state
+        // before the push landed. It must push again, not take "Crm".
+        let read = incoming("Crm", 10);
+        let link = LinkState {
+            base: read
+                .fields
+                .clone()
+                .with(CanonicalField::FirstName, "Platform"),
+            pulled_fingerprint: Some(read.fields.fingerprint()),
+            pushed_fingerprint: None,
+            crm_modified_at: Some(read.modified_at),
+        };
+        let local = LocalState {
+            fields: link.base.clone(),
+            updated_at: at(20),
+            field_times: FieldTimes::new(),
+        };
+        for strategy in [
+            ConflictStrategy::NewestWins,
+            ConflictStrategy::CrmWins,
+            ConflictStrategy::Manual,
+        ] {
+            match decide_pull(Some(&link), Some(&local), &read, strategy) {
+                PullDecision::Apply {
+                    record_changed,
+                    push,
+                    remote,
+                    ..
+                } => {
+                    assert!(!record_changed && push, "{strategy:?}");
+                    assert_eq!(remote.get(CanonicalField::FirstName), Some("Platform"));
+                }
+                other => panic!("{strategy:?}: expected a push, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_held_manual_conflict_stays_held_when_its_crm_state_is_read_again() {
+        let read = incoming("Crm", 10);
+        let link = LinkState {
+            base: read.fields.clone().with(CanonicalField::FirstName, "Base"),
+            pulled_fingerprint: Some(read.fields.fingerprint()),
+            pushed_fingerprint: None,
+            crm_modified_at: Some(read.modified_at),
+        };
+        let local = LocalState {
+            fields: read
+                .fields
+                .clone()
+                .with(CanonicalField::FirstName, "Platform"),
+            updated_at: at(20),
+            field_times: FieldTimes::new(),
+        };
+        match decide_pull(Some(&link), Some(&local), &read, ConflictStrategy::Manual) {
+            PullDecision::Apply {
+                record_changed,
+                push,
+                conflicts,
+                ..
+            } => {
+                assert!(!record_changed && !push);
+                assert_eq!(conflicts.len(), 1);
+            }
+            other => panic!("expected the conflict held, got {other:?}"),
         }
     }
 

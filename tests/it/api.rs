@@ -2,7 +2,7 @@
 //! shows its link; the unified list pages and filters; tenants are isolated;
 //! bad input gets a problem+json answer.
 
-use crate::fleet::{Fleet, on_both_backends};
+use crate::fleet::{ApiClient as Client, Fleet, on_both_backends};
 use crate::support::TOKEN;
 use crmsync::domain::{CrmObject, RecordKind};
 use crmsync::store::Credentials;
@@ -10,53 +10,6 @@ use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-struct Client {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Client {
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value, String) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("api request");
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let text = response.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::Null),
-            content_type,
-        )
-    }
-}
-
-async fn start_api(fleet: &Fleet) -> String {
-    let api = crmsync::api::Api::new(fleet.store.clone(), fleet.deps.queue.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, api.router()).await.ok() });
-    format!("http://{addr}")
-}
 
 on_both_backends! {
     async fn a_lead_created_through_the_api_reaches_hubspot_once_and_tenants_stay_apart(backend) {
@@ -66,7 +19,7 @@ on_both_backends! {
         let acme = fleet.store.create_tenant("acme").await.expect("tenant");
         let credentials = Credentials::PrivateAppToken { token: SecretString::from(TOKEN) };
         let (connection, _) = crmsync::cli::connect_hubspot_token(&fleet.settings, &fleet.store, acme.id, credentials, None).await.expect("connect");
-        let base = start_api(&fleet).await;
+        let base = fleet.start_api().await;
         let api = Client { base: base.clone(), token: acme.token.clone(), http: reqwest::Client::new() };
 
         let (status, lead, _) = api.send(reqwest::Method::POST, "/v1/leads", Some(json!({

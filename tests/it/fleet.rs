@@ -12,7 +12,9 @@ use crmsync::queue::{WorkerSpec, run_workers};
 use crmsync::sandbox::hubspot::SandboxConfig;
 use crmsync::secrets::EncryptionKey;
 use crmsync::store::{Credentials, RunRow, Store};
+use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
 use sqlx::Connection;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -532,5 +534,62 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A tenant's client of a running api.
+pub struct ApiClient {
+    /// The api's base URL.
+    pub base: String,
+    /// The tenant's bearer token.
+    pub token: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// Sends a request; returns status, JSON body (or null) and content type.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, String) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("api request");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            content_type,
+        )
+    }
+}
+
+impl Fleet {
+    /// Serves the api for this fleet on a free port; returns its base URL.
+    pub async fn start_api(&self) -> String {
+        let api = crmsync::app::api(&self.settings, self.store.clone(), self.deps.queue.clone())
+            .await
+            .expect("api");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, api.router()).await.ok() });
+        format!("http://{addr}")
     }
 }

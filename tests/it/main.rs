@@ -22,5 +22,6 @@ mod hubspot_client;
 mod push;
 mod scheduler;
 mod store_security;
+mod strategies;
 mod sync_faults;
 mod webhook_ingress;

@@ -1,0 +1,552 @@
+//! The operator side of the api: connections (create with a private-app
+//! token, list, change, pause, resume, delete), syncs on demand, sync runs,
+//! conflicts and their resolution, webhook stats, and a record's field
+//! history. Every call is scoped to the bearer token's tenant.
+
+use super::{Api, Problem, Tenant, bad};
+use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordId, RunId};
+use crate::jobs::{DeltaSyncJob, PushChangesJob};
+use crate::providers::error::ProviderError;
+use crate::providers::hubspot::HubspotClient;
+use crate::store::{
+    ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping, Resolution,
+};
+use crate::sync::ConflictStrategy;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, TimeZone, Utc};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+fn parse_connection(id: &str) -> Result<ConnectionId, Problem> {
+    id.parse()
+        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no connection {id}")))
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+}
+
+/// A connection as operators see it: never its credentials or secret.
+async fn render(api: &Api, row: &ConnectionRow) -> Value {
+    let stats = match api.stats.get(row.id).await {
+        Ok(s) => json!({
+            "received": s.received,
+            "duplicates": s.duplicates,
+            "rejected": s.rejected,
+            "droppedPaused": s.dropped_paused,
+            "lastReceivedAt": s.last_received_at_ms
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook stats unavailable");
+            Value::Null
+        }
+    };
+    json!({
+        "id": row.id,
+        "provider": row.provider,
+        "portalId": row.external_account_id,
+        "status": row.status,
+        "statusReason": row.status_reason,
+        "strategy": row.settings.strategy,
+        "objects": row.settings.objects,
+        "deltaIntervalSecs": row.delta_interval_secs,
+        "hasWebhookSecret": row.has_webhook_secret(),
+        "webhookStats": stats,
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+    })
+}
+
+/// Re-publishes ingress routes after a change (not fatal: the scheduler
+/// re-publishes every minute).
+async fn publish_routes(api: &Api) {
+    if let Some(conn) = &api.redis
+        && let Err(e) =
+            crate::ingress::routes::publish(&api.store, conn, &api.settings.queue.namespace).await
+    {
+        tracing::warn!(error = %e, "routes not published; the scheduler will");
+    }
+}
+
+/// `POST /v1/connections` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateConnection {
+    provider: String,
+    private_app_token: Option<String>,
+    portal_id: Option<u64>,
+    webhook_secret: Option<String>,
+    strategy: Option<String>,
+    objects: Option<Vec<ObjectMapping>>,
+    delta_interval_secs: Option<u64>,
+    full_sync: Option<bool>,
+}
+
+fn strategy(name: Option<&str>, default: ConflictStrategy) -> Result<ConflictStrategy, Problem> {
+    name.map_or(Ok(default), |s| s.parse().map_err(bad))
+}
+
+fn objects(mappings: Vec<ObjectMapping>) -> Result<Vec<ObjectMapping>, Problem> {
+    if mappings.is_empty() {
+        return Err(bad("objects must name at least one CRM object"));
+    }
+    let mut seen: Vec<CrmObject> = Vec::new();
+    for m in &mappings {
+        if seen.contains(&m.crm_object) {
+            return Err(bad(format!("{} is mapped twice", m.crm_object)));
+        }
+        seen.push(m.crm_object);
+    }
+    Ok(mappings)
+}
+
+fn interval(secs: Option<u64>, default: u64) -> Result<u64, Problem> {
+    match secs {
+        Some(0) => Err(bad("deltaIntervalSecs must be greater than 0")),
+        Some(s) => Ok(s),
+        None => Ok(default),
+    }
+}
+
+pub(super) async fn create_connection(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let input: CreateConnection = json_body(&body)?;
+    let provider: ProviderKind = input.provider.parse().map_err(|e| bad(format!("{e}")))?;
+    let token = input
+        .private_app_token
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| {
+            bad("privateAppToken is required (OAuth connections are made with `crmsync connect`)")
+        })?;
+    let token = SecretString::from(token.trim().to_string());
+    let mut settings = ConnectionSettings::default_for(provider);
+    settings.strategy = strategy(input.strategy.as_deref(), settings.strategy)?;
+    if let Some(mappings) = input.objects {
+        settings.objects = objects(mappings)?;
+    }
+    let delta_interval_secs = interval(
+        input.delta_interval_secs,
+        api.settings.sync.delta_interval_secs,
+    )?;
+    // The token must work, and it names its portal.
+    let client = HubspotClient::new(api.settings.hubspot.clone(), Arc::default())
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let portal = match client.portal_id(&token).await {
+        Ok(portal) => portal,
+        Err(ProviderError::Unauthorized(why)) => {
+            return Err(bad(format!("HubSpot refused the private-app token: {why}")));
+        }
+        Err(e) => {
+            return Err(Problem::new(
+                StatusCode::BAD_GATEWAY,
+                format!("could not check the token with HubSpot: {e}"),
+            ));
+        }
+    };
+    if let Some(claimed) = input.portal_id
+        && claimed != portal
+    {
+        return Err(bad(format!(
+            "the token belongs to portal {portal}, not {claimed}"
+        )));
+    }
+    let id = api
+        .store
+        .upsert_connection(NewConnection {
+            tenant,
+            provider,
+            external_account_id: portal.to_string(),
+            credentials: Credentials::PrivateAppToken { token },
+            settings: settings.clone(),
+            delta_interval_secs,
+        })
+        .await?;
+    // A re-authorisation keeps the row; the request's settings apply anyway.
+    api.store
+        .update_connection(tenant, id, &settings, delta_interval_secs)
+        .await?;
+    if let Some(secret) = input.webhook_secret.filter(|s| !s.is_empty()) {
+        api.store
+            .set_webhook_secret(tenant, id, Some(&SecretString::from(secret)))
+            .await?;
+    }
+    publish_routes(&api).await;
+    if input.full_sync.unwrap_or(true) {
+        crate::jobs::full_sync::start(&api.store, &api.queue, tenant, id)
+            .await
+            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
+    let row = api.store.connection(tenant, id).await?;
+    Ok((StatusCode::CREATED, axum::Json(render(&api, &row).await)).into_response())
+}
+
+pub(super) async fn list_connections(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+) -> Result<Response, Problem> {
+    let mut data = Vec::new();
+    for row in api.store.list_connections(tenant).await? {
+        data.push(render(&api, &row).await);
+    }
+    Ok(axum::Json(json!({ "data": data })).into_response())
+}
+
+/// A live (not deleted) connection of the tenant, or 404.
+async fn live(
+    api: &Api,
+    tenant: crate::domain::TenantId,
+    id: &str,
+) -> Result<ConnectionRow, Problem> {
+    let id = parse_connection(id)?;
+    let row = api.store.connection(tenant, id).await?;
+    if row.status == ConnectionStatus::Deleted {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("connection {id} was deleted"),
+        ));
+    }
+    Ok(row)
+}
+
+pub(super) async fn get_connection(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let row = live(&api, tenant, &id).await?;
+    Ok(axum::Json(render(&api, &row).await).into_response())
+}
+
+/// `PATCH /v1/connections/{id}` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchConnection {
+    strategy: Option<String>,
+    objects: Option<Vec<ObjectMapping>>,
+    delta_interval_secs: Option<u64>,
+    #[serde(default, deserialize_with = "super::present")]
+    webhook_secret: Option<Option<String>>,
+}
+
+pub(super) async fn patch_connection(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let row = live(&api, tenant, &id).await?;
+    let input: PatchConnection = json_body(&body)?;
+    let mut settings = row.settings.clone();
+    settings.strategy = strategy(input.strategy.as_deref(), settings.strategy)?;
+    if let Some(mappings) = input.objects {
+        settings.objects = objects(mappings)?;
+    }
+    let secs = interval(input.delta_interval_secs, row.delta_interval_secs)?;
+    api.store
+        .update_connection(tenant, row.id, &settings, secs)
+        .await?;
+    if let Some(secret) = input.webhook_secret {
+        let secret = secret.filter(|s| !s.is_empty()).map(SecretString::from);
+        api.store
+            .set_webhook_secret(tenant, row.id, secret.as_ref())
+            .await?;
+        publish_routes(&api).await;
+    }
+    let row = api.store.connection(tenant, row.id).await?;
+    Ok(axum::Json(render(&api, &row).await).into_response())
+}
+
+pub(super) async fn pause_connection(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let row = live(&api, tenant, &id).await?;
+    if row.status == ConnectionStatus::Active {
+        api.store
+            .set_connection_status(
+                tenant,
+                row.id,
+                ConnectionStatus::Paused,
+                Some("paused by an operator"),
+            )
+            .await?;
+        publish_routes(&api).await;
+    }
+    let row = api.store.connection(tenant, row.id).await?;
+    Ok(axum::Json(render(&api, &row).await).into_response())
+}
+
+pub(super) async fn resume_connection(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let row = live(&api, tenant, &id).await?;
+    match row.status {
+        ConnectionStatus::NeedsReauth => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "the connection needs re-authorisation: create it again with a new token",
+            ));
+        }
+        ConnectionStatus::Paused => {
+            api.store
+                .set_connection_status(tenant, row.id, ConnectionStatus::Active, None)
+                .await?;
+            publish_routes(&api).await;
+            // Catch up on what changed while paused (webhooks were dropped).
+            enqueue_delta(&api, tenant, row.id, "resume").await?;
+        }
+        ConnectionStatus::Active | ConnectionStatus::Deleted => {}
+    }
+    let row = api.store.connection(tenant, row.id).await?;
+    Ok(axum::Json(render(&api, &row).await).into_response())
+}
+
+pub(super) async fn delete_connection(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let row = live(&api, tenant, &id).await?;
+    api.store.delete_connection(tenant, row.id).await?;
+    publish_routes(&api).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn enqueue_delta(
+    api: &Api,
+    tenant: crate::domain::TenantId,
+    connection: ConnectionId,
+    why: &str,
+) -> Result<(), Problem> {
+    let job = DeltaSyncJob {
+        tenant,
+        connection,
+        object: None,
+        trigger: format!("api-{why}-{}", uuid::Uuid::now_v7()),
+        attempt: 0,
+        resume: None,
+    };
+    api.queue
+        .push_delta_sync(&job)
+        .await
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
+/// `POST /v1/connections/{id}/sync` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncRequest {
+    full: Option<bool>,
+}
+
+pub(super) async fn sync_connection(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let row = live(&api, tenant, &id).await?;
+    if row.status != ConnectionStatus::Active {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!("connection {} is {}: resume it first", row.id, row.status),
+        ));
+    }
+    let input: SyncRequest = json_body(&body)?;
+    let no_cursor = api.store.cursors(tenant, row.id).await?.is_empty();
+    if input.full.unwrap_or(false) || no_cursor {
+        let runs = crate::jobs::full_sync::start(&api.store, &api.queue, tenant, row.id)
+            .await
+            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"kind": "full_sync", "runs": runs})),
+        )
+            .into_response());
+    }
+    enqueue_delta(&api, tenant, row.id, "sync").await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"kind": "delta_sync", "runs": []})),
+    )
+        .into_response())
+}
+
+/// Paging parameters shared by the operator lists.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListParams {
+    connection_id: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+impl ListParams {
+    fn limit(&self) -> Result<i64, Problem> {
+        let limit = self.limit.unwrap_or(50);
+        if (1..=200).contains(&limit) {
+            Ok(limit)
+        } else {
+            Err(bad("limit must be between 1 and 200"))
+        }
+    }
+
+    fn connection(&self) -> Result<Option<ConnectionId>, Problem> {
+        self.connection_id
+            .as_deref()
+            .map(|c| {
+                c.parse()
+                    .map_err(|_| bad("connectionId is not a connection id"))
+            })
+            .transpose()
+    }
+}
+
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Problem> {
+    q.map(|Query(p)| p).map_err(|e| bad(e.body_text()))
+}
+
+pub(super) async fn list_runs(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let params = query(params)?;
+    if params.status.is_some() {
+        return Err(bad("sync-runs take no status filter"));
+    }
+    let limit = params.limit()?;
+    let before = match params.cursor.as_deref() {
+        Some(c) => Some(decode_run_cursor(c).ok_or_else(|| bad("invalid cursor"))?),
+        None => None,
+    };
+    let mut runs = api
+        .store
+        .list_runs(tenant, params.connection()?, before, limit + 1)
+        .await?;
+    let next = if runs.len() as i64 > limit {
+        runs.truncate(limit as usize);
+        runs.last()
+            .map(|r| URL_SAFE_NO_PAD.encode(format!("{}|{}", r.started_at.to_rfc3339(), r.id)))
+    } else {
+        None
+    };
+    Ok(axum::Json(json!({"data": runs, "nextCursor": next})).into_response())
+}
+
+fn decode_run_cursor(cursor: &str) -> Option<(DateTime<Utc>, RunId)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (at, id) = text.split_once('|')?;
+    Some((
+        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+        RunId(id.parse().ok()?),
+    ))
+}
+
+pub(super) async fn list_conflicts(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let params = query(params)?;
+    let status = params.status.as_deref().unwrap_or("open");
+    if !matches!(status, "open" | "resolved") {
+        return Err(bad("status must be open or resolved"));
+    }
+    let limit = params.limit()?;
+    let before = match params.cursor.as_deref() {
+        Some(c) => Some(c.parse::<uuid::Uuid>().map_err(|_| bad("invalid cursor"))?),
+        None => None,
+    };
+    let mut rows = api
+        .store
+        .list_conflicts(tenant, status, params.connection()?, before, limit + 1)
+        .await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|c| c.id.to_string())
+    } else {
+        None
+    };
+    Ok(axum::Json(json!({"data": rows, "nextCursor": next})).into_response())
+}
+
+/// `POST /v1/conflicts/{id}/resolve` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resolve {
+    resolution: String,
+    value: Option<String>,
+}
+
+pub(super) async fn resolve_conflict(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let id: uuid::Uuid = id
+        .parse()
+        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no conflict {id}")))?;
+    let input: Resolve = json_body(&body)?;
+    let resolution = match (input.resolution.as_str(), input.value) {
+        ("platform", None) => Resolution::Platform,
+        ("crm", None) => Resolution::Crm,
+        ("value", Some(v)) => Resolution::Value(v),
+        ("value", None) => return Err(bad("resolution \"value\" needs a value")),
+        ("platform" | "crm", Some(_)) => {
+            return Err(bad("value is only given with resolution \"value\""));
+        }
+        (other, _) => {
+            return Err(bad(format!(
+                "resolution {other:?} is not one of platform, crm, value"
+            )));
+        }
+    };
+    let resolved = api.store.resolve_conflict(tenant, id, &resolution).await?;
+    let job = PushChangesJob {
+        tenant,
+        connection: resolved.connection_id,
+        trigger: format!("resolve-{id}"),
+        attempt: 0,
+    };
+    if let Err(e) = api
+        .queue
+        .push_push_changes_after(&job, std::time::Duration::ZERO)
+        .await
+    {
+        tracing::warn!(error = %e, "push not enqueued; the outbox keeps it");
+    }
+    Ok(axum::Json(resolved).into_response())
+}
+
+pub(super) async fn record_history(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id: RecordId = id
+        .parse()
+        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no record {id}")))?;
+    let changes = api.store.field_changes(tenant, id, 200).await?;
+    Ok(axum::Json(json!({ "data": changes })).into_response())
+}
