@@ -268,7 +268,9 @@ fn render(view: &RecordView) -> Value {
             connection_id: l.connection,
             provider: "hubspot",
             crm_id: l.crm_id.clone(),
-            sync_status: if l.crm_deleted_at.is_some() {
+            sync_status: if l.unlinked {
+                "unlinked"
+            } else if l.crm_deleted_at.is_some() {
                 "deleted_in_crm"
             } else {
                 "synced"

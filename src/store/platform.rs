@@ -63,6 +63,8 @@ pub struct LinkView {
     pub crm_id: String,
     /// When the CRM deleted it, if it did.
     pub crm_deleted_at: Option<DateTime<Utc>>,
+    /// Its connection was deleted: the link is history, no longer synced.
+    pub unlinked: bool,
     /// Last pull or push.
     pub updated_at: DateTime<Utc>,
 }
@@ -111,13 +113,15 @@ type PendingRow = (
     i64,
 );
 
-/// (record, connection, CRM id, CRM deletion time, last update) of one link.
+/// (record, connection, CRM id, CRM deletion time, last update, connection
+/// status) of one link.
 type LinkRow = (
     uuid::Uuid,
     uuid::Uuid,
     String,
     Option<DateTime<Utc>>,
     DateTime<Utc>,
+    String,
 );
 
 #[derive(sqlx::FromRow)]
@@ -636,8 +640,9 @@ async fn with_links(
     }
     let placeholders: Vec<String> = (0..rows.len()).map(|i| format!("${}", i + 2)).collect();
     let sql = format!(
-        "SELECT record_id, connection_id, crm_id, crm_deleted_at, updated_at FROM record_links
-          WHERE tenant_id = $1 AND record_id IN ({}) ORDER BY created_at",
+        "SELECT l.record_id, l.connection_id, l.crm_id, l.crm_deleted_at, l.updated_at, c.status
+           FROM record_links l JOIN connections c ON c.id = l.connection_id AND c.tenant_id = l.tenant_id
+          WHERE l.tenant_id = $1 AND l.record_id IN ({}) ORDER BY l.created_at",
         placeholders.join(", ")
     );
     let links: Vec<LinkRow> = on_db!(tx, |c| {
@@ -649,11 +654,12 @@ async fn with_links(
     })?;
     let mut by_record: std::collections::HashMap<uuid::Uuid, Vec<LinkView>> =
         std::collections::HashMap::new();
-    for (record, connection, crm_id, crm_deleted_at, updated_at) in links {
+    for (record, connection, crm_id, crm_deleted_at, updated_at, status) in links {
         by_record.entry(record).or_default().push(LinkView {
             connection: ConnectionId(connection),
             crm_id,
             crm_deleted_at,
+            unlinked: status == "deleted",
             updated_at,
         });
     }

@@ -17,6 +17,7 @@ mod sync_resume;
 
 mod api;
 mod cli;
+mod connections;
 mod convergence;
 mod hubspot_client;
 mod push;
