@@ -14,7 +14,11 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Keys that hold secrets: accepted only from the environment, never from a
 /// file that may be committed or baked into an image.
-const SECRET_KEYS: &[(&str, &str)] = &[("secrets", "encryption_key"), ("hubspot", "client_secret")];
+const SECRET_KEYS: &[(&str, &str)] = &[
+    ("secrets", "encryption_key"),
+    ("hubspot", "client_secret"),
+    ("hubspot", "developer_api_key"),
+];
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -142,8 +146,13 @@ pub struct HubspotSettings {
     pub app_id: Option<u64>,
     /// Our public app's OAuth client id.
     pub client_id: Option<String>,
-    /// Our public app's OAuth client secret (environment only).
+    /// Our public app's OAuth client secret (environment only); it also
+    /// signs the app's webhooks.
     pub client_secret: Option<SecretString>,
+    /// The developer account's API key (`hapikey`, environment only), for
+    /// `crmsync webhooks register`.
+    #[serde(default)]
+    pub developer_api_key: Option<SecretString>,
     /// The account's burst budget: requests per rolling 10 s.
     pub requests_per_10s: u32,
     /// The search endpoints' budget: requests per second.

@@ -5,6 +5,7 @@
 mod dev;
 mod status;
 mod sync;
+mod webhooks;
 
 pub use sync::start_full_sync;
 
@@ -43,7 +44,8 @@ const EXAMPLES: &str = "Examples:
   crmsync connect hubspot --private-app-token pat-na1-… --tenant acme
   crmsync sync 0192…                            # a delta sync, followed until it ends
   crmsync sync 0192… --full --detach            # start a full sync and return
-  crmsync status --json                         # per connection: records, last run, cursors, lag";
+  crmsync status --json                         # per connection: records, last run, cursors, lag
+  crmsync webhooks register --target-url https://sync.example.com/webhooks/hubspot";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -72,6 +74,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage HubSpot webhooks.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// Point the public app's webhooks at ingress and subscribe to every
+    /// event the sync needs (Webhooks v3 API; needs CRMSYNC__HUBSPOT__APP_ID
+    /// and CRMSYNC__HUBSPOT__DEVELOPER_API_KEY). Safe to re-run. For
+    /// private-app connections, prints what to set up in HubSpot's UI.
+    Register(webhooks::RegisterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +181,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sync(args) => sync::run(&settings, args).await,
         Command::Status { json } => status::run(&settings, json).await,
+        Command::Webhooks {
+            command: WebhooksCommand::Register(args),
+        } => webhooks::register(&settings, args).await,
     }
 }
 

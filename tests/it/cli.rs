@@ -295,3 +295,107 @@ async fn connect_then_full_sync_with_a_worker_process_shows_in_status() {
     assert_eq!(status[0]["lastRun"]["kind"], "delta_sync", "{status:#}");
     assert_eq!(status[0]["lastRun"]["status"], "succeeded", "{status:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_register_subscribes_the_app_once_and_explains_private_apps() {
+    use crate::support::{APP_ID, DEV_KEY};
+    let sandbox = TestSandbox::with(SandboxConfig::for_tests()).await;
+    let dir = Workdir::new();
+    let target = "https://sync.example.com/webhooks/hubspot";
+    let bare = [("CRMSYNC__HUBSPOT__API_BASE_URL", sandbox.base.as_str())];
+    // Nothing to register yet: a clear error, not a silent success.
+    let refused = crmsync_async(
+        dir.path(),
+        &bare,
+        &["webhooks", "register", "--target-url", target],
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("CRMSYNC__HUBSPOT__DEVELOPER_API_KEY"),
+        "{}",
+        stderr(&refused)
+    );
+    let bad = crmsync_async(
+        dir.path(),
+        &bare,
+        &[
+            "webhooks",
+            "register",
+            "--target-url",
+            "https://x.io/hook?a=1",
+        ],
+    )
+    .await;
+    assert!(stderr(&bad).contains("query string"), "{}", stderr(&bad));
+
+    let app_id = APP_ID.to_string();
+    let env = [
+        ("CRMSYNC__HUBSPOT__API_BASE_URL", sandbox.base.as_str()),
+        ("CRMSYNC__HUBSPOT__APP_ID", app_id.as_str()),
+        ("CRMSYNC__HUBSPOT__DEVELOPER_API_KEY", DEV_KEY),
+    ];
+    let first = crmsync_async(
+        dir.path(),
+        &env,
+        &["webhooks", "register", "--target-url", target],
+    )
+    .await;
+    let text = stdout(succeeded(&first));
+    assert!(text.contains(target), "{text}");
+    assert!(
+        !text.contains(DEV_KEY) && !stderr(&first).contains(DEV_KEY),
+        "the key is never printed"
+    );
+    let subscriptions = sandbox
+        .get(&format!(
+            "/webhooks/v3/{APP_ID}/subscriptions?hapikey={DEV_KEY}"
+        ))
+        .await;
+    let list = subscriptions.body["results"]
+        .as_array()
+        .expect("subscriptions")
+        .clone();
+    let wanted =
+        crmsync::providers::hubspot::subscriptions::wanted(&[crmsync::domain::CrmObject::Contacts]);
+    assert_eq!(list.len(), wanted.len(), "{list:?}");
+    assert!(list.iter().all(|s| s["active"] == true), "{list:?}");
+    assert!(list.iter().any(
+        |s| s["eventType"] == "contact.propertyChange" && s["propertyName"] == "hs_lead_status"
+    ));
+    let settings = sandbox
+        .get(&format!("/webhooks/v3/{APP_ID}/settings?hapikey={DEV_KEY}"))
+        .await;
+    assert_eq!(settings.body["targetUrl"], target, "{:?}", settings.body);
+
+    // Again: nothing new. And a private-app connection gets UI instructions.
+    let connect = crmsync_async(
+        dir.path(),
+        &env,
+        &["connect", "hubspot", "--private-app-token", TOKEN],
+    )
+    .await;
+    let connection = stdout(succeeded(&connect)).trim().to_string();
+    let again = crmsync_async(
+        dir.path(),
+        &env,
+        &["webhooks", "register", "--target-url", target],
+    )
+    .await;
+    let text = stdout(succeeded(&again));
+    assert!(
+        text.contains("0 subscriptions created, 0 activated"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("connection {connection}")), "{text}");
+    assert!(text.contains("webhookSecret"), "{text}");
+    let after = sandbox
+        .get(&format!(
+            "/webhooks/v3/{APP_ID}/subscriptions?hapikey={DEV_KEY}"
+        ))
+        .await;
+    assert_eq!(
+        after.body["results"].as_array().map(Vec::len),
+        Some(wanted.len())
+    );
+}

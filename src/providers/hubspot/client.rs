@@ -59,7 +59,7 @@ pub struct RefreshedTokens {
 /// A HubSpot API client for one deployment (shared by all connections).
 #[derive(Debug, Clone)]
 pub struct HubspotClient {
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
     settings: Arc<HubspotSettings>,
     budgets: Arc<Budgets>,
 }
@@ -102,7 +102,7 @@ impl HubspotClient {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.settings.api_base_url.trim_end_matches('/'))
     }
 
@@ -465,7 +465,7 @@ fn page(object: CrmObject, body: ListBody) -> Result<Page, ProviderError> {
 /// cut connections: two more tries after ~100 ms and ~300 ms, jittered), so
 /// one hiccup does not fail a whole page job; anything else — and a third
 /// failure — goes back to the job's own retry with backoff.
-async fn send<T: serde::de::DeserializeOwned>(
+pub(super) async fn send<T: serde::de::DeserializeOwned>(
     request: RequestBuilder,
     budget: Option<&Budget>,
 ) -> Result<T, ProviderError> {
@@ -502,6 +502,8 @@ async fn send_once<T: serde::de::DeserializeOwned>(
         budget.acquire().await;
     }
     let response = request.send().await.map_err(|e| {
+        // Without the URL: a query string may carry a key (`hapikey`).
+        let e = e.without_url();
         if e.is_timeout() {
             ProviderError::Unavailable(format!("timed out: {e}"))
         } else {

@@ -3,6 +3,7 @@
 
 mod client;
 pub mod mapping;
+pub mod subscriptions;
 pub mod webhook;
 
 pub use client::{ChangeQuery, HubspotClient, Page, RefreshedTokens};
