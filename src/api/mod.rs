@@ -464,17 +464,23 @@ async fn list(
         ),
         None => None,
     };
-    let newest_first = match params.sort.as_deref() {
-        None | Some("createdAt") => false,
-        Some("-createdAt") => true,
+    let (by_updated, newest_first) = match params.sort.as_deref() {
+        None | Some("createdAt") => (false, false),
+        Some("-createdAt") => (false, true),
+        Some("updatedAt") => (true, false),
+        Some("-updatedAt") => (true, true),
         Some(other) => {
             return Err(bad(format!(
-                "sort {other:?} is not supported; use createdAt or -createdAt"
+                "sort {other:?} is not supported; use createdAt, -createdAt, updatedAt or -updatedAt"
             )));
         }
     };
+    let sort_key = if by_updated { "u" } else { "c" };
     let after = match params.cursor.as_deref() {
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| bad("invalid cursor"))?),
+        Some(c) => Some(
+            decode_cursor(c, sort_key)
+                .ok_or_else(|| bad("invalid cursor (or one from another sort order)"))?,
+        ),
         None => None,
     };
     let query = RecordQuery {
@@ -482,6 +488,7 @@ async fn list(
         status: params.status,
         updated_since,
         connection,
+        by_updated,
         newest_first,
         after,
         limit: limit + 1,
@@ -489,7 +496,17 @@ async fn list(
     let mut page = api.store.list_records(tenant, kind, &query).await?;
     let next = if page.len() as i64 > limit {
         page.truncate(limit as usize);
-        page.last().map(|v| encode_cursor(v.created_at, v.id))
+        page.last().map(|v| {
+            encode_cursor(
+                sort_key,
+                if by_updated {
+                    v.updated_at
+                } else {
+                    v.created_at
+                },
+                v.id,
+            )
+        })
     } else {
         None
     };
@@ -497,13 +514,15 @@ async fn list(
     Ok(axum::Json(json!({"data": data, "nextCursor": next})).into_response())
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: RecordId) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{}", at.to_rfc3339(), id))
+/// A cursor names its sort order, the last row's sort time and id.
+fn encode_cursor(sort: &str, at: DateTime<Utc>, id: RecordId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{sort}|{}|{}", at.to_rfc3339(), id))
 }
 
-fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, RecordId)> {
+fn decode_cursor(cursor: &str, sort: &str) -> Option<(DateTime<Utc>, RecordId)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
-    let (at, id) = text.split_once('|')?;
+    let rest = text.strip_prefix(sort)?.strip_prefix('|')?;
+    let (at, id) = rest.split_once('|')?;
     Some((
         DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
         id.parse().ok()?,

@@ -46,9 +46,11 @@ pub struct RecordQuery {
     pub updated_since: Option<DateTime<Utc>>,
     /// Only records linked to this connection.
     pub connection: Option<ConnectionId>,
+    /// Order by last change instead of creation.
+    pub by_updated: bool,
     /// Newest first instead of oldest first.
     pub newest_first: bool,
-    /// Continue after this (created_at, id).
+    /// Continue after this (sort time, id).
     pub after: Option<(DateTime<Utc>, RecordId)>,
     /// Page size.
     pub limit: i64,
@@ -341,6 +343,11 @@ impl Store {
         } else {
             ("ASC", ">")
         };
+        let column = if query.by_updated {
+            "r.updated_at"
+        } else {
+            "r.created_at"
+        };
         let sql = format!(
             "{SELECT_RECORD}
               WHERE r.tenant_id = $1 AND r.kind = $2 AND r.deleted_at IS NULL
@@ -348,8 +355,8 @@ impl Store {
                 AND ($4 IS NULL OR {status_expr} = $4)
                 AND ($5 IS NULL OR r.updated_at >= $5)
                 AND ($6 IS NULL OR EXISTS (SELECT 1 FROM record_links l WHERE l.tenant_id = r.tenant_id AND l.record_id = r.id AND l.connection_id = $6))
-                AND ($7 IS NULL OR (r.created_at, r.id) {cmp} ($7, $8))
-              ORDER BY r.created_at {order}, r.id {order} LIMIT $9"
+                AND ($7 IS NULL OR ({column}, r.id) {cmp} ($7, $8))
+              ORDER BY {column} {order}, r.id {order} LIMIT $9"
         );
         let (after_at, after_id) = match query.after {
             Some((at, id)) => (Some(at), Some(id.0)),

@@ -80,6 +80,33 @@ on_both_backends! {
         assert_eq!(new_only["data"].as_array().map(Vec::len), Some(3));
         let (status, problem, _) = api.send(reqwest::Method::GET, "/v1/leads?limit=500", None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        // Sorted by last change: the lead edited last comes first, and paging
+        // by that order sees every lead once.
+        let (_, first, _) = api.send(reqwest::Method::GET, "/v1/leads?limit=1", None).await;
+        let oldest = first["data"][0]["id"].as_str().expect("id").to_string();
+        let (status, _, _) = api.send(reqwest::Method::PATCH, &format!("/v1/leads/{oldest}"), Some(json!({"jobTitle": "Edited last"}))).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, newest, _) = api.send(reqwest::Method::GET, "/v1/leads?sort=-updatedAt&limit=1", None).await;
+        assert_eq!(newest["data"][0]["id"], json!(oldest), "{newest}");
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/leads?sort=updatedAt&limit=3&cursor={c}"),
+                None => "/v1/leads?sort=updatedAt&limit=3".to_string(),
+            };
+            let (status, page, _) = api.send(reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            seen.extend(page["data"].as_array().expect("data").iter().map(|l| l["id"].clone()));
+            match page["nextCursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen.last(), Some(&json!(oldest)));
+        let (status, problem, _) = api.send(reqwest::Method::GET, &format!("/v1/leads?sort=createdAt&cursor={}", newest["nextCursor"].as_str().expect("cursor")), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "a cursor of another sort order is refused: {problem}");
 
         // Another tenant sees none of it; no token is 401.
         let default_token_client = Client { base: base.clone(), token: "cst_not-a-token".into(), http: reqwest::Client::new() };
@@ -92,7 +119,7 @@ on_both_backends! {
         let (_, theirs, _) = globex.send(reqwest::Method::GET, "/v1/leads", None).await;
         assert_eq!(theirs["data"].as_array().map(Vec::len), Some(0));
 
-        // DELETE removes it from the platform view (the CRM record stays).
+        // DELETE removes it from the platform view.
         let (status, _, _) = api.send(reqwest::Method::DELETE, &format!("/v1/leads/{id}"), None).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
         let (status, _, _) = api.send(reqwest::Method::GET, &format!("/v1/leads/{id}"), None).await;
