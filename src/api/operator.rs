@@ -550,3 +550,83 @@ pub(super) async fn record_history(
     let changes = api.store.field_changes(tenant, id, 200).await?;
     Ok(axum::Json(json!({ "data": changes })).into_response())
 }
+
+#[cfg(test)]
+mod openapi_tests {
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
+    /// Every route of `Api::router` with its methods; keep in step with it.
+    const SERVED: &[(&str, &[&str])] = &[
+        ("/v1/leads", &["get", "post"]),
+        ("/v1/leads/{id}", &["get", "patch", "delete"]),
+        ("/v1/contacts", &["get", "post"]),
+        ("/v1/contacts/{id}", &["get", "patch", "delete"]),
+        ("/v1/leads/{id}/history", &["get"]),
+        ("/v1/contacts/{id}/history", &["get"]),
+        ("/v1/connections", &["get", "post"]),
+        ("/v1/connections/{id}", &["get", "patch", "delete"]),
+        ("/v1/connections/{id}/pause", &["post"]),
+        ("/v1/connections/{id}/resume", &["post"]),
+        ("/v1/connections/{id}/sync", &["post"]),
+        ("/v1/sync-runs", &["get"]),
+        ("/v1/conflicts", &["get"]),
+        ("/v1/conflicts/{id}/resolve", &["post"]),
+        ("/openapi.json", &["get"]),
+        ("/health", &["get"]),
+    ];
+
+    const METHODS: &[&str] = &[
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    /// Every `$ref` in `v`.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        _ => refs(value, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| refs(i, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_document_covers_every_route_with_its_methods() {
+        let doc: Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
+        let paths = doc["paths"].as_object().expect("paths is an object");
+        for (path, methods) in SERVED {
+            let item = paths
+                .get(*path)
+                .and_then(Value::as_object)
+                .unwrap_or_else(|| panic!("{path} is not documented"));
+            let documented: BTreeSet<&str> = item
+                .keys()
+                .map(String::as_str)
+                .filter(|k| METHODS.contains(k))
+                .collect();
+            let served: BTreeSet<&str> = methods.iter().copied().collect();
+            assert_eq!(documented, served, "methods of {path}");
+        }
+        let served: BTreeSet<&str> = SERVED.iter().map(|(p, _)| *p).collect();
+        let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+        assert_eq!(
+            documented, served,
+            "documented paths the router does not serve"
+        );
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        for r in found {
+            assert!(
+                doc.pointer(r.trim_start_matches('#')).is_some(),
+                "dangling $ref {r}"
+            );
+        }
+    }
+}

@@ -434,6 +434,11 @@ async fn apply_one(
         item,
         page.strategy,
     );
+    if decision == PullDecision::Echo {
+        metrics::counter!("crmsync_echo_skipped_total", "provider" => page.provider.as_str())
+            .increment(1);
+        return Ok(Applied::Unchanged);
+    }
     let PullDecision::Apply {
         local: merged,
         remote,

@@ -56,8 +56,11 @@ pub struct LocalState {
 /// The decision for one incoming record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullDecision {
-    /// Same state as last time, or our own echo: write nothing.
+    /// Same state as last time: write nothing.
     Unchanged,
+    /// Our own write come back (its values are the ones we pushed): write
+    /// nothing, and count it — an echo must never become a write.
+    Echo,
     /// Older than the state already applied (a reordered or late page):
     /// write nothing, so a field never regresses.
     Stale,
@@ -108,7 +111,11 @@ pub fn decide_pull(
         // Our own echo, or a state seen before, that the platform agrees
         // with: nothing to do.
         if seen_before && local.is_none_or(|l| l.fields == incoming.fields) {
-            return PullDecision::Unchanged;
+            return if link.pushed_fingerprint.as_deref() == Some(fingerprint.as_str()) {
+                PullDecision::Echo
+            } else {
+                PullDecision::Unchanged
+            };
         }
     }
     let Some(local) = local else {
@@ -357,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn our_own_echo_is_unchanged() {
+    fn our_own_echo_is_recognised_as_an_echo() {
         let pushed = incoming("Ada", 10);
         let link = LinkState {
             base: RecordFields::new(),
@@ -367,7 +374,7 @@ mod tests {
         };
         assert_eq!(
             decide_pull(Some(&link), None, &pushed, ConflictStrategy::NewestWins),
-            PullDecision::Unchanged
+            PullDecision::Echo
         );
     }
 

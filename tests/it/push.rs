@@ -31,6 +31,19 @@ async fn sandbox_contact(fleet: &Fleet, email: &str) -> Option<(String, serde_js
         .find(|(_, p)| p["email"].as_str().map(str::to_lowercase).as_deref() == Some(email))
 }
 
+/// Echoes recognised so far (this test process's metrics; the first call
+/// installs the recorder).
+fn echo_skips() -> u64 {
+    crmsync::telemetry::metrics()
+        .map(|h| h.render())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("crmsync_echo_skipped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 async fn push(fleet: &Fleet) {
     let job = PushChangesJob {
         tenant: fleet.tenant,
@@ -49,6 +62,7 @@ async fn push(fleet: &Fleet) {
 on_both_backends! {
     async fn a_platform_lead_reaches_hubspot_once_its_echo_is_skipped_and_crm_edits_flow_back(backend) {
         let mut fleet = Fleet::start(backend, 5).await;
+        let echoes_before = echo_skips(); // installs the recorder
         fleet.start_workers();
         fleet.full_sync().await;
         fleet.start_ingress(true).await;
@@ -70,6 +84,7 @@ on_both_backends! {
         .await;
         let echo = fleet.store.latest_run(fleet.tenant, fleet.connection).await.expect("run").expect("run");
         assert_eq!((echo.created, echo.updated), (0, 0), "our own write is not applied back: {echo:?}");
+        assert!(echo_skips() > echoes_before, "the echo is counted as one");
         // Pushing again (a retried job) neither writes nor duplicates.
         push(&fleet).await;
         let delta = fleet.delta_sync().await;
