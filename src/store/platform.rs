@@ -244,9 +244,9 @@ impl Store {
     }
 
     /// Deletes a platform record (soft) and queues the archive of its CRM
-    /// records on every active connection it is linked to; its pending
-    /// upserts are dropped. Returns the connections to push, or `None` when
-    /// there is no such record.
+    /// records on every active or paused connection it is linked to; its
+    /// pending upserts are dropped. Returns the active connections (to push
+    /// now), or `None` when there is no such record.
     pub async fn delete_platform_record(
         &self,
         tenant: TenantId,
@@ -282,23 +282,27 @@ impl Store {
         .await
         .map(|_| ())
         })?;
-        let linked: Vec<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
+        let linked: Vec<(uuid::Uuid, String)> = on_db!(&mut tx, |c| {
             sqlx::query_as(
-            "SELECT DISTINCT l.connection_id FROM record_links l JOIN connections c ON c.id = l.connection_id AND c.tenant_id = l.tenant_id
-              WHERE l.tenant_id = $1 AND l.record_id = $2 AND l.crm_deleted_at IS NULL AND c.status = 'active'"
+            "SELECT DISTINCT l.connection_id, c.status FROM record_links l JOIN connections c ON c.id = l.connection_id AND c.tenant_id = l.tenant_id
+              WHERE l.tenant_id = $1 AND l.record_id = $2 AND l.crm_deleted_at IS NULL AND c.status IN ('active', 'paused')"
         )
         .bind(tenant.0)
         .bind(id.0)
         .fetch_all(c)
         .await
         })?;
-        for (connection,) in &linked {
+        for (connection, _) in &linked {
             super::queue_outbox_operation(&mut tx, tenant, *connection, id.0, "delete", now)
                 .await?;
         }
         tx.commit().await?;
         Ok(Some(
-            linked.into_iter().map(|(c,)| ConnectionId(c)).collect(),
+            linked
+                .into_iter()
+                .filter(|(_, status)| status == "active")
+                .map(|(c, _)| ConnectionId(c))
+                .collect(),
         ))
     }
 
@@ -688,7 +692,9 @@ async fn with_links(
         .collect()
 }
 
-/// Queues a push of `record` to each active connection that syncs `kind`.
+/// Queues a push of `record` to each active or paused connection that syncs
+/// `kind` (a paused connection's rows wait for its resume); returns the
+/// active ones, whose push the caller enqueues now.
 async fn queue_pushes(
     tx: &mut super::Tx,
     tenant: TenantId,
@@ -696,19 +702,23 @@ async fn queue_pushes(
     kind: RecordKind,
     now: DateTime<Utc>,
 ) -> Result<Vec<ConnectionId>, StoreError> {
-    let connections: Vec<(uuid::Uuid, Json<ConnectionSettings>)> = on_db!(tx, |c| sqlx::query_as(
-        "SELECT id, settings FROM connections WHERE tenant_id = $1 AND status = 'active'"
+    let connections: Vec<(uuid::Uuid, Json<ConnectionSettings>, String)> = on_db!(tx, |c| {
+        sqlx::query_as(
+        "SELECT id, settings, status FROM connections WHERE tenant_id = $1 AND status IN ('active', 'paused')"
     )
     .bind(tenant.0)
     .fetch_all(c)
-    .await)?;
-    let mut queued = Vec::new();
-    for (connection, settings) in connections {
+    .await
+    })?;
+    let mut active = Vec::new();
+    for (connection, settings, status) in connections {
         if !settings.0.objects.iter().any(|m| m.record_kind == kind) {
             continue;
         }
         super::queue_outbox(tx, tenant, connection, record.0, now).await?;
-        queued.push(ConnectionId(connection));
+        if status == "active" {
+            active.push(ConnectionId(connection));
+        }
     }
-    Ok(queued)
+    Ok(active)
 }

@@ -120,12 +120,22 @@ on_both_backends! {
         .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(first_name_of(&fleet, ops.id, &email).await.as_deref(), Some("Live"));
+        // A platform edit while paused waits in the outbox for the resume.
+        let lead_id = list["data"][0]["id"].as_str().expect("lead id").to_string();
+        let (status, _, _) = api.send(Method::PATCH, &format!("/v1/leads/{lead_id}"), Some(json!({"jobTitle": "Edited while paused"}))).await;
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let crm_title = || async {
+            fleet.sandbox.get(&format!("/crm/v3/objects/contacts/{crm_id}?properties=jobtitle")).await.body["properties"]["jobtitle"].clone()
+        };
+        assert_ne!(crm_title().await, json!("Edited while paused"), "nothing is pushed while paused");
 
         // Resumed: a delta brings what was missed.
         let (status, resumed, _) = api.send(Method::POST, &format!("/v1/connections/{id}/resume"), None).await;
         assert_eq!(status, StatusCode::OK, "{resumed}");
         assert_eq!(resumed["status"], "active");
         wait_for("the catch-up delta", || async { first_name_of(&fleet, ops.id, &email).await.as_deref() == Some("While paused") }).await;
+        wait_for("the paused edit pushed", || async { crm_title().await == json!("Edited while paused") }).await;
         let (status, queued, _) = api.send(Method::POST, &format!("/v1/connections/{id}/sync"), Some(json!({"full": true}))).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
         assert_eq!(queued["kind"], "full_sync");
