@@ -64,6 +64,7 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
     let pat = sandbox_config.private_app_token.clone();
     // The sandbox signs its webhooks with its app's client secret.
     settings.hubspot.client_secret = Some(SecretString::from(sandbox_config.client_secret.clone()));
+    settings.hubspot.app_id = Some(sandbox_config.app_id);
     let sandbox = Sandbox::new(sandbox_config)
         .map_err(anyhow::Error::msg)
         .context("invalid sandbox settings")?;

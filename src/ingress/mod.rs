@@ -37,6 +37,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Ingress {
     secret: Option<Arc<SecretString>>,
+    own_app: Option<u64>,
     key: Option<Arc<EncryptionKey>>,
     public_url: Option<Arc<str>>,
     allow_legacy: bool,
@@ -77,6 +78,7 @@ impl Ingress {
         }
         Ok(Self {
             secret: secret.map(Arc::new),
+            own_app: settings.hubspot.app_id,
             key: key.map(Arc::new),
             public_url: settings
                 .ingress
@@ -402,7 +404,7 @@ async fn accept(
             tenant,
             connection,
             object,
-            &coalesce(&events),
+            &coalesce(&events, ingress.own_app),
             delivery,
         );
         ingress

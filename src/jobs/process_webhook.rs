@@ -33,6 +33,10 @@ pub struct ProcessWebhookJob {
     pub erased: Vec<CrmId>,
     /// (merged-away id, surviving id).
     pub merged: Vec<(CrmId, CrmId)>,
+    /// Records only our own app changed, with the latest such change's time
+    /// (epoch ms): fetched only when that write is not booked on the link.
+    #[serde(default)]
+    pub echoed: Vec<(CrmId, i64)>,
     /// Identifies the delivery (the idempotency key).
     pub delivery: String,
     /// Retry number.
@@ -61,6 +65,11 @@ impl ProcessWebhookJob {
                 .merged_into
                 .iter()
                 .map(|(from, to)| (CrmId(from.to_string()), CrmId(to.to_string())))
+                .collect(),
+            echoed: coalesced
+                .echoed
+                .iter()
+                .map(|(id, at)| (CrmId(id.to_string()), *at))
                 .collect(),
             delivery,
             attempt: 0,
@@ -101,7 +110,19 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     store
         .tombstone_links(job.tenant, job.connection, job.object, &job.deleted)
         .await?;
-    if job.changed.is_empty() {
+    // Our own writes come back: only those whose push is not booked yet
+    // (the echo outran the booking, or another tenant wrote) need a read.
+    let unbooked = store
+        .unbooked_writes(job.tenant, job.connection, job.object, &job.echoed)
+        .await?;
+    let echoes = job.echoed.len() - unbooked.len();
+    if echoes > 0 {
+        metrics::counter!("crmsync_echo_skipped_total", "provider" => provider.as_str())
+            .increment(echoes as u64);
+    }
+    let mut changed = job.changed.clone();
+    changed.extend(unbooked);
+    if changed.is_empty() {
         return Ok(());
     }
     let run = store
@@ -114,7 +135,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         .await?;
     let mut pushes = 0;
     let outcome = async {
-        for ids in job.changed.chunks(BATCH) {
+        for ids in changed.chunks(BATCH) {
             let records = crate::with_auth!(session, deps, |token| deps.hubspot.batch_read(
                 &account,
                 token,

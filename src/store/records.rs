@@ -190,6 +190,52 @@ impl Store {
             .collect())
     }
 
+    /// Of records our own app wrote (CRM id, the write's time in epoch ms),
+    /// those whose link has no push booked at or after that time: their
+    /// echo cannot be told from a change without reading them.
+    pub async fn unbooked_writes(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        writes: &[(CrmId, i64)],
+    ) -> Result<Vec<CrmId>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (0..writes.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "SELECT crm_id, local_modified_at FROM record_links
+              WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut tx = self.begin(tenant).await?;
+        let booked: Vec<(String, Option<DateTime<Utc>>)> = on_db!(&mut tx, |c| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(tenant.0)
+                .bind(connection.0)
+                .bind(object.as_str());
+            for (id, _) in writes {
+                query = query.bind(id.as_str());
+            }
+            query.fetch_all(c).await
+        })?;
+        tx.commit().await?;
+        let booked: std::collections::HashMap<String, Option<DateTime<Utc>>> =
+            booked.into_iter().collect();
+        Ok(writes
+            .iter()
+            .filter(|(id, at)| {
+                !booked
+                    .get(id.as_str())
+                    .copied()
+                    .flatten()
+                    .is_some_and(|pushed| pushed.timestamp_millis() >= *at)
+            })
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
     /// CRM ids linked on a connection's object, for tests and reconciliation.
     pub async fn linked_crm_ids(
         &self,

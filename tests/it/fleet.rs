@@ -180,6 +180,7 @@ impl Fleet {
         settings.secrets.encryption_key = Some(EncryptionKey::generate().expect("key"));
         settings.hubspot.api_base_url = sandbox.base.clone();
         settings.hubspot.client_secret = Some(SecretString::from(crate::support::SECRET));
+        settings.hubspot.app_id = Some(crate::support::APP_ID);
         settings.hubspot.requests_per_10s = 1_000_000;
         settings.hubspot.search_requests_per_second = 1_000_000;
         settings.sync.delta_interval_secs = 3600;

@@ -316,10 +316,28 @@ pub struct Coalesced {
     pub erased: std::collections::BTreeSet<u64>,
     /// Merged-away record → the record that survives it.
     pub merged_into: std::collections::BTreeMap<u64, u64>,
+    /// Records whose every change in the delivery is our own app's write
+    /// (`changeSource = INTEGRATION`, `sourceId` = our app id) → the latest
+    /// such change's time: an echo, fetched only if that write is not booked.
+    pub echoed: std::collections::BTreeMap<u64, i64>,
+}
+
+impl WebhookEvent {
+    /// Whether the event reports a write made by app `own_app`.
+    pub fn made_by(&self, own_app: Option<u64>) -> bool {
+        match (
+            own_app,
+            self.change_source.as_deref(),
+            self.source_id.as_deref(),
+        ) {
+            (Some(app), Some("INTEGRATION"), Some(source)) => source == app.to_string(),
+            _ => false,
+        }
+    }
 }
 
 /// Coalesces events for one object type per record (see [`Coalesced`]).
-pub fn coalesce(events: &[WebhookEvent]) -> Coalesced {
+pub fn coalesce(events: &[WebhookEvent], own_app: Option<u64>) -> Coalesced {
     let mut ordered: Vec<&WebhookEvent> = events.iter().collect();
     // occurredAt first; ties broken by a stable key so duplicates and any
     // delivery order give the same sequence.
@@ -334,6 +352,11 @@ pub fn coalesce(events: &[WebhookEvent]) -> Coalesced {
         let kind = event.subscription_type.rsplit('.').next().unwrap_or("");
         let id = event.object_id;
         match kind {
+            // Our own write come back: remembered apart (see `echoed`).
+            "creation" | "propertyChange" | "restore" if event.made_by(own_app) => {
+                let at = out.echoed.entry(id).or_insert(event.occurred_at);
+                *at = (*at).max(event.occurred_at);
+            }
             // An erased record never comes back.
             "creation" | "propertyChange" | "restore" if !out.erased.contains(&id) => {
                 out.deleted.remove(&id);
@@ -365,6 +388,16 @@ pub fn coalesce(events: &[WebhookEvent]) -> Coalesced {
             _ => {}
         }
     }
+    // Anyone else's change, a deletion or an erasure decides those records.
+    let decided: std::collections::BTreeSet<u64> = out
+        .changed
+        .iter()
+        .chain(&out.deleted)
+        .chain(&out.erased)
+        .chain(out.merged_into.keys())
+        .copied()
+        .collect();
+    out.echoed.retain(|id, _| !decided.contains(id));
     out
 }
 
@@ -596,16 +629,19 @@ mod tests {
             event("propertyChange", 2, 5, 3),
             event("deletion", 2, 4, 4),
         ];
-        let c = coalesce(&batch);
+        let c = coalesce(&batch, None);
         assert!(c.deleted.contains(&1) && !c.changed.contains(&1));
         assert!(
             c.changed.contains(&2) && !c.deleted.contains(&2),
             "the change came after the deletion"
         );
-        let erased = coalesce(&[
-            event("privacyDeletion", 3, 1, 5),
-            event("propertyChange", 3, 2, 6),
-        ]);
+        let erased = coalesce(
+            &[
+                event("privacyDeletion", 3, 1, 5),
+                event("propertyChange", 3, 2, 6),
+            ],
+            None,
+        );
         assert!(
             erased.erased.contains(&3) && !erased.changed.contains(&3),
             "an erased record never comes back"
@@ -618,7 +654,7 @@ mod tests {
         merge.primary_object_id = Some(10);
         merge.merged_object_ids = vec![10, 11];
         merge.new_object_id = Some(12);
-        let c = coalesce(&[event("propertyChange", 11, 0, 2), merge]);
+        let c = coalesce(&[event("propertyChange", 11, 0, 2), merge], None);
         assert_eq!(c.merged_into.get(&11), Some(&12));
         assert_eq!(c.merged_into.get(&10), Some(&12));
         assert!(c.changed.contains(&12) && !c.changed.contains(&11));
@@ -632,7 +668,51 @@ mod tests {
             Just("restore"),
             Just("privacyDeletion")
         ];
-        (kind, 1u64..6, 0i64..50, 0u64..1000).prop_map(|(k, id, at, eid)| event(k, id, at, eid))
+        (kind, 1u64..6, 0i64..50, 0u64..1000, any::<bool>()).prop_map(|(k, id, at, eid, ours)| {
+            let mut e = event(k, id, at, eid);
+            if ours {
+                e.change_source = Some("INTEGRATION".into());
+                e.source_id = Some(OWN_APP.to_string());
+            }
+            e
+        })
+    }
+
+    const OWN_APP: u64 = 54321;
+
+    #[test]
+    fn our_own_writes_are_echoes_unless_someone_else_changed_the_record_too() {
+        let mut ours = event("propertyChange", 1, 10, 1);
+        ours.change_source = Some("INTEGRATION".into());
+        ours.source_id = Some(OWN_APP.to_string());
+        let mut ours_later = ours.clone();
+        ours_later.occurred_at = 30;
+        ours_later.event_id = 9;
+        let mut other_app = ours.clone();
+        other_app.object_id = 2;
+        other_app.source_id = Some("999".into());
+        let mut user_too = ours.clone();
+        user_too.object_id = 3;
+        let c = coalesce(
+            &[
+                ours,
+                ours_later,
+                other_app,
+                user_too,
+                event("propertyChange", 3, 11, 4),
+            ],
+            Some(OWN_APP),
+        );
+        assert_eq!(c.echoed.get(&1), Some(&30), "the latest of our writes");
+        assert!(!c.changed.contains(&1));
+        assert!(c.changed.contains(&2), "another app's write is a change");
+        assert!(
+            c.changed.contains(&3) && !c.echoed.contains_key(&3),
+            "a user edit alongside ours is fetched"
+        );
+        // Without our app id configured, nothing is an echo.
+        let plain = coalesce(&[event("propertyChange", 1, 10, 1)], None);
+        assert!(plain.echoed.is_empty());
     }
 
     proptest! {
@@ -642,7 +722,7 @@ mod tests {
             seed in any::<u64>(),
             dup in any::<usize>(),
         ) {
-            let expected = coalesce(&events);
+            let expected = coalesce(&events, Some(OWN_APP));
             let mut shuffled = events.clone();
             // A deterministic shuffle from the seed, plus one duplicate delivery.
             let n = shuffled.len();
@@ -653,7 +733,11 @@ mod tests {
             if n > 0 {
                 shuffled.push(events[dup % n].clone());
             }
-            prop_assert_eq!(coalesce(&shuffled), expected);
+            prop_assert_eq!(&coalesce(&shuffled, Some(OWN_APP)), &expected);
+            // A record is never both an echo and decided otherwise.
+            for id in expected.echoed.keys() {
+                prop_assert!(!expected.changed.contains(id) && !expected.deleted.contains(id) && !expected.erased.contains(id));
+            }
         }
 
         #[test]
