@@ -226,11 +226,11 @@ impl Store {
         Ok(writes
             .iter()
             .filter(|(id, at)| {
-                !booked
+                booked
                     .get(id.as_str())
                     .copied()
                     .flatten()
-                    .is_some_and(|pushed| pushed.timestamp_millis() >= *at)
+                    .is_none_or(|pushed| pushed.timestamp_millis() < *at)
             })
             .map(|(id, _)| id.clone())
             .collect())
