@@ -409,6 +409,11 @@ async fn accept(
         );
         ingress
             .queue
+            .add_pending(connection, object, &job.changed)
+            .await
+            .map_err(|e| e.to_string())?;
+        ingress
+            .queue
             .push_process_webhook_after(&job, std::time::Duration::ZERO)
             .await
             .map_err(|e| e.to_string())?;

@@ -120,9 +120,18 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         metrics::counter!("crmsync_echo_skipped_total", "provider" => provider.as_str())
             .increment(echoes as u64);
     }
-    let mut changed = job.changed.clone();
-    changed.extend(unbooked);
-    if changed.is_empty() {
+    // Our own changed records still waiting, and others' waiting with them:
+    // one read serves many deliveries (see `queue::pending`).
+    let mut claim = deps
+        .queue
+        .claim_pending(job.connection, job.object, &job.changed, BATCH)
+        .await?;
+    for id in unbooked {
+        if !claim.ids.contains(&id) {
+            claim.ids.push(id);
+        }
+    }
+    if claim.ids.is_empty() {
         return Ok(());
     }
     let run = store
@@ -135,7 +144,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         .await?;
     let mut pushes = 0;
     let outcome = async {
-        for ids in changed.chunks(BATCH) {
+        for ids in claim.ids.chunks(BATCH) {
             let records = crate::with_auth!(session, deps, |token| deps.hubspot.batch_read(
                 &account,
                 token,
@@ -177,6 +186,9 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     .await;
     match &outcome {
         Ok(()) => {
+            deps.queue
+                .release_pending(job.connection, job.object, &claim)
+                .await?;
             store
                 .finish_run(job.tenant, run.id, RunStatus::Succeeded, None)
                 .await?

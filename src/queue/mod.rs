@@ -8,7 +8,10 @@
 //! the original. Every push carries an idempotency key derived from the job,
 //! so pushing the same job twice enqueues it once.
 
+mod pending;
 mod worker;
+
+pub use pending::Claim;
 
 pub use worker::{Settled, WorkerSpec, run_workers, settle};
 

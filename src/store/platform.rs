@@ -438,6 +438,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin(tenant).await?;
         let now = Utc::now();
+        // The same lock order as page writes (by CRM id): no deadlock.
+        let mut pushed: Vec<&PushedRecord> = pushed.iter().collect();
+        pushed.sort_by(|a, b| a.crm_id.as_str().cmp(b.crm_id.as_str()));
         for p in pushed {
             let fingerprint = p.pushed.fingerprint();
             on_db!(&mut tx, |c| {

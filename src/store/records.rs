@@ -132,7 +132,12 @@ impl Store {
         let mut counts = RunUpdate::default();
         let mut outcome = PageOutcome::default();
         let mut pushes = 0;
-        for item in &page.items {
+        // One lock order for every multi-record write (pages, pushes): by
+        // CRM id. Jobs applying overlapping records then wait for each other
+        // instead of deadlocking.
+        let mut items: Vec<&Incoming> = page.items.iter().collect();
+        items.sort_by(|a, b| a.crm_id.as_str().cmp(b.crm_id.as_str()));
+        for item in items {
             counts.processed += 1;
             match apply_one(&mut tx, page, item, allow_duplicates, &mut outcome).await? {
                 Applied::Created => counts.created += 1,

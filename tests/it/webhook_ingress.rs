@@ -187,3 +187,75 @@ async fn forged_stale_malformed_oversized_and_replayed_webhooks_enqueue_nothing(
     );
     fleet.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_from_many_deliveries_are_read_back_in_one_batch_call() {
+    let mut fleet = Fleet::start(Backend::Postgres, 40).await;
+    let before = counter("crmsync_webhook_requests_total", "accepted"); // installs the recorder
+    fleet.start_workers();
+    fleet.full_sync().await;
+    fleet.start_ingress(true).await;
+    let ids = fleet
+        .store
+        .linked_crm_ids(fleet.tenant, fleet.connection, CrmObject::Contacts)
+        .await
+        .expect("ids");
+    fleet.stop_workers().await;
+    let reads_before = reads(&fleet).await;
+    // 30 users edit 30 contacts one after another: many deliveries.
+    for (n, id) in ids.iter().take(30).enumerate() {
+        let path = format!("/_sandbox/accounts/{PORTAL}/objects/contacts/{id}");
+        let edited = fleet
+            .sandbox
+            .control(
+                reqwest::Method::PATCH,
+                &path,
+                Some(json!({"properties": {"jobtitle": format!("Edit {n}")}})),
+            )
+            .await;
+        assert!(edited.status.is_success(), "{:?}", edited.body);
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+    }
+    wait_for("every delivery", || async {
+        counter("crmsync_webhook_events_total", "accepted") >= 30
+    })
+    .await;
+    let deliveries = counter("crmsync_webhook_requests_total", "accepted") - before;
+    assert!(
+        deliveries >= 3,
+        "the edits arrived in several deliveries ({deliveries})"
+    );
+    fleet.start_workers();
+    wait_for("all 30 edits on the platform", || async {
+        fleet
+            .leads()
+            .await
+            .iter()
+            .filter(|f| {
+                f.get(CanonicalField::JobTitle)
+                    .is_some_and(|t| t.starts_with("Edit "))
+            })
+            .count()
+            == 30
+    })
+    .await;
+    let calls = reads(&fleet).await - reads_before;
+    assert!(
+        calls < deliveries && calls <= 2,
+        "{calls} batch reads for {deliveries} deliveries"
+    );
+    fleet.finish().await;
+}
+
+/// Batch reads the sandbox has served.
+async fn reads(fleet: &Fleet) -> u64 {
+    fleet.sandbox.counters().await["requests"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.contains("batch/read"))
+                .filter_map(|(_, v)| v.as_u64())
+                .sum::<u64>()
+        })
+        .unwrap_or(0)
+}
