@@ -32,7 +32,18 @@ pub struct Api {
     settings: std::sync::Arc<crate::config::Settings>,
     stats: crate::ingress::stats::WebhookStats,
     redis: Option<redis::aio::ConnectionManager>,
+    tokens: TokenCache,
 }
+
+/// Recently verified tokens (by hash) → tenant, so a busy client costs one
+/// database lookup per [`TOKEN_TTL`], not one per request. A replaced token
+/// stays valid in a running api for at most that long.
+type TokenCache = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<[u8; 32], (TenantId, std::time::Instant)>>,
+>;
+
+/// How long a verified token is trusted without asking the database again.
+const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Api {
     /// Builds the API over a store, the queue pushes and syncs go to, the
@@ -51,6 +62,7 @@ impl Api {
             settings,
             stats,
             redis,
+            tokens: TokenCache::default(),
         }
     }
 
@@ -161,9 +173,27 @@ impl FromRequestParts<Api> for Tenant {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Problem::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-        match api.store.tenant_by_token(token.trim()).await? {
-            Some(tenant) => Ok(Tenant(tenant)),
+            .ok_or_else(|| Problem::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?
+            .trim();
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = std::time::Instant::now();
+        if let Ok(cache) = api.tokens.lock()
+            && let Some((tenant, at)) = cache.get(&key)
+            && now.duration_since(*at) < TOKEN_TTL
+        {
+            return Ok(Tenant(*tenant));
+        }
+        match api.store.tenant_by_token(token).await? {
+            Some(tenant) => {
+                if let Ok(mut cache) = api.tokens.lock() {
+                    if cache.len() > 10_000 {
+                        cache.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_TTL);
+                    }
+                    cache.insert(key, (tenant, now));
+                }
+                Ok(Tenant(tenant))
+            }
             None => Err(Problem::new(StatusCode::UNAUTHORIZED, "unknown token")),
         }
     }
@@ -379,16 +409,11 @@ async fn patch(
 ) -> Result<Response, Problem> {
     let id = parse_id(id)?;
     let input = parse_body(body)?;
-    let Some(current) = api.store.record_view(tenant, kind, id).await? else {
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("no {kind} {id}"),
-        ));
-    };
-    let fields = input.apply(current.fields)?;
-    let Some(connections) = api
+    let Some((view, connections)) = api
         .store
-        .update_platform_record(tenant, kind, id, &fields)
+        .patch_platform_record(tenant, kind, id, |current| {
+            input.apply(current).map_err(|p| p.detail)
+        })
         .await?
     else {
         return Err(Problem::new(
@@ -397,7 +422,7 @@ async fn patch(
         ));
     };
     enqueue_pushes(&api, tenant, &connections).await;
-    read(api, tenant, kind, &id.to_string()).await
+    Ok(axum::Json(render(&view)).into_response())
 }
 
 async fn delete(

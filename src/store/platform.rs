@@ -188,8 +188,8 @@ impl Store {
         Ok((id, connections))
     }
 
-    /// Replaces a platform record's fields (a PATCH already merged by the
-    /// caller) and queues its push; `None` when there is no such record.
+    /// Replaces a platform record's fields and queues its push; `None` when
+    /// there is no such record.
     pub async fn update_platform_record(
         &self,
         tenant: TenantId,
@@ -197,36 +197,70 @@ impl Store {
         id: RecordId,
         fields: &RecordFields,
     ) -> Result<Option<Vec<ConnectionId>>, StoreError> {
+        Ok(self
+            .patch_platform_record(tenant, kind, id, |_| Ok(fields.clone()))
+            .await?
+            .map(|(_, connections)| connections))
+    }
+
+    /// A PATCH in one transaction: reads the record (locked, so two patches
+    /// of one record never lose each other's fields), lets `apply` compute
+    /// the new fields (its error is a 400-style `Invalid`), writes them with
+    /// per-field change times, queues the push and returns the new view with
+    /// the active connections to push to; `None` when there is no record.
+    pub async fn patch_platform_record<F>(
+        &self,
+        tenant: TenantId,
+        kind: RecordKind,
+        id: RecordId,
+        apply: F,
+    ) -> Result<Option<(RecordView, Vec<ConnectionId>)>, StoreError>
+    where
+        F: FnOnce(RecordFields) -> Result<RecordFields, String>,
+    {
         let mut tx = self.begin(tenant).await?;
-        let dedupe_key = dedupe_key(&mut tx, tenant, fields).await?;
-        let now = Utc::now();
-        let before: Option<(Json<RecordFields>, Json<FieldTimes>)> = on_db!(&mut tx, |c| {
-            sqlx::query_as(
-                "SELECT fields, field_times FROM records WHERE tenant_id = $1 AND kind = $2 AND id = $3 AND deleted_at IS NULL",
-            )
-            .bind(tenant.0)
-            .bind(kind.as_str())
-            .bind(id.0)
-            .fetch_optional(c)
-            .await
+        let lock = match &tx {
+            super::Tx::Postgres(_) => " FOR UPDATE OF r",
+            super::Tx::Sqlite(_) => "",
+        };
+        let sql = format!(
+            "SELECT r.fields, r.field_times, t.allow_duplicates FROM records r JOIN tenants t ON t.id = r.tenant_id
+              WHERE r.tenant_id = $1 AND r.kind = $2 AND r.id = $3 AND r.deleted_at IS NULL{lock}"
+        );
+        let before: Option<(Json<RecordFields>, Json<FieldTimes>, bool)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(tenant.0)
+                .bind(kind.as_str())
+                .bind(id.0)
+                .fetch_optional(c)
+                .await
         })?;
-        let Some((old, times)) = before else {
+        let Some((old, times, allow_duplicates)) = before else {
             return Ok(None);
         };
-        let times = changed_times(&old.0.renormalized(), fields, times.0, now);
-        let updated: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
+        let old = old.0.renormalized();
+        let fields = apply(old.clone()).map_err(StoreError::Invalid)?;
+        let now = Utc::now();
+        let times = changed_times(&old, &fields, times.0, now);
+        let dedupe_key = if allow_duplicates {
+            None
+        } else {
+            fields.normalized_email().map(str::to_string)
+        };
+        let row: RecordRowSql = on_db!(&mut tx, |c| {
             sqlx::query_as(
             "UPDATE records SET fields = $1, dedupe_key = $2, version = version + 1, updated_at = $3, field_times = $7
-              WHERE tenant_id = $4 AND kind = $5 AND id = $6 AND deleted_at IS NULL RETURNING id"
+              WHERE tenant_id = $4 AND kind = $5 AND id = $6
+              RETURNING id, kind, fields, origin, origin_provider, origin_crm_id, created_at, updated_at"
         )
-        .bind(Json(fields))
+        .bind(Json(&fields))
         .bind(&dedupe_key)
         .bind(now)
         .bind(tenant.0)
         .bind(kind.as_str())
         .bind(id.0)
         .bind(Json(&times))
-        .fetch_optional(c)
+        .fetch_one(c)
         .await
         })
         .map_err(|e| match &e {
@@ -235,12 +269,10 @@ impl Store {
             }
             _ => StoreError::Database(e),
         })?;
-        if updated.is_none() {
-            return Ok(None);
-        }
         let connections = queue_pushes(&mut tx, tenant, id, kind, now).await?;
+        let view = with_links(&mut tx, tenant, vec![row]).await?.pop();
         tx.commit().await?;
-        Ok(Some(connections))
+        Ok(view.map(|v| (v, connections)))
     }
 
     /// Deletes a platform record (soft) and queues the archive of its CRM
