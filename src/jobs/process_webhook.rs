@@ -121,7 +121,18 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
             .increment(echoes as u64);
     }
     // Our own changed records still waiting, and others' waiting with them:
-    // one read serves many deliveries (see `queue::pending`).
+    // one read serves many deliveries (see `queue::pending`). Nothing of ours
+    // waits any more: another job read it after our events — done, no call.
+    let waiting = deps
+        .queue
+        .claim_pending(job.connection, job.object, &job.changed, BATCH)
+        .await?;
+    if waiting.ids.is_empty() && unbooked.is_empty() {
+        return Ok(());
+    }
+    // Wait for the budget first, then claim what is waiting *now*: changes
+    // that arrived meanwhile ride along instead of costing a call each.
+    let mut reserved = Some(deps.hubspot.reserve_read(&account).await);
     let mut claim = deps
         .queue
         .claim_pending(job.connection, job.object, &job.changed, BATCH)
@@ -150,7 +161,8 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
                 token,
                 job.object,
                 ids,
-                with_history
+                with_history,
+                reserved.take()
             ))?;
             // Ids the CRM no longer returns were deleted since the event.
             let found: BTreeSet<&CrmId> = records.iter().map(|r| &r.crm_id).collect();

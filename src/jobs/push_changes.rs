@@ -235,7 +235,8 @@ impl Push<'_> {
             token,
             object,
             &linked,
-            with_history
+            with_history,
+            None
         ))?;
         let found: BTreeSet<&CrmId> = current.iter().map(|r| &r.crm_id).collect();
         let gone: Vec<CrmId> = linked

@@ -64,6 +64,10 @@ pub struct HubspotClient {
     budgets: Arc<Budgets>,
 }
 
+/// A budget slot taken for one call ([`HubspotClient::reserve_read`]).
+#[derive(Debug)]
+pub struct ReservedRead(());
+
 /// HubSpot's batch endpoints take at most 100 records.
 const BATCH: usize = 100;
 /// …and 50 when property history is asked for.
@@ -220,10 +224,18 @@ impl HubspotClient {
         page(object, body)
     }
 
+    /// Waits for a slot of the account's request budget for one batch read,
+    /// so the caller can decide *what* to read at the last moment: records
+    /// that arrive while it waits join the read instead of costing another.
+    pub async fn reserve_read(&self, portal: &str) -> ReservedRead {
+        self.burst_budget(portal).acquire().await;
+        ReservedRead(())
+    }
+
     /// Current state of up to 100 records by id (missing ids are left out).
     /// With `with_history`, each mapped property's change history comes too
     /// (for `newest_wins`); HubSpot takes 50 ids per call then, so a batch of
-    /// 100 costs two calls.
+    /// 100 costs two calls. A `reserved` slot pays for the first call.
     pub async fn batch_read(
         &self,
         portal: &str,
@@ -231,9 +243,11 @@ impl HubspotClient {
         object: CrmObject,
         ids: &[CrmId],
         with_history: bool,
+        reserved: Option<ReservedRead>,
     ) -> Result<Vec<Incoming>, ProviderError> {
         let chunk = if with_history { HISTORY_BATCH } else { BATCH };
         let mut records = Vec::with_capacity(ids.len());
+        let mut paid = reserved.is_some();
         for ids in ids.chunks(chunk) {
             let mut body = json!({
                 "inputs": ids.iter().map(|id| json!({"id": id.as_str()})).collect::<Vec<_>>(),
@@ -248,7 +262,13 @@ impl HubspotClient {
                 .query(&[("archived", "false")])
                 .bearer_auth(token.expose_secret())
                 .json(&body);
-            let body: ListBody = send(request, Some(&self.burst_budget(portal))).await?;
+            let budget = self.burst_budget(portal);
+            let budget = if std::mem::take(&mut paid) {
+                None
+            } else {
+                Some(&*budget)
+            };
+            let body: ListBody = send(request, budget).await?;
             records.extend(page(object, body)?.records);
         }
         Ok(records)

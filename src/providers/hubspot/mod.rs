@@ -6,4 +6,4 @@ pub mod mapping;
 pub mod subscriptions;
 pub mod webhook;
 
-pub use client::{ChangeQuery, HubspotClient, Page, RefreshedTokens};
+pub use client::{ChangeQuery, HubspotClient, Page, RefreshedTokens, ReservedRead};
