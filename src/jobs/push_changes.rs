@@ -289,6 +289,18 @@ impl Push<'_> {
             .filter(|(_, patch)| !patch.is_empty())
             .collect();
         if !updates.is_empty() {
+            // Our write's echo may outrun the booking below: mark the links
+            // as being written first (booking sets the real time).
+            let ids: Vec<CrmId> = updates.iter().map(|(id, _)| id.clone()).collect();
+            deps.store
+                .mark_pushing(
+                    self.job.tenant,
+                    self.job.connection,
+                    object,
+                    &ids,
+                    chrono::Utc::now() + chrono::Duration::seconds(60),
+                )
+                .await?;
             crate::with_auth!(self.session, deps, |token| deps
                 .hubspot
                 .batch_update(&account, token, object, &updates))?;

@@ -516,6 +516,43 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Marks links as being written by us until `until`: the echo of the
+    /// write (our app's own event) can then be recognised even when it
+    /// arrives before the push is booked. Booking sets the real time.
+    pub async fn mark_pushing(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        crm_ids: &[CrmId],
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if crm_ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (0..crm_ids.len()).map(|i| format!("${}", i + 5)).collect();
+        let sql = format!(
+            "UPDATE record_links SET local_modified_at = $4
+              WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(tenant.0)
+                .bind(connection.0)
+                .bind(object.as_str())
+                .bind(until);
+            for id in crm_ids {
+                query = query.bind(id.as_str());
+            }
+            query.execute(c).await.map(|_| ())
+        })?;
+        tx.commit().await
+    }
+}
+
 /// A platform delete waiting to archive a CRM record.
 #[derive(Debug, Clone)]
 pub struct PendingDelete {
