@@ -11,13 +11,15 @@
 //! production). `BENCH_BACKENDS=postgres,sqlite` adds the embedded shape;
 //! `BENCH_SIZES=10000` runs a quick subset.
 
+mod common;
+
+use common::{drop_database, postgres_database};
 use crmsync::config::{QueueBackend, Settings};
 use crmsync::domain::RunStatus;
 use crmsync::sandbox::hubspot::{Sandbox, SandboxConfig};
 use crmsync::secrets::EncryptionKey;
-use crmsync::store::{Credentials, Store};
+use crmsync::store::Credentials;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::Connection;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,48 +35,6 @@ struct Row {
     floor: Duration,
     rate_limited: u64,
     peak_rss_mb: f64,
-}
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn db_url(db: &str, user: &str) -> String {
-    let admin = admin_url();
-    let rest = admin.split_once("://").map_or(admin.as_str(), |(_, r)| r);
-    let host = rest.split_once('/').map_or(rest, |(h, _)| h);
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    format!("postgres://{user}@{host}/{db}")
-}
-
-async fn postgres_database() -> anyhow::Result<(String, String)> {
-    let name = format!("crmsync_bench_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&admin_url()).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await?;
-    Store::migrate(&db_url(&name, "postgres")).await?;
-    sqlx::query(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'crmsync_bench_app') THEN
-             CREATE ROLE crmsync_bench_app LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE crmsync_app;
-           END IF;
-         END $$",
-    )
-    .execute(&mut admin)
-    .await?;
-    Ok((name.clone(), db_url(&name, "crmsync_bench_app")))
-}
-
-async fn drop_database(name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
-    }
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {

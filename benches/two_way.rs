@@ -32,10 +32,13 @@
 //! `BENCH_RATE_LIMIT_PER_10S` (100). Needs `DATABASE_URL` (admin, creates
 //! `crmsync_bench_*`), `REDIS_URL` and `redis-benchmark` on the PATH.
 
+mod common;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use common::{db_url, drop_database, postgres_database};
 use crmsync::config::{QueueBackend, Settings};
 use crmsync::domain::{ConnectionId, RecordKind, RunStatus, TenantId};
 use crmsync::jobs::{Deps, JobKind};
@@ -73,53 +76,8 @@ fn knob(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
-
-fn db_url(db: &str, user: &str) -> String {
-    let admin = admin_url();
-    let rest = admin.split_once("://").map_or(admin.as_str(), |(_, r)| r);
-    let host = rest.split_once('/').map_or(rest, |(h, _)| h);
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    format!("postgres://{user}@{host}/{db}")
-}
-
-/// A fresh database, migrated as the owner; the URL logs in as an
-/// application role (row-level security on, as in production).
-async fn postgres_database() -> anyhow::Result<(String, String)> {
-    let name = format!("crmsync_bench_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&admin_url()).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await?;
-    Store::migrate(&db_url(&name, "postgres")).await?;
-    sqlx::query(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'crmsync_bench_app') THEN
-             CREATE ROLE crmsync_bench_app LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE crmsync_app;
-           END IF;
-         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-         END $$",
-    )
-    .execute(&mut admin)
-    .await?;
-    Ok((name.clone(), db_url(&name, "crmsync_bench_app")))
-}
-
-async fn drop_database(name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
-    }
 }
 
 async fn redis_conn() -> anyhow::Result<redis::aio::MultiplexedConnection> {
