@@ -69,6 +69,16 @@ async fn render(api: &Api, row: &ConnectionRow) -> Value {
     })
 }
 
+/// The connection as it is now, rendered.
+async fn current(
+    api: &Api,
+    tenant: crate::domain::TenantId,
+    id: ConnectionId,
+) -> Result<Response, Problem> {
+    let row = api.store.connection(tenant, id).await?;
+    Ok(axum::Json(render(api, &row).await).into_response())
+}
+
 /// Re-publishes ingress routes after a change (not fatal: the scheduler
 /// re-publishes every minute).
 async fn publish_routes(api: &Api) {
@@ -267,8 +277,7 @@ pub(super) async fn patch_connection(
             .await?;
         publish_routes(&api).await;
     }
-    let row = api.store.connection(tenant, row.id).await?;
-    Ok(axum::Json(render(&api, &row).await).into_response())
+    current(&api, tenant, row.id).await
 }
 
 pub(super) async fn pause_connection(
@@ -288,8 +297,7 @@ pub(super) async fn pause_connection(
             .await?;
         publish_routes(&api).await;
     }
-    let row = api.store.connection(tenant, row.id).await?;
-    Ok(axum::Json(render(&api, &row).await).into_response())
+    current(&api, tenant, row.id).await
 }
 
 pub(super) async fn resume_connection(
@@ -315,8 +323,7 @@ pub(super) async fn resume_connection(
         }
         ConnectionStatus::Active | ConnectionStatus::Deleted => {}
     }
-    let row = api.store.connection(tenant, row.id).await?;
-    Ok(axum::Json(render(&api, &row).await).into_response())
+    current(&api, tenant, row.id).await
 }
 
 pub(super) async fn delete_connection(

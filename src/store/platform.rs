@@ -616,20 +616,8 @@ impl Store {
                 mark_outbox_done(&mut tx, tenant, d.outbox_id, now).await?;
                 continue;
             };
-            on_db!(&mut tx, |c| {
-                sqlx::query(
-                "UPDATE record_links SET crm_deleted_at = $1, updated_at = $1
-                  WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND crm_id = $5 AND crm_deleted_at IS NULL"
-            )
-            .bind(now)
-            .bind(tenant.0)
-            .bind(connection.0)
-            .bind(object.as_str())
-            .bind(crm_id.as_str())
-            .execute(c)
-            .await
-            .map(|_| ())
-            })?;
+            super::records::tombstone_link(&mut tx, tenant, connection, object, crm_id, now)
+                .await?;
             mark_outbox_done(&mut tx, tenant, d.outbox_id, now).await?;
         }
         tx.commit().await

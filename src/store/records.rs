@@ -280,20 +280,7 @@ impl Store {
         let mut tx = self.begin(tenant).await?;
         let now = Utc::now();
         for id in crm_ids {
-            on_db!(&mut tx, |c| {
-                sqlx::query(
-                "UPDATE record_links SET crm_deleted_at = $1, updated_at = $1
-                  WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND crm_id = $5 AND crm_deleted_at IS NULL"
-            )
-            .bind(now)
-            .bind(tenant.0)
-            .bind(connection.0)
-            .bind(object.as_str())
-            .bind(id.as_str())
-            .execute(c)
-            .await
-            .map(|_| ())
-            })?;
+            tombstone_link(&mut tx, tenant, connection, object, id, now).await?;
         }
         tx.commit().await
     }
@@ -393,6 +380,32 @@ impl Store {
             .map(|_| ()))?;
         tx.commit().await
     }
+}
+
+/// Makes one live link a tombstone (deleted in the CRM, or archived by us).
+pub(super) async fn tombstone_link(
+    tx: &mut Tx,
+    tenant: TenantId,
+    connection: ConnectionId,
+    object: CrmObject,
+    crm_id: &CrmId,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    on_db!(tx, |c| {
+        sqlx::query(
+        "UPDATE record_links SET crm_deleted_at = $1, updated_at = $1
+          WHERE tenant_id = $2 AND connection_id = $3 AND crm_object = $4 AND crm_id = $5 AND crm_deleted_at IS NULL"
+    )
+    .bind(now)
+    .bind(tenant.0)
+    .bind(connection.0)
+    .bind(object.as_str())
+    .bind(crm_id.as_str())
+    .execute(c)
+    .await
+    .map(|_| ())
+    })?;
+    Ok(())
 }
 
 enum Applied {
