@@ -42,10 +42,19 @@ pub struct Ingress {
     public_url: Option<Arc<str>>,
     allow_legacy: bool,
     routes: Routes,
+    known: KnownRoutes,
     dedupe: Dedupe,
     stats: WebhookStats,
     queue: Queue,
 }
+
+/// Routes looked up in the last [`ROUTE_TTL`], per account: a busy account
+/// costs one lookup a second instead of one per delivery. A pause or a new
+/// secret takes effect within that second.
+type KnownRoutes = Arc<std::sync::Mutex<HashMap<u64, (Vec<Route>, std::time::Instant)>>>;
+
+/// How long ingress trusts a route it looked up.
+const ROUTE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Ingress {
     /// Builds the ingress from settings. The app secret
@@ -87,6 +96,7 @@ impl Ingress {
                 .map(|u| Arc::from(u.trim_end_matches('/'))),
             allow_legacy: settings.ingress.allow_legacy_signatures,
             routes,
+            known: KnownRoutes::default(),
             dedupe,
             stats,
             queue,
@@ -177,11 +187,36 @@ async fn routes_of(
     ingress: &Ingress,
     cache: &mut RouteCache,
     account: u64,
+    fresh: bool,
 ) -> Result<Vec<Route>, String> {
     if let Some(found) = cache.get(&account) {
         return Ok(found.clone());
     }
-    let found = ingress.routes.lookup("hubspot", account).await?;
+    let now = std::time::Instant::now();
+    let known = ingress
+        .known
+        .lock()
+        .ok()
+        .filter(|_| !fresh)
+        .and_then(|known| {
+            known
+                .get(&account)
+                .filter(|(_, at)| now.duration_since(*at) < ROUTE_TTL)
+                .map(|(routes, _)| routes.clone())
+        });
+    let found = match known {
+        Some(found) => found,
+        None => {
+            let found = ingress.routes.lookup("hubspot", account).await?;
+            if let Ok(mut known) = ingress.known.lock() {
+                if known.len() > 10_000 {
+                    known.retain(|_, (_, at)| now.duration_since(*at) < ROUTE_TTL);
+                }
+                known.insert(account, (found.clone(), now));
+            }
+            found
+        }
+    };
     cache.insert(account, found.clone());
     Ok(found)
 }
@@ -299,8 +334,9 @@ async fn own_secret(
     let Some(key) = &ingress.key else {
         return Ok(None);
     };
+    // Fresh routes: a secret set a moment ago must already verify.
     for account in claimed_accounts(body) {
-        for route in routes_of(ingress, cache, account).await? {
+        for route in routes_of(ingress, cache, account, true).await? {
             let Some(sealed) = &route.sealed_secret else {
                 continue;
             };
@@ -328,7 +364,7 @@ async fn own_secret(
 async fn count_rejected(ingress: &Ingress, cache: &mut RouteCache, body: &[u8]) {
     let mut deltas: HashMap<ConnectionId, WebhookCounts> = HashMap::new();
     for account in claimed_accounts(body) {
-        if let Ok(routes) = routes_of(ingress, cache, account).await {
+        if let Ok(routes) = routes_of(ingress, cache, account, false).await {
             for route in routes {
                 deltas.entry(route.connection).or_default().rejected += 1;
             }
@@ -353,7 +389,7 @@ async fn accept(
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "ignored").increment(1);
             continue;
         };
-        let targets: Vec<Route> = routes_of(ingress, cache, event.portal_id)
+        let targets: Vec<Route> = routes_of(ingress, cache, event.portal_id, false)
             .await?
             .into_iter()
             .filter(|r| signer.serves(r))

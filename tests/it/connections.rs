@@ -109,6 +109,8 @@ on_both_backends! {
         assert_eq!(paused["status"], "paused");
         let (status, refused, _) = api.send(Method::POST, &format!("/v1/connections/{id}/sync"), None).await;
         assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+        // Ingress trusts a route it looked up for a second.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         edit_in_crm(&fleet, &crm_id, "While paused").await;
         wait_for("the active connection's update", || async {
             first_name_of(&fleet, fleet.tenant, &email).await.as_deref() == Some("While paused")
