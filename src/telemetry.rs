@@ -73,6 +73,14 @@ pub fn record_job(job: &'static str, settled: Settled, elapsed: Duration) {
     metrics::histogram!("crmsync_job_duration_seconds", "job" => job).record(elapsed.as_secs_f64());
 }
 
+/// Counts our own writes recognised when they came back (never applied).
+pub fn record_echoes(provider: crate::domain::ProviderKind, n: usize) {
+    if n > 0 {
+        metrics::counter!("crmsync_echo_skipped_total", "provider" => provider.as_str())
+            .increment(n as u64);
+    }
+}
+
 /// Counts the records one applied page touched (`None`: a duplicate page).
 pub fn record_page(job: &'static str, counts: Option<RunUpdate>) {
     let Some(c) = counts else {

@@ -115,11 +115,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     let unbooked = store
         .unbooked_writes(job.tenant, job.connection, job.object, &job.echoed)
         .await?;
-    let echoes = job.echoed.len() - unbooked.len();
-    if echoes > 0 {
-        metrics::counter!("crmsync_echo_skipped_total", "provider" => provider.as_str())
-            .increment(echoes as u64);
-    }
+    crate::telemetry::record_echoes(provider, job.echoed.len() - unbooked.len());
     // Our own changed records still waiting, and others' waiting with them:
     // one read serves many deliveries (see `queue::pending`). Nothing of ours
     // waits any more: another job read it after our events — done, no call.

@@ -191,7 +191,7 @@ impl Push<'_> {
                     .push(p.outbox_id);
             }
             let targets = self.merge_linked(object, kind, run, &by_record).await?;
-            let mut pushed = self.write(object, &by_record, &targets).await?;
+            let pushed = self.write(object, &by_record, &targets).await?;
             // Rows with nothing to write: the CRM agrees already, the record
             // is gone there, or its difference is held in a conflict.
             let done: BTreeSet<RecordId> = pushed.iter().map(|p| p.record).collect();
@@ -207,7 +207,6 @@ impl Push<'_> {
                 .await?;
             metrics::counter!("crmsync_pushed_records_total", "provider" => "hubspot")
                 .increment(pushed.len() as u64);
-            pushed.clear();
         }
     }
 

@@ -279,6 +279,15 @@ pub(crate) async fn queue_outbox(
     queue_outbox_operation(tx, tenant, connection, record, "upsert", now).await
 }
 
+/// `$first, $first+1, …` for `n` values: the placeholders of an `IN (…)`
+/// list whose values are bound after the first `first - 1` parameters.
+pub(crate) fn in_list(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Queues an outbox row of either operation (`upsert` | `delete`).
 pub(crate) async fn queue_outbox_operation(
     tx: &mut Tx,

@@ -468,12 +468,15 @@ impl Store {
         object: CrmObject,
         pushed: &[PushedRecord],
     ) -> Result<(), StoreError> {
+        if pushed.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin(tenant).await?;
         let now = Utc::now();
         // The same lock order as page writes (by CRM id): no deadlock.
         let mut pushed: Vec<&PushedRecord> = pushed.iter().collect();
         pushed.sort_by(|a, b| a.crm_id.as_str().cmp(b.crm_id.as_str()));
-        for p in pushed {
+        for p in &pushed {
             let fingerprint = p.pushed.fingerprint();
             on_db!(&mut tx, |c| {
                 sqlx::query(
@@ -496,22 +499,31 @@ impl Store {
             .await
             .map(|_| ())
             })?;
-            // Changed while the push was in flight (a pull, a platform edit):
-            // what the CRM got is stale, so the present values go out again.
-            let (current,): (i64,) = on_db!(&mut tx, |c| sqlx::query_as(
-                "SELECT version FROM records WHERE tenant_id = $1 AND id = $2"
-            )
-            .bind(tenant.0)
-            .bind(p.record.0)
-            .fetch_one(c)
-            .await)?;
-            if current != p.version {
+        }
+        // Changed while the push was in flight (a pull, a platform edit):
+        // what the CRM got is stale, so the present values go out again.
+        let sql = format!(
+            "SELECT id, version FROM records WHERE tenant_id = $1 AND id IN ({})",
+            super::in_list(2, pushed.len())
+        );
+        let versions: Vec<(uuid::Uuid, i64)> = on_db!(&mut tx, |c| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(tenant.0);
+            for p in &pushed {
+                query = query.bind(p.record.0);
+            }
+            query.fetch_all(c).await
+        })?;
+        let versions: std::collections::HashMap<uuid::Uuid, i64> = versions.into_iter().collect();
+        for p in &pushed {
+            if versions.get(&p.record.0) != Some(&p.version) {
                 super::queue_outbox(&mut tx, tenant, connection.0, p.record.0, now).await?;
             }
-            for outbox in &p.outbox_ids {
-                mark_outbox_done(&mut tx, tenant, *outbox, now).await?;
-            }
         }
+        let done: Vec<uuid::Uuid> = pushed
+            .iter()
+            .flat_map(|p| p.outbox_ids.iter().copied())
+            .collect();
+        mark_outbox_done(&mut tx, tenant, &done, now).await?;
         tx.commit().await
     }
 }
@@ -531,11 +543,10 @@ impl Store {
         if crm_ids.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> = (0..crm_ids.len()).map(|i| format!("${}", i + 5)).collect();
         let sql = format!(
             "UPDATE record_links SET local_modified_at = $4
               WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id IN ({})",
-            placeholders.join(", ")
+            super::in_list(5, crm_ids.len())
         );
         let mut tx = self.begin(tenant).await?;
         on_db!(&mut tx, |c| {
@@ -611,15 +622,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin(tenant).await?;
         let now = Utc::now();
-        for d in done {
-            let Some(crm_id) = &d.crm_id else {
-                mark_outbox_done(&mut tx, tenant, d.outbox_id, now).await?;
-                continue;
-            };
+        for crm_id in done.iter().filter_map(|d| d.crm_id.as_ref()) {
             super::records::tombstone_link(&mut tx, tenant, connection, object, crm_id, now)
                 .await?;
-            mark_outbox_done(&mut tx, tenant, d.outbox_id, now).await?;
         }
+        let ids: Vec<uuid::Uuid> = done.iter().map(|d| d.outbox_id).collect();
+        mark_outbox_done(&mut tx, tenant, &ids, now).await?;
         tx.commit().await
     }
 
@@ -632,30 +640,34 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin(tenant).await?;
         let now = Utc::now();
-        for id in outbox_ids {
-            mark_outbox_done(&mut tx, tenant, *id, now).await?;
-        }
+        mark_outbox_done(&mut tx, tenant, outbox_ids, now).await?;
         tx.commit().await
     }
 }
 
-/// Marks one outbox row done.
+/// Marks outbox rows done, in one statement.
 async fn mark_outbox_done(
     tx: &mut super::Tx,
     tenant: TenantId,
-    outbox: uuid::Uuid,
+    outbox: &[uuid::Uuid],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    if outbox.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE outbox SET status = 'done', attempts = attempts + 1, error = NULL, updated_at = $1
+          WHERE tenant_id = $2 AND id IN ({})",
+        super::in_list(3, outbox.len())
+    );
     on_db!(tx, |c| {
-        sqlx::query(
-        "UPDATE outbox SET status = 'done', attempts = attempts + 1, error = NULL, updated_at = $1 WHERE tenant_id = $2 AND id = $3"
-    )
-    .bind(now)
-    .bind(tenant.0)
-    .bind(outbox)
-    .execute(c)
-    .await
-    .map(|_| ())
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(now)
+            .bind(tenant.0);
+        for id in outbox {
+            query = query.bind(id);
+        }
+        query.execute(c).await.map(|_| ())
     })?;
     Ok(())
 }
@@ -709,12 +721,11 @@ async fn with_links(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let placeholders: Vec<String> = (0..rows.len()).map(|i| format!("${}", i + 2)).collect();
     let sql = format!(
         "SELECT l.record_id, l.connection_id, l.crm_id, l.crm_deleted_at, l.updated_at, c.status
            FROM record_links l JOIN connections c ON c.id = l.connection_id AND c.tenant_id = l.tenant_id
           WHERE l.tenant_id = $1 AND l.record_id IN ({}) ORDER BY l.created_at",
-        placeholders.join(", ")
+        super::in_list(2, rows.len())
     );
     let links: Vec<LinkRow> = on_db!(tx, |c| {
         let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(tenant.0);

@@ -208,11 +208,10 @@ impl Store {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders: Vec<String> = (0..writes.len()).map(|i| format!("${}", i + 4)).collect();
         let sql = format!(
             "SELECT crm_id, local_modified_at FROM record_links
               WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id IN ({})",
-            placeholders.join(", ")
+            super::in_list(4, writes.len())
         );
         let mut tx = self.begin(tenant).await?;
         let booked: Vec<(String, Option<DateTime<Utc>>)> = on_db!(&mut tx, |c| {
@@ -499,8 +498,7 @@ async fn apply_one(
         page.strategy,
     );
     if decision == PullDecision::Echo {
-        metrics::counter!("crmsync_echo_skipped_total", "provider" => page.provider.as_str())
-            .increment(1);
+        crate::telemetry::record_echoes(page.provider, 1);
         return Ok(Applied::Unchanged);
     }
     let PullDecision::Apply {
