@@ -237,7 +237,10 @@ impl Ctx {
         let (ingress_base, ingress_task) = serve(router).await?;
         let mut servers = vec![ingress_task];
         let api_url = if api {
-            let app = crmsync::app::api(&settings, self.store.clone(), queue.clone())
+            // Its own pool, as its own process has in production: the api
+            // at 200 writes/s must not starve the workers of connections.
+            let api_store = crmsync::app::open_store(&settings, false).await?;
+            let app = crmsync::app::api(&settings, api_store, queue.clone())
                 .await?
                 .router();
             let (base, task) = serve(app).await?;

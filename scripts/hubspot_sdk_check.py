@@ -267,23 +267,44 @@ def _():
 # --------------------------------------------------------------------------- leads
 
 
+def lead_contact(tag):
+    """A contact for a new lead: HubSpot's guide says a lead "Must be associated with an existing contact"."""
+    return contacts.basic_api.create(SimplePublicObjectInputForCreate(properties={"email": f"sdk-lead-{tag}-{RUN}@example.com"})).id
+
+
 @check("crm.objects.leads.basic_api create/get")
 def _():
+    from hubspot.crm.objects.leads import AssociationSpec, PublicAssociationsForObject, PublicObjectId
     from hubspot.crm.objects.leads import SimplePublicObjectInputForCreate as LeadCreate
+    from hubspot.crm.objects.leads.exceptions import ApiException as LeadsApiException
 
-    lead = api.crm.objects.leads.basic_api.create(LeadCreate(properties={"hs_lead_name": f"SDK lead {RUN}"}, associations=[]))
+    try:
+        api.crm.objects.leads.basic_api.create(LeadCreate(properties={"hs_lead_name": f"SDK bare lead {RUN}"}, associations=[]))
+        raise AssertionError("a lead without a contact was created")
+    except LeadsApiException as e:
+        expect(e.status == 400, f"status {e.status}")
+    to_contact = PublicAssociationsForObject(
+        to=PublicObjectId(id=lead_contact("typed")),
+        types=[AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=578)],
+    )
+    lead = api.crm.objects.leads.basic_api.create(LeadCreate(properties={"hs_lead_name": f"SDK lead {RUN}"}, associations=[to_contact]))
     got = api.crm.objects.leads.basic_api.get_by_id(lead.id, properties=["hs_lead_name"])
     expect(got.properties.get("hs_lead_name") == f"SDK lead {RUN}", f"name {got.properties}")
     page = api.crm.objects.leads.basic_api.get_page(limit=10)
     expect(len(page.results) > 0, "no leads listed")
-    return f"id={lead.id}"
+    return f"id={lead.id}; a bare lead refused with 400"
 
 
 @check("crm.objects.basic_api object_type=leads create/get")
 def _():
+    from hubspot.crm.objects import AssociationSpec, PublicAssociationsForObject, PublicObjectId
     from hubspot.crm.objects import SimplePublicObjectInputForCreate as ObjCreate
 
-    lead = api.crm.objects.basic_api.create("leads", ObjCreate(properties={"hs_lead_name": f"SDK generic lead {RUN}"}, associations=[]))
+    to_contact = PublicAssociationsForObject(
+        to=PublicObjectId(id=lead_contact("generic")),
+        types=[AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=578)],
+    )
+    lead = api.crm.objects.basic_api.create("leads", ObjCreate(properties={"hs_lead_name": f"SDK generic lead {RUN}"}, associations=[to_contact]))
     got = api.crm.objects.basic_api.get_by_id("leads", lead.id, properties=["hs_lead_name"])
     expect(got.id == lead.id, "id mismatch")
 

@@ -9,11 +9,12 @@
 //! signature; 400 malformed body; 413 too large; 503 when Redis or the queue
 //! is down (HubSpot retries).
 
+pub mod intake;
 pub mod routes;
 pub mod stats;
 
 use crate::config::Settings;
-use crate::domain::{ConnectionId, CrmObject, TenantId};
+use crate::domain::{ConnectionId, CrmObject};
 use crate::jobs::ProcessWebhookJob;
 use crate::providers::hubspot::webhook::{
     self, SignatureHeaders, WebhookError, WebhookEvent, coalesce,
@@ -26,6 +27,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use intake::{Arrival, Destination};
 use routes::{Dedupe, Route, Routes};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -373,7 +375,9 @@ async fn count_rejected(ingress: &Ingress, cache: &mut RouteCache, body: &[u8]) 
     ingress.stats.add(&deltas).await;
 }
 
-/// Routes, dedupes and enqueues verified events.
+/// Routes, dedupes and enqueues verified events: one intake round trip,
+/// then a job per connection and object unless one is already waiting for
+/// records this delivery only marked as changed.
 async fn accept(
     ingress: &Ingress,
     cache: &mut RouteCache,
@@ -381,81 +385,122 @@ async fn accept(
     events: Vec<WebhookEvent>,
 ) -> Result<(), String> {
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut deltas: HashMap<ConnectionId, WebhookCounts> = HashMap::new();
-    // Each event with the connections it may reach.
-    let mut routed: Vec<(WebhookEvent, CrmObject, Vec<Route>)> = Vec::with_capacity(events.len());
+    let mut destinations: Vec<Destination> = Vec::new();
+    let mut index: BTreeMap<(ConnectionId, CrmObject), usize> = BTreeMap::new();
+    let mut arrivals: Vec<Arrival> = Vec::with_capacity(events.len());
+    let mut routed: Vec<WebhookEvent> = Vec::with_capacity(events.len());
     for event in events {
         let Some(object) = object_of(&event) else {
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "ignored").increment(1);
             continue;
         };
-        let targets: Vec<Route> = routes_of(ingress, cache, event.portal_id, false)
-            .await?
-            .into_iter()
-            .filter(|r| signer.serves(r))
-            .collect();
-        if targets.is_empty() {
+        let mut reached = Vec::new();
+        for route in routes_of(ingress, cache, event.portal_id, false).await? {
+            if !signer.serves(&route) {
+                continue;
+            }
+            let next = destinations.len();
+            let at = *index.entry((route.connection, object)).or_insert(next);
+            if at == next {
+                destinations.push(Destination {
+                    tenant: route.tenant,
+                    connection: route.connection,
+                    object,
+                    paused: route.paused,
+                });
+            }
+            reached.push(at);
+        }
+        if reached.is_empty() {
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "unknown_account")
                 .increment(1);
             continue;
         }
-        routed.push((event, object, targets));
+        arrivals.push(Arrival {
+            dedupe_key: event.dedupe_key(),
+            occurred_at_ms: event.occurred_at,
+            record: event.changed_record(ingress.own_app),
+            destinations: reached,
+        });
+        routed.push(event);
     }
-    let keys: Vec<String> = routed.iter().map(|(e, _, _)| e.dedupe_key()).collect();
-    let first = ingress.dedupe.first_time(&keys).await?;
-    let mut groups: BTreeMap<(TenantId, ConnectionId, CrmObject), Vec<WebhookEvent>> =
-        BTreeMap::new();
-    for ((event, object, targets), first) in routed.into_iter().zip(first) {
-        for route in targets {
-            let counts = deltas.entry(route.connection).or_default();
-            if !first {
-                counts.duplicates += 1;
-            } else if route.paused {
-                counts.dropped_paused += 1;
-            } else {
-                counts.received += 1;
-                counts.last_received_at_ms = Some(now_ms);
-                groups
-                    .entry((route.tenant, route.connection, object))
-                    .or_default()
-                    .push(event.clone());
+    if arrivals.is_empty() {
+        return Ok(());
+    }
+    let intake = intake::record(
+        &ingress.dedupe,
+        &ingress.stats,
+        &destinations,
+        &arrivals,
+        now_ms,
+    )
+    .await?;
+    let mut groups: Vec<Vec<&WebhookEvent>> = vec![Vec::new(); destinations.len()];
+    let mut duplicates = 0;
+    for ((event, arrival), first) in routed.iter().zip(&arrivals).zip(&intake.first) {
+        if !first {
+            duplicates += 1;
+            continue;
+        }
+        for d in &arrival.destinations {
+            if let Some(group) = groups.get_mut(*d) {
+                group.push(event);
             }
         }
-        if !first {
-            metrics::counter!("crmsync_webhook_events_total", "outcome" => "duplicate")
-                .increment(1);
-        }
     }
-    for ((tenant, connection, object), events) in groups {
-        let mut hasher = Sha256::new();
-        for e in &events {
-            hasher.update(e.dedupe_key().as_bytes());
-            hasher.update(b"\n");
+    metrics::counter!("crmsync_webhook_events_total", "outcome" => "duplicate")
+        .increment(duplicates);
+    for ((destination, events), job_waiting) in
+        destinations.iter().zip(groups).zip(&intake.job_waiting)
+    {
+        if destination.paused || events.is_empty() {
+            continue;
         }
-        let delivery: String = hasher.finalize()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        metrics::counter!("crmsync_webhook_events_total", "outcome" => "accepted")
+            .increment(events.len() as u64);
+        let coalesced = coalesce(events.iter().copied(), ingress.own_app);
+        let only_changes = coalesced.deleted.is_empty()
+            && coalesced.erased.is_empty()
+            && coalesced.merged_into.is_empty()
+            && coalesced.echoed.is_empty();
+        // Nothing to read or apply (association changes, say), or only
+        // records that the waiting job will claim: no job of its own.
+        if only_changes && (*job_waiting || coalesced.changed.is_empty()) {
+            continue;
+        }
         let job = ProcessWebhookJob::from_coalesced(
-            tenant,
-            connection,
-            object,
-            &coalesce(&events, ingress.own_app),
-            delivery,
+            destination.tenant,
+            destination.connection,
+            destination.object,
+            &coalesced,
+            delivery_id(&events),
         );
-        ingress
-            .queue
-            .add_pending(connection, object, &job.changed)
-            .await
-            .map_err(|e| e.to_string())?;
-        ingress
+        if let Err(e) = ingress
             .queue
             .push_process_webhook_after(&job, std::time::Duration::ZERO)
             .await
-            .map_err(|e| e.to_string())?;
-        metrics::counter!("crmsync_webhook_events_total", "outcome" => "accepted")
-            .increment(events.len() as u64);
+        {
+            if !*job_waiting {
+                ingress
+                    .queue
+                    .clear_webhook_job_waiting(destination.connection, destination.object)
+                    .await;
+            }
+            return Err(e.to_string());
+        }
     }
-    ingress.stats.add(&deltas).await;
     Ok(())
+}
+
+/// Names a delivery's events for one connection (the job's idempotency key).
+fn delivery_id(events: &[&WebhookEvent]) -> String {
+    let mut hasher = Sha256::new();
+    for e in events {
+        hasher.update(e.dedupe_key().as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

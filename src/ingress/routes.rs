@@ -7,8 +7,9 @@
 //!   webhook secret, still sealed), rebuilt by [`publish`] (the api and CLI
 //!   when connections change, the scheduler every minute: Redis may lose it,
 //!   the database is the truth);
-//! - `{ns}:webhook-seen:{dedupe key}` — `SET NX` with a 78-hour TTL (HubSpot
-//!   retries for up to 24 hours; the design asks for at least 76).
+//! - `{ns}:webhook-seen:{hour}` — a hash of the dedupe keys of events that
+//!   occurred in that hour (`HSETNX`), expiring 78 hours after the hour ends
+//!   (HubSpot retries for up to 24 hours; the design asks for at least 76).
 //!
 //! The embedded mode (`crmsync dev`, SQLite) reads routes from the store and
 //! keeps dedupe keys in memory: it is one process.
@@ -196,6 +197,12 @@ pub async fn publish(
     Ok(written)
 }
 
+/// The Redis hash remembering the events that occurred in one hour (since
+/// the epoch), written by `ingress::intake`.
+pub(crate) fn seen_bucket_key(namespace: &str, hour: i64) -> String {
+    format!("{namespace}:webhook-seen:{hour}")
+}
+
 /// Event dedupe.
 #[derive(Clone)]
 pub enum Dedupe {
@@ -214,46 +221,6 @@ impl Dedupe {
     /// An empty in-memory dedupe.
     pub fn memory() -> Self {
         Dedupe::Memory(Arc::default())
-    }
-
-    /// For each key, whether it is seen for the first time (and remembers
-    /// it): one pipelined round trip for a whole delivery.
-    pub async fn first_time(&self, keys: &[String]) -> Result<Vec<bool>, String> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self {
-            Dedupe::Redis { conn, namespace } => {
-                let mut pipe = redis::pipe();
-                for key in keys {
-                    pipe.cmd("SET")
-                        .arg(format!("{namespace}:webhook-seen:{key}"))
-                        .arg(1)
-                        .arg("NX")
-                        .arg("EX")
-                        .arg(DEDUPE_TTL.as_secs());
-                }
-                let mut conn = conn.clone();
-                let set: Vec<Option<String>> = pipe
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(set.into_iter().map(|s| s.is_some()).collect())
-            }
-            Dedupe::Memory(seen) => {
-                let mut seen = seen
-                    .lock()
-                    .map_err(|_| "dedupe lock poisoned".to_string())?;
-                let now = Instant::now();
-                if seen.len() > 100_000 {
-                    seen.retain(|_, at| now.duration_since(*at) < DEDUPE_TTL);
-                }
-                Ok(keys
-                    .iter()
-                    .map(|key| seen.insert(key.clone(), now).is_none())
-                    .collect())
-            }
-        }
     }
 
     /// Readiness: Redis answers.

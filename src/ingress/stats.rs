@@ -53,6 +53,12 @@ pub enum WebhookStats {
     Memory(Arc<Mutex<HashMap<ConnectionId, WebhookCounts>>>),
 }
 
+/// The Redis hash of one connection's counts (also written by the intake
+/// script, `ingress::intake`).
+pub(crate) fn redis_key(namespace: &str, connection: ConnectionId) -> String {
+    format!("{namespace}:webhook-stats:{connection}")
+}
+
 type Shared = Arc<Mutex<HashMap<ConnectionId, WebhookCounts>>>;
 
 impl WebhookStats {
@@ -73,7 +79,7 @@ impl WebhookStats {
             WebhookStats::Redis { conn, namespace } => {
                 let mut pipe = redis::pipe();
                 for (connection, d) in deltas {
-                    let key = format!("{namespace}:webhook-stats:{connection}");
+                    let key = redis_key(namespace, *connection);
                     for (field, n) in [
                         ("received", d.received),
                         ("duplicates", d.duplicates),
@@ -109,7 +115,7 @@ impl WebhookStats {
             WebhookStats::Redis { conn, namespace } => {
                 let mut conn = conn.clone();
                 let map: HashMap<String, i64> = redis::cmd("HGETALL")
-                    .arg(format!("{namespace}:webhook-stats:{connection}"))
+                    .arg(redis_key(namespace, connection))
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| e.to_string())?;

@@ -13,8 +13,10 @@ use crate::store::PageWrite;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-/// HubSpot's batch read takes at most 100 ids.
+/// HubSpot's batch read takes at most 100 ids…
 const BATCH: usize = 100;
+/// …and 50 with property history.
+const HISTORY_BATCH: usize = 50;
 
 /// The coalesced meaning of one webhook delivery for one connection and object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +78,22 @@ impl ProcessWebhookJob {
         }
     }
 
+    /// A job that only reads records waiting in the set (`queue::pending`).
+    pub fn waiting_records(tenant: TenantId, connection: ConnectionId, object: CrmObject) -> Self {
+        Self {
+            tenant,
+            connection,
+            object,
+            changed: Vec::new(),
+            deleted: Vec::new(),
+            erased: Vec::new(),
+            merged: Vec::new(),
+            echoed: Vec::new(),
+            delivery: String::new(),
+            attempt: 0,
+        }
+    }
+
     /// The key that makes enqueueing the same delivery twice a no-op.
     pub fn idempotency_key(&self) -> String {
         format!(
@@ -87,6 +105,11 @@ impl ProcessWebhookJob {
 
 /// Applies the job; records its counts in a `process_webhook` run.
 pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
+    // From now on a delivery enqueues a job of its own; what arrived before
+    // is waiting in the set when this job claims (see `queue::pending`).
+    deps.queue
+        .webhook_job_started(job.connection, job.object)
+        .await?;
     let connection = deps.store.connection(job.tenant, job.connection).await?;
     let Some(kind) = connection.settings.kind_of(job.object) else {
         // Events for an object this connection does not sync: nothing to do.
@@ -119,9 +142,13 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     // Our own changed records still waiting, and others' waiting with them:
     // one read serves many deliveries (see `queue::pending`). Nothing of ours
     // waits any more: another job read it after our events — done, no call.
+    // A claim is what one call reads: a job reads its claim in one call at
+    // its budget slot and releases it well before the next slot, so jobs
+    // waiting for later slots do not claim (and read) the same records.
+    let cap = if with_history { HISTORY_BATCH } else { BATCH };
     let waiting = deps
         .queue
-        .claim_pending(job.connection, job.object, &job.changed, BATCH)
+        .claim_pending(job.connection, job.object, &job.changed, cap)
         .await?;
     if waiting.ids.is_empty() && unbooked.is_empty() {
         return Ok(());
@@ -131,7 +158,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     let mut reserved = Some(deps.hubspot.reserve_read(&account).await);
     let mut claim = deps
         .queue
-        .claim_pending(job.connection, job.object, &job.changed, BATCH)
+        .claim_pending(job.connection, job.object, &job.changed, cap)
         .await?;
     for id in unbooked {
         if !claim.ids.contains(&id) {
@@ -194,12 +221,29 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     .await;
     match &outcome {
         Ok(()) => {
-            deps.queue
+            let still_waiting = deps
+                .queue
                 .release_pending(job.connection, job.object, &claim)
                 .await?;
             store
                 .finish_run(job.tenant, run.id, RunStatus::Succeeded, None)
-                .await?
+                .await?;
+            // More than a batch was waiting: a successor reads the rest,
+            // unless a delivery since this job started enqueued one.
+            if still_waiting > 0
+                && deps
+                    .queue
+                    .mark_webhook_job_waiting(job.connection, job.object)
+                    .await?
+            {
+                let next = ProcessWebhookJob {
+                    delivery: format!("more-{}", run.id),
+                    ..ProcessWebhookJob::waiting_records(job.tenant, job.connection, job.object)
+                };
+                deps.queue
+                    .push_process_webhook_after(&next, std::time::Duration::ZERO)
+                    .await?;
+            }
         }
         Err(e) => {
             store

@@ -4,8 +4,10 @@
 //! - Records born on the platform are written by upsert on
 //!   `crmsync_record_id`, so repeating a batch after a crash finds the record
 //!   instead of creating a second one.
-//! - Records already linked are read first (one batch read per 100) and
-//!   merged three-way against the link's base, exactly like a pull: a CRM
+//! - Records already linked are read first (one batch read per 100; under
+//!   `newest_wins` the few that both sides changed are read again with
+//!   property history, for per-field times) and merged three-way against
+//!   the link's base, exactly like a pull: a CRM
 //!   edit made since the last sync is taken, a conflict follows the
 //!   connection's strategy (`manual` holds it and writes neither side), and
 //!   only the properties that change are patched — a push never overwrites
@@ -117,6 +119,7 @@ struct Pending {
     outbox_ids: Vec<uuid::Uuid>,
     fields: RecordFields,
     crm_id: Option<CrmId>,
+    base: Option<RecordFields>,
     version: i64,
 }
 
@@ -175,6 +178,20 @@ impl Push<'_> {
                     .hubspot
                     .ensure_properties(&account, token, object))?;
             }
+            // Linked records are read first. Wait for that read's budget
+            // slot, then take what is pending *now*: changes made while the
+            // budget paced us ride in this cycle instead of waiting a whole
+            // cycle (at 200 changes/s that is ~90 ms of every change's wait).
+            let (pending, reserved) = if pending.iter().any(|p| p.crm_id.is_some()) {
+                let reserved = deps.hubspot.reserve_read(&account).await;
+                let fresh = deps
+                    .store
+                    .pending_pushes(job.tenant, job.connection, object, BATCH)
+                    .await?;
+                (fresh, Some(reserved))
+            } else {
+                (pending, None)
+            };
             // One entry per record (its latest values), with every outbox row
             // it completes.
             let mut by_record: BTreeMap<RecordId, Pending> = BTreeMap::new();
@@ -185,12 +202,15 @@ impl Push<'_> {
                         outbox_ids: Vec::new(),
                         fields: p.fields.clone(),
                         crm_id: p.crm_id.clone(),
+                        base: p.base.clone(),
                         version: p.version,
                     })
                     .outbox_ids
                     .push(p.outbox_id);
             }
-            let targets = self.merge_linked(object, kind, run, &by_record).await?;
+            let targets = self
+                .merge_linked(object, kind, run, &by_record, reserved)
+                .await?;
             let pushed = self.write(object, &by_record, &targets).await?;
             // Rows with nothing to write: the CRM agrees already, the record
             // is gone there, or its difference is held in a conflict.
@@ -218,6 +238,7 @@ impl Push<'_> {
         kind: RecordKind,
         run: crate::domain::RunId,
         by_record: &BTreeMap<RecordId, Pending>,
+        mut reserved: Option<crate::providers::hubspot::ReservedRead>,
     ) -> Result<Vec<PushTarget>, JobError> {
         let (job, deps) = (self.job, self.deps);
         let linked: Vec<CrmId> = by_record
@@ -228,15 +249,51 @@ impl Push<'_> {
             return Ok(Vec::new());
         }
         let account = self.session.account().to_string();
-        let with_history = self.strategy == ConflictStrategy::NewestWins;
-        let current = crate::with_auth!(self.session, deps, |token| deps.hubspot.batch_read(
+        let mut current = crate::with_auth!(self.session, deps, |token| deps.hubspot.batch_read(
             &account,
             token,
             object,
             &linked,
-            with_history,
-            None
+            false,
+            reserved.take()
         ))?;
+        // `newest_wins` needs per-field change times only where both sides
+        // changed a field differently: those few are read again with
+        // property history (50 per call), the rest cost one call per 100.
+        if self.strategy == ConflictStrategy::NewestWins {
+            let pending: BTreeMap<&CrmId, &Pending> = by_record
+                .values()
+                .filter_map(|p| p.crm_id.as_ref().map(|id| (id, p)))
+                .collect();
+            let empty = RecordFields::new();
+            let contested: Vec<CrmId> = current
+                .iter()
+                .filter(|r| {
+                    pending.get(&r.crm_id).is_some_and(|p| {
+                        crate::sync::needs_change_times(
+                            p.base.as_ref().unwrap_or(&empty),
+                            &p.fields,
+                            &r.fields,
+                        )
+                    })
+                })
+                .map(|r| r.crm_id.clone())
+                .collect();
+            if !contested.is_empty() {
+                let detailed = crate::with_auth!(self.session, deps, |token| deps
+                    .hubspot
+                    .batch_read(&account, token, object, &contested, true, None))?;
+                let mut detailed: BTreeMap<CrmId, crate::sync::Incoming> = detailed
+                    .into_iter()
+                    .map(|r| (r.crm_id.clone(), r))
+                    .collect();
+                for record in &mut current {
+                    if let Some(fresh) = detailed.remove(&record.crm_id) {
+                        *record = fresh;
+                    }
+                }
+            }
+        }
         let found: BTreeSet<&CrmId> = current.iter().map(|r| &r.crm_id).collect();
         let gone: Vec<CrmId> = linked
             .iter()

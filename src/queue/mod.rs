@@ -8,7 +8,7 @@
 //! the original. Every push carries an idempotency key derived from the job,
 //! so pushing the same job twice enqueues it once.
 
-mod pending;
+pub(crate) mod pending;
 mod worker;
 
 pub use pending::Claim;

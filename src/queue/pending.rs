@@ -4,13 +4,21 @@
 //! *batch*, not per delivery.
 //!
 //! Ingress adds each changed record to a Redis sorted set with a fresh,
-//! increasing score (one script call per connection and object). A job
+//! increasing score (in its one intake script, `ingress::intake`). A job
 //! claims its own records that are still waiting plus the oldest others, up
 //! to a batch; after applying them it removes each one only if its score is
 //! still the one it saw — a change that arrived meanwhile keeps the record
 //! waiting for the next job. A job whose records are all gone has nothing to
 //! do: another job read them *after* their events (the score proves it). A
 //! crash between the read and the removal only means a second read.
+//!
+//! One job waiting is enough: the intake script marks "a job is waiting"
+//! and only a delivery that sets the mark enqueues a job (or one that also
+//! carries deletions, merges, erasures or echoes, which the set does not
+//! hold). A job clears the mark when it starts, *before* it claims, so every
+//! record marked waiting is either claimed by a job already started or
+//! covered by one enqueued after the clear. A job that leaves records
+//! waiting (more than a batch) enqueues its successor the same way.
 //!
 //! The embedded mode (SQLite queue) has no such set: each job reads its own.
 
@@ -20,13 +28,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Waiting records are forgotten after this long (a deleted connection's).
-const TTL: Duration = Duration::from_secs(78 * 3600);
+pub(crate) const TTL: Duration = Duration::from_secs(78 * 3600);
 
-const ADD: &str = r"
-local score = redis.call('INCR', KEYS[2])
-for i = 1, #ARGV do redis.call('ZADD', KEYS[1], score, ARGV[i]) end
-redis.call('EXPIRE', KEYS[1], tonumber(KEYS[3]))
-return score";
+/// How long "a job is waiting" is trusted: a job lost with its marker kept
+/// delays the next delivery's job by at most this (the next delta heals
+/// sooner at the default interval).
+pub(crate) const JOB_WAITING_TTL: Duration = Duration::from_secs(30);
 
 const RELEASE: &str = r"
 local removed = 0
@@ -35,7 +42,28 @@ for i = 1, #ARGV, 2 do
     removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
   end
 end
-return removed";
+return redis.call('ZCARD', KEYS[1])";
+
+/// The sorted set of records waiting to be read.
+pub(crate) fn pending_key(namespace: &str, connection: ConnectionId, object: CrmObject) -> String {
+    format!("{namespace}:webhook-pending:{connection}:{object}")
+}
+
+/// The counter that gives each delivery's marks a fresh score.
+pub(crate) fn sequence_key(namespace: &str) -> String {
+    format!("{namespace}:webhook-pending-seq")
+}
+
+/// Set while a `ProcessWebhook` job for the connection and object is queued
+/// and not started: a delivery that only adds waiting records then needs no
+/// job of its own, because that one will claim them.
+pub(crate) fn job_waiting_key(
+    namespace: &str,
+    connection: ConnectionId,
+    object: CrmObject,
+) -> String {
+    format!("{namespace}:webhook-job-waiting:{connection}:{object}")
+}
 
 /// What a job took: the records to read, with the scores it saw.
 #[derive(Debug, Clone, Default)]
@@ -47,42 +75,65 @@ pub struct Claim {
 
 impl Queue {
     fn pending_key(&self, connection: ConnectionId, object: CrmObject) -> String {
-        format!(
-            "{}:webhook-pending:{connection}:{object}",
-            self.settings.namespace
-        )
+        pending_key(&self.settings.namespace, connection, object)
     }
 
-    /// Marks records as waiting to be read (ingress, before it enqueues the
-    /// job that names them).
-    pub async fn add_pending(
+    /// A `ProcessWebhook` job starting says no job is waiting any more, so
+    /// that deliveries from now on enqueue one. It must do so before it
+    /// claims: what arrived earlier is in the set when it claims.
+    pub async fn webhook_job_started(
         &self,
         connection: ConnectionId,
         object: CrmObject,
-        ids: &[CrmId],
     ) -> Result<(), QueueError> {
         let Storages::Redis { conn } = &self.storages else {
             return Ok(());
         };
-        if ids.is_empty() {
-            return Ok(());
-        }
         let mut conn = conn.clone();
-        let mut script = redis::cmd("EVAL");
-        script
-            .arg(ADD)
-            .arg(3)
-            .arg(self.pending_key(connection, object))
-            .arg(format!("{}:webhook-pending-seq", self.settings.namespace))
-            .arg(TTL.as_secs());
-        for id in ids {
-            script.arg(id.as_str());
-        }
-        script
-            .query_async::<i64>(&mut conn)
+        redis::cmd("DEL")
+            .arg(job_waiting_key(
+                &self.settings.namespace,
+                connection,
+                object,
+            ))
+            .query_async::<()>(&mut conn)
             .await
-            .map(|_| ())
             .map_err(|e| QueueError::Redis(e.to_string()))
+    }
+
+    /// Marks a job as waiting unless one already is: `true` means the caller
+    /// must enqueue it. Without the set (embedded mode) always `true`.
+    pub async fn mark_webhook_job_waiting(
+        &self,
+        connection: ConnectionId,
+        object: CrmObject,
+    ) -> Result<bool, QueueError> {
+        let Storages::Redis { conn } = &self.storages else {
+            return Ok(true);
+        };
+        let mut conn = conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(job_waiting_key(
+                &self.settings.namespace,
+                connection,
+                object,
+            ))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(JOB_WAITING_TTL.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| QueueError::Redis(e.to_string()))?;
+        Ok(set.is_some())
+    }
+
+    /// Forgets a waiting mark whose job could not be enqueued, so the next
+    /// delivery enqueues one (best effort: the mark expires anyway).
+    pub async fn clear_webhook_job_waiting(&self, connection: ConnectionId, object: CrmObject) {
+        if self.webhook_job_started(connection, object).await.is_err() {
+            tracing::warn!(connection.id = %connection, "webhook job mark not cleared; it expires");
+        }
     }
 
     /// Claims `own` records still waiting (those gone were read since their
@@ -150,18 +201,19 @@ impl Queue {
     }
 
     /// Releases a claim after its records were applied: each leaves the set
-    /// unless a newer change re-marked it meanwhile.
+    /// unless a newer change re-marked it meanwhile. Answers how many
+    /// records still wait (0 without the set).
     pub async fn release_pending(
         &self,
         connection: ConnectionId,
         object: CrmObject,
         claim: &Claim,
-    ) -> Result<(), QueueError> {
+    ) -> Result<u64, QueueError> {
         let Storages::Redis { conn } = &self.storages else {
-            return Ok(());
+            return Ok(0);
         };
         if claim.scores.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let mut conn = conn.clone();
         let mut script = redis::cmd("EVAL");
@@ -173,9 +225,8 @@ impl Queue {
             script.arg(id.as_str()).arg(score);
         }
         script
-            .query_async::<i64>(&mut conn)
+            .query_async::<u64>(&mut conn)
             .await
-            .map(|_| ())
             .map_err(|e| QueueError::Redis(e.to_string()))
     }
 }

@@ -82,6 +82,9 @@ pub struct PendingPush {
     pub fields: RecordFields,
     /// Its CRM id on this connection, when already linked.
     pub crm_id: Option<CrmId>,
+    /// The link's base (last agreed values), when linked: with the CRM's
+    /// state it tells whether the merge needs per-field change times.
+    pub base: Option<RecordFields>,
     /// The record's version when read: the push is booked as current only
     /// if the record has not changed since.
     pub version: i64,
@@ -106,12 +109,13 @@ pub struct PushedRecord {
     pub version: i64,
 }
 
-/// (outbox id, record id, fields, linked CRM id, record version).
+/// (outbox id, record id, fields, linked CRM id, link base, record version).
 type PendingRow = (
     uuid::Uuid,
     uuid::Uuid,
     Json<RecordFields>,
     Option<String>,
+    Option<Json<RecordFields>>,
     i64,
 );
 
@@ -433,6 +437,9 @@ impl Store {
                     (SELECT l.crm_id FROM record_links l
                       WHERE l.tenant_id = o.tenant_id AND l.record_id = o.record_id AND l.connection_id = o.connection_id
                         AND l.crm_object = $3 AND l.crm_deleted_at IS NULL LIMIT 1),
+                    (SELECT l.base FROM record_links l
+                      WHERE l.tenant_id = o.tenant_id AND l.record_id = o.record_id AND l.connection_id = o.connection_id
+                        AND l.crm_object = $3 AND l.crm_deleted_at IS NULL LIMIT 1),
                     r.version
                FROM outbox o JOIN records r ON r.id = o.record_id AND r.tenant_id = o.tenant_id
               WHERE o.tenant_id = $1 AND o.connection_id = $2 AND o.status = 'pending' AND o.operation = 'upsert' AND r.deleted_at IS NULL
@@ -448,13 +455,16 @@ impl Store {
         tx.commit().await?;
         Ok(rows
             .into_iter()
-            .map(|(outbox_id, record, fields, crm_id, version)| PendingPush {
-                outbox_id,
-                record: RecordId(record),
-                fields: fields.0.renormalized(),
-                crm_id: crm_id.map(CrmId),
-                version,
-            })
+            .map(
+                |(outbox_id, record, fields, crm_id, base, version)| PendingPush {
+                    outbox_id,
+                    record: RecordId(record),
+                    fields: fields.0.renormalized(),
+                    crm_id: crm_id.map(CrmId),
+                    base: base.map(|b| b.0.renormalized()),
+                    version,
+                },
+            )
             .collect())
     }
 

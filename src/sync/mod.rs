@@ -5,7 +5,9 @@ pub mod merge;
 
 use crate::domain::{CanonicalField, CrmId, RecordFields, RecordId};
 use chrono::{DateTime, Utc};
-pub use merge::{ConflictStrategy, FieldConflict, FieldDecision, Merged, Newer, Rule, merge};
+pub use merge::{
+    ConflictStrategy, FieldConflict, FieldDecision, Merged, Newer, Rule, merge, needs_change_times,
+};
 use std::collections::BTreeMap;
 
 /// When each field last changed on one side; a field not listed falls back

@@ -61,7 +61,7 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
@@ -223,8 +223,14 @@ impl Fleet {
 
     /// Starts in-process workers for every job kind.
     pub fn start_workers(&mut self) {
+        self.start_workers_for(JobKind::ALL);
+    }
+
+    /// Starts in-process workers for some job kinds only (to make one job
+    /// run before another).
+    pub fn start_workers_for(&mut self, kinds: &[JobKind]) {
         let (tx, rx) = watch::channel(false);
-        let specs = JobKind::ALL
+        let specs = kinds
             .iter()
             .map(|&kind| WorkerSpec {
                 kind,

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod sandbox_hubspot_associations;
 mod sandbox_hubspot_auth;
 mod sandbox_hubspot_faults;
 mod sandbox_hubspot_objects;

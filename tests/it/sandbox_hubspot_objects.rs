@@ -478,10 +478,11 @@ async fn gdpr_delete_erases_for_good() {
 #[tokio::test]
 async fn leads_have_their_own_store_and_modified_property() {
     let sb = TestSandbox::start().await;
+    let person = sb.create_contact("big-deal@example.com").await;
     let lead = sb
         .post(
             "/crm/v3/objects/leads",
-            json!({"properties": {"hs_lead_name": "Big deal"}}),
+            json!({"properties": {"hs_lead_name": "Big deal"}, "associations": crate::support::primary_contact(&person)}),
         )
         .await;
     assert_eq!(lead.status, StatusCode::CREATED);

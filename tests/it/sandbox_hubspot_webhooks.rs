@@ -373,12 +373,8 @@ async fn leads_raise_object_events_with_their_type_id() {
         &[json!({"eventType": "object.creation", "objectTypeId": "0-136", "active": true})],
     )
     .await;
-    sb.create_contact("not-a-lead@example.com").await;
-    sb.post(
-        "/crm/v3/objects/leads",
-        json!({"properties": {"hs_lead_name": "L"}}),
-    )
-    .await;
+    let person = sb.create_contact("not-a-lead@example.com").await;
+    sb.create_lead("L", &person).await;
     let events = receiver.next(Duration::from_secs(5)).await.events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["subscriptionType"], "object.creation");

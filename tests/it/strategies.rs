@@ -253,6 +253,31 @@ on_both_backends! {
 }
 
 on_both_backends! {
+    async fn newest_wins_on_push_compares_the_fields_own_times_not_the_records(backend) {
+        // The CRM changes firstname, then the platform changes it, then the
+        // CRM changes another field: the CRM record is modified after the
+        // platform's edit, but its firstname is older. The push reads the
+        // CRM first and must let the platform's newer firstname win.
+        let mut case = Case::start(backend, "newest_wins").await;
+        case.crm_edit(json!({"firstname": "Crm"})).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        case.platform_edit(json!({"firstName": "Platform"})).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        case.crm_edit(json!({"jobtitle": "CRM title"})).await;
+        // Only the push runs: it meets the CRM edits before any webhook job.
+        case.fleet.start_workers_for(&[crmsync::jobs::JobKind::PushChanges]);
+        wait_for("the push", || async {
+            case.crm_property("firstname").await == json!("Platform")
+        })
+        .await;
+        case.fleet.stop_workers().await;
+        case.fleet.start_workers();
+        case.converges_to("Platform", "newest_wins").await;
+        case.fleet.finish().await;
+    }
+}
+
+on_both_backends! {
     async fn manual_holds_the_conflict_until_an_operator_resolves_it(backend) {
         let mut case = Case::start(backend, "manual").await;
         case.edit_both(Last::Crm).await;

@@ -149,6 +149,24 @@ impl TestSandbox {
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
         r.body["id"].as_str().expect("id").to_string()
     }
+
+    /// Creates a lead named `name` with `contact` as its primary contact
+    /// (HubSpot requires one).
+    pub async fn create_lead(&self, name: &str, contact: &str) -> String {
+        let r = self
+            .post(
+                "/crm/v3/objects/leads",
+                serde_json::json!({"properties": {"hs_lead_name": name}, "associations": primary_contact(contact)}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        r.body["id"].as_str().expect("id").to_string()
+    }
+}
+
+/// The inline `associations` of a lead create naming its primary contact.
+pub fn primary_contact(contact: &str) -> serde_json::Value {
+    serde_json::json!([{"to": {"id": contact}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 578}]}])
 }
 
 /// One request the receiver got.

@@ -174,6 +174,40 @@ async fn forged_stale_malformed_oversized_and_replayed_webhooks_enqueue_nothing(
         "a replay enqueues nothing"
     );
     assert_eq!(counter("crmsync_webhook_events_total", "accepted"), 2);
+    // Seen events are remembered for at least 76 hours (HubSpot retries for
+    // 24), in a hash per hour of occurrence.
+    let mut redis = redis::Client::open(crate::fleet::redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let ns = &fleet.settings.queue.namespace;
+    let seen = |at_ms: i64| format!("{ns}:webhook-seen:{}", at_ms.div_euclid(3_600_000));
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(seen(now))
+        .query_async(&mut redis)
+        .await
+        .expect("ttl");
+    assert!(
+        (76 * 3600..=79 * 3600).contains(&ttl),
+        "dedupe keys kept {ttl} s"
+    );
+    // An event older than that is taken, and leaves no key without a TTL.
+    let old_at = now - 80 * 3_600_000;
+    let mut old_event = event(3, PORTAL);
+    old_event["occurredAt"] = json!(old_at);
+    let old_body = serde_json::to_vec(&json!([old_event])).expect("json");
+    assert_eq!(
+        post(&url, &old_body, signed(&old_body, &url, now)).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    assert_eq!(counter("crmsync_webhook_events_total", "accepted"), 3);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(seen(old_at))
+        .query_async(&mut redis)
+        .await
+        .expect("exists");
+    assert_eq!(exists, 0, "an expired hour's bucket is not kept");
 
     // An account nobody connected: 2xx (HubSpot must not retry), counted.
     let stranger = serde_json::to_vec(&json!([event(9, 999_999)])).expect("json");
@@ -244,7 +278,77 @@ async fn changes_from_many_deliveries_are_read_back_in_one_batch_call() {
         calls < deliveries && calls <= 2,
         "{calls} batch reads for {deliveries} deliveries"
     );
+    // The first delivery enqueued a job; the others found it waiting. The
+    // job counts itself after it applied the edits, so wait for that.
+    wait_for("the webhook job to finish", || async {
+        job_runs("process_webhook") >= 1
+    })
+    .await;
+    assert_eq!(
+        job_runs("process_webhook"),
+        1,
+        "one job for {deliveries} deliveries"
+    );
     fleet.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_changes_than_one_batch_read_are_all_read_by_successor_jobs() {
+    let mut fleet = Fleet::start(Backend::Postgres, 250).await;
+    fleet.start_workers();
+    fleet.full_sync().await;
+    fleet.start_ingress(true).await;
+    fleet.stop_workers().await;
+    let reads_before = reads(&fleet).await;
+    // 230 records change while no worker runs: more than one batch read
+    // (100) can take, all behind the one job the first delivery enqueued.
+    let edited = fleet
+        .sandbox
+        .control(
+            reqwest::Method::POST,
+            &format!("/_sandbox/accounts/{PORTAL}/objects/contacts/bulk-update"),
+            Some(json!({"limit": 230, "properties": {"jobtitle": "Bulk"}})),
+        )
+        .await;
+    assert!(edited.status.is_success(), "{:?}", edited.body);
+    wait_for("every event", || async {
+        counter("crmsync_webhook_events_total", "accepted") >= 230
+    })
+    .await;
+    fleet.start_workers();
+    wait_for("all 230 edits on the platform", || async {
+        fleet
+            .leads()
+            .await
+            .iter()
+            .filter(|f| f.get(CanonicalField::JobTitle) == Some("Bulk"))
+            .count()
+            == 230
+    })
+    .await;
+    // With history (`newest_wins`) HubSpot reads 50 ids per call, and a
+    // job claims what one call reads: 50, 50, 50, 50, 30.
+    wait_for("the last webhook job to finish", || async {
+        job_runs("process_webhook") >= 5
+    })
+    .await;
+    assert_eq!(job_runs("process_webhook"), 5, "a job and four successors");
+    let calls = reads(&fleet).await - reads_before;
+    assert_eq!(calls, 5, "230 records in five batch reads");
+    fleet.finish().await;
+}
+
+/// `ProcessWebhook`-style jobs run in this process, any outcome.
+fn job_runs(job: &str) -> u64 {
+    let text = crmsync::telemetry::metrics()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("crmsync_jobs_total") && l.contains(&format!("job=\"{job}\"")))
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// Batch reads the sandbox has served.

@@ -334,11 +334,33 @@ impl WebhookEvent {
             _ => false,
         }
     }
+
+    /// The record this event asks to read, if any: a change by anyone but
+    /// our own app, or a merge's survivor. Ingress marks it as waiting
+    /// before it knows how the whole delivery coalesces, so it must cover
+    /// every record [`coalesce`] can put in `changed` (a property test pins
+    /// that); marking more only costs a read that finds the record gone.
+    pub fn changed_record(&self, own_app: Option<u64>) -> Option<u64> {
+        match self.subscription_type.rsplit('.').next().unwrap_or("") {
+            "creation" | "propertyChange" | "restore" if !self.made_by(own_app) => {
+                Some(self.object_id)
+            }
+            "merge" => Some(
+                self.new_object_id
+                    .or(self.primary_object_id)
+                    .unwrap_or(self.object_id),
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// Coalesces events for one object type per record (see [`Coalesced`]).
-pub fn coalesce(events: &[WebhookEvent], own_app: Option<u64>) -> Coalesced {
-    let mut ordered: Vec<&WebhookEvent> = events.iter().collect();
+pub fn coalesce<'a>(
+    events: impl IntoIterator<Item = &'a WebhookEvent>,
+    own_app: Option<u64>,
+) -> Coalesced {
+    let mut ordered: Vec<&WebhookEvent> = events.into_iter().collect();
     // occurredAt first; ties broken by a stable key so duplicates and any
     // delivery order give the same sequence.
     ordered.sort_by(|a, b| {
@@ -666,10 +688,15 @@ mod tests {
             Just("propertyChange"),
             Just("deletion"),
             Just("restore"),
-            Just("privacyDeletion")
+            Just("privacyDeletion"),
+            Just("merge")
         ];
         (kind, 1u64..6, 0i64..50, 0u64..1000, any::<bool>()).prop_map(|(k, id, at, eid, ours)| {
             let mut e = event(k, id, at, eid);
+            if k == "merge" {
+                e.merged_object_ids = vec![id, id % 5 + 1];
+                e.primary_object_id = Some(id % 5 + 1);
+            }
             if ours {
                 e.change_source = Some("INTEGRATION".into());
                 e.source_id = Some(OWN_APP.to_string());
@@ -737,6 +764,20 @@ mod tests {
             // A record is never both an echo and decided otherwise.
             for id in expected.echoed.keys() {
                 prop_assert!(!expected.changed.contains(id) && !expected.deleted.contains(id) && !expected.erased.contains(id));
+            }
+        }
+
+        #[test]
+        fn every_record_to_read_was_marked_by_one_of_its_events(
+            events in proptest::collection::vec(any_event(), 0..30),
+            first in proptest::collection::vec(any::<bool>(), 30),
+        ) {
+            // Whatever subset of a delivery dedupe lets through, the records
+            // its job reads were each marked waiting by one of those events.
+            let kept: Vec<WebhookEvent> = events.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e.clone()).collect();
+            let marked: std::collections::BTreeSet<u64> = kept.iter().filter_map(|e| e.changed_record(Some(OWN_APP))).collect();
+            for id in &coalesce(&kept, Some(OWN_APP)).changed {
+                prop_assert!(marked.contains(id), "record {} is read but was never marked", id);
             }
         }
 

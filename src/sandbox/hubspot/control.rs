@@ -261,7 +261,8 @@ pub async fn user_create(
 ) -> Result<Response, ApiError> {
     let object = object_type(&ot)?;
     let account = account(&sb, portal_id)?;
-    objects::create_as(&sb, &account, user(&q), object, properties(&body)?)
+    let links = objects::inline_associations(object, &parse_body::<Value>(&body)?)?;
+    objects::create_as(&sb, &account, user(&q), object, properties(&body)?, &links)
         .map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
 }
 

@@ -10,10 +10,12 @@
 //! - `model` — records, properties, history, uniqueness, merges, search view
 //! - `gate` — auth, faults and rate limits in front of the CRM API
 //! - `objects`, `search`, `properties`, `oauth` — HubSpot's endpoints
+//! - `associations` — lead ↔ contact edges and the v4 batch read
 //! - `webhooks` — management API and the signed, retrying sender
 //! - `signature` — v1/v2/v3 signing
 //! - `control` — `/_sandbox/...`; `seed` — deterministic data
 
+pub mod associations;
 pub mod control;
 pub mod error;
 pub mod gate;
@@ -376,6 +378,10 @@ impl Sandbox {
             .route(
                 "/crm/v3/properties/{object_type}/{property_name}",
                 get(properties::get_one),
+            )
+            .route(
+                "/crm/v4/associations/{from_object_type}/{to_object_type}/batch/read",
+                post(associations::batch_read),
             )
             .route("/account-info/v3/details", get(oauth::account_details))
             .route(

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::Sandbox;
+use super::associations::{self, AssociationError, AssociationInput};
 use super::error::{ApiError, standard_error};
 use super::gate::Caller;
 use super::model::{Actor, Change, ObjectStore, ObjectType, WriteError, iso_ms};
@@ -245,28 +246,66 @@ pub async fn create(
     let object = object_type(&ot)?;
     let body: Value = parse_body(&body)?;
     let input = properties_input(&body)?;
-    create_as(&sb, &caller.account, caller.actor, object, input)
+    let links = inline_associations(object, &body)?;
+    create_as(&sb, &caller.account, caller.actor, object, input, &links)
         .map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
-/// Creates one record as `actor` (shared with the control API's user actions).
+/// The inline `associations` of a create body. Only leads' are read (a lead
+/// must name its contact); contacts' are accepted and ignored, as the sandbox
+/// models no contact → company/deal edges.
+pub fn inline_associations(
+    object: ObjectType,
+    body: &Value,
+) -> Result<Vec<AssociationInput>, ApiError> {
+    match object {
+        ObjectType::Leads => Ok(associations::parse_inline(body)?),
+        ObjectType::Contacts => Ok(Vec::new()),
+    }
+}
+
+/// Creates one record as `actor` (shared with the control API's user
+/// actions). A lead's `links` must reach a live contact; the edges are
+/// recorded with the lead.
 pub fn create_as(
     sb: &Sandbox,
     account: &Account,
     actor: Actor,
     object: ObjectType,
     input: Map<String, Value>,
+    links: &[AssociationInput],
 ) -> Result<Value, ApiError> {
     let lag = sb.state.index_lag();
     write(sb, account, actor, |data, now, clock| {
         let values = validated(data.store(object), &input)?;
+        let edges = edges_for(data, object, links)?;
         let id = data.allocate_id();
         let store = data.store(object);
         let change = store
             .create(id, values, actor, now, clock, lag)
             .map_err(|e| write_error(object, e))?;
-        Ok((store.objects[&id].to_json(object, &[], &[]), vec![change]))
+        let out = store.objects[&id].to_json(object, &[], &[]);
+        record_edges(data, id, &edges);
+        Ok((out, vec![change]))
     })
+}
+
+/// The checked lead → contact edges of a new record (none for contacts).
+fn edges_for(
+    data: &AccountData,
+    object: ObjectType,
+    links: &[AssociationInput],
+) -> Result<Vec<(u64, u32)>, ApiError> {
+    match object {
+        ObjectType::Leads => Ok(associations::lead_edges(data, links)?),
+        ObjectType::Contacts => Ok(Vec::new()),
+    }
+}
+
+fn record_edges(data: &mut AccountData, lead: u64, edges: &[(u64, u32)]) {
+    for (contact, type_id) in edges {
+        data.associations.associate(lead, *contact, *type_id);
+    }
 }
 
 /// `PATCH /crm/v3/objects/{objectType}/{id}`.
@@ -397,7 +436,8 @@ impl Batch for BatchRead {
     }
 }
 
-fn id_string(v: &Value) -> String {
+/// A JSON id (string or number) as the string HubSpot keys records by.
+pub(super) fn id_string(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -429,8 +469,8 @@ fn no_duplicate_ids<'a>(keys: impl Iterator<Item = &'a Value>) -> Result<(), Api
 const HISTORY_BATCH_LIMIT: usize = 50;
 
 /// The `BatchResponse…` envelope: 200/201 when every input succeeded, 207 with
-/// `numErrors` and `errors[]` otherwise.
-fn batch_response(
+/// `numErrors` and `errors[]` otherwise. Shared with the v4 associations read.
+pub fn batch_response(
     ok_status: StatusCode,
     results: Vec<Value>,
     errors: Vec<Value>,
@@ -452,7 +492,8 @@ fn batch_response(
     }
 }
 
-fn not_found_error(object: ObjectType, action: &str, ids: Vec<String>) -> Value {
+/// The `OBJECT_NOT_FOUND` error of a batch that named missing records.
+pub(super) fn not_found_error(object: ObjectType, action: &str, ids: Vec<String>) -> Value {
     let mut ctx = Map::new();
     ctx.insert("ids".into(), json!(ids));
     standard_error(
@@ -532,22 +573,34 @@ pub async fn batch_create(
     let inputs = req
         .inputs
         .iter()
-        .map(properties_input)
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|input| {
+            Ok((
+                properties_input(input)?,
+                inline_associations(object, input)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let lag = sb.state.index_lag();
     let (results, errors) = write(&sb, &caller.account, caller.actor, |data, now, clock| {
+        // Every input is checked (properties and a lead's contact) before any is created.
         let validated = inputs
             .iter()
-            .map(|input| validated(data.store(object), input))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(input, links)| {
+                Ok((
+                    validated(data.store(object), input)?,
+                    edges_for(data, object, links)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
         let (mut results, mut errors, mut changes) = (vec![], vec![], vec![]);
-        for values in validated {
+        for (values, edges) in validated {
             let id = data.allocate_id();
             let store = data.store(object);
             match store.create(id, values, caller.actor, now, clock, lag) {
                 Ok(change) => {
                     results.push(store.objects[&id].to_json(object, &[], &[]));
                     changes.push(change);
+                    record_edges(data, id, &edges);
                 }
                 Err(e) => errors.push(conflict_item(object, e)),
             }
@@ -644,7 +697,10 @@ pub async fn batch_update(
 
 /// `POST .../batch/upsert`: by `idProperty` (a unique property); creates the
 /// record with that property set to `id` when none holds it. Each result says
-/// whether it is `new`.
+/// whether it is `new`. Upsert inputs carry no `associations` (spec
+/// `SimplePublicObjectBatchInputUpsert`), so a lead it would create could have
+/// no contact: such a request is refused whole with 400 (nothing is written);
+/// upserts that only update existing leads go through.
 pub async fn batch_upsert(
     State(sb): State<Sandbox>,
     Extension(caller): Extension<Caller>,
@@ -674,6 +730,19 @@ pub async fn batch_upsert(
                 id_property,
                 validated(store, &input.properties)?,
             ));
+        }
+        if object == ObjectType::Leads {
+            let store = data.store(object);
+            let would_create: Vec<String> = checked
+                .iter()
+                .filter(|(key, id_property, _)| store.find(key, Some(id_property)).is_none())
+                .map(|(key, _, _)| key.clone())
+                .collect();
+            if !would_create.is_empty() {
+                return Err(
+                    AssociationError::UpsertCannotCreateLead(would_create.join(", ")).into(),
+                );
+            }
         }
         let (mut results, mut errors, mut changes) = (vec![], vec![], vec![]);
         for (key, id_property, mut values) in checked {

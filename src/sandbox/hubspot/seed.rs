@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use super::associations::LEAD_TO_PRIMARY_CONTACT;
 use super::model::{Actor, ObjectType};
 use super::state::{Account, lock, now_ms};
 use crate::sandbox::rng::SplitMix64;
@@ -150,9 +151,27 @@ pub fn lead_values(rng: &mut SplitMix64, n: u64) -> BTreeMap<String, String> {
     v
 }
 
+/// The lead name of a seeded lead for its contact: "First Last (Company) #n".
+fn lead_name(contact: &BTreeMap<String, String>, n: u64) -> String {
+    let get = |k: &str| contact.get(k).map(String::as_str).unwrap_or_default();
+    format!(
+        "{} {} ({}) #{n}",
+        get("firstname"),
+        get("lastname"),
+        get("company")
+    )
+}
+
 /// Adds `contacts` contacts and `leads` leads as a CRM user (an import: no
 /// webhooks, like HubSpot's imports which do not fire per-record events to
 /// every app). Returns the ids created. Search sees them at once.
+///
+/// HubSpot requires every lead to have a contact, so each seeded lead gets a
+/// "Lead to primary contact" (578) edge and its name from that person: lead
+/// `i` goes to the `i mod n`-th contact seeded by this call, and when this
+/// call seeds no contacts, each lead gets a contact of its own (returned with
+/// the contacts). Seeding contacts first keeps the contact count what callers
+/// asked for. Same seed, same data.
 pub fn seed(account: &Account, contacts: u64, leads: u64, seed: u64) -> (Vec<u64>, Vec<u64>) {
     let mut rng = SplitMix64::new(seed);
     let actor = Actor::User { user_id: 1 };
@@ -173,16 +192,50 @@ pub fn seed(account: &Account, contacts: u64, leads: u64, seed: u64) -> (Vec<u64
             contact_ids.push(id);
         }
     }
+    let seeded_contacts = contact_ids.clone();
     let lead_offset = data.leads.objects.len() as u64;
     let mut lead_ids = Vec::with_capacity(leads as usize);
     for n in 0..leads {
-        let values = lead_values(&mut rng, lead_offset + n);
+        let mut values = lead_values(&mut rng, lead_offset + n);
+        let contact = if seeded_contacts.is_empty() {
+            let contact_values = contact_values(&mut rng, data.contacts.objects.len() as u64);
+            let id = data.allocate_id();
+            let created = data
+                .store(ObjectType::Contacts)
+                .create(
+                    id,
+                    contact_values,
+                    actor,
+                    now,
+                    clock,
+                    std::time::Duration::ZERO,
+                )
+                .is_ok();
+            created.then(|| {
+                contact_ids.push(id);
+                id
+            })
+        } else {
+            seeded_contacts
+                .get((n as usize) % seeded_contacts.len())
+                .copied()
+        };
+        // A lead without its contact would break HubSpot's rule: skip it.
+        let Some(contact) = contact else { continue };
+        if let Some(person) = data.contacts.objects.get(&contact) {
+            values.insert(
+                "hs_lead_name".into(),
+                lead_name(&person.values, lead_offset + n),
+            );
+        }
         let id = data.allocate_id();
         if data
             .store(ObjectType::Leads)
             .create(id, values, actor, now, clock, std::time::Duration::ZERO)
             .is_ok()
         {
+            data.associations
+                .associate(id, contact, LEAD_TO_PRIMARY_CONTACT);
             lead_ids.push(id);
         }
     }

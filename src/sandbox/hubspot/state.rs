@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::associations::Associations;
 use super::model::{ObjectStore, ObjectType};
 use crate::sandbox::faults::Faults;
 use crate::sandbox::window::RollingWindow;
@@ -133,6 +134,8 @@ pub struct AccountData {
     pub contacts: ObjectStore,
     /// Leads.
     pub leads: ObjectStore,
+    /// Lead ↔ contact edges: HubSpot requires every lead to have a contact.
+    pub associations: Associations,
 }
 
 impl AccountData {
@@ -141,6 +144,7 @@ impl AccountData {
             next_id: 1000 + (portal_id % 1000) * 1_000_000,
             contacts: ObjectStore::new(ObjectType::Contacts),
             leads: ObjectStore::new(ObjectType::Leads),
+            associations: Associations::default(),
         }
     }
 
