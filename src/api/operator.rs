@@ -113,11 +113,21 @@ fn objects(mappings: Vec<ObjectMapping>) -> Result<Vec<ObjectMapping>, Problem> 
         return Err(bad("objects must name at least one CRM object"));
     }
     let mut seen: Vec<CrmObject> = Vec::new();
+    let mut kinds = Vec::new();
     for m in &mappings {
         if seen.contains(&m.crm_object) {
             return Err(bad(format!("{} is mapped twice", m.crm_object)));
         }
+        // One platform kind fed by two CRM objects would make each person
+        // two platform records.
+        if kinds.contains(&m.record_kind) {
+            return Err(bad(format!(
+                "platform {} is mapped from two CRM objects; map it from one",
+                m.record_kind
+            )));
+        }
         seen.push(m.crm_object);
+        kinds.push(m.record_kind);
     }
     Ok(mappings)
 }

@@ -266,11 +266,9 @@ async fn pull(
                 after.as_deref(),
                 limit
             ))?;
-            seen += u32::try_from(page.records.len()).unwrap_or(u32::MAX);
-            let last = page
-                .records
-                .last()
-                .map(|r| (r.modified_at, r.crm_id.clone()));
+            seen += u32::try_from(page.scanned).unwrap_or(u32::MAX);
+            // The feed's own position (a lead's, not its contact's time).
+            let last = page.last_position.clone();
             let write = page_write(
                 page.records,
                 last.clone().map(|(modified_at, crm_id)| Cursor {

@@ -111,10 +111,16 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         .webhook_job_started(job.connection, job.object)
         .await?;
     let connection = deps.store.connection(job.tenant, job.connection).await?;
-    let Some(kind) = connection.settings.kind_of(job.object) else {
+    let direct = connection.settings.kind_of(job.object);
+    // A HubSpot lead's person lives on its contact: where leads are synced,
+    // a contact's change is a change of its leads.
+    let via_contacts = (job.object == CrmObject::Contacts)
+        .then(|| connection.settings.kind_of(CrmObject::Leads))
+        .flatten();
+    if direct.is_none() && via_contacts.is_none() {
         // Events for an object this connection does not sync: nothing to do.
         return Ok(());
-    };
+    }
     let strategy = connection.settings.strategy;
     // Per-field change times decide `newest_wins`; other strategies need none.
     let with_history = strategy == crate::sync::ConflictStrategy::NewestWins;
@@ -122,22 +128,31 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     let mut session = Session::open(deps, connection).await?;
     let account = session.account().to_string();
     let store = &deps.store;
-    for (from, to) in &job.merged {
+    let direct_events: &[(CrmId, CrmId)] = if direct.is_some() { &job.merged } else { &[] };
+    for (from, to) in direct_events {
         store
             .remap_link(job.tenant, job.connection, job.object, from, to)
             .await?;
     }
-    store
-        .erase_linked_records(job.tenant, job.connection, job.object, &job.erased)
-        .await?;
-    store
-        .tombstone_links(job.tenant, job.connection, job.object, &job.deleted)
-        .await?;
+    if direct.is_some() {
+        store
+            .erase_linked_records(job.tenant, job.connection, job.object, &job.erased)
+            .await?;
+        store
+            .tombstone_links(job.tenant, job.connection, job.object, &job.deleted)
+            .await?;
+    }
     // Our own writes come back: only those whose push is not booked yet
     // (the echo outran the booking, or another tenant wrote) need a read.
-    let unbooked = store
-        .unbooked_writes(job.tenant, job.connection, job.object, &job.echoed)
-        .await?;
+    // (A lead's contact is written by our push of the lead only: its echo
+    // is skipped by the change source alone.)
+    let unbooked = if direct.is_some() {
+        store
+            .unbooked_writes(job.tenant, job.connection, job.object, &job.echoed)
+            .await?
+    } else {
+        Vec::new()
+    };
     crate::telemetry::record_echoes(provider, job.echoed.len() - unbooked.len());
     // Our own changed records still waiting, and others' waiting with them:
     // one read serves many deliveries (see `queue::pending`). Nothing of ours
@@ -178,6 +193,30 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         .await?;
     let mut pushes = 0;
     let outcome = async {
+        if let Some(kind) = via_contacts {
+            let changed: Vec<CrmId> = claim
+                .ids
+                .iter()
+                .filter(|id| job.changed.contains(id) || !job.echoed.iter().any(|(e, _)| e == *id))
+                .cloned()
+                .collect();
+            pushes += leads_of_changed_contacts(
+                job,
+                deps,
+                &mut session,
+                LeadsWrite {
+                    kind,
+                    run: run.id,
+                    with_history,
+                    strategy,
+                },
+                &changed,
+            )
+            .await?;
+        }
+        let Some(kind) = direct else {
+            return Ok(());
+        };
         for ids in claim.ids.chunks(BATCH) {
             let records = crate::with_auth!(session, deps, |token| deps.hubspot.batch_read(
                 &account,
@@ -252,4 +291,65 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         }
     }
     outcome
+}
+
+/// How the leads a contact change touches are written.
+struct LeadsWrite {
+    kind: crate::domain::RecordKind,
+    run: crate::domain::RunId,
+    with_history: bool,
+    strategy: crate::sync::ConflictStrategy,
+}
+
+/// Reads the leads of changed contacts (each with its primary contact) and
+/// applies them like any lead change. Returns pushes queued.
+async fn leads_of_changed_contacts(
+    job: &ProcessWebhookJob,
+    deps: &Deps,
+    session: &mut Session,
+    write: LeadsWrite,
+    contacts: &[CrmId],
+) -> Result<i64, JobError> {
+    if contacts.is_empty() {
+        return Ok(0);
+    }
+    let account = session.account().to_string();
+    let leads = crate::with_auth!(session, deps, |token| deps
+        .hubspot
+        .leads_of_contacts(&account, token, contacts))?;
+    let mut pushes = 0;
+    let batch = if write.with_history {
+        HISTORY_BATCH
+    } else {
+        BATCH
+    };
+    for ids in leads.chunks(batch) {
+        let records = crate::with_auth!(session, deps, |token| deps.hubspot.batch_read(
+            &account,
+            token,
+            CrmObject::Leads,
+            ids,
+            write.with_history,
+            None
+        ))?;
+        let page = PageWrite {
+            tenant: job.tenant,
+            connection: job.connection,
+            provider: session.connection.provider,
+            object: CrmObject::Leads,
+            kind: write.kind,
+            strategy: write.strategy,
+            items: records,
+            run: write.run,
+            page_number: None,
+            next_page_token: None,
+            finishes_run: false,
+            queue_pushes: true,
+            cursor: None,
+        };
+        let applied = deps.store.apply_page(&page).await?;
+        pushes += applied.as_ref().map_or(0, |o| o.pushes);
+        crate::telemetry::record_page("process_webhook", applied.map(|o| o.counts));
+    }
+    Ok(pushes)
 }

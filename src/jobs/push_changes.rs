@@ -339,7 +339,7 @@ impl Push<'_> {
             .map(|t| {
                 (
                     t.crm_id.clone(),
-                    mapping::patch_properties(&t.current, &t.target),
+                    mapping::patch_properties(object, &t.current, &t.target),
                 )
             })
             .filter(|(_, patch)| !patch.is_empty())
@@ -369,8 +369,8 @@ impl Push<'_> {
                 outbox_ids: pending.outbox_ids.clone(),
                 record: t.record,
                 crm_id: t.crm_id.clone(),
-                pushed: mapping::round_trip(&t.target),
-                base: base_after_push(t),
+                pushed: mapping::round_trip(object, &t.target),
+                base: base_after_push(object, t),
                 version: t.version,
             });
         }
@@ -378,7 +378,7 @@ impl Push<'_> {
             .iter()
             .filter(|(_, p)| p.crm_id.is_none())
             .map(|(record, p)| {
-                let mut properties = mapping::to_properties(&p.fields);
+                let mut properties = mapping::to_properties(object, &p.fields);
                 properties.insert(mapping::SOURCE_SYSTEM_PROPERTY.into(), "platform".into());
                 (record.to_string(), properties)
             })
@@ -396,7 +396,7 @@ impl Push<'_> {
             let Some(crm_id) = crm_ids.get(&record.to_string()) else {
                 continue;
             };
-            let written = mapping::round_trip(&p.fields);
+            let written = mapping::round_trip(object, &p.fields);
             pushed.push(PushedRecord {
                 outbox_ids: p.outbox_ids.clone(),
                 record: *record,
@@ -419,8 +419,8 @@ impl Push<'_> {
 /// The link's base after a push: what the CRM now holds, except fields held
 /// in a `manual` conflict, which keep the base they had (so the conflict is
 /// still seen as one until an operator resolves it).
-fn base_after_push(t: &PushTarget) -> RecordFields {
-    let mut base = mapping::round_trip(&t.target);
+fn base_after_push(object: CrmObject, t: &PushTarget) -> RecordFields {
+    let mut base = mapping::round_trip(object, &t.target);
     for field in CanonicalField::ALL {
         if t.base.get(field) != t.target.get(field) {
             base.set(field, t.base.get(field).unwrap_or(""));

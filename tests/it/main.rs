@@ -21,6 +21,7 @@ mod cli;
 mod connections;
 mod convergence;
 mod hubspot_client;
+mod hubspot_leads;
 mod push;
 mod scheduler;
 mod store_security;

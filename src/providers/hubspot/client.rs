@@ -23,6 +23,14 @@ pub struct Page {
     pub records: Vec<Incoming>,
     /// The token for the next page; `None` at the end.
     pub next: Option<String>,
+    /// Where the page ends in the feed it was read from: the last record's
+    /// own modified time and id, as the search sorted it. (A lead read with
+    /// its contact may count as modified later than its place in the leads
+    /// feed; a cursor must follow the feed.)
+    pub last_position: Option<(DateTime<Utc>, CrmId)>,
+    /// How many records the CRM returned (leads without a contact are read
+    /// but left out of `records`).
+    pub scanned: usize,
 }
 
 /// A search for records changed in a window, ascending by modified time
@@ -73,6 +81,18 @@ const BATCH: usize = 100;
 /// …and 50 when property history is asked for.
 const HISTORY_BATCH: usize = 50;
 
+/// What [`HubspotClient::read_objects`] reads.
+pub(super) struct ReadSpec<'a> {
+    /// Record ids, or values of `id_property`.
+    pub keys: &'a [String],
+    /// A unique property the keys are values of.
+    pub id_property: Option<&'a str>,
+    /// Properties to return.
+    pub properties: &'a [&'a str],
+    /// Properties whose history to return (50 records per call then).
+    pub history: &'a [&'a str],
+}
+
 #[derive(Deserialize)]
 struct ListBody {
     #[serde(default)]
@@ -110,7 +130,7 @@ impl HubspotClient {
         format!("{}{path}", self.settings.api_base_url.trim_end_matches('/'))
     }
 
-    fn burst_budget(&self, portal: &str) -> Arc<Budget> {
+    pub(super) fn burst_budget(&self, portal: &str) -> Arc<Budget> {
         let limit = WindowLimit {
             requests: self.settings.requests_per_10s,
             window: Duration::from_secs(10),
@@ -175,7 +195,7 @@ impl HubspotClient {
             .query(&query)
             .bearer_auth(token.expose_secret());
         let body: ListBody = send(request, Some(&self.burst_budget(portal))).await?;
-        page(object, body)
+        self.page(portal, token, object, body).await
     }
 
     /// One page of records changed per `query`, from offset `after`.
@@ -221,7 +241,7 @@ impl HubspotClient {
             .bearer_auth(token.expose_secret())
             .json(&body);
         let body: ListBody = send(request, Some(&self.search_budget(portal))).await?;
-        page(object, body)
+        self.page(portal, token, object, body).await
     }
 
     /// Waits for a slot of the account's request budget for one batch read,
@@ -245,16 +265,58 @@ impl HubspotClient {
         with_history: bool,
         reserved: Option<ReservedRead>,
     ) -> Result<Vec<Incoming>, ProviderError> {
-        let chunk = if with_history { HISTORY_BATCH } else { BATCH };
-        let mut records = Vec::with_capacity(ids.len());
-        let mut paid = reserved.is_some();
-        for ids in ids.chunks(chunk) {
+        let keys: Vec<String> = ids.iter().map(|id| id.as_str().to_string()).collect();
+        let history = if with_history {
+            mapping::field_properties(object)
+        } else {
+            Vec::new()
+        };
+        let read = ReadSpec {
+            keys: &keys,
+            id_property: None,
+            properties: &mapping::properties(object),
+            history: &history,
+        };
+        let raw = self
+            .read_objects(portal, token, object, read, reserved.is_some())
+            .await?;
+        match object {
+            CrmObject::Contacts => raw
+                .into_iter()
+                .map(|o| mapping::to_incoming(object, o))
+                .collect(),
+            CrmObject::Leads => self.with_contacts(portal, token, raw, with_history).await,
+        }
+    }
+
+    /// Reads records of `object` by id (or by a unique `id_property`) with
+    /// the given properties and, optionally, their history; `paid` when a
+    /// reserved budget slot pays for the first call. Missing keys are left
+    /// out.
+    pub(super) async fn read_objects(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        read: ReadSpec<'_>,
+        mut paid: bool,
+    ) -> Result<Vec<HsObject>, ProviderError> {
+        let chunk = if read.history.is_empty() {
+            BATCH
+        } else {
+            HISTORY_BATCH
+        };
+        let mut out = Vec::with_capacity(read.keys.len());
+        for keys in read.keys.chunks(chunk) {
             let mut body = json!({
-                "inputs": ids.iter().map(|id| json!({"id": id.as_str()})).collect::<Vec<_>>(),
-                "properties": mapping::properties(object),
+                "inputs": keys.iter().map(|k| json!({"id": k})).collect::<Vec<_>>(),
+                "properties": read.properties,
             });
-            if with_history {
-                body["propertiesWithHistory"] = json!(mapping::field_properties());
+            if let Some(id_property) = read.id_property {
+                body["idProperty"] = json!(id_property);
+            }
+            if !read.history.is_empty() {
+                body["propertiesWithHistory"] = json!(read.history);
             }
             let request = self
                 .http
@@ -268,10 +330,10 @@ impl HubspotClient {
             } else {
                 Some(&*budget)
             };
-            let body: ListBody = send(request, budget).await?;
-            records.extend(page(object, body)?.records);
+            let reply: ListBody = send(request, budget).await?;
+            out.extend(reply.results);
         }
-        Ok(records)
+        Ok(out)
     }
 
     /// Archives records by CRM id, up to 100 per call (a platform delete).
@@ -301,19 +363,43 @@ impl HubspotClient {
     }
 
     /// Creates crmsync's properties on `object` if they are missing: the
-    /// unique `crmsync_record_id` (the upsert key) and `crmsync_source_system`.
+    /// unique `crmsync_record_id` (the upsert key) and `crmsync_source_system`
+    /// — and, for leads, the contact's unique `crmsync_lead_record_id`.
     pub async fn ensure_properties(
         &self,
         portal: &str,
         token: &SecretString,
         object: CrmObject,
     ) -> Result<(), ProviderError> {
-        for (name, label, unique) in [
-            (mapping::RECORD_ID_PROPERTY, "crmsync record id", true),
-            (mapping::SOURCE_SYSTEM_PROPERTY, "Source system", false),
-        ] {
+        let mut wanted = vec![
+            (
+                object,
+                mapping::RECORD_ID_PROPERTY,
+                "crmsync record id",
+                true,
+            ),
+            (
+                object,
+                mapping::SOURCE_SYSTEM_PROPERTY,
+                "Source system",
+                false,
+            ),
+        ];
+        if object == CrmObject::Leads {
+            wanted.push((
+                CrmObject::Contacts,
+                mapping::LEAD_CONTACT_KEY_PROPERTY,
+                "crmsync lead record id",
+                true,
+            ));
+        }
+        for (object, name, label, unique) in wanted {
+            let group = match object {
+                CrmObject::Contacts => "contactinformation",
+                CrmObject::Leads => "lead_information",
+            };
             let body = json!({
-                "name": name, "label": label, "groupName": "contactinformation", "type": "string",
+                "name": name, "label": label, "groupName": group, "type": "string",
                 "fieldType": "text", "hasUniqueValue": unique, "formField": false,
                 "description": "Set by crmsync",
             });
@@ -342,6 +428,9 @@ impl HubspotClient {
         object: CrmObject,
         inputs: &[(String, serde_json::Map<String, Value>)],
     ) -> Result<Vec<(String, CrmId)>, ProviderError> {
+        if object == CrmObject::Leads {
+            return self.create_leads(portal, token, inputs).await;
+        }
         let body = json!({"inputs": inputs.iter().map(|(our_id, properties)| json!({
             "idProperty": mapping::RECORD_ID_PROPERTY, "id": our_id, "properties": properties,
         })).collect::<Vec<_>>()});
@@ -400,7 +489,8 @@ impl HubspotClient {
             .collect())
     }
 
-    /// Patches records that are already linked, by CRM id.
+    /// Patches records that are already linked, by CRM id (a lead's person
+    /// lands on its contact).
     pub async fn batch_update(
         &self,
         portal: &str,
@@ -408,15 +498,30 @@ impl HubspotClient {
         object: CrmObject,
         inputs: &[(CrmId, serde_json::Map<String, Value>)],
     ) -> Result<(), ProviderError> {
-        let body = json!({"inputs": inputs.iter().map(|(id, properties)| json!({"id": id.as_str(), "properties": properties})).collect::<Vec<_>>()});
-        let request = self
-            .http
-            .post(self.url(&format!("/crm/v3/objects/{}/batch/update", object.as_str())))
-            .bearer_auth(token.expose_secret())
-            .json(&body);
-        send::<Value>(request, Some(&self.burst_budget(portal)))
-            .await
-            .map(|_| ())
+        match object {
+            CrmObject::Contacts => self.update_objects(portal, token, object, inputs).await,
+            CrmObject::Leads => self.update_leads(portal, token, inputs).await,
+        }
+    }
+
+    /// `batch/update` of `object`, 100 per call.
+    pub(super) async fn update_objects(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        inputs: &[(CrmId, serde_json::Map<String, Value>)],
+    ) -> Result<(), ProviderError> {
+        for inputs in inputs.chunks(BATCH) {
+            let body = json!({"inputs": inputs.iter().map(|(id, properties)| json!({"id": id.as_str(), "properties": properties})).collect::<Vec<_>>()});
+            let request = self
+                .http
+                .post(self.url(&format!("/crm/v3/objects/{}/batch/update", object.as_str())))
+                .bearer_auth(token.expose_secret())
+                .json(&body);
+            send::<Value>(request, Some(&self.burst_budget(portal))).await?;
+        }
+        Ok(())
     }
 
     /// Exchanges a refresh token (OAuth v3 token endpoint).
@@ -471,14 +576,44 @@ impl HubspotClient {
     }
 }
 
-fn page(object: CrmObject, body: ListBody) -> Result<Page, ProviderError> {
-    let records = body
-        .results
-        .into_iter()
-        .map(|o| mapping::to_incoming(object, o))
-        .collect::<Result<Vec<_>, _>>()?;
-    let next = body.paging.and_then(|p| p.next).map(|n| n.after);
-    Ok(Page { records, next })
+impl HubspotClient {
+    /// Maps a list or search reply (leads with their contacts).
+    async fn page(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        object: CrmObject,
+        body: ListBody,
+    ) -> Result<Page, ProviderError> {
+        let next = body.paging.and_then(|p| p.next).map(|n| n.after);
+        let scanned = body.results.len();
+        let last_position = body.results.last().and_then(|o| {
+            let at = o
+                .properties
+                .get(mapping::modified_property(object))
+                .and_then(|v| v.as_deref())
+                .or(o.updated_at.as_deref())
+                .and_then(mapping::parse_time)?;
+            Some((at, CrmId(o.id.clone())))
+        });
+        let records = match object {
+            CrmObject::Contacts => body
+                .results
+                .into_iter()
+                .map(|o| mapping::to_incoming(object, o))
+                .collect::<Result<Vec<_>, _>>()?,
+            CrmObject::Leads => {
+                self.with_contacts(portal, token, body.results, false)
+                    .await?
+            }
+        };
+        Ok(Page {
+            records,
+            next,
+            last_position,
+            scanned,
+        })
+    }
 }
 
 /// Sends with a short in-process retry for flaky answers (5xx, timeouts,

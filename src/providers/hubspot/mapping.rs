@@ -32,7 +32,8 @@ pub struct HistoryEntry {
     pub timestamp: String,
 }
 
-const FIELDS: &[(CanonicalField, &str)] = &[
+/// Where each canonical field lives on a HubSpot contact.
+const CONTACT_FIELDS: &[(CanonicalField, &str)] = &[
     (CanonicalField::Email, "email"),
     (CanonicalField::FirstName, "firstname"),
     (CanonicalField::LastName, "lastname"),
@@ -41,6 +42,39 @@ const FIELDS: &[(CanonicalField, &str)] = &[
     (CanonicalField::Phone, "phone"),
     (CanonicalField::Status, "hs_lead_status"),
 ];
+
+/// A platform lead mapped to HubSpot's Leads object is the lead *and* its
+/// primary contact: HubSpot keeps the person (email, names, company, job
+/// title, phone) on the contact, and the lead holds its pipeline stage.
+/// The person properties here are the contact's; the client reads and
+/// writes them there (see `leads.rs`).
+const LEAD_FIELDS: &[(CanonicalField, &str)] = &[
+    (CanonicalField::Email, "email"),
+    (CanonicalField::FirstName, "firstname"),
+    (CanonicalField::LastName, "lastname"),
+    (CanonicalField::Company, "company"),
+    (CanonicalField::JobTitle, "jobtitle"),
+    (CanonicalField::Phone, "phone"),
+    (CanonicalField::Status, LEAD_STAGE_PROPERTY),
+];
+
+/// The lead's pipeline stage: the platform's status.
+pub const LEAD_STAGE_PROPERTY: &str = "hs_pipeline_stage";
+/// The lead's display name, which HubSpot requires on create: derived from
+/// the person, written, never read back (it is not a platform field).
+pub const LEAD_NAME_PROPERTY: &str = "hs_lead_name";
+/// On a contact crmsync created for a platform lead that had no email: the
+/// platform record id, unique, so that a retried create finds the contact
+/// instead of making a second one. (A contact with an email is upserted by
+/// its email, which HubSpot keeps unique.)
+pub const LEAD_CONTACT_KEY_PROPERTY: &str = "crmsync_lead_record_id";
+
+fn fields_of(object: CrmObject) -> &'static [(CanonicalField, &'static str)] {
+    match object {
+        CrmObject::Contacts => CONTACT_FIELDS,
+        CrmObject::Leads => LEAD_FIELDS,
+    }
+}
 
 /// The property that search filters and sorts on for changes: contacts use
 /// `lastmodifieddate`, every other object `hs_lastmodifieddate`.
@@ -51,28 +85,112 @@ pub fn modified_property(object: CrmObject) -> &'static str {
     }
 }
 
-/// The mapped properties whose history `newest_wins` reads.
-pub fn field_properties() -> Vec<&'static str> {
-    FIELDS.iter().map(|(_, p)| *p).collect()
+/// The mapped properties *on `object` itself* whose history `newest_wins`
+/// reads and whose changes the webhooks subscribe to. For leads that is the
+/// stage only; the person's properties are the contact's
+/// ([`lead_person_properties`]).
+pub fn field_properties(object: CrmObject) -> Vec<&'static str> {
+    match object {
+        CrmObject::Contacts => CONTACT_FIELDS.iter().map(|(_, p)| *p).collect(),
+        CrmObject::Leads => vec![LEAD_STAGE_PROPERTY],
+    }
 }
 
-/// The properties to request for `object`.
+/// The contact properties that hold a lead's person.
+pub fn lead_person_properties() -> Vec<&'static str> {
+    LEAD_FIELDS
+        .iter()
+        .map(|(_, p)| *p)
+        .filter(|p| *p != LEAD_STAGE_PROPERTY)
+        .collect()
+}
+
+/// The properties to request for `object` (for leads: the lead's own; the
+/// contact's are [`lead_person_properties`]).
 pub fn properties(object: CrmObject) -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = FIELDS.iter().map(|(_, p)| *p).collect();
+    let mut names = field_properties(object);
     names.push(modified_property(object));
     names.push("hs_object_id");
     names.push(RECORD_ID_PROPERTY);
     names
 }
 
-/// HubSpot lead status → platform status; values with no platform meaning
-/// are left out rather than guessed.
-fn status_from_hubspot(value: &str) -> Option<&'static str> {
-    match value {
-        "NEW" => Some("new"),
-        "ATTEMPTED_TO_CONTACT" | "CONNECTED" => Some("contacted"),
-        "OPEN_DEAL" => Some("qualified"),
-        "UNQUALIFIED" => Some("unqualified"),
+/// Splits a lead's properties to write into (the lead's, the contact's).
+pub fn split_lead_properties(
+    properties: serde_json::Map<String, serde_json::Value>,
+) -> (
+    serde_json::Map<String, serde_json::Value>,
+    serde_json::Map<String, serde_json::Value>,
+) {
+    properties.into_iter().partition(|(name, _)| {
+        [
+            LEAD_STAGE_PROPERTY,
+            LEAD_NAME_PROPERTY,
+            RECORD_ID_PROPERTY,
+            SOURCE_SYSTEM_PROPERTY,
+        ]
+        .contains(&name.as_str())
+    })
+}
+
+/// Folds a lead's primary contact into the lead as HubSpot returned it, so
+/// that [`to_incoming`] maps one object: the person's properties and their
+/// history come from the contact, and the record counts as modified when
+/// either was.
+pub fn fold_contact_into_lead(lead: &mut HsObject, contact: HsObject) {
+    let HsObject {
+        mut properties,
+        mut properties_with_history,
+        updated_at,
+        ..
+    } = contact;
+    for name in lead_person_properties() {
+        let value = properties.remove(name).flatten();
+        lead.properties.insert(name.to_string(), value);
+        match properties_with_history.remove(name) {
+            Some(history) => {
+                lead.properties_with_history
+                    .insert(name.to_string(), history);
+            }
+            None => {
+                lead.properties_with_history.remove(name);
+            }
+        }
+    }
+    let contact_modified = properties
+        .get(modified_property(CrmObject::Contacts))
+        .and_then(|v| v.as_deref())
+        .or(updated_at.as_deref())
+        .and_then(parse_time);
+    let lead_property = modified_property(CrmObject::Leads);
+    let lead_modified = lead
+        .properties
+        .get(lead_property)
+        .and_then(|v| v.as_deref())
+        .or(lead.updated_at.as_deref())
+        .and_then(parse_time);
+    if let Some(latest) = contact_modified.max(lead_modified) {
+        lead.properties.insert(
+            lead_property.to_string(),
+            Some(latest.timestamp_millis().to_string()),
+        );
+    }
+}
+
+/// HubSpot status → platform status; values with no platform meaning are
+/// left out rather than guessed. Contacts carry `hs_lead_status`; leads
+/// their stage in HubSpot's default lead pipeline.
+fn status_from_hubspot(object: CrmObject, value: &str) -> Option<&'static str> {
+    match (object, value) {
+        (CrmObject::Contacts, "NEW") | (CrmObject::Leads, "new-stage-id") => Some("new"),
+        (CrmObject::Contacts, "ATTEMPTED_TO_CONTACT" | "CONNECTED")
+        | (CrmObject::Leads, "attempting-stage-id" | "connected-stage-id") => Some("contacted"),
+        (CrmObject::Contacts, "OPEN_DEAL") | (CrmObject::Leads, "qualified-stage-id") => {
+            Some("qualified")
+        }
+        (CrmObject::Contacts, "UNQUALIFIED") | (CrmObject::Leads, "unqualified-stage-id") => {
+            Some("unqualified")
+        }
         _ => None,
     }
 }
@@ -92,30 +210,62 @@ pub const RECORD_ID_PROPERTY: &str = "crmsync_record_id";
 /// Marks where a record originated (`platform` | `crm`), for CRM users.
 pub const SOURCE_SYSTEM_PROPERTY: &str = "crmsync_source_system";
 
-fn status_to_hubspot(value: &str) -> Option<&'static str> {
-    match value {
-        "new" => Some("NEW"),
-        "contacted" => Some("ATTEMPTED_TO_CONTACT"),
-        "qualified" => Some("OPEN_DEAL"),
-        "unqualified" => Some("UNQUALIFIED"),
+fn status_to_hubspot(object: CrmObject, value: &str) -> Option<&'static str> {
+    match (object, value) {
+        (CrmObject::Contacts, "new") => Some("NEW"),
+        (CrmObject::Contacts, "contacted") => Some("ATTEMPTED_TO_CONTACT"),
+        (CrmObject::Contacts, "qualified") => Some("OPEN_DEAL"),
+        (CrmObject::Contacts, "unqualified") => Some("UNQUALIFIED"),
+        (CrmObject::Leads, "new") => Some("new-stage-id"),
+        (CrmObject::Leads, "contacted") => Some("attempting-stage-id"),
+        (CrmObject::Leads, "qualified") => Some("qualified-stage-id"),
+        (CrmObject::Leads, "unqualified") => Some("unqualified-stage-id"),
         _ => None,
     }
 }
 
+/// A lead's name as HubSpot shows it: the person's name, else the email.
+fn lead_name(fields: &RecordFields) -> String {
+    let name = [CanonicalField::FirstName, CanonicalField::LastName]
+        .iter()
+        .filter_map(|f| fields.get(*f))
+        .filter(|v| !v.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if !name.is_empty() {
+        return name;
+    }
+    fields
+        .get(CanonicalField::Email)
+        .filter(|e| !e.is_empty())
+        .map_or_else(|| "Lead".to_string(), str::to_string)
+}
+
 /// Canonical fields → HubSpot properties to write. Absent fields are written
-/// empty (which clears them), so the CRM ends up holding exactly `fields`.
-pub fn to_properties(fields: &RecordFields) -> serde_json::Map<String, serde_json::Value> {
+/// empty (which clears them), so the CRM ends up holding exactly `fields` —
+/// except a lead's stage: every HubSpot lead has one, so an absent status
+/// leaves it as it is.
+pub fn to_properties(
+    object: CrmObject,
+    fields: &RecordFields,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
-    for (field, property) in FIELDS {
+    for (field, property) in fields_of(object) {
         let value = match (field, fields.get(*field)) {
-            (CanonicalField::Status, Some(v)) => status_to_hubspot(v).unwrap_or(""),
+            (CanonicalField::Status, Some(v)) => status_to_hubspot(object, v).unwrap_or(""),
             (_, Some(v)) => v,
             (_, None) => "",
         };
+        if object == CrmObject::Leads && *field == CanonicalField::Status && value.is_empty() {
+            continue;
+        }
         out.insert(
             (*property).to_string(),
             serde_json::Value::String(value.to_string()),
         );
+    }
+    if object == CrmObject::Leads {
+        out.insert(LEAD_NAME_PROPERTY.into(), lead_name(fields).into());
     }
     out
 }
@@ -125,11 +275,12 @@ pub fn to_properties(fields: &RecordFields) -> serde_json::Map<String, serde_jso
 /// rewrites a field it does not change, so a concurrent CRM edit of another
 /// field survives.
 pub fn patch_properties(
+    object: CrmObject,
     current: &RecordFields,
     target: &RecordFields,
 ) -> serde_json::Map<String, serde_json::Value> {
-    let now = to_properties(current);
-    to_properties(target)
+    let now = to_properties(object, current);
+    to_properties(object, target)
         .into_iter()
         .filter(|(name, value)| now.get(name) != Some(value))
         .collect()
@@ -138,20 +289,19 @@ pub fn patch_properties(
 /// What the CRM will hold after [`to_properties`], read back as canonical
 /// fields: the pushed fingerprint is taken over this, so our own write is
 /// recognised when it comes back.
-pub fn round_trip(fields: &RecordFields) -> RecordFields {
+pub fn round_trip(object: CrmObject, fields: &RecordFields) -> RecordFields {
+    let written = to_properties(object, fields);
     let mut out = RecordFields::new();
-    for (property_field, property) in FIELDS {
-        let written = to_properties(fields);
-        let value = written
-            .get(*property)
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
-        if *property_field == CanonicalField::Status {
-            if let Some(status) = status_from_hubspot(value) {
-                out.set(*property_field, status);
+    for (field, property) in fields_of(object) {
+        let Some(value) = written.get(*property).and_then(|v| v.as_str()) else {
+            continue;
+        };
+        if *field == CanonicalField::Status {
+            if let Some(status) = status_from_hubspot(object, value) {
+                out.set(*field, status);
             }
         } else {
-            out.set(*property_field, value);
+            out.set(*field, value);
         }
     }
     out
@@ -160,10 +310,10 @@ pub fn round_trip(fields: &RecordFields) -> RecordFields {
 /// Maps one HubSpot object to an [`Incoming`] record.
 pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, ProviderError> {
     let mut fields = RecordFields::new();
-    for (field, property) in FIELDS {
+    for (field, property) in fields_of(object) {
         if let Some(Some(value)) = raw.properties.get(*property) {
             if *field == CanonicalField::Status {
-                if let Some(status) = status_from_hubspot(value) {
+                if let Some(status) = status_from_hubspot(object, value) {
                     fields.set(*field, status);
                 }
             } else {
@@ -189,7 +339,7 @@ pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, Provide
         .and_then(|v| v.as_deref())
         .and_then(|v| v.parse().ok());
     let mut field_times = crate::sync::FieldTimes::new();
-    for (field, property) in FIELDS {
+    for (field, property) in fields_of(object) {
         let latest = raw
             .properties_with_history
             .get(*property)
@@ -277,29 +427,110 @@ mod tests {
         assert!(to_incoming(CrmObject::Contacts, raw).is_err());
     }
 
+    /// A contact's properties as HubSpot would hold them after a write.
+    fn written_object(
+        object: CrmObject,
+        props: serde_json::Map<String, serde_json::Value>,
+    ) -> HsObject {
+        let mut echoed = props;
+        echoed.insert(
+            modified_property(object).into(),
+            json!("2026-11-20T10:00:00Z"),
+        );
+        serde_json::from_value(json!({"id": "1", "properties": echoed}))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     proptest::proptest! {
         #[test]
         fn a_pushed_record_reads_back_as_what_was_pushed(
             name in "[A-Za-z ]{0,12}", email in "[a-z]{1,8}@[a-z]{1,8}\\.io",
             status in proptest::sample::select(vec!["new", "contacted", "qualified", "unqualified", ""]),
+            leads in proptest::bool::ANY,
         ) {
+            let object = if leads { CrmObject::Leads } else { CrmObject::Contacts };
             let fields = RecordFields::new()
                 .with(CanonicalField::Email, &email)
                 .with(CanonicalField::FirstName, &name)
                 .with(CanonicalField::Status, status);
             // Read back through the inbound mapping, the values are the same:
-            // the fingerprint of our write matches its echo.
-            let props = to_properties(&fields);
-            let mut echoed = serde_json::Map::new();
-            for (k, v) in props {
-                echoed.insert(k, v);
-            }
-            echoed.insert("lastmodifieddate".into(), json!("2026-11-20T10:00:00Z"));
-            let raw: HsObject = serde_json::from_value(json!({"id": "1", "properties": echoed})).unwrap_or_else(|e| panic!("{e}"));
-            let back = to_incoming(CrmObject::Contacts, raw).unwrap_or_else(|e| panic!("{e}"));
+            // the fingerprint of our write matches its echo. A lead's write
+            // lands on two objects, read back folded into one.
+            let props = to_properties(object, &fields);
+            let raw = if leads {
+                let (lead, person) = split_lead_properties(props);
+                let mut raw = written_object(CrmObject::Leads, lead);
+                fold_contact_into_lead(&mut raw, written_object(CrmObject::Contacts, person));
+                raw
+            } else {
+                written_object(object, props)
+            };
+            let back = to_incoming(object, raw).unwrap_or_else(|e| panic!("{e}"));
             proptest::prop_assert_eq!(&back.fields, &fields);
-            proptest::prop_assert_eq!(round_trip(&fields).fingerprint(), back.fields.fingerprint());
+            proptest::prop_assert_eq!(round_trip(object, &fields).fingerprint(), back.fields.fingerprint());
         }
+    }
+
+    #[test]
+    fn a_lead_takes_its_person_from_the_contact_and_its_status_from_the_stage() {
+        let mut lead: HsObject = serde_json::from_value(json!({
+            "id": "900",
+            "properties": {
+                "hs_pipeline_stage": "connected-stage-id", "hs_lead_name": "Old name",
+                "hs_lastmodifieddate": "2026-11-20T10:00:00Z", "crmsync_record_id": null
+            },
+            "propertiesWithHistory": {"hs_pipeline_stage": [{"value": "connected-stage-id", "timestamp": "2026-11-20T10:00:00Z"}]}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let contact: HsObject = serde_json::from_value(json!({
+            "id": "51",
+            "properties": {"email": "ada@example.com", "firstname": "Ada", "jobtitle": "CTO",
+                "hs_lead_status": "UNQUALIFIED", "lastmodifieddate": "2026-11-21T08:00:00Z"},
+            "propertiesWithHistory": {"jobtitle": [{"value": "CTO", "timestamp": "2026-11-21T08:00:00Z"}]}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        fold_contact_into_lead(&mut lead, contact);
+        let incoming = to_incoming(CrmObject::Leads, lead).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(incoming.crm_id.as_str(), "900", "the link is the lead's");
+        assert_eq!(incoming.fields.get(CanonicalField::FirstName), Some("Ada"));
+        assert_eq!(incoming.fields.get(CanonicalField::JobTitle), Some("CTO"));
+        assert_eq!(
+            incoming.fields.get(CanonicalField::Status),
+            Some("contacted"),
+            "the lead's stage, not the contact's lead status"
+        );
+        assert_eq!(
+            incoming.modified_at.to_rfc3339(),
+            "2026-11-21T08:00:00+00:00",
+            "a contact edit makes the lead newer"
+        );
+        assert!(incoming.field_times.contains_key(&CanonicalField::JobTitle));
+        assert!(incoming.field_times.contains_key(&CanonicalField::Status));
+    }
+
+    #[test]
+    fn a_lead_write_names_the_lead_and_keeps_a_missing_status_off_the_stage() {
+        let fields = RecordFields::new()
+            .with(CanonicalField::Email, "ada@example.com")
+            .with(CanonicalField::LastName, "Lovelace");
+        let (lead, contact) = split_lead_properties(to_properties(CrmObject::Leads, &fields));
+        assert_eq!(lead.get(LEAD_NAME_PROPERTY), Some(&json!("Lovelace")));
+        assert!(!lead.contains_key(LEAD_STAGE_PROPERTY), "{lead:?}");
+        assert_eq!(contact.get("email"), Some(&json!("ada@example.com")));
+        assert_eq!(contact.get("firstname"), Some(&json!("")));
+        assert!(!contact.contains_key("hs_lead_status"), "{contact:?}");
+        let renamed = fields.clone().with(CanonicalField::FirstName, "Ada");
+        let patch = patch_properties(CrmObject::Leads, &fields, &renamed);
+        assert_eq!(patch.get(LEAD_NAME_PROPERTY), Some(&json!("Ada Lovelace")));
+        assert_eq!(patch.get("firstname"), Some(&json!("Ada")));
+        assert_eq!(patch.len(), 2, "{patch:?}");
+        let anonymous = RecordFields::new().with(CanonicalField::Status, "qualified");
+        let props = to_properties(CrmObject::Leads, &anonymous);
+        assert_eq!(props.get(LEAD_NAME_PROPERTY), Some(&json!("Lead")));
+        assert_eq!(
+            props.get(LEAD_STAGE_PROPERTY),
+            Some(&json!("qualified-stage-id"))
+        );
     }
 
     #[test]
@@ -311,11 +542,11 @@ mod tests {
             .clone()
             .with(CanonicalField::Phone, "")
             .with(CanonicalField::Company, "Acme");
-        let patch = patch_properties(&current, &target);
+        let patch = patch_properties(CrmObject::Contacts, &current, &target);
         assert_eq!(patch.len(), 2, "{patch:?}");
         assert_eq!(patch.get("phone"), Some(&json!("")));
         assert_eq!(patch.get("company"), Some(&json!("Acme")));
-        assert!(patch_properties(&target, &target).is_empty());
+        assert!(patch_properties(CrmObject::Contacts, &target, &target).is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! OAuth refresh, the default property mapping, and webhook verification.
 
 mod client;
+mod leads;
 pub mod mapping;
 pub mod subscriptions;
 pub mod webhook;

@@ -55,12 +55,22 @@ pub fn wanted(objects: &[CrmObject]) -> Vec<Wanted> {
                 object_type_id: type_id.clone(),
             });
         }
-        for property in mapping::field_properties() {
+        for property in mapping::field_properties(*object) {
             out.push(Wanted {
                 event_type: format!("{prefix}.propertyChange"),
                 property_name: Some(property.to_string()),
                 object_type_id: type_id.clone(),
             });
+        }
+        // A lead's person lives on its contact: edits there change the lead.
+        if *object == CrmObject::Leads {
+            for property in mapping::lead_person_properties() {
+                out.push(Wanted {
+                    event_type: "contact.propertyChange".into(),
+                    property_name: Some(property.to_string()),
+                    object_type_id: None,
+                });
+            }
         }
     }
     out.sort();
@@ -192,18 +202,36 @@ mod tests {
             .filter(|s| s.event_type == "contact.propertyChange")
             .filter_map(|s| s.property_name.as_deref())
             .collect();
-        assert_eq!(changes.len(), mapping::field_properties().len());
+        assert_eq!(
+            changes.len(),
+            mapping::field_properties(CrmObject::Contacts).len()
+        );
         assert!(changes.contains(&"email") && changes.contains(&"hs_lead_status"));
         // Never the modified-date property: HubSpot refuses it.
         assert!(!changes.contains(&"lastmodifieddate"));
     }
 
     #[test]
-    fn leads_use_the_generic_object_events_with_their_type_id() {
+    fn leads_use_the_generic_object_events_and_their_contacts_person_changes() {
         let w = wanted(&[CrmObject::Leads]);
+        let (lead, contact): (Vec<_>, Vec<_>) =
+            w.iter().partition(|s| s.event_type.starts_with("object."));
         assert!(
-            w.iter().all(|s| s.event_type.starts_with("object.")
-                && s.object_type_id.as_deref() == Some("0-136"))
+            lead.iter()
+                .all(|s| s.object_type_id.as_deref() == Some("0-136"))
         );
+        assert!(
+            lead.iter()
+                .any(|s| s.property_name.as_deref() == Some("hs_pipeline_stage"))
+        );
+        assert!(lead.iter().any(|s| s.event_type == "object.deletion"));
+        // The person is the contact's: its edits come as contact events.
+        let person: Vec<_> = contact
+            .iter()
+            .map(|s| (s.event_type.as_str(), s.property_name.as_deref()))
+            .collect();
+        assert!(person.contains(&("contact.propertyChange", Some("email"))));
+        assert!(person.contains(&("contact.propertyChange", Some("jobtitle"))));
+        assert!(!person.iter().any(|(_, p)| *p == Some("hs_lead_status")));
     }
 }
