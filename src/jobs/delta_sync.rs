@@ -218,6 +218,7 @@ async fn pull(
         Some(r) => (r.since, r.instant),
         None => (cursor.modified_at - seconds(sync.overlap_secs), None),
     };
+    let window_start = since;
     let limit = sync.delta_page_size;
     // Every write of this pull: the page's records and the cursor after them.
     let page_write = |items: Vec<crate::sync::Incoming>, cursor: Option<Cursor>| PageWrite {
@@ -336,6 +337,9 @@ async fn pull(
             }
         }
     }
+    if object == CrmObject::Leads {
+        leads_of_changed_contacts(deps, session, &page_write, window_start, until).await?;
+    }
     // The whole window up to `until` has been read: the cursor may stand at
     // its end (records that show up late there are re-read by the overlap),
     // so the lag reported is the sync's real delay, not the age of the last
@@ -353,4 +357,66 @@ async fn pull(
 
 fn seconds(s: u64) -> chrono::Duration {
     chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
+}
+
+/// A HubSpot lead's person lives on its contact, and a contact's edit leaves
+/// the lead's modified time alone, so the leads feed cannot show it: after
+/// the feed, the contacts changed in the same window are searched and their
+/// leads read again (with their contacts) and applied like any page — the
+/// unchanged ones write nothing. A window with more changed contacts than
+/// one search can page restarts at the last time seen.
+async fn leads_of_changed_contacts(
+    deps: &Deps,
+    session: &mut Session,
+    page_write: &impl Fn(Vec<crate::sync::Incoming>, Option<Cursor>) -> PageWrite,
+    mut since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<(), JobError> {
+    let sync = &deps.settings.sync;
+    let limit = sync.delta_page_size;
+    let account = session.account().to_string();
+    loop {
+        let query = ChangeQuery::Window { since, until };
+        let mut offset: Option<String> = None;
+        let mut seen: u32 = 0;
+        let mut last_at = None;
+        loop {
+            let after = offset.clone();
+            let page = crate::with_auth!(session, deps, |token| deps.hubspot.search_changes(
+                &account,
+                token,
+                CrmObject::Contacts,
+                &query,
+                after.as_deref(),
+                limit
+            ))?;
+            seen += u32::try_from(page.scanned).unwrap_or(u32::MAX);
+            let contacts: Vec<CrmId> = page.records.iter().map(|r| r.crm_id.clone()).collect();
+            if !contacts.is_empty() {
+                let leads = crate::with_auth!(session, deps, |token| deps
+                    .hubspot
+                    .leads_of_contacts(&account, token, &contacts))?;
+                for ids in leads.chunks(100) {
+                    let records = crate::with_auth!(session, deps, |token| deps
+                        .hubspot
+                        .batch_read(&account, token, CrmObject::Leads, ids, false, None))?;
+                    let outcome = deps.store.apply_page(&page_write(records, None)).await?;
+                    crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
+                }
+            }
+            last_at = page.last_position.map(|(at, _)| at).or(last_at);
+            match page.next {
+                None => return Ok(()),
+                Some(next) if seen + limit <= sync.search_result_cap => offset = Some(next),
+                Some(_) => break,
+            }
+        }
+        match last_at {
+            Some(at) if at > since => since = at,
+            _ => {
+                tracing::warn!(%since, "more changed contacts at one instant than a search can page: run `crmsync sync CONNECTION --full` to bring their leads");
+                return Ok(());
+            }
+        }
+    }
 }

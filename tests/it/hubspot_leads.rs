@@ -231,12 +231,18 @@ on_both_backends! {
             .map(|(id, f)| (id.to_string(), crmsync::providers::hubspot::mapping::to_properties(CrmObject::Leads, f)))
             .collect();
         let first = hubspot.batch_upsert(&portal, &token, CrmObject::Leads, &inputs).await.expect("first push");
-        // The same batch again, as after a crash before the push was booked.
-        let again = hubspot.batch_upsert(&portal, &token, CrmObject::Leads, &inputs).await.expect("retried push");
+        // The batch again, as after a crash before the push was booked (or
+        // from a push that ran alongside), with the status changed since.
+        let mut retried = inputs.clone();
+        retried[0].1 = crmsync::providers::hubspot::mapping::to_properties(CrmObject::Leads, &known.clone().with(CanonicalField::Status, "qualified"));
+        let again = hubspot.batch_upsert(&portal, &token, CrmObject::Leads, &retried).await.expect("retried push");
         let sorted = |mut v: Vec<(String, crmsync::domain::CrmId)>| { v.sort(); v };
         assert_eq!(sorted(first.clone()), sorted(again), "the retry finds the same leads");
         assert_eq!(first.len(), 2);
-        assert_eq!(sandbox_leads(&fleet).await.len(), 2, "no second lead");
+        let crm_leads = sandbox_leads(&fleet).await;
+        assert_eq!(crm_leads.len(), 2, "no second lead");
+        let known_lead = crm_leads.values().find(|p| p["crmsync_record_id"] == "rec-known").expect("known lead");
+        assert_eq!(known_lead["hs_pipeline_stage"], "qualified-stage-id", "the found lead is updated, as by an upsert");
         let contacts = fleet.sandbox_contacts().await;
         assert_eq!(contacts.len(), 2, "the known person's contact is reused; one new for the other");
         let by_id: BTreeMap<_, _> = first.into_iter().collect();
@@ -305,4 +311,58 @@ async fn a_lead_whose_contact_is_gone_is_left_out_not_wiped() {
         "no person to read: left out rather than read as an empty person"
     );
     fleet.finish().await;
+}
+
+on_both_backends! {
+    async fn a_delta_brings_a_contact_edit_to_its_lead_without_webhooks(backend) {
+        let mut fleet = Fleet::with_sandbox(
+            backend,
+            SandboxConfig { seed_contacts: 0, seed_leads: 3, ..SandboxConfig::for_tests() },
+        )
+        .await;
+        use_leads_object(&fleet).await;
+        fleet.start_workers();
+        fleet.full_sync().await;
+        fleet.stop_workers().await;
+        // No ingress: webhooks are lost. A CRM user edits one lead's contact
+        // (the lead itself is untouched) and moves another lead's stage.
+        let leads = sandbox_leads(&fleet).await;
+        let mut ids = leads.keys();
+        let (edited_lead, moved_lead) = (ids.next().expect("lead"), ids.next().expect("lead"));
+        let contact = contacts_of(&fleet, edited_lead).await.into_iter().next().expect("contact");
+        let contacts = fleet.sandbox_contacts().await;
+        let email = |id: &str| contacts[id]["email"].as_str().expect("email").to_lowercase();
+        let edited_email = email(&contact);
+        let moved_email = email(&contacts_of(&fleet, moved_lead).await[0]);
+        let reply = fleet.sandbox.control(
+            reqwest::Method::PATCH,
+            &format!("/_sandbox/accounts/{PORTAL}/objects/contacts/{contact}"),
+            Some(json!({"properties": {"company": "Analytical Engines"}})),
+        ).await;
+        assert!(reply.status.is_success(), "{:?}", reply.body);
+        let reply = fleet.sandbox.control(
+            reqwest::Method::PATCH,
+            &format!("/_sandbox/accounts/{PORTAL}/objects/leads/{moved_lead}"),
+            Some(json!({"properties": {"hs_pipeline_stage": "unqualified-stage-id"}})),
+        ).await;
+        assert!(reply.status.is_success(), "{:?}", reply.body);
+        let job = crmsync::jobs::DeltaSyncJob {
+            tenant: fleet.tenant,
+            connection: fleet.connection,
+            object: None,
+            trigger: "test".into(),
+            attempt: 0,
+            resume: None,
+        };
+        let outcome = crmsync::jobs::delta_sync::run(&job, &fleet.deps, &mut crmsync::jobs::DeltaProgress::default())
+            .await
+            .expect("delta");
+        assert!(outcome.caught_up());
+        let edited = platform_lead(&fleet, &edited_email).await.expect("edited lead");
+        assert_eq!(edited.get(CanonicalField::Company), Some("Analytical Engines"), "the contact's edit reached its lead");
+        let moved = platform_lead(&fleet, &moved_email).await.expect("moved lead");
+        assert_eq!(moved.get(CanonicalField::Status), Some("unqualified"), "the lead's own change came through the leads feed");
+        assert_eq!(fleet.leads().await.len(), 3, "no lead made twice");
+        fleet.finish().await;
+    }
 }

@@ -13,8 +13,9 @@
 //! and name to the lead. A new platform lead gets its contact first — found
 //! by email (HubSpot keeps contact emails unique) or, without one, by a
 //! unique `crmsync_lead_record_id` — and then the lead, created with its
-//! contact association, unless a lead already carries our record id: a
-//! retry after a crash finds both instead of making seconds.
+//! contact association, unless a lead already carries our record id (then
+//! it is updated): a retry after a crash finds both instead of making
+//! seconds, as an upsert would.
 
 use super::client::{HubspotClient, ReadSpec, send};
 use super::mapping::{self, HsObject};
@@ -269,8 +270,12 @@ impl HubspotClient {
         let ours: Vec<String> = lead_parts.iter().map(|(id, _)| id.clone()).collect();
         let mut leads = self.leads_by_record_id(portal, token, &ours).await?;
         let mut creates = Vec::new();
+        let mut updates = Vec::new();
         for ((our_id, properties), key) in lead_parts.iter().zip(&contact_keys) {
-            if leads.contains_key(our_id) {
+            if let Some(lead) = leads.get(our_id) {
+                // An upsert: the lead exists (a retry, or a push that ran
+                // alongside the one that created it), so it gets the values.
+                updates.push((lead.clone(), properties.clone()));
                 continue;
             }
             let Some(contact) = contacts.get(key) else {
@@ -288,6 +293,8 @@ impl HubspotClient {
                 }],
             }));
         }
+        self.update_objects(portal, token, CrmObject::Leads, &updates)
+            .await?;
         if !creates.is_empty() {
             for chunk in creates.chunks(BATCH) {
                 let request = self
