@@ -71,6 +71,9 @@ on_both_backends! {
             (json!({"provider": "hubspot", "privateAppToken": TOKEN, "portalId": 1}), "62515"),
             (json!({"provider": "hubspot", "privateAppToken": TOKEN, "strategy": "latest"}), "latest"),
             (json!({"provider": "hubspot", "privateAppToken": TOKEN, "surprise": 1}), "surprise"),
+            // One person would become two platform leads.
+            (json!({"provider": "hubspot", "privateAppToken": TOKEN, "objects": [
+                {"crmObject": "contacts", "recordKind": "lead"}, {"crmObject": "leads", "recordKind": "lead"}]}), "two CRM objects"),
         ] {
             let (status, problem, content_type) = api.send(Method::POST, "/v1/connections", Some(body)).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
