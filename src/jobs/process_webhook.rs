@@ -134,6 +134,12 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
             .remap_link(job.tenant, job.connection, job.object, from, to)
             .await?;
     }
+    if via_contacts.is_some() {
+        // A contact erased for privacy was the person of its leads.
+        store
+            .erase_records_of_persons(job.tenant, job.connection, CrmObject::Leads, &job.erased)
+            .await?;
+    }
     if direct.is_some() {
         store
             .erase_linked_records(job.tenant, job.connection, job.object, &job.erased)

@@ -24,7 +24,7 @@ use crate::domain::{
     CanonicalField, ConnectionId, CrmId, CrmObject, RecordFields, RecordId, RecordKind, RunKind,
     RunStatus, TenantId,
 };
-use crate::providers::hubspot::mapping;
+use crate::providers::hubspot::{Upserted, mapping};
 use crate::store::{PageWrite, PushTarget, PushedRecord};
 use crate::sync::ConflictStrategy;
 use serde::{Deserialize, Serialize};
@@ -372,6 +372,7 @@ impl Push<'_> {
                 pushed: mapping::round_trip(object, &t.target),
                 base: base_after_push(object, t),
                 version: t.version,
+                person_crm_id: None,
             });
         }
         let upserts: Vec<(String, serde_json::Map<String, serde_json::Value>)> = by_record
@@ -386,24 +387,27 @@ impl Push<'_> {
         if upserts.is_empty() {
             return Ok(pushed);
         }
-        let crm_ids: BTreeMap<String, CrmId> = crate::with_auth!(self.session, deps, |token| deps
-            .hubspot
-            .batch_upsert(&account, token, object, &upserts))?
-        .into_iter()
-        .collect();
+        let crm_ids: BTreeMap<String, Upserted> =
+            crate::with_auth!(self.session, deps, |token| deps
+                .hubspot
+                .batch_upsert(&account, token, object, &upserts))?
+            .into_iter()
+            .map(|u| (u.ours.clone(), u))
+            .collect();
         let before = pushed.len();
         for (record, p) in by_record.iter().filter(|(_, p)| p.crm_id.is_none()) {
-            let Some(crm_id) = crm_ids.get(&record.to_string()) else {
+            let Some(upserted) = crm_ids.get(&record.to_string()) else {
                 continue;
             };
             let written = mapping::round_trip(object, &p.fields);
             pushed.push(PushedRecord {
                 outbox_ids: p.outbox_ids.clone(),
                 record: *record,
-                crm_id: crm_id.clone(),
+                crm_id: upserted.crm_id.clone(),
                 base: written.clone(),
                 pushed: written,
                 version: p.version,
+                person_crm_id: upserted.person.clone(),
             });
         }
         if pushed.len() == before {

@@ -107,6 +107,9 @@ pub struct PushedRecord {
     pub base: RecordFields,
     /// The record version those values came from.
     pub version: i64,
+    /// Where its person lives, when that is another CRM record (a HubSpot
+    /// lead's contact); `None` keeps what the link knows.
+    pub person_crm_id: Option<CrmId>,
 }
 
 /// (outbox id, record id, fields, linked CRM id, link base, record version).
@@ -490,11 +493,12 @@ impl Store {
             let fingerprint = p.pushed.fingerprint();
             on_db!(&mut tx, |c| {
                 sqlx::query(
-                "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pushed_fingerprint, local_modified_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)
+                "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pushed_fingerprint, local_modified_at, created_at, updated_at, person_crm_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10)
                  ON CONFLICT (connection_id, crm_object, crm_id) DO UPDATE
                     SET base = excluded.base, pushed_fingerprint = excluded.pushed_fingerprint,
-                        local_modified_at = excluded.local_modified_at, crm_deleted_at = NULL, updated_at = excluded.updated_at"
+                        local_modified_at = excluded.local_modified_at, crm_deleted_at = NULL, updated_at = excluded.updated_at,
+                        person_crm_id = COALESCE(excluded.person_crm_id, record_links.person_crm_id)"
             )
             .bind(uuid::Uuid::now_v7())
             .bind(tenant.0)
@@ -505,6 +509,7 @@ impl Store {
             .bind(Json(&p.base))
             .bind(&fingerprint)
             .bind(now)
+            .bind(p.person_crm_id.as_ref().map(CrmId::as_str))
             .execute(c)
             .await
             .map(|_| ())

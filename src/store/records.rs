@@ -88,6 +88,7 @@ struct LinkSql {
     pulled_fingerprint: Option<String>,
     pushed_fingerprint: Option<String>,
     crm_modified_at: Option<DateTime<Utc>>,
+    person_crm_id: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -284,6 +285,41 @@ impl Store {
         tx.commit().await
     }
 
+    /// Privacy deletion of a person that lives in another CRM record (a
+    /// HubSpot contact, for the leads whose person it was): the records
+    /// linked through it are erased as by [`Store::erase_linked_records`].
+    pub async fn erase_records_of_persons(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        persons: &[CrmId],
+    ) -> Result<(), StoreError> {
+        if persons.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT crm_id FROM record_links
+              WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND person_crm_id IN ({})",
+            super::in_list(4, persons.len())
+        );
+        let mut tx = self.begin(tenant).await?;
+        let linked: Vec<(String,)> = on_db!(&mut tx, |c| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(tenant.0)
+                .bind(connection.0)
+                .bind(object.as_str());
+            for person in persons {
+                query = query.bind(person.as_str());
+            }
+            query.fetch_all(c).await
+        })?;
+        tx.commit().await?;
+        let linked: Vec<CrmId> = linked.into_iter().map(|(id,)| CrmId(id)).collect();
+        self.erase_linked_records(tenant, connection, object, &linked)
+            .await
+    }
+
     /// Privacy deletion: the linked platform records lose every personal
     /// field and are marked deleted; the link stays as an audited tombstone
     /// (ids and times only) that blocks re-creation by a late event.
@@ -427,7 +463,7 @@ async fn apply_one(
     let t = page.tenant.0;
     let link: Option<LinkSql> = on_db!(tx, |c| {
         sqlx::query_as(
-        "SELECT id, record_id, base, pulled_fingerprint, pushed_fingerprint, crm_modified_at FROM record_links
+        "SELECT id, record_id, base, pulled_fingerprint, pushed_fingerprint, crm_modified_at, person_crm_id FROM record_links
           WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id = $4"
     )
     .bind(t)
@@ -437,6 +473,23 @@ async fn apply_one(
     .fetch_optional(c)
     .await
     })?;
+    // Whatever the decision below, the link follows the record's person
+    // (a lead re-associated to another contact).
+    if let (Some(l), Some(person)) = (&link, &item.person_crm_id)
+        && l.person_crm_id.as_deref() != Some(person.as_str())
+    {
+        on_db!(tx, |c| {
+            sqlx::query(
+                "UPDATE record_links SET person_crm_id = $1 WHERE tenant_id = $2 AND id = $3",
+            )
+            .bind(person.as_str())
+            .bind(t)
+            .bind(l.id)
+            .execute(c)
+            .await
+            .map(|_| ())
+        })?;
+    }
     let email = item.fields.normalized_email().map(str::to_string);
     // Which platform record this CRM record is: the one linked to its CRM
     // id, else the one whose id it carries (our own creation, its push not
@@ -613,8 +666,8 @@ async fn apply_one(
         })?,
         None => on_db!(tx, |c| {
             sqlx::query(
-            "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pulled_fingerprint, crm_modified_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
+            "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pulled_fingerprint, crm_modified_at, created_at, updated_at, person_crm_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)"
         )
         .bind(uuid::Uuid::now_v7())
         .bind(t)
@@ -626,6 +679,7 @@ async fn apply_one(
         .bind(&fingerprint)
         .bind(item.modified_at)
         .bind(now)
+        .bind(item.person_crm_id.as_ref().map(CrmId::as_str))
         .execute(c)
         .await
         .map(|_| ())

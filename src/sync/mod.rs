@@ -29,6 +29,10 @@ pub struct Incoming {
     /// Per-field change times, when the CRM gave them (HubSpot's
     /// `propertiesWithHistory`); `newest_wins` compares these.
     pub field_times: FieldTimes,
+    /// Where the record's person lives when that is another CRM record (a
+    /// HubSpot lead's primary contact): kept on the link so that the
+    /// person's privacy deletion can find the record.
+    pub person_crm_id: Option<CrmId>,
 }
 
 /// What a record's link remembers from the last sync.
@@ -206,6 +210,7 @@ mod tests {
                 .with(CanonicalField::FirstName, name),
             platform_id: None,
             field_times: FieldTimes::new(),
+            person_crm_id: None,
         }
     }
 

@@ -236,7 +236,7 @@ on_both_backends! {
         let mut retried = inputs.clone();
         retried[0].1 = crmsync::providers::hubspot::mapping::to_properties(CrmObject::Leads, &known.clone().with(CanonicalField::Status, "qualified"));
         let again = hubspot.batch_upsert(&portal, &token, CrmObject::Leads, &retried).await.expect("retried push");
-        let sorted = |mut v: Vec<(String, crmsync::domain::CrmId)>| { v.sort(); v };
+        let sorted = |mut v: Vec<crmsync::providers::hubspot::Upserted>| { v.sort(); v };
         assert_eq!(sorted(first.clone()), sorted(again), "the retry finds the same leads");
         assert_eq!(first.len(), 2);
         let crm_leads = sandbox_leads(&fleet).await;
@@ -245,7 +245,8 @@ on_both_backends! {
         assert_eq!(known_lead["hs_pipeline_stage"], "qualified-stage-id", "the found lead is updated, as by an upsert");
         let contacts = fleet.sandbox_contacts().await;
         assert_eq!(contacts.len(), 2, "the known person's contact is reused; one new for the other");
-        let by_id: BTreeMap<_, _> = first.into_iter().collect();
+        assert!(first.iter().all(|u| u.person.is_some()), "each lead's contact is known: {first:?}");
+        let by_id: BTreeMap<_, _> = first.into_iter().map(|u| (u.ours, u.crm_id)).collect();
         let known_contact = contacts_of(&fleet, by_id["rec-known"].as_str()).await;
         assert_eq!(contacts[&known_contact[0]]["email"].as_str().map(str::to_lowercase).as_deref(), Some(existing_email.as_str()));
         let anonymous_contact = contacts_of(&fleet, by_id["rec-anonymous"].as_str()).await;
@@ -363,6 +364,53 @@ on_both_backends! {
         let moved = platform_lead(&fleet, &moved_email).await.expect("moved lead");
         assert_eq!(moved.get(CanonicalField::Status), Some("unqualified"), "the lead's own change came through the leads feed");
         assert_eq!(fleet.leads().await.len(), 3, "no lead made twice");
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn a_privacy_deletion_of_a_leads_contact_erases_the_platform_lead(backend) {
+        let mut fleet = Fleet::with_sandbox(
+            backend,
+            SandboxConfig { seed_contacts: 0, seed_leads: 2, ..SandboxConfig::for_tests() },
+        )
+        .await;
+        use_leads_object(&fleet).await;
+        fleet.start_workers();
+        fleet.full_sync().await;
+        fleet.start_ingress(true).await;
+        // One lead read from HubSpot, one pushed from the platform: both
+        // links know their person.
+        let fields = RecordFields::new()
+            .with(CanonicalField::Email, "erase.me@example.com")
+            .with(CanonicalField::FirstName, "Erase");
+        fleet.store.create_platform_record(fleet.tenant, RecordKind::Lead, &fields).await.expect("create");
+        push(&fleet).await;
+        wait_for("the pushed lead in HubSpot", || async { sandbox_leads(&fleet).await.len() == 3 }).await;
+        let contacts = fleet.sandbox_contacts().await;
+        let pulled_lead = sandbox_leads(&fleet).await.into_iter()
+            .find(|(_, p)| p["crmsync_record_id"].is_null())
+            .map(|(id, _)| id)
+            .expect("a lead from HubSpot");
+        let pulled_contact = contacts_of(&fleet, &pulled_lead).await.remove(0);
+        let pulled_email = contacts[&pulled_contact]["email"].as_str().expect("email").to_lowercase();
+        let pushed_contact = contacts.iter()
+            .find(|(_, p)| p["email"] == "erase.me@example.com")
+            .map(|(id, _)| id.clone())
+            .expect("the pushed lead's contact");
+        let before = fleet.leads().await.len();
+        for contact in [&pulled_contact, &pushed_contact] {
+            let erased = fleet.sandbox.post(
+                "/crm/v3/objects/contacts/gdpr-delete",
+                json!({"objectId": contact}),
+            ).await;
+            assert!(erased.status.is_success(), "{:?}", erased.body);
+        }
+        wait_for("both platform leads erased", || async {
+            platform_lead(&fleet, &pulled_email).await.is_none()
+                && platform_lead(&fleet, "erase.me@example.com").await.is_none()
+        }).await;
+        assert_eq!(fleet.leads().await.len(), before - 2, "the other lead is untouched");
         fleet.finish().await;
     }
 }

@@ -72,6 +72,17 @@ pub struct HubspotClient {
     budgets: Arc<Budgets>,
 }
 
+/// A record written by [`HubspotClient::batch_upsert`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Upserted {
+    /// Our record id (the upsert key).
+    pub ours: String,
+    /// The CRM record's id.
+    pub crm_id: CrmId,
+    /// For a HubSpot lead: the contact holding its person.
+    pub person: Option<CrmId>,
+}
+
 /// A budget slot taken for one call ([`HubspotClient::reserve_read`]).
 #[derive(Debug)]
 pub struct ReservedRead(());
@@ -420,14 +431,14 @@ impl HubspotClient {
 
     /// Writes records that originated on the platform by upsert on
     /// `crmsync_record_id` (a retry after a crash cannot create a second
-    /// record), and returns `our id → CRM id`.
+    /// record), and returns what each became.
     pub async fn batch_upsert(
         &self,
         portal: &str,
         token: &SecretString,
         object: CrmObject,
         inputs: &[(String, serde_json::Map<String, Value>)],
-    ) -> Result<Vec<(String, CrmId)>, ProviderError> {
+    ) -> Result<Vec<Upserted>, ProviderError> {
         if object == CrmObject::Leads {
             return self.create_leads(portal, token, inputs).await;
         }
@@ -448,7 +459,11 @@ impl HubspotClient {
                 .cloned()
                 .flatten()
             {
-                Some(our_id) => ids.push((our_id, CrmId(result.id))),
+                Some(ours) => ids.push(Upserted {
+                    ours,
+                    crm_id: CrmId(result.id),
+                    person: None,
+                }),
                 None => return self.ids_by_record_id(portal, token, object, inputs).await,
             }
         }
@@ -462,7 +477,7 @@ impl HubspotClient {
         token: &SecretString,
         object: CrmObject,
         inputs: &[(String, serde_json::Map<String, Value>)],
-    ) -> Result<Vec<(String, CrmId)>, ProviderError> {
+    ) -> Result<Vec<Upserted>, ProviderError> {
         let body = json!({
             "idProperty": mapping::RECORD_ID_PROPERTY,
             "inputs": inputs.iter().map(|(id, _)| json!({"id": id})).collect::<Vec<_>>(),
@@ -478,13 +493,15 @@ impl HubspotClient {
             .results
             .into_iter()
             .filter_map(|r| {
-                Some((
-                    r.properties
+                Some(Upserted {
+                    ours: r
+                        .properties
                         .get(mapping::RECORD_ID_PROPERTY)
                         .cloned()
                         .flatten()?,
-                    CrmId(r.id),
-                ))
+                    crm_id: CrmId(r.id),
+                    person: None,
+                })
             })
             .collect())
     }

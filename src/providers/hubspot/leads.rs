@@ -17,7 +17,7 @@
 //! it is updated): a retry after a crash finds both instead of making
 //! seconds, as an upsert would.
 
-use super::client::{HubspotClient, ReadSpec, send};
+use super::client::{HubspotClient, ReadSpec, Upserted, send};
 use super::mapping::{self, HsObject};
 use crate::domain::{CrmId, CrmObject};
 use crate::providers::error::ProviderError;
@@ -216,21 +216,24 @@ impl HubspotClient {
                 tracing::warn!(lead.id = %lead.id, "HubSpot lead without a live contact: skipped");
                 continue;
             };
+            let person = CrmId(contact.id.clone());
             mapping::fold_contact_into_lead(&mut lead, contact.clone());
-            out.push(mapping::to_incoming(CrmObject::Leads, lead)?);
+            let mut incoming = mapping::to_incoming(CrmObject::Leads, lead)?;
+            incoming.person_crm_id = Some(person);
+            out.push(incoming);
         }
         Ok(out)
     }
 
     /// Writes new platform leads: their contacts (found by email or our
     /// key), then the leads themselves (found by our record id, else created
-    /// with the contact association). Returns `our id → lead id`.
+    /// with the contact association). Returns each lead and its contact.
     pub(super) async fn create_leads(
         &self,
         portal: &str,
         token: &SecretString,
         inputs: &[(String, Properties)],
-    ) -> Result<Vec<(String, CrmId)>, ProviderError> {
+    ) -> Result<Vec<Upserted>, ProviderError> {
         let mut lead_parts = Vec::with_capacity(inputs.len());
         let mut contact_keys = Vec::with_capacity(inputs.len());
         let mut upserts: BTreeMap<(&'static str, String), Properties> = BTreeMap::new();
@@ -306,7 +309,17 @@ impl HubspotClient {
             }
             leads = self.leads_by_record_id(portal, token, &ours).await?;
         }
-        Ok(leads.into_iter().collect())
+        Ok(lead_parts
+            .iter()
+            .zip(&contact_keys)
+            .filter_map(|((ours, _), key)| {
+                Some(Upserted {
+                    ours: ours.clone(),
+                    crm_id: leads.get(ours)?.clone(),
+                    person: contacts.get(key).cloned(),
+                })
+            })
+            .collect())
     }
 
     /// `our id → lead id` for leads carrying our record id.

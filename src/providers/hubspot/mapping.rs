@@ -357,6 +357,7 @@ pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, Provide
         fields,
         platform_id,
         field_times,
+        person_crm_id: None,
     })
 }
 

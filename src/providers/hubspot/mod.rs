@@ -7,4 +7,4 @@ pub mod mapping;
 pub mod subscriptions;
 pub mod webhook;
 
-pub use client::{ChangeQuery, HubspotClient, Page, RefreshedTokens, ReservedRead};
+pub use client::{ChangeQuery, HubspotClient, Page, RefreshedTokens, ReservedRead, Upserted};
