@@ -395,7 +395,7 @@ async fn leads_of_changed_contacts(
             if !contacts.is_empty() {
                 let leads = crate::with_auth!(session, deps, |token| deps
                     .hubspot
-                    .leads_of_contacts(&account, token, &contacts))?;
+                    .leads_of_contacts(&account, token, &contacts, None))?;
                 for ids in leads.chunks(100) {
                     let records = crate::with_auth!(session, deps, |token| deps
                         .hubspot

@@ -206,6 +206,13 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
                 .filter(|id| job.changed.contains(id) || !job.echoed.iter().any(|(e, _)| e == *id))
                 .cloned()
                 .collect();
+            // The read's slot pays for the first call, unless the contacts
+            // themselves are read below.
+            let reserved = if direct.is_none() {
+                reserved.take()
+            } else {
+                None
+            };
             pushes += leads_of_changed_contacts(
                 job,
                 deps,
@@ -217,6 +224,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
                     strategy,
                 },
                 &changed,
+                reserved,
             )
             .await?;
         }
@@ -315,14 +323,18 @@ async fn leads_of_changed_contacts(
     session: &mut Session,
     write: LeadsWrite,
     contacts: &[CrmId],
+    mut reserved: Option<crate::providers::hubspot::ReservedRead>,
 ) -> Result<i64, JobError> {
     if contacts.is_empty() {
         return Ok(0);
     }
     let account = session.account().to_string();
-    let leads = crate::with_auth!(session, deps, |token| deps
-        .hubspot
-        .leads_of_contacts(&account, token, contacts))?;
+    let leads = crate::with_auth!(session, deps, |token| deps.hubspot.leads_of_contacts(
+        &account,
+        token,
+        contacts,
+        reserved.take()
+    ))?;
     let mut pushes = 0;
     let batch = if write.with_history {
         HISTORY_BATCH

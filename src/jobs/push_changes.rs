@@ -24,7 +24,7 @@ use crate::domain::{
     CanonicalField, ConnectionId, CrmId, CrmObject, RecordFields, RecordId, RecordKind, RunKind,
     RunStatus, TenantId,
 };
-use crate::providers::hubspot::{Upserted, mapping};
+use crate::providers::hubspot::{Update, Upserted, mapping};
 use crate::store::{PageWrite, PushTarget, PushedRecord};
 use crate::sync::ConflictStrategy;
 use serde::{Deserialize, Serialize};
@@ -334,20 +334,19 @@ impl Push<'_> {
         let deps = self.deps;
         let account = self.session.account().to_string();
         let mut pushed = Vec::new();
-        let updates: Vec<(CrmId, serde_json::Map<String, serde_json::Value>)> = targets
+        let updates: Vec<Update> = targets
             .iter()
-            .map(|t| {
-                (
-                    t.crm_id.clone(),
-                    mapping::patch_properties(object, &t.current, &t.target),
-                )
+            .map(|t| Update {
+                crm_id: t.crm_id.clone(),
+                person: t.person_crm_id.clone(),
+                properties: mapping::patch_properties(object, &t.current, &t.target),
             })
-            .filter(|(_, patch)| !patch.is_empty())
+            .filter(|u| !u.properties.is_empty())
             .collect();
         if !updates.is_empty() {
             // Our write's echo may outrun the booking below: mark the links
             // as being written first (booking sets the real time).
-            let ids: Vec<CrmId> = updates.iter().map(|(id, _)| id.clone()).collect();
+            let ids: Vec<CrmId> = updates.iter().map(|u| u.crm_id.clone()).collect();
             deps.store
                 .mark_pushing(
                     self.job.tenant,

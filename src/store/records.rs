@@ -64,6 +64,8 @@ pub struct PushTarget {
     pub base: RecordFields,
     /// The record version the target came from.
     pub version: i64,
+    /// Where its person lives in the CRM, when that is another record.
+    pub person_crm_id: Option<CrmId>,
 }
 
 /// What one page did.
@@ -707,6 +709,7 @@ async fn apply_one(
                 target: remote,
                 base,
                 version,
+                person_crm_id: item.person_crm_id.clone(),
             });
             return Ok(applied);
         }

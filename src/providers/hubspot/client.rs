@@ -83,6 +83,18 @@ pub struct Upserted {
     pub person: Option<CrmId>,
 }
 
+/// A patch of one linked record for [`HubspotClient::batch_update`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// The record's CRM id.
+    pub crm_id: CrmId,
+    /// For a HubSpot lead, the contact holding its person when known (from
+    /// the read just before): saves looking it up.
+    pub person: Option<CrmId>,
+    /// The properties to write.
+    pub properties: serde_json::Map<String, Value>,
+}
+
 /// A budget slot taken for one call ([`HubspotClient::reserve_read`]).
 #[derive(Debug)]
 pub struct ReservedRead(());
@@ -513,10 +525,16 @@ impl HubspotClient {
         portal: &str,
         token: &SecretString,
         object: CrmObject,
-        inputs: &[(CrmId, serde_json::Map<String, Value>)],
+        inputs: &[Update],
     ) -> Result<(), ProviderError> {
         match object {
-            CrmObject::Contacts => self.update_objects(portal, token, object, inputs).await,
+            CrmObject::Contacts => {
+                let inputs: Vec<(CrmId, serde_json::Map<String, Value>)> = inputs
+                    .iter()
+                    .map(|u| (u.crm_id.clone(), u.properties.clone()))
+                    .collect();
+                self.update_objects(portal, token, object, &inputs).await
+            }
             CrmObject::Leads => self.update_leads(portal, token, inputs).await,
         }
     }

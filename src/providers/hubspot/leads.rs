@@ -17,7 +17,7 @@
 //! it is updated): a retry after a crash finds both instead of making
 //! seconds, as an upsert would.
 
-use super::client::{HubspotClient, ReadSpec, Upserted, send};
+use super::client::{HubspotClient, ReadSpec, ReservedRead, Update, Upserted, send};
 use super::mapping::{self, HsObject};
 use crate::domain::{CrmId, CrmObject};
 use crate::providers::error::ProviderError;
@@ -77,14 +77,15 @@ fn id_of(value: &Value) -> Option<String> {
 
 impl HubspotClient {
     /// The associated records of `ids` (`from` → `to`), with their
-    /// association type ids; ids with none are left out.
+    /// association type ids; ids with none are left out. `paid` when a
+    /// reserved budget slot pays for the first call.
     async fn associations(
         &self,
         portal: &str,
         token: &SecretString,
-        from: CrmObject,
-        to: CrmObject,
+        (from, to): (CrmObject, CrmObject),
         ids: &[CrmId],
+        mut paid: bool,
     ) -> Result<BTreeMap<CrmId, Vec<(CrmId, Vec<u64>)>>, ProviderError> {
         let mut out = BTreeMap::new();
         for ids in ids.chunks(BATCH) {
@@ -100,8 +101,14 @@ impl HubspotClient {
                 )))
                 .bearer_auth(token.expose_secret())
                 .json(&body);
+            let budget = self.burst_budget(portal);
+            let budget = if std::mem::take(&mut paid) {
+                None
+            } else {
+                Some(&*budget)
+            };
             // 207 with `errors` for ids without associations: not an error.
-            let reply: AssociationsBody = send(request, Some(&self.burst_budget(portal))).await?;
+            let reply: AssociationsBody = send(request, budget).await?;
             for result in reply.results {
                 let Some(from) = id_of(&result.from.id) else {
                     continue;
@@ -129,7 +136,13 @@ impl HubspotClient {
         leads: &[CrmId],
     ) -> Result<BTreeMap<CrmId, CrmId>, ProviderError> {
         let edges = self
-            .associations(portal, token, CrmObject::Leads, CrmObject::Contacts, leads)
+            .associations(
+                portal,
+                token,
+                (CrmObject::Leads, CrmObject::Contacts),
+                leads,
+                false,
+            )
             .await?;
         Ok(edges
             .into_iter()
@@ -145,19 +158,21 @@ impl HubspotClient {
     }
 
     /// The leads associated with `contacts`: a contact edit changes them.
+    /// A `reserved` slot pays for the first call.
     pub async fn leads_of_contacts(
         &self,
         portal: &str,
         token: &SecretString,
         contacts: &[CrmId],
+        reserved: Option<ReservedRead>,
     ) -> Result<Vec<CrmId>, ProviderError> {
         let edges = self
             .associations(
                 portal,
                 token,
-                CrmObject::Contacts,
-                CrmObject::Leads,
+                (CrmObject::Contacts, CrmObject::Leads),
                 contacts,
+                reserved.is_some(),
             )
             .await?;
         let leads: BTreeSet<CrmId> = edges
@@ -403,31 +418,42 @@ impl HubspotClient {
     }
 
     /// Patches linked leads: the stage and name on the lead, the person on
-    /// its primary contact.
+    /// its primary contact (looked up only where the caller did not know it).
     pub(super) async fn update_leads(
         &self,
         portal: &str,
         token: &SecretString,
-        inputs: &[(CrmId, Properties)],
+        inputs: &[Update],
     ) -> Result<(), ProviderError> {
         let mut lead_updates = Vec::new();
         let mut person_updates = Vec::new();
-        for (lead, properties) in inputs {
-            let (own, person) = mapping::split_lead_properties(properties.clone());
+        for update in inputs {
+            let (own, person) = mapping::split_lead_properties(update.properties.clone());
             if !own.is_empty() {
-                lead_updates.push((lead.clone(), own));
+                lead_updates.push((update.crm_id.clone(), own));
             }
             if !person.is_empty() {
-                person_updates.push((lead.clone(), person));
+                person_updates.push((update, person));
             }
         }
         if !person_updates.is_empty() {
-            let leads: Vec<CrmId> = person_updates.iter().map(|(l, _)| l.clone()).collect();
-            let primary = self.primary_contacts(portal, token, &leads).await?;
+            let unknown: Vec<CrmId> = person_updates
+                .iter()
+                .filter(|(u, _)| u.person.is_none())
+                .map(|(u, _)| u.crm_id.clone())
+                .collect();
+            let looked_up = if unknown.is_empty() {
+                BTreeMap::new()
+            } else {
+                self.primary_contacts(portal, token, &unknown).await?
+            };
             // One update per contact (two leads of one person: the last wins).
             let contacts: BTreeMap<CrmId, Properties> = person_updates
                 .into_iter()
-                .filter_map(|(lead, person)| Some((primary.get(&lead)?.clone(), person)))
+                .filter_map(|(update, person)| {
+                    let contact = update.person.as_ref().or(looked_up.get(&update.crm_id))?;
+                    Some((contact.clone(), person))
+                })
                 .collect();
             let contacts: Vec<(CrmId, Properties)> = contacts.into_iter().collect();
             self.update_objects(portal, token, CrmObject::Contacts, &contacts)

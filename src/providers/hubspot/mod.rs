@@ -7,4 +7,6 @@ pub mod mapping;
 pub mod subscriptions;
 pub mod webhook;
 
-pub use client::{ChangeQuery, HubspotClient, Page, RefreshedTokens, ReservedRead, Upserted};
+pub use client::{
+    ChangeQuery, HubspotClient, Page, RefreshedTokens, ReservedRead, Update, Upserted,
+};
