@@ -414,3 +414,47 @@ on_both_backends! {
         fleet.finish().await;
     }
 }
+
+on_both_backends! {
+    async fn with_contacts_mapped_too_a_contact_edit_reaches_the_platform_contact_and_its_lead(backend) {
+        let mut fleet = Fleet::with_sandbox(
+            backend,
+            SandboxConfig { seed_contacts: 0, seed_leads: 3, ..SandboxConfig::for_tests() },
+        )
+        .await;
+        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
+        let mut settings = row.settings.clone();
+        settings.objects = vec![
+            ObjectMapping { crm_object: CrmObject::Leads, record_kind: RecordKind::Lead },
+            ObjectMapping { crm_object: CrmObject::Contacts, record_kind: RecordKind::Contact },
+        ];
+        fleet.store.update_connection(fleet.tenant, fleet.connection, &settings, row.delta_interval_secs).await.expect("map both");
+        fleet.start_workers();
+        let runs = crmsync::cli::start_full_sync(&fleet.deps, fleet.tenant, fleet.connection).await.expect("full sync");
+        assert_eq!(runs.len(), 2, "one full sync per mapped object");
+        for run in runs {
+            let row = fleet.wait_run(run.id, Duration::from_secs(60)).await;
+            assert_eq!(row.status, crmsync::domain::RunStatus::Succeeded, "{row:?}");
+        }
+        let platform_contacts = || async {
+            fleet.store.records(fleet.tenant, RecordKind::Contact).await.expect("contacts").into_iter().map(|(_, f)| f).collect::<Vec<_>>()
+        };
+        assert_eq!(platform_contacts().await.len(), 3);
+        assert_eq!(fleet.leads().await.len(), 3);
+        fleet.start_ingress(true).await;
+        let (contact, person) = fleet.sandbox_contacts().await.into_iter().next().expect("a contact");
+        let email = person["email"].as_str().expect("email").to_lowercase();
+        let reply = fleet.sandbox.control(
+            reqwest::Method::PATCH,
+            &format!("/_sandbox/accounts/{PORTAL}/objects/contacts/{contact}"),
+            Some(json!({"properties": {"phone": "+44 20 7946 0000"}})),
+        ).await;
+        assert!(reply.status.is_success(), "{:?}", reply.body);
+        wait_for("the edit on the platform contact and the platform lead", || async {
+            let on_contact = platform_contacts().await.iter().any(|f| f.get(CanonicalField::Email) == Some(email.as_str()) && f.get(CanonicalField::Phone) == Some("+44 20 7946 0000"));
+            let on_lead = platform_lead(&fleet, &email).await.is_some_and(|f| f.get(CanonicalField::Phone) == Some("+44 20 7946 0000"));
+            on_contact && on_lead
+        }).await;
+        fleet.finish().await;
+    }
+}
