@@ -42,9 +42,9 @@ use common::{db_url, drop_database, postgres_database};
 use crmsync::config::{QueueBackend, Settings};
 use crmsync::domain::{ConnectionId, RecordKind, RunStatus, TenantId};
 use crmsync::jobs::{Deps, JobKind};
-use crmsync::providers::budget::Budgets;
 use crmsync::providers::hubspot::HubspotClient;
 use crmsync::queue::{Queue, WorkerSpec, run_workers};
+use crmsync::ratelimit::{Budgets, Waits};
 use crmsync::sandbox::hubspot::state::lock;
 use crmsync::sandbox::hubspot::{Sandbox, SandboxConfig};
 use crmsync::secrets::EncryptionKey;
@@ -1152,7 +1152,7 @@ async fn run(ctx_db: &mut Option<String>, namespaces: &mut Vec<String>) -> anyho
         connection,
         sandbox,
         sandbox_base: format!("http://{addr}"),
-        budgets: Arc::new(Budgets::default()),
+        budgets: Arc::new(Budgets::local(Waits::default())),
         namespaces: Mutex::new(Vec::new()),
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(256)

@@ -3,9 +3,9 @@
 
 use crate::config::Settings;
 use crate::jobs::Deps;
-use crate::providers::budget::Budgets;
 use crate::providers::hubspot::HubspotClient;
 use crate::queue::Queue;
+use crate::ratelimit::{Budgets, Waits, shared::SharedStore};
 use crate::secrets::EncryptionKey;
 use crate::store::Store;
 use anyhow::Context;
@@ -98,7 +98,16 @@ pub async fn deps(settings: &Settings, store: Store) -> anyhow::Result<Deps> {
     let queue = Queue::connect(settings, &store_dir(settings))
         .await
         .context("failed to connect to the queue")?;
-    let hubspot = HubspotClient::new(settings.hubspot.clone(), Arc::new(Budgets::default()))?;
+    // One budget per CRM account for the whole fleet when there is a Redis;
+    // this process's own otherwise (the embedded mode).
+    let waits = Waits {
+        max_wait: std::time::Duration::from_secs(settings.hubspot.budget_max_wait_secs),
+    };
+    let budgets = match redis(settings).await? {
+        Some(conn) => Budgets::shared(SharedStore::new(conn, &settings.queue.namespace), waits),
+        None => Budgets::local(waits),
+    };
+    let hubspot = HubspotClient::new(settings.hubspot.clone(), Arc::new(budgets))?;
     Ok(Deps {
         store,
         hubspot,

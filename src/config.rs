@@ -157,8 +157,13 @@ pub struct HubspotSettings {
     pub requests_per_10s: u32,
     /// The search endpoints' budget: requests per second.
     pub search_requests_per_second: u32,
+    /// The account's daily budget: requests per UTC day (0: none, as for
+    /// public OAuth apps).
+    pub requests_per_day: u32,
     /// Share of each budget crmsync may use (the rest is the customer's).
     pub budget_share: f64,
+    /// The longest a job waits for a budget slot before it is rescheduled.
+    pub budget_max_wait_secs: u64,
     /// Per-request timeout, in seconds.
     pub request_timeout_secs: u64,
 }
@@ -349,7 +354,7 @@ impl Settings {
                 ),
             ));
         }
-        let positive: [(&'static str, u64); 8] = [
+        let positive: [(&'static str, u64); 9] = [
             (
                 "CRMSYNC__QUEUE__POLL_INTERVAL_MS",
                 self.queue.poll_interval_ms,
@@ -378,6 +383,10 @@ impl Settings {
             (
                 "CRMSYNC__HUBSPOT__REQUEST_TIMEOUT_SECS",
                 self.hubspot.request_timeout_secs,
+            ),
+            (
+                "CRMSYNC__HUBSPOT__BUDGET_MAX_WAIT_SECS",
+                self.hubspot.budget_max_wait_secs,
             ),
         ];
         for (key, v) in positive {

@@ -29,6 +29,7 @@ pub mod ingress;
 pub mod jobs;
 pub mod providers;
 pub mod queue;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod scheduler;
 pub mod secrets;

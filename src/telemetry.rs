@@ -67,6 +67,7 @@ pub fn record_job(job: &'static str, settled: Settled, elapsed: Duration) {
     let outcome = match settled {
         Settled::Done => "done",
         Settled::Retry(_) => "retry",
+        Settled::Defer(_) => "deferred",
         Settled::GiveUp => "failed",
     };
     metrics::counter!("crmsync_jobs_total", "job" => job, "outcome" => outcome).increment(1);

@@ -57,6 +57,7 @@ async fn render(api: &Api, row: &ConnectionRow) -> Value {
         "id": row.id,
         "provider": row.provider,
         "portalId": row.external_account_id,
+        "rateBudget": rate_budget(api, row).await,
         "status": row.status,
         "statusReason": row.status_reason,
         "strategy": row.settings.strategy,
@@ -67,6 +68,31 @@ async fn render(api: &Api, row: &ConnectionRow) -> Value {
         "createdAt": row.created_at,
         "updatedAt": row.updated_at,
     })
+}
+
+/// The account's fleet-wide budget as the workers see it: its size, its use
+/// today, and — while callers wait for quota or a 429 cools it down — until
+/// when. `null` in the embedded mode (each process has its own budgets).
+async fn rate_budget(api: &Api, row: &ConnectionRow) -> Value {
+    let Some(conn) = &api.redis else {
+        return Value::Null;
+    };
+    let hubspot = &api.settings.hubspot;
+    let name = format!("hubspot:{}:burst", row.external_account_id);
+    match crate::ratelimit::shared::status(conn, &api.settings.queue.namespace, &name).await {
+        Ok(status) => json!({
+            "requestsPer10s": hubspot.requests_per_10s,
+            "requestsPerDay": hubspot.requests_per_day,
+            "share": hubspot.budget_share,
+            "requestsToday": status.requests_today,
+            "waitingForQuotaUntil": status.waiting_until,
+            "coolDownUntil": status.cool_down_until,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "rate budget unavailable");
+            Value::Null
+        }
+    }
 }
 
 /// The connection as it is now, rendered.

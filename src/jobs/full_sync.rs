@@ -28,12 +28,22 @@ pub struct FullSyncJob {
     /// Retry number of this page (0 on the first try).
     #[serde(default)]
     pub attempt: u32,
+    /// Times this page waited for the rate budget (not attempts).
+    #[serde(default)]
+    pub deferrals: u32,
 }
 
 impl FullSyncJob {
     /// The key that makes enqueueing the same page twice a no-op.
     pub fn idempotency_key(&self) -> String {
-        format!("full_sync:{}:{}:{}", self.run, self.page, self.attempt)
+        if self.deferrals == 0 {
+            format!("full_sync:{}:{}:{}", self.run, self.page, self.attempt)
+        } else {
+            format!(
+                "full_sync:{}:{}:{}:{}",
+                self.run, self.page, self.attempt, self.deferrals
+            )
+        }
     }
 
     /// The job for the page after this one.
@@ -41,6 +51,7 @@ impl FullSyncJob {
         Self {
             page: self.page + 1,
             attempt: 0,
+            deferrals: 0,
             ..self.clone()
         }
     }
@@ -82,7 +93,9 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
     let account = session.account().to_string();
     let page_size = deps.settings.sync.full_page_size;
     let after = run.page_token.clone();
-    let page = crate::with_auth!(session, deps, |token| deps.hubspot.list_page(
+    // Pages take only free budget slots: webhook follow-ups and pushes first.
+    let hubspot = deps.hubspot.background();
+    let page = crate::with_auth!(session, deps, |token| hubspot.list_page(
         &account,
         token,
         job.object,
@@ -160,6 +173,7 @@ pub async fn start(
             run: run.id,
             page: run.pages_done,
             attempt: 0,
+            deferrals: 0,
         };
         queue
             .push_full_sync(&job)

@@ -82,6 +82,16 @@ pub enum JobError {
     /// Retrying cannot help; the run is marked failed.
     #[error("{0}")]
     Permanent(String),
+    /// Not a failure: the account's rate budget has no slot soon enough
+    /// (or the CRM said to slow down). The job runs again after
+    /// `retry_after` without using up an attempt, and no worker waits.
+    #[error("{message}")]
+    Deferred {
+        /// Why.
+        message: String,
+        /// When to run again.
+        retry_after: Duration,
+    },
 }
 
 impl From<StoreError> for JobError {
@@ -99,6 +109,12 @@ impl From<StoreError> for JobError {
 
 impl From<ProviderError> for JobError {
     fn from(e: ProviderError) -> Self {
+        if let ProviderError::RateLimited { retry_after, .. } = &e {
+            return JobError::Deferred {
+                retry_after: *retry_after,
+                message: e.to_string(),
+            };
+        }
         if e.is_retryable() {
             JobError::Transient {
                 retry_after: e.retry_after(),

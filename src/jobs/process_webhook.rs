@@ -176,7 +176,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     }
     // Wait for the budget first, then claim what is waiting *now*: changes
     // that arrived meanwhile ride along instead of costing a call each.
-    let mut reserved = Some(deps.hubspot.reserve_read(&account).await);
+    let mut reserved = Some(deps.hubspot.reserve_read(&account).await?);
     let mut claim = deps
         .queue
         .claim_pending(job.connection, job.object, &job.changed, cap)

@@ -183,7 +183,7 @@ impl Push<'_> {
             // budget paced us ride in this cycle instead of waiting a whole
             // cycle (at 200 changes/s that is ~90 ms of every change's wait).
             let (pending, reserved) = if pending.iter().any(|p| p.crm_id.is_some()) {
-                let reserved = deps.hubspot.reserve_read(&account).await;
+                let reserved = deps.hubspot.reserve_read(&account).await?;
                 let fresh = deps
                     .store
                     .pending_pushes(job.tenant, job.connection, object, BATCH)

@@ -2,7 +2,6 @@
 //! takes its base URL from configuration, so every provider can be pointed at
 //! a sandbox. Budgets pace calls per account.
 
-pub mod budget;
 pub mod error;
 pub mod hubspot;
 

@@ -31,6 +31,8 @@ pub enum Settled {
     Done,
     /// Re-enqueue with `attempt + 1` after the delay.
     Retry(Duration),
+    /// Re-enqueue after the delay without using an attempt (rate budget).
+    Defer(Duration),
     /// Final failure: record it and stop.
     GiveUp,
 }
@@ -47,6 +49,9 @@ pub fn settle(
     match result {
         Ok(()) => Settled::Done,
         Err(JobError::Permanent(_)) => Settled::GiveUp,
+        Err(JobError::Deferred { retry_after, .. }) => {
+            Settled::Defer((*retry_after).max(Duration::from_millis(100)))
+        }
         Err(JobError::Transient { .. }) if attempt + 1 >= max_attempts => Settled::GiveUp,
         Err(JobError::Transient { retry_after, .. }) => {
             let backoff = Duration::from_secs(1u64 << attempt.min(8)).min(Duration::from_secs(300));
@@ -96,6 +101,15 @@ async fn full_sync_task(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDyn
             tracing::warn!(job = "full_sync", run.id = %job.run, page = job.page, attempt = job.attempt, error = %e, ?delay, "retrying");
             let again = FullSyncJob {
                 attempt: job.attempt + 1,
+                ..job.clone()
+            };
+            deps.queue.push_full_sync_after(&again, delay).await?;
+            Ok(())
+        }
+        (Settled::Defer(delay), Err(e)) => {
+            tracing::info!(job = "full_sync", run.id = %job.run, page = job.page, error = %e, ?delay, "deferred");
+            let again = FullSyncJob {
+                deferrals: job.deferrals + 1,
                 ..job.clone()
             };
             deps.queue.push_full_sync_after(&again, delay).await?;
@@ -180,6 +194,18 @@ async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxD
             deps.queue.push_delta_sync_after(&again, delay).await?;
             Ok(())
         }
+        (Settled::Defer(delay), Err(e)) => {
+            tracing::info!(job = "delta_sync", connection.id = %job.connection, error = %e, ?delay, "deferred");
+            let again = match progress.resume.clone() {
+                Some(resume) => job.follow_up(resume),
+                None => DeltaSyncJob {
+                    trigger: format!("{}+{}", job.trigger, uuid::Uuid::now_v7()),
+                    ..job.clone()
+                },
+            };
+            deps.queue.push_delta_sync_after(&again, delay).await?;
+            Ok(())
+        }
         (Settled::GiveUp, Err(e)) => {
             tracing::error!(job = "delta_sync", connection.id = %job.connection, error = %e, "giving up");
             Err(AbortError::new(e).into())
@@ -203,6 +229,15 @@ async fn process_webhook_task(job: ProcessWebhookJob, deps: Data<Deps>) -> Resul
             tracing::warn!(job = "process_webhook", connection.id = %job.connection, attempt = job.attempt, error = %e, ?delay, "retrying");
             let again = ProcessWebhookJob {
                 attempt: job.attempt + 1,
+                ..job.clone()
+            };
+            deps.queue.push_process_webhook_after(&again, delay).await?;
+            Ok(())
+        }
+        (Settled::Defer(delay), Err(e)) => {
+            tracing::info!(job = "process_webhook", connection.id = %job.connection, error = %e, ?delay, "deferred");
+            let again = ProcessWebhookJob {
+                delivery: format!("{}+{}", job.delivery, uuid::Uuid::now_v7()),
                 ..job.clone()
             };
             deps.queue.push_process_webhook_after(&again, delay).await?;
@@ -234,6 +269,15 @@ async fn push_changes_task(job: PushChangesJob, deps: Data<Deps>) -> Result<(), 
             tracing::warn!(job = "push_changes", connection.id = %job.connection, attempt = job.attempt, error = %e, ?delay, "retrying");
             let again = PushChangesJob {
                 attempt: job.attempt + 1,
+                ..job.clone()
+            };
+            deps.queue.push_push_changes_after(&again, delay).await?;
+            Ok(())
+        }
+        (Settled::Defer(delay), Err(e)) => {
+            tracing::info!(job = "push_changes", connection.id = %job.connection, error = %e, ?delay, "deferred");
+            let again = PushChangesJob {
+                trigger: format!("{}+{}", job.trigger, uuid::Uuid::now_v7()),
                 ..job.clone()
             };
             deps.queue.push_push_changes_after(&again, delay).await?;
@@ -422,5 +466,20 @@ mod tests {
             Settled::GiveUp
         );
         assert_eq!(settle(&Ok(()), 5, 8, 0), Settled::Done);
+    }
+
+    #[test]
+    fn waiting_for_the_rate_budget_never_uses_up_attempts() {
+        let deferred = Err(JobError::from(
+            crate::providers::ProviderError::RateLimited {
+                retry_after: Duration::from_secs(7),
+                policy: "CRMSYNC_BUDGET".into(),
+            },
+        ));
+        // Even at the last attempt: a deferral is not a failure.
+        assert_eq!(
+            settle(&deferred, 7, 8, 0),
+            Settled::Defer(Duration::from_secs(7))
+        );
     }
 }

@@ -8,8 +8,8 @@ use axum::response::IntoResponse;
 use crmsync::config::Settings;
 use crmsync::domain::{CrmId, CrmObject};
 use crmsync::providers::ProviderError;
-use crmsync::providers::budget::Budgets;
 use crmsync::providers::hubspot::{ChangeQuery, HubspotClient};
+use crmsync::ratelimit::{Budgets, Waits};
 use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ fn client(base: &str) -> HubspotClient {
     settings.requests_per_10s = 1_000_000;
     settings.search_requests_per_second = 1_000_000;
     settings.request_timeout_secs = 1;
-    HubspotClient::new(settings, Arc::new(Budgets::default())).expect("client")
+    HubspotClient::new(settings, Arc::new(Budgets::local(Waits::default()))).expect("client")
 }
 
 async fn serve(app: axum::Router) -> String {

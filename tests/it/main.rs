@@ -23,6 +23,7 @@ mod convergence;
 mod hubspot_client;
 mod hubspot_leads;
 mod push;
+mod rate_budget;
 mod scheduler;
 mod store_security;
 mod strategies;

@@ -5,8 +5,8 @@
 use super::mapping::{self, HsObject};
 use crate::config::HubspotSettings;
 use crate::domain::{CrmId, CrmObject};
-use crate::providers::budget::{Budget, Budgets, WindowLimit};
 use crate::providers::error::ProviderError;
+use crate::ratelimit::{Budget, BudgetError, BudgetSpec, Budgets, Priority, WindowLimit};
 use crate::sync::Incoming;
 use chrono::{DateTime, Utc};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -70,6 +70,26 @@ pub struct HubspotClient {
     pub(super) http: reqwest::Client,
     settings: Arc<HubspotSettings>,
     budgets: Arc<Budgets>,
+    priority: Priority,
+}
+
+/// A budget as one client uses it: which budget, at which priority.
+#[derive(Debug, Clone)]
+pub(super) struct Pacer {
+    budget: Arc<Budget>,
+    priority: Priority,
+}
+
+impl From<BudgetError> for ProviderError {
+    fn from(e: BudgetError) -> Self {
+        match e {
+            BudgetError::WaitTooLong { retry_after, .. } => ProviderError::RateLimited {
+                retry_after,
+                policy: "CRMSYNC_BUDGET".into(),
+            },
+            BudgetError::Unavailable(message) => ProviderError::Unavailable(message),
+        }
+    }
 }
 
 /// A record written by [`HubspotClient::batch_upsert`].
@@ -146,35 +166,55 @@ impl HubspotClient {
             http,
             settings: Arc::new(settings),
             budgets,
+            priority: Priority::Interactive,
         })
+    }
+
+    /// The same client for background work (full-sync pages): its calls
+    /// take only free budget slots, so interactive work is served first.
+    pub fn background(&self) -> Self {
+        Self {
+            priority: Priority::Background,
+            ..self.clone()
+        }
     }
 
     pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.settings.api_base_url.trim_end_matches('/'))
     }
 
-    pub(super) fn burst_budget(&self, portal: &str) -> Arc<Budget> {
-        let limit = WindowLimit {
-            requests: self.settings.requests_per_10s,
-            window: Duration::from_secs(10),
+    /// The account's burst budget (its daily budget counted with it).
+    pub(super) fn burst_budget(&self, portal: &str) -> Pacer {
+        let spec = BudgetSpec {
+            limit: WindowLimit {
+                requests: self.settings.requests_per_10s,
+                window: Duration::from_secs(10),
+            },
+            daily_limit: self.settings.requests_per_day,
+            share: self.settings.budget_share,
+            kind: "burst",
         };
-        self.budgets.get(
-            &format!("hubspot:{portal}:burst"),
-            limit,
-            self.settings.budget_share,
-        )
+        Pacer {
+            budget: self.budgets.get(&format!("hubspot:{portal}:burst"), spec),
+            priority: self.priority,
+        }
     }
 
-    fn search_budget(&self, portal: &str) -> Arc<Budget> {
-        let limit = WindowLimit {
-            requests: self.settings.search_requests_per_second,
-            window: Duration::from_secs(1),
+    /// The account's search budget (HubSpot counts search apart).
+    fn search_budget(&self, portal: &str) -> Pacer {
+        let spec = BudgetSpec {
+            limit: WindowLimit {
+                requests: self.settings.search_requests_per_second,
+                window: Duration::from_secs(1),
+            },
+            daily_limit: 0,
+            share: self.settings.budget_share,
+            kind: "search",
         };
-        self.budgets.get(
-            &format!("hubspot:{portal}:search"),
-            limit,
-            self.settings.budget_share,
-        )
+        Pacer {
+            budget: self.budgets.get(&format!("hubspot:{portal}:search"), spec),
+            priority: self.priority,
+        }
     }
 
     /// The portal (account) id the token belongs to.
@@ -270,9 +310,10 @@ impl HubspotClient {
     /// Waits for a slot of the account's request budget for one batch read,
     /// so the caller can decide *what* to read at the last moment: records
     /// that arrive while it waits join the read instead of costing another.
-    pub async fn reserve_read(&self, portal: &str) -> ReservedRead {
-        self.burst_budget(portal).acquire().await;
-        ReservedRead(())
+    pub async fn reserve_read(&self, portal: &str) -> Result<ReservedRead, ProviderError> {
+        let pacer = self.burst_budget(portal);
+        pacer.budget.acquire(pacer.priority).await?;
+        Ok(ReservedRead(()))
     }
 
     /// Current state of up to 100 records by id (missing ids are left out).
@@ -351,7 +392,7 @@ impl HubspotClient {
             let budget = if std::mem::take(&mut paid) {
                 None
             } else {
-                Some(&*budget)
+                Some(&budget)
             };
             let reply: ListBody = send(request, budget).await?;
             out.extend(reply.results);
@@ -657,7 +698,7 @@ impl HubspotClient {
 /// failure — goes back to the job's own retry with backoff.
 pub(super) async fn send<T: serde::de::DeserializeOwned>(
     request: RequestBuilder,
-    budget: Option<&Budget>,
+    budget: Option<&Pacer>,
 ) -> Result<T, ProviderError> {
     use backon::{ExponentialBuilder, Retryable};
     let attempt = || async {
@@ -686,10 +727,10 @@ pub(super) async fn send<T: serde::de::DeserializeOwned>(
 /// Sends once after taking the budget; classifies the answer.
 async fn send_once<T: serde::de::DeserializeOwned>(
     request: RequestBuilder,
-    budget: Option<&Budget>,
+    budget: Option<&Pacer>,
 ) -> Result<T, ProviderError> {
-    if let Some(budget) = budget {
-        budget.acquire().await;
+    if let Some(pacer) = budget {
+        pacer.budget.acquire(pacer.priority).await?;
     }
     let response = request.send().await.map_err(|e| {
         // Without the URL: a query string may carry a key (`hapikey`).
@@ -718,8 +759,8 @@ async fn send_once<T: serde::de::DeserializeOwned>(
         str::to_string,
     );
     let error = classify(status, &headers, &body, message);
-    if let (ProviderError::RateLimited { retry_after, .. }, Some(budget)) = (&error, budget) {
-        budget.cool_down(*retry_after);
+    if let (ProviderError::RateLimited { retry_after, .. }, Some(pacer)) = (&error, budget) {
+        pacer.budget.cool_down(*retry_after).await;
     }
     Err(error)
 }

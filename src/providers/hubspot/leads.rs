@@ -105,7 +105,7 @@ impl HubspotClient {
             let budget = if std::mem::take(&mut paid) {
                 None
             } else {
-                Some(&*budget)
+                Some(&budget)
             };
             // 207 with `errors` for ids without associations: not an error.
             let reply: AssociationsBody = send(request, budget).await?;

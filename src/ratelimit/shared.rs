@@ -1,0 +1,200 @@
+//! The fleet-wide side of a budget: one Redis hash per budget, changed only
+//! by one Lua script on Redis's clock (`TIME`), so every process reserves
+//! slots from the same pace and sees the same cool-down and day count.
+//!
+//! The hash holds, in microseconds since the epoch: `tat` (when the next
+//! slot is free: GCRA's theoretical arrival time), `cool` (no request
+//! before this), and `day`/`count` (requests this UTC day). It expires two
+//! days after its last use.
+
+use super::BudgetError;
+use chrono::{DateTime, TimeZone, Utc};
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local h = redis.call('HMGET', KEYS[1], 'tat', 'cool', 'day', 'count')
+local tat = tonumber(h[1]) or 0
+local cool = tonumber(h[2]) or 0
+local function num(x) return string.format('%.0f', x) end
+if ARGV[1] == 'cool' then
+  local untl = now + tonumber(ARGV[5])
+  if untl > cool then redis.call('HSET', KEYS[1], 'cool', num(untl)) end
+  redis.call('PEXPIRE', KEYS[1], 172800000)
+  return {1, 0}
+end
+local period = tonumber(ARGV[2])
+local ahead = tonumber(ARGV[3])
+local daily = tonumber(ARGV[4])
+local start = math.max(tat, now, cool)
+local wait = start - now
+if wait > ahead then return {0, wait} end
+local day = math.floor(tonumber(t[1]) / 86400)
+local count = 0
+if tonumber(h[3]) == day then count = tonumber(h[4]) or 0 end
+if daily > 0 and count >= daily then
+  return {0, (day + 1) * 86400000000 - now}
+end
+redis.call('HSET', KEYS[1], 'tat', num(start + period), 'day', num(day), 'count', num(count + 1))
+redis.call('PEXPIRE', KEYS[1], 172800000)
+return {1, wait}
+";
+
+/// The script's answer to a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// A slot is reserved: send after `wait`.
+    Slot {
+        /// Until the slot.
+        wait: Duration,
+    },
+    /// Nothing reserved: the next slot (or the day's end) is `wait` away.
+    Refused {
+        /// Until the next slot could be taken.
+        wait: Duration,
+    },
+}
+
+/// The Redis all budgets of a fleet live in.
+#[derive(Clone)]
+pub struct SharedStore {
+    conn: ConnectionManager,
+    namespace: String,
+    script: Arc<redis::Script>,
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedStore {
+    /// Budgets under `namespace` (the queue's, so that deployments sharing
+    /// a Redis do not share budgets unless they share a queue).
+    pub fn new(conn: ConnectionManager, namespace: &str) -> Self {
+        Self {
+            conn,
+            namespace: namespace.to_string(),
+            script: Arc::new(redis::Script::new(SCRIPT)),
+        }
+    }
+
+    pub(super) fn budget(&self, name: &str) -> SharedBudget {
+        SharedBudget {
+            store: self.clone(),
+            key: key(&self.namespace, name),
+        }
+    }
+}
+
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}:budget:{name}")
+}
+
+/// One budget's key.
+#[derive(Debug, Clone)]
+pub(super) struct SharedBudget {
+    store: SharedStore,
+    key: String,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl SharedBudget {
+    /// Reserves the next slot if it is at most `ahead` away.
+    pub(super) async fn take(
+        &self,
+        period: Duration,
+        ahead: Duration,
+        daily_limit: u32,
+    ) -> Result<Taken, BudgetError> {
+        let mut conn = self.store.conn.clone();
+        let (admitted, wait): (i64, i64) = self
+            .store
+            .script
+            .key(&self.key)
+            .arg("take")
+            .arg(micros(period))
+            .arg(micros(ahead))
+            .arg(daily_limit)
+            .arg(0)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| BudgetError::Unavailable(e.to_string()))?;
+        let wait = Duration::from_micros(u64::try_from(wait).unwrap_or(0));
+        Ok(if admitted == 1 {
+            Taken::Slot { wait }
+        } else {
+            Taken::Refused { wait }
+        })
+    }
+
+    /// No request of the fleet before `for_` from now.
+    pub(super) async fn cool_down(&self, for_: Duration) -> Result<(), BudgetError> {
+        let mut conn = self.store.conn.clone();
+        let _: (i64, i64) = self
+            .store
+            .script
+            .key(&self.key)
+            .arg("cool")
+            .arg(0)
+            .arg(0)
+            .arg(0)
+            .arg(micros(for_))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| BudgetError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// A budget's state as the fleet sees it, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetStatus {
+    /// Set while the budget is in use: callers wait for quota until then
+    /// (the next free slot).
+    pub waiting_until: Option<DateTime<Utc>>,
+    /// Set during a cool-down after a 429.
+    pub cool_down_until: Option<DateTime<Utc>>,
+    /// Requests this UTC day.
+    pub requests_today: u64,
+}
+
+/// Reads budget `name`'s state (nothing is changed).
+pub async fn status(
+    conn: &ConnectionManager,
+    namespace: &str,
+    name: &str,
+) -> Result<BudgetStatus, redis::RedisError> {
+    let mut conn = conn.clone();
+    let (secs, micros_part): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+    let now = secs * 1_000_000 + micros_part;
+    let (tat, cool, day, count): (Option<f64>, Option<f64>, Option<f64>, Option<u64>) =
+        redis::cmd("HMGET")
+            .arg(key(namespace, name))
+            .arg("tat")
+            .arg("cool")
+            .arg("day")
+            .arg("count")
+            .query_async(&mut conn)
+            .await?;
+    let at = |us: f64| Utc.timestamp_micros(us as i64).single();
+    let future = |us: Option<f64>| us.filter(|us| *us > now as f64).and_then(at);
+    Ok(BudgetStatus {
+        waiting_until: future(tat),
+        cool_down_until: future(cool),
+        requests_today: match day {
+            Some(d) if d as u64 == secs / 86_400 => count.unwrap_or(0),
+            _ => 0,
+        },
+    })
+}
