@@ -1,16 +1,26 @@
 //! A connection's authenticated session: opens its credentials, refreshes an
 //! OAuth token before it expires, and on a 401 refreshes once and retries —
 //! a second refusal marks the connection as needing re-authorisation.
+//!
+//! Refreshing is single-flight across the fleet: the job that takes the
+//! connection's refresh lease refreshes; every other job that needs a fresh
+//! token meanwhile waits for the stored credentials to change and uses the
+//! new token. So 50 jobs finding the token expired make one refresh call.
 
 use super::{Deps, JobError};
 use crate::domain::{ConnectionStatus, ProviderKind};
 use crate::providers::ProviderError;
 use crate::store::{ConnectionRow, Credentials};
 use chrono::Utc;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
 
 /// Refresh this long before the access token expires.
 const REFRESH_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+/// A refresh lease outlives any refresh call (the HTTP timeout is 30 s).
+const REFRESH_LEASE: Duration = Duration::from_secs(45);
+/// How long a job waits for another job's refresh before it retries later.
+const REFRESH_WAIT: Duration = Duration::from_secs(20);
 
 /// An active connection and a token that works for it.
 #[derive(Debug)]
@@ -39,11 +49,11 @@ impl Session {
             Credentials::PrivateAppToken { token } => token,
             Credentials::OAuth {
                 access_token,
-                refresh_token,
                 expires_at,
+                ..
             } => {
                 if expires_at - REFRESH_MARGIN <= Utc::now() {
-                    refresh(deps, &connection, &refresh_token).await?
+                    refresh(deps, &connection, None).await?
                 } else {
                     access_token
                 }
@@ -67,8 +77,8 @@ impl Session {
     /// `needs_reauth` and returns the final error.
     pub async fn reauthorize(&mut self, deps: &Deps, refused: String) -> Result<(), JobError> {
         match deps.store.credentials(&self.connection)? {
-            Credentials::OAuth { refresh_token, .. } => {
-                self.token = refresh(deps, &self.connection, &refresh_token).await?;
+            Credentials::OAuth { .. } => {
+                self.token = refresh(deps, &self.connection, Some(&self.token)).await?;
                 Ok(())
             }
             Credentials::PrivateAppToken { .. } => {
@@ -116,11 +126,93 @@ macro_rules! with_auth {
     }};
 }
 
+/// A token fresher than `refused`: another job's refresh, or our own under
+/// the connection's refresh lease.
 async fn refresh(
     deps: &Deps,
     connection: &ConnectionRow,
-    refresh_token: &SecretString,
+    refused: Option<&SecretString>,
 ) -> Result<SecretString, JobError> {
+    let lease_name = format!("oauth-refresh:{}", connection.id);
+    let deadline = std::time::Instant::now() + REFRESH_WAIT;
+    loop {
+        if let Some(token) = stored_fresh_token(deps, connection, refused).await? {
+            return Ok(token);
+        }
+        if let Some(lease) = deps.queue.try_lease(&lease_name, REFRESH_LEASE).await? {
+            // Checked again under the lease: a refresh may have just ended.
+            let refreshed = match stored_fresh_token(deps, connection, refused).await {
+                Ok(Some(token)) => Ok(token),
+                Ok(None) => refresh_now(deps, connection).await,
+                Err(e) => Err(e),
+            };
+            deps.queue.release(lease).await;
+            return refreshed;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(JobError::Transient {
+                message: format!(
+                    "another worker is still refreshing connection {}'s token",
+                    connection.id
+                ),
+                retry_after: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The stored access token if it is valid for a while and is not the one
+/// the CRM refused; an error if the connection stopped being active (a
+/// refresh elsewhere was refused).
+async fn stored_fresh_token(
+    deps: &Deps,
+    connection: &ConnectionRow,
+    refused: Option<&SecretString>,
+) -> Result<Option<SecretString>, JobError> {
+    let row = deps
+        .store
+        .connection(connection.tenant, connection.id)
+        .await?;
+    if row.status != ConnectionStatus::Active {
+        return Err(JobError::Permanent(format!(
+            "connection {} is {}{}",
+            row.id,
+            row.status,
+            row.status_reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(match deps.store.credentials(&row)? {
+        Credentials::OAuth {
+            access_token,
+            expires_at,
+            ..
+        } if expires_at - REFRESH_MARGIN > Utc::now()
+            && refused.is_none_or(|r| r.expose_secret() != access_token.expose_secret()) =>
+        {
+            Some(access_token)
+        }
+        _ => None,
+    })
+}
+
+/// Calls the CRM's token endpoint with the stored refresh token and stores
+/// what it gives (the caller holds the refresh lease).
+async fn refresh_now(deps: &Deps, connection: &ConnectionRow) -> Result<SecretString, JobError> {
+    let row = deps
+        .store
+        .connection(connection.tenant, connection.id)
+        .await?;
+    let Credentials::OAuth { refresh_token, .. } = deps.store.credentials(&row)? else {
+        return Err(JobError::Permanent(format!(
+            "connection {} has no OAuth refresh token",
+            connection.id
+        )));
+    };
+    let refresh_token = &refresh_token;
     let fresh = match connection.provider {
         ProviderKind::Hubspot => deps.hubspot.refresh(refresh_token).await,
     };

@@ -8,9 +8,11 @@
 //! the original. Every push carries an idempotency key derived from the job,
 //! so pushing the same job twice enqueues it once.
 
+mod lease;
 pub(crate) mod pending;
 mod worker;
 
+pub use lease::Lease;
 pub use pending::Claim;
 
 pub use worker::{Settled, WorkerSpec, run_workers, settle};
@@ -62,6 +64,10 @@ enum Storages {
 pub struct Queue {
     storages: Storages,
     settings: QueueTuning,
+    /// The embedded mode's leases (name → holder's token, expiry).
+    local_leases: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    >,
 }
 
 impl std::fmt::Debug for Queue {
@@ -118,6 +124,7 @@ impl Queue {
         Ok(Self {
             storages,
             settings: tuning,
+            local_leases: Default::default(),
         })
     }
 

@@ -441,3 +441,57 @@ on_both_backends! {
         fleet.finish().await;
     }
 }
+
+on_both_backends! {
+    async fn fifty_jobs_needing_a_fresh_token_at_once_make_one_refresh(backend) {
+        let mut fleet = Fleet::start(backend, 0).await;
+        rewire(&mut fleet, |s| {
+            s.hubspot.client_id = Some(CLIENT_ID.into());
+            s.hubspot.client_secret = Some(SecretString::from(CLIENT_SECRET));
+        })
+        .await;
+        let (access, refresh, _) = oauth_tokens(&fleet.sandbox).await;
+        // Stored as expired: every job opening a session must refresh first.
+        let credentials = Credentials::OAuth {
+            access_token: SecretString::from(access.clone()),
+            refresh_token: SecretString::from(refresh),
+            expires_at: chrono::Utc::now() - chrono::Duration::minutes(1),
+        };
+        crmsync::cli::connect_hubspot_token(&fleet.settings, &fleet.store, fleet.tenant, credentials, Some(PORTAL))
+            .await
+            .expect("connect with OAuth tokens");
+        // Two worker processes on the production shape (their leases meet in
+        // Redis); the embedded mode is one process.
+        let mut processes = vec![fleet.deps.clone()];
+        if backend == crate::fleet::Backend::Postgres {
+            processes.push(crmsync::app::deps(&fleet.settings, fleet.store.clone()).await.expect("deps"));
+        }
+        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
+        let mut jobs = Vec::new();
+        for n in 0..50 {
+            let deps = processes[n % processes.len()].clone();
+            let row = row.clone();
+            jobs.push(tokio::spawn(async move {
+                crmsync::jobs::Session::open(&deps, row)
+                    .await
+                    .map(|s| s.token().expose_secret().to_string())
+            }));
+        }
+        let mut tokens = std::collections::BTreeSet::new();
+        for job in jobs {
+            tokens.insert(job.await.expect("join").expect("a session"));
+        }
+        // Each refresh call gives a new access token: one token, one call.
+        assert_eq!(tokens.len(), 1, "{} refreshes for 50 jobs", tokens.len());
+        let fresh = tokens.into_iter().next().expect("token");
+        assert_ne!(fresh, access);
+        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
+        let (stored, _) = oauth_parts(fleet.store.credentials(&row).expect("credentials"));
+        assert_eq!(stored, fresh, "the one refresh is stored");
+        assert!(fleet.sandbox.status_with(&fresh).await.is_success());
+        for deps in processes.iter().skip(1) {
+            deps.queue.close().await;
+        }
+        fleet.finish().await;
+    }
+}
