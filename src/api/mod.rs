@@ -106,6 +106,15 @@ impl Api {
                 "/v1/conflicts/{id}/resolve",
                 post(operator::resolve_conflict),
             )
+            .route("/v1/dead-letters", get(operator::list_dead_letters))
+            .route(
+                "/v1/dead-letters/replay",
+                post(operator::replay_dead_letters),
+            )
+            .route(
+                "/v1/dead-letters/{id}/replay",
+                post(operator::replay_dead_letter),
+            )
             .route("/openapi.json", get(openapi))
             .route("/health", get(|| async { "ok" }))
             .with_state(self)

@@ -594,6 +594,100 @@ pub(super) async fn record_history(
     Ok(axum::Json(json!({ "data": changes })).into_response())
 }
 
+/// `GET /v1/dead-letters?status=open|replayed&connectionId=&limit=&cursor=`:
+/// jobs that failed for good, newest first.
+pub(super) async fn list_dead_letters(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let params = query(params)?;
+    let replayed = match params.status.as_deref().unwrap_or("open") {
+        "open" => false,
+        "replayed" => true,
+        _ => return Err(bad("status must be open or replayed")),
+    };
+    let limit = params.limit()?;
+    let before = match params.cursor.as_deref() {
+        Some(c) => Some(c.parse::<uuid::Uuid>().map_err(|_| bad("invalid cursor"))?),
+        None => None,
+    };
+    let mut rows = api
+        .store
+        .list_dead_letters(tenant, replayed, params.connection()?, before, limit + 1)
+        .await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|d| d.id.to_string())
+    } else {
+        None
+    };
+    Ok(axum::Json(json!({"data": rows, "nextCursor": next})).into_response())
+}
+
+/// Queues one open dead letter's job again, then marks it replayed.
+async fn replay_one(
+    api: &Api,
+    tenant: crate::domain::TenantId,
+    dead: &crate::store::DeadLetter,
+) -> Result<Option<chrono::DateTime<Utc>>, Problem> {
+    crate::jobs::replay::replay(&api.store, &api.queue, dead)
+        .await
+        .map_err(|e| match e {
+            crate::jobs::JobError::Permanent(m) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, m)
+            }
+            other => Problem::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+        })?;
+    Ok(api.store.mark_replayed(tenant, dead.id).await?)
+}
+
+/// `POST /v1/dead-letters/{id}/replay` → 202 with the dead letter, now
+/// replayed; 404 for one that is unknown or replayed already.
+pub(super) async fn replay_dead_letter(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::new(StatusCode::NOT_FOUND, format!("no open dead letter {id}"));
+    let uuid: uuid::Uuid = id.parse().map_err(|_| not_found())?;
+    let Some(mut dead) = api.store.open_dead_letter(tenant, uuid).await? else {
+        return Err(not_found());
+    };
+    dead.replayed_at = replay_one(&api, tenant, &dead).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(dead)).into_response())
+}
+
+/// `POST /v1/dead-letters/replay[?connectionId=]` → 202 `{"replayed": n}`:
+/// every open dead letter (of one connection) queued again.
+pub(super) async fn replay_dead_letters(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let params = query(params)?;
+    let connection = params.connection()?;
+    let mut replayed = 0;
+    loop {
+        let batch = api
+            .store
+            .list_dead_letters(tenant, false, connection, None, 200)
+            .await?;
+        if batch.is_empty() {
+            break;
+        }
+        for dead in &batch {
+            replay_one(&api, tenant, dead).await?;
+            replayed += 1;
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"replayed": replayed})),
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 mod openapi_tests {
     use serde_json::Value;
@@ -615,6 +709,9 @@ mod openapi_tests {
         ("/v1/sync-runs", &["get"]),
         ("/v1/conflicts", &["get"]),
         ("/v1/conflicts/{id}/resolve", &["post"]),
+        ("/v1/dead-letters", &["get"]),
+        ("/v1/dead-letters/replay", &["post"]),
+        ("/v1/dead-letters/{id}/replay", &["post"]),
         ("/openapi.json", &["get"]),
         ("/health", &["get"]),
     ];

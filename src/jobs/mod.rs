@@ -6,6 +6,7 @@ pub mod delta_sync;
 pub mod full_sync;
 pub mod process_webhook;
 pub mod push_changes;
+pub mod replay;
 mod session;
 
 pub use delta_sync::{DeltaOutcome, DeltaProgress, DeltaResume, DeltaSyncJob};

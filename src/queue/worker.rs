@@ -65,6 +65,34 @@ pub fn settle(
     }
 }
 
+/// Keeps a job that failed for good where operators see and replay it
+/// (`GET /v1/dead-letters`). Best effort: the failure is logged either way.
+async fn dead_letter<J: serde::Serialize>(
+    deps: &Deps,
+    kind: &'static str,
+    (tenant, connection): (crate::domain::TenantId, crate::domain::ConnectionId),
+    job: &J,
+    error: &JobError,
+    attempt: u32,
+) {
+    metrics::counter!("crmsync_dead_letters_total", "job" => kind).increment(1);
+    let job = serde_json::to_value(job).unwrap_or(serde_json::Value::Null);
+    if let Err(e) = deps
+        .store
+        .record_dead_letter(
+            tenant,
+            connection,
+            kind,
+            &job,
+            &error.to_string(),
+            attempt + 1,
+        )
+        .await
+    {
+        tracing::error!(job = kind, connection.id = %connection, error = %e, "dead letter not recorded");
+    }
+}
+
 fn jitter_seed() -> u64 {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b)
@@ -118,6 +146,15 @@ async fn full_sync_task(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDyn
         (Settled::GiveUp, Err(e)) => {
             tracing::error!(job = "full_sync", run.id = %job.run, page = job.page, error = %e, "giving up");
             jobs::full_sync::give_up(&job, &deps, &e).await?;
+            dead_letter(
+                &deps,
+                "full_sync",
+                (job.tenant, job.connection),
+                &job,
+                &e,
+                job.attempt,
+            )
+            .await;
             Err(AbortError::new(e).into())
         }
     }
@@ -208,6 +245,15 @@ async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxD
         }
         (Settled::GiveUp, Err(e)) => {
             tracing::error!(job = "delta_sync", connection.id = %job.connection, error = %e, "giving up");
+            dead_letter(
+                &deps,
+                "delta_sync",
+                (job.tenant, job.connection),
+                &job,
+                &e,
+                job.attempt,
+            )
+            .await;
             Err(AbortError::new(e).into())
         }
     }
@@ -246,6 +292,15 @@ async fn process_webhook_task(job: ProcessWebhookJob, deps: Data<Deps>) -> Resul
         (Settled::GiveUp, Err(e)) => {
             // The next delta sync brings whatever this delivery said.
             tracing::error!(job = "process_webhook", connection.id = %job.connection, error = %e, "giving up; the next delta covers it");
+            dead_letter(
+                &deps,
+                "process_webhook",
+                (job.tenant, job.connection),
+                &job,
+                &e,
+                job.attempt,
+            )
+            .await;
             Err(AbortError::new(e).into())
         }
     }
@@ -286,6 +341,15 @@ async fn push_changes_task(job: PushChangesJob, deps: Data<Deps>) -> Result<(), 
         (Settled::GiveUp, Err(e)) => {
             // The rows stay pending: the next delta sync pushes them again.
             tracing::error!(job = "push_changes", connection.id = %job.connection, error = %e, "giving up; the outbox keeps the changes");
+            dead_letter(
+                &deps,
+                "push_changes",
+                (job.tenant, job.connection),
+                &job,
+                &e,
+                job.attempt,
+            )
+            .await;
             Err(AbortError::new(e).into())
         }
     }

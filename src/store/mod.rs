@@ -4,6 +4,7 @@
 
 mod conflicts;
 mod connections;
+mod dead_letters;
 mod platform;
 mod records;
 mod runs;
@@ -14,6 +15,7 @@ pub use connections::{
     ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping,
     open_webhook_secret,
 };
+pub use dead_letters::DeadLetter;
 pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQuery, RecordView};
 pub use records::{PageOutcome, PageWrite, PushTarget};
 pub use runs::{RunRow, RunUpdate};

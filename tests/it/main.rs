@@ -20,6 +20,7 @@ mod api;
 mod cli;
 mod connections;
 mod convergence;
+mod dead_letters;
 mod hubspot_client;
 mod hubspot_leads;
 mod push;
