@@ -185,6 +185,9 @@ pub struct SyncSettings {
     pub delta_page_size: u32,
     /// The search result cap after which a delta narrows its window.
     pub search_result_cap: u32,
+    /// Days sync history is kept (runs, the field-change audit, pushed
+    /// outbox rows, resolved conflicts, replayed dead letters).
+    pub history_retention_days: u32,
 }
 
 /// `[ingress]`.

@@ -3,7 +3,9 @@
 //! connection moves its next due time in the same statement, so several
 //! scheduler replicas enqueue each tick once (and the job's idempotency key,
 //! derived from the due time, drops a duplicate push as well). It also
-//! re-publishes the webhook routes to Redis every minute.
+//! re-publishes the webhook routes to Redis every minute, and once a day
+//! (one replica, under a fleet lease) deletes sync history past its
+//! retention.
 
 use crate::jobs::{DeltaSyncJob, Deps, JobError};
 use chrono::Utc;
@@ -15,6 +17,59 @@ pub const TICK: Duration = Duration::from_secs(1);
 
 /// Ticks between re-publications of the webhook routes to Redis.
 const ROUTES_EVERY_TICKS: u64 = 60;
+/// Ticks between tries at the daily history cleanup's lease.
+const CLEANUP_EVERY_TICKS: u64 = 600;
+/// One cleanup per this long, fleet-wide.
+const CLEANUP_LEASE: Duration = Duration::from_secs(23 * 3600);
+/// Rows deleted per transaction.
+const CLEANUP_BATCH: i64 = 1000;
+
+/// Deletes every tenant's sync history older than the retention; returns
+/// what went.
+pub async fn clean_up_history(deps: &Deps) -> Result<crate::store::Purged, JobError> {
+    let days = i64::from(deps.settings.sync.history_retention_days);
+    let before = Utc::now() - chrono::Duration::days(days);
+    let mut tenants: Vec<_> = deps
+        .store
+        .connection_directory()
+        .await?
+        .into_iter()
+        .map(|(tenant, _)| tenant)
+        .collect();
+    tenants.sort_by_key(|t| t.0);
+    tenants.dedup();
+    let mut purged = crate::store::Purged::default();
+    for tenant in tenants {
+        purged.add(
+            deps.store
+                .purge_history(tenant, before, CLEANUP_BATCH)
+                .await?,
+        );
+    }
+    Ok(purged)
+}
+
+/// Runs the cleanup if no replica did today (the lease is held for a day).
+async fn daily_cleanup(deps: &Deps) -> Result<(), JobError> {
+    let Some(lease) = deps
+        .queue
+        .try_lease("cleanup-history", CLEANUP_LEASE)
+        .await?
+    else {
+        return Ok(());
+    };
+    match clean_up_history(deps).await {
+        Ok(purged) => {
+            tracing::info!(?purged, "deleted sync history past its retention");
+            Ok(())
+        }
+        Err(e) => {
+            // Give the day's lease back so that the next try runs it.
+            deps.queue.release(lease).await;
+            Err(e)
+        }
+    }
+}
 
 /// One tick: claims due connections and enqueues their deltas. Returns how
 /// many were enqueued.
@@ -63,6 +118,15 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
             && let Err(e) = publish_routes(&deps, &mut redis).await
         {
             tracing::warn!(error = %e, "publishing webhook routes failed; retrying next minute");
+        }
+        if ticks.is_multiple_of(CLEANUP_EVERY_TICKS) {
+            // Off the tick loop: a long cleanup never delays a due delta.
+            let deps = deps.clone();
+            tokio::spawn(async move {
+                if let Err(e) = daily_cleanup(&deps).await {
+                    tracing::warn!(error = %e, "history cleanup failed; retrying later");
+                }
+            });
         }
         ticks += 1;
     }

@@ -7,6 +7,7 @@ mod connections;
 mod dead_letters;
 mod platform;
 mod records;
+mod retention;
 mod runs;
 mod tenants;
 
@@ -18,6 +19,7 @@ pub use connections::{
 pub use dead_letters::DeadLetter;
 pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQuery, RecordView};
 pub use records::{PageOutcome, PageWrite, PushTarget};
+pub use retention::Purged;
 pub use runs::{RunRow, RunUpdate};
 pub use tenants::{DEFAULT_TENANT, NewTenant};
 

@@ -133,3 +133,40 @@ on_both_backends! {
         fleet.finish().await;
     }
 }
+
+on_both_backends! {
+    async fn the_history_cleanup_keeps_each_latest_run_and_all_open_work(backend) {
+        let mut fleet = Fleet::start(backend, 5).await;
+        fleet.start_workers();
+        for _ in 0..3 {
+            fleet.full_sync().await;
+        }
+        fleet.delta_sync().await;
+        fleet.delta_sync().await;
+        fleet.stop_workers().await;
+        // Open work: a platform change not pushed yet.
+        let fields = crmsync::domain::RecordFields::new().with(CanonicalField::Email, "pending@example.com");
+        fleet.store.create_platform_record(fleet.tenant, crmsync::domain::RecordKind::Lead, &fields).await.expect("create");
+        let runs = |fleet: &Fleet| {
+            let (store, tenant) = (fleet.store.clone(), fleet.tenant);
+            async move { store.list_runs(tenant, None, None, 100).await.expect("runs") }
+        };
+        assert_eq!(runs(&fleet).await.len(), 5);
+        // Everything finished counts as past a retention ending tomorrow; a
+        // batch of 2 makes the cleanup take several transactions.
+        let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+        let purged = fleet.store.purge_history(fleet.tenant, tomorrow, 2).await.expect("purge");
+        assert_eq!(purged.sync_runs, 3, "{purged:?}");
+        let left = runs(&fleet).await;
+        let kinds: Vec<RunKind> = left.iter().map(|r| r.kind).collect();
+        assert_eq!(left.len(), 2, "the latest full sync and the latest delta stay: {left:?}");
+        assert!(kinds.contains(&RunKind::FullSync) && kinds.contains(&RunKind::DeltaSync));
+        assert_eq!(fleet.leads().await.len(), 6, "records are never touched");
+        let pending = fleet.store.pending_pushes(fleet.tenant, fleet.connection, crmsync::domain::CrmObject::Contacts, 10).await.expect("outbox");
+        assert_eq!(pending.len(), 1, "unpushed changes are never touched");
+        // The scheduler's entry point does the same for every tenant.
+        let purged = crmsync::scheduler::clean_up_history(&fleet.deps).await.expect("cleanup");
+        assert_eq!(purged.sync_runs, 0, "nothing older than 30 days: {purged:?}");
+        fleet.finish().await;
+    }
+}

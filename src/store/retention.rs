@@ -1,0 +1,104 @@
+//! Retention: sync history past its age is deleted in small batches, each
+//! its own short transaction, so the tables are never locked for long and a
+//! busy fleet keeps writing meanwhile. What is deleted: finished sync runs
+//! (never a connection's latest of a kind and object), the field-change
+//! audit, outbox rows already pushed, resolved conflicts and replayed dead
+//! letters. Records, links, cursors and open work are never touched.
+
+use super::{Store, StoreError, on_db};
+use crate::domain::TenantId;
+use chrono::{DateTime, Utc};
+
+/// Rows deleted, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Purged {
+    /// `sync_runs`.
+    pub sync_runs: u64,
+    /// `field_changes`.
+    pub field_changes: u64,
+    /// `outbox` (done).
+    pub outbox: u64,
+    /// `conflicts` (resolved).
+    pub conflicts: u64,
+    /// `dead_letters` (replayed).
+    pub dead_letters: u64,
+}
+
+impl Purged {
+    /// Adds another tenant's counts.
+    pub fn add(&mut self, other: Purged) {
+        self.sync_runs += other.sync_runs;
+        self.field_changes += other.field_changes;
+        self.outbox += other.outbox;
+        self.conflicts += other.conflicts;
+        self.dead_letters += other.dead_letters;
+    }
+}
+
+/// (table, the ids to delete: `$1` tenant, `$2` cutoff, `$3` batch size).
+const PURGES: [(&str, &str); 5] = [
+    (
+        "sync_runs",
+        "SELECT r.id FROM sync_runs r WHERE r.tenant_id = $1 AND r.status <> 'running' AND r.finished_at < $2
+           AND EXISTS (SELECT 1 FROM sync_runs n WHERE n.tenant_id = $1 AND n.connection_id = r.connection_id
+                        AND n.crm_object = r.crm_object AND n.kind = r.kind AND n.started_at > r.started_at)
+         LIMIT $3",
+    ),
+    (
+        "field_changes",
+        "SELECT id FROM field_changes WHERE tenant_id = $1 AND decided_at < $2 LIMIT $3",
+    ),
+    (
+        "outbox",
+        "SELECT id FROM outbox WHERE tenant_id = $1 AND status = 'done' AND updated_at < $2 LIMIT $3",
+    ),
+    (
+        "conflicts",
+        "SELECT id FROM conflicts WHERE tenant_id = $1 AND status = 'resolved' AND resolved_at < $2 LIMIT $3",
+    ),
+    (
+        "dead_letters",
+        "SELECT id FROM dead_letters WHERE tenant_id = $1 AND replayed_at < $2 LIMIT $3",
+    ),
+];
+
+impl Store {
+    /// Deletes one tenant's history older than `before`, `batch` rows per
+    /// transaction.
+    pub async fn purge_history(
+        &self,
+        tenant: TenantId,
+        before: DateTime<Utc>,
+        batch: i64,
+    ) -> Result<Purged, StoreError> {
+        let mut purged = Purged::default();
+        for (table, ids) in PURGES {
+            let sql = format!("DELETE FROM {table} WHERE id IN ({ids})");
+            let mut deleted = 0;
+            loop {
+                let mut tx = self.begin(tenant).await?;
+                let n = on_db!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(tenant.0)
+                    .bind(before)
+                    .bind(batch)
+                    .execute(c)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                tx.commit().await?;
+                deleted += n;
+                if n < u64::try_from(batch).unwrap_or(0) {
+                    break;
+                }
+            }
+            match table {
+                "sync_runs" => purged.sync_runs = deleted,
+                "field_changes" => purged.field_changes = deleted,
+                "outbox" => purged.outbox = deleted,
+                "conflicts" => purged.conflicts = deleted,
+                _ => purged.dead_letters = deleted,
+            }
+        }
+        Ok(purged)
+    }
+}
