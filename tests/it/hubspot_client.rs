@@ -179,6 +179,7 @@ async fn a_429_without_retry_after_waits_for_the_rate_limit_interval() {
             (StatusCode::TOO_MANY_REQUESTS, headers, axum::Json(body)).into_response()
         }),
     );
+    let _ = crmsync::telemetry::metrics(); // installs the recorder
     let hubspot = client(&serve(app).await);
     let err = hubspot
         .list_page(
@@ -200,6 +201,18 @@ async fn a_429_without_retry_after_waits_for_the_rate_limit_interval() {
         }
         other => panic!("expected RateLimited, got {other:?}"),
     }
+    // Counted by status class for operators (429s apart).
+    let metrics = crmsync::telemetry::metrics()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("crmsync_crm_requests_total")
+                && l.contains("status=\"429\"")
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

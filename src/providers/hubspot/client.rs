@@ -735,6 +735,8 @@ async fn send_once<T: serde::de::DeserializeOwned>(
     let response = request.send().await.map_err(|e| {
         // Without the URL: a query string may carry a key (`hapikey`).
         let e = e.without_url();
+        metrics::counter!("crmsync_crm_requests_total", "provider" => "hubspot", "status" => if e.is_timeout() { "timeout" } else { "transport" })
+            .increment(1);
         if e.is_timeout() {
             ProviderError::Unavailable(format!("timed out: {e}"))
         } else {
@@ -742,6 +744,15 @@ async fn send_once<T: serde::de::DeserializeOwned>(
         }
     })?;
     let status = response.status();
+    let class = match status.as_u16() {
+        429 => "429",
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    };
+    metrics::counter!("crmsync_crm_requests_total", "provider" => "hubspot", "status" => class)
+        .increment(1);
     let headers = response.headers().clone();
     let bytes = response
         .bytes()
