@@ -333,6 +333,32 @@ impl Fleet {
         command.spawn().expect("spawn crmsync-worker")
     }
 
+    /// Spawns a `crmsync-worker` child for full and delta syncs whose logs,
+    /// at `level`, go to the file `log`.
+    pub fn spawn_logging_worker(&self, log: &std::path::Path, level: &str) -> Child {
+        let file = std::fs::File::create(log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_crmsync-worker"));
+        command
+            .args(["--jobs", "full_sync,delta_sync"])
+            .current_dir(&self.dir)
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        for (k, v) in self.child_env() {
+            command.env(k, v);
+        }
+        command.env("CRMSYNC__TELEMETRY__LOG_LEVEL", level);
+        command.env_remove("RUST_LOG");
+        command.spawn().expect("spawn crmsync-worker")
+    }
+
+    /// The fleet's database as its owner reaches it (Postgres only), for a
+    /// dump that row-level security does not filter.
+    pub fn owner_database_url(&self) -> Option<String> {
+        self.database
+            .as_ref()
+            .map(|db| with_database(&admin_url(), db, None))
+    }
+
     /// Starts a full sync of the connection and returns its run.
     pub async fn start_full_sync(&self) -> RunRow {
         let runs = crmsync::cli::start_full_sync(&self.deps, self.tenant, self.connection)

@@ -26,6 +26,7 @@ mod hubspot_leads;
 mod push;
 mod rate_budget;
 mod scheduler;
+mod secrets_canary;
 mod store_security;
 mod strategies;
 mod sync_faults;
