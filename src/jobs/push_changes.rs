@@ -57,9 +57,36 @@ impl PushChangesJob {
     }
 }
 
+/// How long a push job waits before trying again while another push of the
+/// same connection runs (that one drains the outbox meanwhile).
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Pushes until the outbox is empty (or half the job timeout has passed;
 /// the rest stays pending for the next push). Returns records written.
+///
+/// One push per connection at a time, fleet-wide (a lease): two at once
+/// would read and write the same records, and one's read taken before the
+/// other's write but applied after its booking would look like a CRM edit
+/// undoing it. A job that finds the lease held is deferred (no attempt
+/// used): the running push takes its rows.
 pub async fn run(job: &PushChangesJob, deps: &Deps) -> Result<usize, JobError> {
+    let timeout = std::time::Duration::from_secs(deps.settings.worker.job_timeout_secs);
+    let Some(lease) = deps
+        .queue
+        .try_lease(&format!("push:{}", job.connection), timeout + BUSY_RETRY)
+        .await?
+    else {
+        return Err(JobError::Deferred {
+            message: format!("connection {} is being pushed already", job.connection),
+            retry_after: BUSY_RETRY,
+        });
+    };
+    let pushed = push_all(job, deps).await;
+    deps.queue.release(lease).await;
+    pushed
+}
+
+async fn push_all(job: &PushChangesJob, deps: &Deps) -> Result<usize, JobError> {
     let deadline = std::time::Instant::now()
         + std::time::Duration::from_secs(deps.settings.worker.job_timeout_secs) / 2;
     let connection = deps.store.connection(job.tenant, job.connection).await?;

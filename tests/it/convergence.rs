@@ -87,7 +87,11 @@ on_both_backends! {
     let started = Instant::now();
     loop {
         let push = PushChangesJob { tenant: fleet.tenant, connection: fleet.connection, trigger: uuid::Uuid::now_v7().to_string(), attempt: 0 };
-        crmsync::jobs::push_changes::run(&push, &fleet.deps).await.expect("push");
+        match crmsync::jobs::push_changes::run(&push, &fleet.deps).await {
+            // A worker's push of this connection is running: it pushes them.
+            Ok(_) | Err(crmsync::jobs::JobError::Deferred { .. }) => {}
+            Err(e) => panic!("push: {e}"),
+        }
         let delta = DeltaSyncJob { tenant: fleet.tenant, connection: fleet.connection, object: None, trigger: uuid::Uuid::now_v7().to_string(), attempt: 0, resume: None };
         crmsync::jobs::delta_sync::run(&delta, &fleet.deps, &mut DeltaProgress::default()).await.expect("delta");
         let crm = fleet.sandbox_contacts().await;
