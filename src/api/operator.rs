@@ -453,6 +453,14 @@ impl ListParams {
         }
     }
 
+    /// The `cursor` of a list paged by id (a uuid).
+    fn id_cursor(&self) -> Result<Option<uuid::Uuid>, Problem> {
+        self.cursor
+            .as_deref()
+            .map(|c| c.parse().map_err(|_| bad("invalid cursor")))
+            .transpose()
+    }
+
     fn connection(&self) -> Result<Option<ConnectionId>, Problem> {
         self.connection_id
             .as_deref()
@@ -516,21 +524,33 @@ pub(super) async fn list_conflicts(
         return Err(bad("status must be open or resolved"));
     }
     let limit = params.limit()?;
-    let before = match params.cursor.as_deref() {
-        Some(c) => Some(c.parse::<uuid::Uuid>().map_err(|_| bad("invalid cursor"))?),
-        None => None,
-    };
-    let mut rows = api
+    let rows = api
         .store
-        .list_conflicts(tenant, status, params.connection()?, before, limit + 1)
+        .list_conflicts(
+            tenant,
+            status,
+            params.connection()?,
+            params.id_cursor()?,
+            limit + 1,
+        )
         .await?;
+    Ok(id_page(rows, limit, |c| c.id))
+}
+
+/// `{"data": [...], "nextCursor": ...}` from up to `limit + 1` rows, newest
+/// first, paged by id: the extra row says there is a next page.
+fn id_page<T: serde::Serialize>(
+    mut rows: Vec<T>,
+    limit: i64,
+    id: impl Fn(&T) -> uuid::Uuid,
+) -> Response {
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        rows.last().map(|c| c.id.to_string())
+        rows.last().map(|row| id(row).to_string())
     } else {
         None
     };
-    Ok(axum::Json(json!({"data": rows, "nextCursor": next})).into_response())
+    axum::Json(json!({"data": rows, "nextCursor": next})).into_response()
 }
 
 /// `POST /v1/conflicts/{id}/resolve` body.
@@ -608,21 +628,17 @@ pub(super) async fn list_dead_letters(
         _ => return Err(bad("status must be open or replayed")),
     };
     let limit = params.limit()?;
-    let before = match params.cursor.as_deref() {
-        Some(c) => Some(c.parse::<uuid::Uuid>().map_err(|_| bad("invalid cursor"))?),
-        None => None,
-    };
-    let mut rows = api
+    let rows = api
         .store
-        .list_dead_letters(tenant, replayed, params.connection()?, before, limit + 1)
+        .list_dead_letters(
+            tenant,
+            replayed,
+            params.connection()?,
+            params.id_cursor()?,
+            limit + 1,
+        )
         .await?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|d| d.id.to_string())
-    } else {
-        None
-    };
-    Ok(axum::Json(json!({"data": rows, "nextCursor": next})).into_response())
+    Ok(id_page(rows, limit, |d| d.id))
 }
 
 /// Queues one open dead letter's job again, then marks it replayed.

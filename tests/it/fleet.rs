@@ -359,6 +359,21 @@ impl Fleet {
             .map(|db| with_database(&admin_url(), db, None))
     }
 
+    /// Enqueues a push of the connection's pending platform changes.
+    pub async fn enqueue_push(&self) {
+        let job = crmsync::jobs::PushChangesJob {
+            tenant: self.tenant,
+            connection: self.connection,
+            trigger: uuid::Uuid::now_v7().to_string(),
+            attempt: 0,
+        };
+        self.deps
+            .queue
+            .push_push_changes_after(&job, Duration::ZERO)
+            .await
+            .expect("enqueue push");
+    }
+
     /// Starts a full sync of the connection and returns its run.
     pub async fn start_full_sync(&self) -> RunRow {
         let runs = crmsync::cli::start_full_sync(&self.deps, self.tenant, self.connection)

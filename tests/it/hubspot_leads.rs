@@ -5,7 +5,6 @@
 use crate::fleet::{Fleet, on_both_backends, wait_for};
 use crate::support::PORTAL;
 use crmsync::domain::{CanonicalField, CrmObject, RecordFields, RecordKind};
-use crmsync::jobs::PushChangesJob;
 use crmsync::sandbox::hubspot::SandboxConfig;
 use crmsync::store::ObjectMapping;
 use serde_json::{Value, json};
@@ -88,21 +87,6 @@ async fn requests(fleet: &Fleet, fragment: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn push(fleet: &Fleet) {
-    let job = PushChangesJob {
-        tenant: fleet.tenant,
-        connection: fleet.connection,
-        trigger: uuid::Uuid::now_v7().to_string(),
-        attempt: 0,
-    };
-    fleet
-        .deps
-        .queue
-        .push_push_changes_after(&job, Duration::ZERO)
-        .await
-        .expect("enqueue push");
-}
-
 /// The platform lead with `email`, if any.
 async fn platform_lead(fleet: &Fleet, email: &str) -> Option<RecordFields> {
     fleet
@@ -171,7 +155,7 @@ on_both_backends! {
             .with(CanonicalField::Status, "contacted");
         let (record, queued) = fleet.store.create_platform_record(fleet.tenant, RecordKind::Lead, &fields).await.expect("create");
         assert_eq!(queued, vec![fleet.connection]);
-        push(&fleet).await;
+        fleet.enqueue_push().await;
         let ours = record.to_string();
         wait_for("the platform lead in HubSpot", || async {
             sandbox_leads(&fleet).await.values().any(|p| p["crmsync_record_id"].as_str() == Some(ours.as_str()))
@@ -191,7 +175,7 @@ on_both_backends! {
         // status on the lead's stage. Nothing is created twice.
         let updated = fields.clone().with(CanonicalField::JobTitle, "Analyst").with(CanonicalField::Status, "qualified");
         fleet.store.update_platform_record(fleet.tenant, RecordKind::Lead, record, &updated).await.expect("update");
-        push(&fleet).await;
+        fleet.enqueue_push().await;
         wait_for("the platform edit in HubSpot", || async {
             let stage = sandbox_leads(&fleet).await.get(new_lead).map(|p| p["hs_pipeline_stage"].clone());
             let title = fleet.sandbox_contacts().await.get(&new_contacts[0]).map(|p| p["jobtitle"].clone());
@@ -385,7 +369,7 @@ on_both_backends! {
             .with(CanonicalField::Email, "erase.me@example.com")
             .with(CanonicalField::FirstName, "Erase");
         fleet.store.create_platform_record(fleet.tenant, RecordKind::Lead, &fields).await.expect("create");
-        push(&fleet).await;
+        fleet.enqueue_push().await;
         wait_for("the pushed lead in HubSpot", || async { sandbox_leads(&fleet).await.len() == 3 }).await;
         let contacts = fleet.sandbox_contacts().await;
         let pulled_lead = sandbox_leads(&fleet).await.into_iter()

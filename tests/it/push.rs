@@ -5,9 +5,7 @@
 use crate::fleet::{Fleet, on_both_backends, wait_for};
 use crate::support::PORTAL;
 use crmsync::domain::{CanonicalField, RecordFields, RecordKind, RunKind};
-use crmsync::jobs::PushChangesJob;
 use serde_json::json;
-use std::time::Duration;
 
 /// Write requests the sandbox served, by route fragment.
 async fn writes(fleet: &Fleet, route: &str) -> u64 {
@@ -44,21 +42,6 @@ fn echo_skips() -> u64 {
         .sum()
 }
 
-async fn push(fleet: &Fleet) {
-    let job = PushChangesJob {
-        tenant: fleet.tenant,
-        connection: fleet.connection,
-        trigger: uuid::Uuid::now_v7().to_string(),
-        attempt: 0,
-    };
-    fleet
-        .deps
-        .queue
-        .push_push_changes_after(&job, Duration::ZERO)
-        .await
-        .expect("enqueue push");
-}
-
 on_both_backends! {
     async fn a_platform_lead_reaches_hubspot_once_its_echo_is_skipped_and_crm_edits_flow_back(backend) {
         let mut fleet = Fleet::start(backend, 5).await;
@@ -73,7 +56,7 @@ on_both_backends! {
             .with(CanonicalField::Status, "contacted");
         let (record, queued) = fleet.store.create_platform_record(fleet.tenant, RecordKind::Lead, &fields).await.expect("create");
         assert_eq!(queued, vec![fleet.connection], "queued for the one connection that syncs leads");
-        push(&fleet).await;
+        fleet.enqueue_push().await;
         wait_for("the lead in HubSpot", || async { sandbox_contact(&fleet, "new.lead@example.com").await.is_some() }).await;
         let (crm_id, props) = sandbox_contact(&fleet, "new.lead@example.com").await.expect("contact");
         assert_eq!(props["firstname"], "Ada");
@@ -86,7 +69,7 @@ on_both_backends! {
         // back once — and still changed nothing.)
         assert!(latest.kind != RunKind::ProcessWebhook || (latest.created, latest.updated) == (0, 0), "{latest:?}");
         // Pushing again (a retried job) neither writes nor duplicates.
-        push(&fleet).await;
+        fleet.enqueue_push().await;
         let delta = fleet.delta_sync().await;
         assert_eq!((delta.created, delta.updated), (0, 0), "{delta:?}");
         assert_eq!(fleet.sandbox_contacts().await.len(), 6, "one new contact in HubSpot");
@@ -109,7 +92,7 @@ on_both_backends! {
         // And a platform edit goes out as a patch by CRM id.
         let changed = fields.clone().with(CanonicalField::FirstName, "Ada Lovelace");
         fleet.store.update_platform_record(fleet.tenant, RecordKind::Lead, record, &changed).await.expect("update").expect("exists");
-        push(&fleet).await;
+        fleet.enqueue_push().await;
         wait_for("the platform edit in HubSpot", || async {
             sandbox_contact(&fleet, "new.lead@example.com").await.is_some_and(|(_, p)| p["firstname"] == "Ada Lovelace")
         })

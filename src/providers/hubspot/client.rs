@@ -200,6 +200,12 @@ impl HubspotClient {
         }
     }
 
+    /// The burst budget for the next call, unless a slot reserved earlier
+    /// pays for it (`paid`, which only the first call uses).
+    pub(super) fn unless_paid(&self, portal: &str, paid: &mut bool) -> Option<Pacer> {
+        (!std::mem::take(paid)).then(|| self.burst_budget(portal))
+    }
+
     /// The account's search budget (HubSpot counts search apart).
     fn search_budget(&self, portal: &str) -> Pacer {
         let spec = BudgetSpec {
@@ -388,13 +394,8 @@ impl HubspotClient {
                 .query(&[("archived", "false")])
                 .bearer_auth(token.expose_secret())
                 .json(&body);
-            let budget = self.burst_budget(portal);
-            let budget = if std::mem::take(&mut paid) {
-                None
-            } else {
-                Some(&budget)
-            };
-            let reply: ListBody = send(request, budget).await?;
+            let budget = self.unless_paid(portal, &mut paid);
+            let reply: ListBody = send(request, budget.as_ref()).await?;
             out.extend(reply.results);
         }
         Ok(out)

@@ -101,14 +101,9 @@ impl HubspotClient {
                 )))
                 .bearer_auth(token.expose_secret())
                 .json(&body);
-            let budget = self.burst_budget(portal);
-            let budget = if std::mem::take(&mut paid) {
-                None
-            } else {
-                Some(&budget)
-            };
+            let budget = self.unless_paid(portal, &mut paid);
             // 207 with `errors` for ids without associations: not an error.
-            let reply: AssociationsBody = send(request, budget).await?;
+            let reply: AssociationsBody = send(request, budget.as_ref()).await?;
             for result in reply.results {
                 let Some(from) = id_of(&result.from.id) else {
                     continue;
