@@ -3,7 +3,8 @@
 //! connection moves its next due time in the same statement, so several
 //! scheduler replicas enqueue each tick once (and the job's idempotency key,
 //! derived from the due time, drops a duplicate push as well). It also
-//! re-publishes the webhook routes to Redis every minute, and once a day
+//! re-publishes the webhook routes to Redis every minute, checks every
+//! connection's health every 5 minutes (one replica), and once a day
 //! (one replica, under a fleet lease) deletes sync history past its
 //! retention.
 
@@ -17,6 +18,11 @@ pub const TICK: Duration = Duration::from_secs(1);
 
 /// Ticks between re-publications of the webhook routes to Redis.
 const ROUTES_EVERY_TICKS: u64 = 60;
+/// Ticks between health checks of every connection (5 minutes).
+const HEALTH_EVERY_TICKS: u64 = 300;
+/// One round of health checks per this long, fleet-wide.
+const HEALTH_LEASE: Duration = Duration::from_secs(290);
+
 /// Ticks between tries at the daily history cleanup's lease.
 const CLEANUP_EVERY_TICKS: u64 = 600;
 /// One cleanup per this long, fleet-wide.
@@ -47,6 +53,22 @@ pub async fn clean_up_history(deps: &Deps) -> Result<crate::store::Purged, JobEr
         );
     }
     Ok(purged)
+}
+
+/// Checks every connection's health unless another replica did in this
+/// round (the lease is held for the round).
+async fn health_checks(deps: &Deps) -> Result<(), JobError> {
+    if deps
+        .queue
+        .try_lease("health-checks", HEALTH_LEASE)
+        .await?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let checked = crate::jobs::health::check_all(deps).await?;
+    tracing::debug!(checked, "health checks done");
+    Ok(())
 }
 
 /// Runs the cleanup if no replica did today (the lease is held for a day).
@@ -118,6 +140,14 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
             && let Err(e) = publish_routes(&deps, &mut redis).await
         {
             tracing::warn!(error = %e, "publishing webhook routes failed; retrying next minute");
+        }
+        if ticks.is_multiple_of(HEALTH_EVERY_TICKS) {
+            let deps = deps.clone();
+            tokio::spawn(async move {
+                if let Err(e) = health_checks(&deps).await {
+                    tracing::warn!(error = %e, "health checks failed; retrying in 5 minutes");
+                }
+            });
         }
         if ticks.is_multiple_of(CLEANUP_EVERY_TICKS) {
             // Off the tick loop: a long cleanup never delays a due delta.

@@ -100,6 +100,10 @@ impl Api {
                 post(operator::resume_connection),
             )
             .route("/v1/connections/{id}/sync", post(operator::sync_connection))
+            .route(
+                "/v1/connections/{id}/health",
+                get(operator::connection_health),
+            )
             .route("/v1/sync-runs", get(operator::list_runs))
             .route("/v1/conflicts", get(operator::list_conflicts))
             .route(

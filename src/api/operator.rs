@@ -58,6 +58,7 @@ async fn render(api: &Api, row: &ConnectionRow) -> Value {
         "provider": row.provider,
         "portalId": row.external_account_id,
         "rateBudget": rate_budget(api, row).await,
+        "health": latest_health(api, row).await,
         "status": row.status,
         "statusReason": row.status_reason,
         "strategy": row.settings.strategy,
@@ -68,6 +69,17 @@ async fn render(api: &Api, row: &ConnectionRow) -> Value {
         "createdAt": row.created_at,
         "updatedAt": row.updated_at,
     })
+}
+
+/// The connection's latest health check (`null` before the first).
+async fn latest_health(api: &Api, row: &ConnectionRow) -> Value {
+    match api.store.health_history(row.tenant, row.id, 1).await {
+        Ok(checks) => checks.into_iter().next().map_or(Value::Null, |c| json!(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "health unavailable");
+            Value::Null
+        }
+    }
 }
 
 /// The account's fleet-wide budget as the workers see it: its size, its use
@@ -276,6 +288,18 @@ pub(super) async fn get_connection(
 ) -> Result<Response, Problem> {
     let row = live(&api, tenant, &id).await?;
     Ok(axum::Json(render(&api, &row).await).into_response())
+}
+
+/// `GET /v1/connections/{id}/health` → `{"data": [...]}`: the last 50
+/// health checks, newest first.
+pub(super) async fn connection_health(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let row = live(&api, tenant, &id).await?;
+    let checks = api.store.health_history(tenant, row.id, 50).await?;
+    Ok(axum::Json(json!({"data": checks})).into_response())
 }
 
 /// `PATCH /v1/connections/{id}` body.
@@ -722,6 +746,7 @@ mod openapi_tests {
         ("/v1/connections/{id}/pause", &["post"]),
         ("/v1/connections/{id}/resume", &["post"]),
         ("/v1/connections/{id}/sync", &["post"]),
+        ("/v1/connections/{id}/health", &["get"]),
         ("/v1/sync-runs", &["get"]),
         ("/v1/conflicts", &["get"]),
         ("/v1/conflicts/{id}/resolve", &["post"]),

@@ -4,6 +4,7 @@
 
 pub mod delta_sync;
 pub mod full_sync;
+pub mod health;
 pub mod process_webhook;
 pub mod push_changes;
 pub mod replay;

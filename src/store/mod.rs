@@ -5,6 +5,7 @@
 mod conflicts;
 mod connections;
 mod dead_letters;
+mod health;
 mod platform;
 mod records;
 mod retention;
@@ -17,6 +18,7 @@ pub use connections::{
     open_webhook_secret,
 };
 pub use dead_letters::DeadLetter;
+pub use health::HealthCheck;
 pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQuery, RecordView};
 pub use records::{PageOutcome, PageWrite, PushTarget};
 pub use retention::Purged;

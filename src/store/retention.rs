@@ -2,8 +2,8 @@
 //! its own short transaction, so the tables are never locked for long and a
 //! busy fleet keeps writing meanwhile. What is deleted: finished sync runs
 //! (never a connection's latest of a kind and object), the field-change
-//! audit, outbox rows already pushed, resolved conflicts and replayed dead
-//! letters. Records, links, cursors and open work are never touched.
+//! audit, outbox rows already pushed, resolved conflicts, replayed dead
+//! letters and health checks. Records, links, cursors and open work are never touched.
 
 use super::{Store, StoreError, on_db};
 use crate::domain::TenantId;
@@ -23,6 +23,8 @@ pub struct Purged {
     pub conflicts: u64,
     /// `dead_letters` (replayed).
     pub dead_letters: u64,
+    /// `connection_health` (checks).
+    pub health_checks: u64,
 }
 
 impl Purged {
@@ -33,11 +35,12 @@ impl Purged {
         self.outbox += other.outbox;
         self.conflicts += other.conflicts;
         self.dead_letters += other.dead_letters;
+        self.health_checks += other.health_checks;
     }
 }
 
 /// (table, the ids to delete: `$1` tenant, `$2` cutoff, `$3` batch size).
-const PURGES: [(&str, &str); 5] = [
+const PURGES: [(&str, &str); 6] = [
     (
         "sync_runs",
         "SELECT r.id FROM sync_runs r WHERE r.tenant_id = $1 AND r.status <> 'running' AND r.finished_at < $2
@@ -60,6 +63,10 @@ const PURGES: [(&str, &str); 5] = [
     (
         "dead_letters",
         "SELECT id FROM dead_letters WHERE tenant_id = $1 AND replayed_at < $2 LIMIT $3",
+    ),
+    (
+        "connection_health",
+        "SELECT id FROM connection_health WHERE tenant_id = $1 AND checked_at < $2 LIMIT $3",
     ),
 ];
 
@@ -96,7 +103,8 @@ impl Store {
                 "field_changes" => purged.field_changes = deleted,
                 "outbox" => purged.outbox = deleted,
                 "conflicts" => purged.conflicts = deleted,
-                _ => purged.dead_letters = deleted,
+                "dead_letters" => purged.dead_letters = deleted,
+                _ => purged.health_checks = deleted,
             }
         }
         Ok(purged)

@@ -21,6 +21,7 @@ mod cli;
 mod connections;
 mod convergence;
 mod dead_letters;
+mod health;
 mod hubspot_client;
 mod hubspot_leads;
 mod push;

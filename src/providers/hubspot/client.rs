@@ -223,13 +223,33 @@ impl HubspotClient {
         }
     }
 
-    /// The portal (account) id the token belongs to.
+    /// The portal (account) id the token belongs to (before a connection
+    /// exists, so no account budget is known yet).
     pub async fn portal_id(&self, token: &SecretString) -> Result<u64, ProviderError> {
+        self.account_details(token, None).await
+    }
+
+    /// A connection's health: the portal its token belongs to, asked within
+    /// the account's budget.
+    pub async fn check_account(
+        &self,
+        portal: &str,
+        token: &SecretString,
+    ) -> Result<u64, ProviderError> {
+        self.account_details(token, Some(&self.burst_budget(portal)))
+            .await
+    }
+
+    async fn account_details(
+        &self,
+        token: &SecretString,
+        budget: Option<&Pacer>,
+    ) -> Result<u64, ProviderError> {
         let request = self
             .http
             .get(self.url("/account-info/v3/details"))
             .bearer_auth(token.expose_secret());
-        let body: Value = send(request, None).await?;
+        let body: Value = send(request, budget).await?;
         body.get("portalId")
             .and_then(Value::as_u64)
             .ok_or_else(|| ProviderError::Unavailable("account details without a portalId".into()))
