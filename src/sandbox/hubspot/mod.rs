@@ -169,8 +169,11 @@ impl SandboxConfig {
             daily_limit: 100_000_000,
             search_limit_per_sec: 1_000_000,
             index_lag_ms: 0,
+            // Quick retries, spread over ~5 s: a suite saturating the CPU
+            // can keep an ingress busy for seconds, and HubSpot itself
+            // retries for a day.
             webhook_retry_base_ms: 20,
-            webhook_retry_max_ms: 200,
+            webhook_retry_max_ms: 1000,
             ..Self::default()
         }
     }
