@@ -35,17 +35,8 @@ const CLEANUP_BATCH: i64 = 1000;
 pub async fn clean_up_history(deps: &Deps) -> Result<crate::store::Purged, JobError> {
     let days = i64::from(deps.settings.sync.history_retention_days);
     let before = Utc::now() - chrono::Duration::days(days);
-    let mut tenants: Vec<_> = deps
-        .store
-        .connection_directory()
-        .await?
-        .into_iter()
-        .map(|(tenant, _)| tenant)
-        .collect();
-    tenants.sort_by_key(|t| t.0);
-    tenants.dedup();
     let mut purged = crate::store::Purged::default();
-    for tenant in tenants {
+    for tenant in deps.store.connected_tenants().await? {
         purged.add(
             deps.store
                 .purge_history(tenant, before, CLEANUP_BATCH)

@@ -393,16 +393,11 @@ async fn leads_of_changed_contacts(
             seen += u32::try_from(page.scanned).unwrap_or(u32::MAX);
             let contacts: Vec<CrmId> = page.records.iter().map(|r| r.crm_id.clone()).collect();
             if !contacts.is_empty() {
-                let leads = crate::with_auth!(session, deps, |token| deps
+                let records = crate::with_auth!(session, deps, |token| deps
                     .hubspot
-                    .leads_of_contacts(&account, token, &contacts, None))?;
-                for ids in leads.chunks(100) {
-                    let records = crate::with_auth!(session, deps, |token| deps
-                        .hubspot
-                        .batch_read(&account, token, CrmObject::Leads, ids, false, None))?;
-                    let outcome = deps.store.apply_page(&page_write(records, None)).await?;
-                    crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
-                }
+                    .read_leads_of_contacts(&account, token, &contacts, false, None))?;
+                let outcome = deps.store.apply_page(&page_write(records, None)).await?;
+                crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
             }
             last_at = page.last_position.map(|(at, _)| at).or(last_at);
             match page.next {

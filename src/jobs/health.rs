@@ -51,10 +51,11 @@ pub async fn check(
 /// many were checked.
 pub async fn check_all(deps: &Deps) -> Result<usize, JobError> {
     let mut checked = 0;
-    for (tenant, id) in deps.store.connection_directory().await? {
-        let connection = deps.store.connection(tenant, id).await?;
-        if check(deps, connection).await?.is_some() {
-            checked += 1;
+    for tenant in deps.store.connected_tenants().await? {
+        for connection in deps.store.list_connections(tenant).await? {
+            if check(deps, connection).await?.is_some() {
+                checked += 1;
+            }
         }
     }
     Ok(checked)

@@ -329,45 +329,30 @@ async fn leads_of_changed_contacts(
         return Ok(0);
     }
     let account = session.account().to_string();
-    let leads = crate::with_auth!(session, deps, |token| deps.hubspot.leads_of_contacts(
+    let records = crate::with_auth!(session, deps, |token| deps.hubspot.read_leads_of_contacts(
         &account,
         token,
         contacts,
+        write.with_history,
         reserved.take()
     ))?;
-    let mut pushes = 0;
-    let batch = if write.with_history {
-        HISTORY_BATCH
-    } else {
-        BATCH
+    let page = PageWrite {
+        tenant: job.tenant,
+        connection: job.connection,
+        provider: session.connection.provider,
+        object: CrmObject::Leads,
+        kind: write.kind,
+        strategy: write.strategy,
+        items: records,
+        run: write.run,
+        page_number: None,
+        next_page_token: None,
+        finishes_run: false,
+        queue_pushes: true,
+        cursor: None,
     };
-    for ids in leads.chunks(batch) {
-        let records = crate::with_auth!(session, deps, |token| deps.hubspot.batch_read(
-            &account,
-            token,
-            CrmObject::Leads,
-            ids,
-            write.with_history,
-            None
-        ))?;
-        let page = PageWrite {
-            tenant: job.tenant,
-            connection: job.connection,
-            provider: session.connection.provider,
-            object: CrmObject::Leads,
-            kind: write.kind,
-            strategy: write.strategy,
-            items: records,
-            run: write.run,
-            page_number: None,
-            next_page_token: None,
-            finishes_run: false,
-            queue_pushes: true,
-            cursor: None,
-        };
-        let applied = deps.store.apply_page(&page).await?;
-        pushes += applied.as_ref().map_or(0, |o| o.pushes);
-        crate::telemetry::record_page("process_webhook", applied.map(|o| o.counts));
-    }
+    let applied = deps.store.apply_page(&page).await?;
+    let pushes = applied.as_ref().map_or(0, |o| o.pushes);
+    crate::telemetry::record_page("process_webhook", applied.map(|o| o.counts));
     Ok(pushes)
 }

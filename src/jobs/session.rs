@@ -34,16 +34,7 @@ impl Session {
     /// Opens a session; refuses connections that are not active.
     pub async fn open(deps: &Deps, connection: ConnectionRow) -> Result<Self, JobError> {
         if connection.status != ConnectionStatus::Active {
-            return Err(JobError::Permanent(format!(
-                "connection {} is {}{}",
-                connection.id,
-                connection.status,
-                connection
-                    .status_reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            )));
+            return Err(not_active(&connection));
         }
         let token = match deps.store.credentials(&connection)? {
             Credentials::PrivateAppToken { token } => token,
@@ -126,6 +117,20 @@ macro_rules! with_auth {
     }};
 }
 
+/// Nothing runs for a connection that is not active: why, for the run.
+fn not_active(connection: &ConnectionRow) -> JobError {
+    JobError::Permanent(format!(
+        "connection {} is {}{}",
+        connection.id,
+        connection.status,
+        connection
+            .status_reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    ))
+}
+
 /// A token fresher than `refused`: another job's refresh, or our own under
 /// the connection's refresh lease.
 async fn refresh(
@@ -175,15 +180,7 @@ async fn stored_fresh_token(
         .connection(connection.tenant, connection.id)
         .await?;
     if row.status != ConnectionStatus::Active {
-        return Err(JobError::Permanent(format!(
-            "connection {} is {}{}",
-            row.id,
-            row.status,
-            row.status_reason
-                .as_deref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        )));
+        return Err(not_active(&row));
     }
     Ok(match deps.store.credentials(&row)? {
         Credentials::OAuth {

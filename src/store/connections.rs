@@ -436,6 +436,20 @@ impl Store {
         tx.commit().await
     }
 
+    /// The tenants that have connections: what fleet-wide maintenance
+    /// (health checks, cleanup) visits, one tenant at a time under RLS.
+    pub async fn connected_tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        let mut tenants: Vec<TenantId> = self
+            .connection_directory()
+            .await?
+            .into_iter()
+            .map(|(tenant, _)| tenant)
+            .collect();
+        tenants.sort_by_key(|t| t.0);
+        tenants.dedup();
+        Ok(tenants)
+    }
+
     /// Every connection of every tenant, as ids (an operator view).
     pub async fn connection_directory(&self) -> Result<Vec<(TenantId, ConnectionId)>, StoreError> {
         let rows: Vec<(uuid::Uuid, uuid::Uuid)> = match &self.db {

@@ -39,35 +39,48 @@ impl Purged {
     }
 }
 
-/// (table, the ids to delete: `$1` tenant, `$2` cutoff, `$3` batch size).
-const PURGES: [(&str, &str); 6] = [
-    (
-        "sync_runs",
-        "SELECT r.id FROM sync_runs r WHERE r.tenant_id = $1 AND r.status <> 'running' AND r.finished_at < $2
+/// One table's purge: the ids to delete (`$1` tenant, `$2` cutoff, `$3`
+/// batch size) and the count it adds to.
+struct Purge {
+    table: &'static str,
+    ids: &'static str,
+    count: fn(&mut Purged) -> &mut u64,
+}
+
+const PURGES: [Purge; 6] = [
+    Purge {
+        table: "sync_runs",
+        ids: "SELECT r.id FROM sync_runs r WHERE r.tenant_id = $1 AND r.status <> 'running' AND r.finished_at < $2
            AND EXISTS (SELECT 1 FROM sync_runs n WHERE n.tenant_id = $1 AND n.connection_id = r.connection_id
                         AND n.crm_object = r.crm_object AND n.kind = r.kind AND n.started_at > r.started_at)
          LIMIT $3",
-    ),
-    (
-        "field_changes",
-        "SELECT id FROM field_changes WHERE tenant_id = $1 AND decided_at < $2 LIMIT $3",
-    ),
-    (
-        "outbox",
-        "SELECT id FROM outbox WHERE tenant_id = $1 AND status = 'done' AND updated_at < $2 LIMIT $3",
-    ),
-    (
-        "conflicts",
-        "SELECT id FROM conflicts WHERE tenant_id = $1 AND status = 'resolved' AND resolved_at < $2 LIMIT $3",
-    ),
-    (
-        "dead_letters",
-        "SELECT id FROM dead_letters WHERE tenant_id = $1 AND replayed_at < $2 LIMIT $3",
-    ),
-    (
-        "connection_health",
-        "SELECT id FROM connection_health WHERE tenant_id = $1 AND checked_at < $2 LIMIT $3",
-    ),
+        count: |p| &mut p.sync_runs,
+    },
+    Purge {
+        table: "field_changes",
+        ids: "SELECT id FROM field_changes WHERE tenant_id = $1 AND decided_at < $2 LIMIT $3",
+        count: |p| &mut p.field_changes,
+    },
+    Purge {
+        table: "outbox",
+        ids: "SELECT id FROM outbox WHERE tenant_id = $1 AND status = 'done' AND updated_at < $2 LIMIT $3",
+        count: |p| &mut p.outbox,
+    },
+    Purge {
+        table: "conflicts",
+        ids: "SELECT id FROM conflicts WHERE tenant_id = $1 AND status = 'resolved' AND resolved_at < $2 LIMIT $3",
+        count: |p| &mut p.conflicts,
+    },
+    Purge {
+        table: "dead_letters",
+        ids: "SELECT id FROM dead_letters WHERE tenant_id = $1 AND replayed_at < $2 LIMIT $3",
+        count: |p| &mut p.dead_letters,
+    },
+    Purge {
+        table: "connection_health",
+        ids: "SELECT id FROM connection_health WHERE tenant_id = $1 AND checked_at < $2 LIMIT $3",
+        count: |p| &mut p.health_checks,
+    },
 ];
 
 impl Store {
@@ -80,8 +93,8 @@ impl Store {
         batch: i64,
     ) -> Result<Purged, StoreError> {
         let mut purged = Purged::default();
-        for (table, ids) in PURGES {
-            let sql = format!("DELETE FROM {table} WHERE id IN ({ids})");
+        for purge in &PURGES {
+            let sql = format!("DELETE FROM {} WHERE id IN ({})", purge.table, purge.ids);
             let mut deleted = 0;
             loop {
                 let mut tx = self.begin(tenant).await?;
@@ -98,14 +111,7 @@ impl Store {
                     break;
                 }
             }
-            match table {
-                "sync_runs" => purged.sync_runs = deleted,
-                "field_changes" => purged.field_changes = deleted,
-                "outbox" => purged.outbox = deleted,
-                "conflicts" => purged.conflicts = deleted,
-                "dead_letters" => purged.dead_letters = deleted,
-                _ => purged.health_checks = deleted,
-            }
+            *(purge.count)(&mut purged) = deleted;
         }
         Ok(purged)
     }

@@ -178,6 +178,27 @@ impl HubspotClient {
         Ok(leads.into_iter().collect())
     }
 
+    /// The current state of the leads of `contacts` (each with its primary
+    /// contact): what a contact's change means for the leads. A `reserved`
+    /// slot pays for the first call.
+    pub async fn read_leads_of_contacts(
+        &self,
+        portal: &str,
+        token: &SecretString,
+        contacts: &[CrmId],
+        with_history: bool,
+        reserved: Option<ReservedRead>,
+    ) -> Result<Vec<Incoming>, ProviderError> {
+        let leads = self
+            .leads_of_contacts(portal, token, contacts, reserved)
+            .await?;
+        if leads.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.batch_read(portal, token, CrmObject::Leads, &leads, with_history, None)
+            .await
+    }
+
     /// Folds each lead's primary contact into it and maps the result; leads
     /// without a live contact are left out.
     pub(super) async fn with_contacts(

@@ -32,31 +32,26 @@ pub struct HistoryEntry {
     pub timestamp: String,
 }
 
-/// Where each canonical field lives on a HubSpot contact.
-const CONTACT_FIELDS: &[(CanonicalField, &str)] = &[
+/// Where the person's fields live: on a HubSpot contact. A platform lead
+/// mapped to HubSpot's Leads object is the lead *and* its primary contact,
+/// so these are the contact's properties for both objects; the client reads
+/// and writes a lead's person on its contact (see `leads.rs`).
+const PERSON_FIELDS: &[(CanonicalField, &str)] = &[
     (CanonicalField::Email, "email"),
     (CanonicalField::FirstName, "firstname"),
     (CanonicalField::LastName, "lastname"),
     (CanonicalField::Company, "company"),
     (CanonicalField::JobTitle, "jobtitle"),
     (CanonicalField::Phone, "phone"),
-    (CanonicalField::Status, "hs_lead_status"),
 ];
 
-/// A platform lead mapped to HubSpot's Leads object is the lead *and* its
-/// primary contact: HubSpot keeps the person (email, names, company, job
-/// title, phone) on the contact, and the lead holds its pipeline stage.
-/// The person properties here are the contact's; the client reads and
-/// writes them there (see `leads.rs`).
-const LEAD_FIELDS: &[(CanonicalField, &str)] = &[
-    (CanonicalField::Email, "email"),
-    (CanonicalField::FirstName, "firstname"),
-    (CanonicalField::LastName, "lastname"),
-    (CanonicalField::Company, "company"),
-    (CanonicalField::JobTitle, "jobtitle"),
-    (CanonicalField::Phone, "phone"),
-    (CanonicalField::Status, LEAD_STAGE_PROPERTY),
-];
+/// Where the status lives: a contact's lead status, a lead's stage.
+fn status_property(object: CrmObject) -> &'static str {
+    match object {
+        CrmObject::Contacts => "hs_lead_status",
+        CrmObject::Leads => LEAD_STAGE_PROPERTY,
+    }
+}
 
 /// The lead's pipeline stage: the platform's status.
 pub const LEAD_STAGE_PROPERTY: &str = "hs_pipeline_stage";
@@ -69,11 +64,11 @@ pub const LEAD_NAME_PROPERTY: &str = "hs_lead_name";
 /// its email, which HubSpot keeps unique.)
 pub const LEAD_CONTACT_KEY_PROPERTY: &str = "crmsync_lead_record_id";
 
-fn fields_of(object: CrmObject) -> &'static [(CanonicalField, &'static str)] {
-    match object {
-        CrmObject::Contacts => CONTACT_FIELDS,
-        CrmObject::Leads => LEAD_FIELDS,
-    }
+fn fields_of(object: CrmObject) -> impl Iterator<Item = (CanonicalField, &'static str)> {
+    PERSON_FIELDS.iter().copied().chain(std::iter::once((
+        CanonicalField::Status,
+        status_property(object),
+    )))
 }
 
 /// The property that search filters and sorts on for changes: contacts use
@@ -91,18 +86,14 @@ pub fn modified_property(object: CrmObject) -> &'static str {
 /// ([`lead_person_properties`]).
 pub fn field_properties(object: CrmObject) -> Vec<&'static str> {
     match object {
-        CrmObject::Contacts => CONTACT_FIELDS.iter().map(|(_, p)| *p).collect(),
+        CrmObject::Contacts => fields_of(object).map(|(_, p)| p).collect(),
         CrmObject::Leads => vec![LEAD_STAGE_PROPERTY],
     }
 }
 
 /// The contact properties that hold a lead's person.
 pub fn lead_person_properties() -> Vec<&'static str> {
-    LEAD_FIELDS
-        .iter()
-        .map(|(_, p)| *p)
-        .filter(|p| *p != LEAD_STAGE_PROPERTY)
-        .collect()
+    PERSON_FIELDS.iter().map(|(_, p)| *p).collect()
 }
 
 /// The properties to request for `object` (for leads: the lead's own; the
@@ -251,16 +242,16 @@ pub fn to_properties(
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     for (field, property) in fields_of(object) {
-        let value = match (field, fields.get(*field)) {
+        let value = match (field, fields.get(field)) {
             (CanonicalField::Status, Some(v)) => status_to_hubspot(object, v).unwrap_or(""),
             (_, Some(v)) => v,
             (_, None) => "",
         };
-        if object == CrmObject::Leads && *field == CanonicalField::Status && value.is_empty() {
+        if object == CrmObject::Leads && field == CanonicalField::Status && value.is_empty() {
             continue;
         }
         out.insert(
-            (*property).to_string(),
+            (property).to_string(),
             serde_json::Value::String(value.to_string()),
         );
     }
@@ -293,15 +284,15 @@ pub fn round_trip(object: CrmObject, fields: &RecordFields) -> RecordFields {
     let written = to_properties(object, fields);
     let mut out = RecordFields::new();
     for (field, property) in fields_of(object) {
-        let Some(value) = written.get(*property).and_then(|v| v.as_str()) else {
+        let Some(value) = written.get(property).and_then(|v| v.as_str()) else {
             continue;
         };
-        if *field == CanonicalField::Status {
+        if field == CanonicalField::Status {
             if let Some(status) = status_from_hubspot(object, value) {
-                out.set(*field, status);
+                out.set(field, status);
             }
         } else {
-            out.set(*field, value);
+            out.set(field, value);
         }
     }
     out
@@ -311,13 +302,13 @@ pub fn round_trip(object: CrmObject, fields: &RecordFields) -> RecordFields {
 pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, ProviderError> {
     let mut fields = RecordFields::new();
     for (field, property) in fields_of(object) {
-        if let Some(Some(value)) = raw.properties.get(*property) {
-            if *field == CanonicalField::Status {
+        if let Some(Some(value)) = raw.properties.get(property) {
+            if field == CanonicalField::Status {
                 if let Some(status) = status_from_hubspot(object, value) {
-                    fields.set(*field, status);
+                    fields.set(field, status);
                 }
             } else {
-                fields.set(*field, value);
+                fields.set(field, value);
             }
         }
     }
@@ -342,13 +333,13 @@ pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, Provide
     for (field, property) in fields_of(object) {
         let latest = raw
             .properties_with_history
-            .get(*property)
+            .get(property)
             .into_iter()
             .flatten()
             .filter_map(|entry| parse_time(&entry.timestamp))
             .max();
         if let Some(at) = latest {
-            field_times.insert(*field, at);
+            field_times.insert(field, at);
         }
     }
     Ok(Incoming {
