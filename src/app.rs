@@ -6,7 +6,7 @@ use crate::jobs::Deps;
 use crate::providers::hubspot::HubspotClient;
 use crate::queue::Queue;
 use crate::ratelimit::{Budgets, Waits, shared::SharedStore};
-use crate::secrets::EncryptionKey;
+use crate::secrets::{EncryptionKey, KeyRing};
 use crate::store::Store;
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
@@ -30,29 +30,53 @@ fn sqlite_path(url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(path))
 }
 
-/// The credentials key: from the environment, or — for the embedded store
-/// only — kept in `<store>.key` beside it (created on first use, mode 0600).
-pub fn encryption_key(settings: &Settings, create: bool) -> anyhow::Result<Option<EncryptionKey>> {
-    if let Some(key) = &settings.secrets.encryption_key {
-        return Ok(Some(EncryptionKey::parse(key)?));
+/// The credentials key ring: from the environment, or — for the embedded
+/// store only — a key kept in `<store>.key` beside it (created on first use,
+/// mode 0600).
+pub fn encryption_key(settings: &Settings, create: bool) -> anyhow::Result<Option<KeyRing>> {
+    if let Some(ring) = settings.secrets.key_ring()? {
+        return Ok(Some(ring));
     }
     let Some(path) = sqlite_path(&settings.database.url).map(|p| p.with_extension("key")) else {
         return Ok(None);
     };
-    if path.is_file() {
+    let file_key = if path.is_file() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("failed to read {}", path.display()))?;
-        return Ok(Some(EncryptionKey::parse(&SecretString::from(
-            text.trim().to_string(),
-        ))?));
-    }
-    if !create {
+        SecretString::from(text.trim().to_string())
+    } else if create {
+        let key = EncryptionKey::generate()?;
+        write_private(&path, key.expose_secret())?;
+        tracing::info!(path = %path.display(), "generated an encryption key for the embedded store");
+        key
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(KeyRing::parse(
+        &file_key,
+        settings.secrets.previous_encryption_keys.as_ref(),
+    )?))
+}
+
+/// After a rotation, the embedded store's key file must hold the new key,
+/// or the next start without the environment variable could not open a
+/// thing: the old key moves to `<store>.key.old`, the new one takes its
+/// place. Returns the file written, if the store keeps one.
+pub fn replace_key_file(settings: &Settings) -> anyhow::Result<Option<PathBuf>> {
+    let (Some(path), Some(key)) = (
+        sqlite_path(&settings.database.url).map(|p| p.with_extension("key")),
+        &settings.secrets.encryption_key,
+    ) else {
+        return Ok(None);
+    };
+    if !path.is_file() {
         return Ok(None);
     }
-    let key = EncryptionKey::generate()?;
+    let old = path.with_extension("key.old");
+    std::fs::rename(&path, &old)
+        .with_context(|| format!("failed to move {} aside", path.display()))?;
     write_private(&path, key.expose_secret())?;
-    tracing::info!(path = %path.display(), "generated an encryption key for the embedded store");
-    Ok(Some(EncryptionKey::parse(&key)?))
+    Ok(Some(path))
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// file that may be committed or baked into an image.
 const SECRET_KEYS: &[(&str, &str)] = &[
     ("secrets", "encryption_key"),
+    ("secrets", "previous_encryption_keys"),
     ("hubspot", "client_secret"),
     ("hubspot", "developer_api_key"),
 ];
@@ -126,6 +127,9 @@ pub struct QueueSettings {
     pub heartbeat_secs: u64,
     /// Missed heartbeats after which a worker's jobs are re-run elsewhere.
     pub missed_heartbeats: u32,
+    /// Hours a finished job's payload stays in the queue before the daily
+    /// cleanup purges it (the durable history is in the database).
+    pub finished_job_retention_hours: u64,
 }
 
 /// `[secrets]`.
@@ -134,6 +138,24 @@ pub struct QueueSettings {
 pub struct SecretsSettings {
     /// 32 random bytes, standard base64 (environment only).
     pub encryption_key: Option<SecretString>,
+    /// Keys that still decrypt but no longer encrypt, separated by commas
+    /// (environment only): what a key rotation needs until `crmsync secrets
+    /// rotate` has re-encrypted everything.
+    pub previous_encryption_keys: Option<SecretString>,
+}
+
+impl SecretsSettings {
+    /// The configured key ring (`None` without a current key).
+    pub fn key_ring(&self) -> Result<Option<crate::secrets::KeyRing>, ConfigError> {
+        let Some(current) = &self.encryption_key else {
+            return Ok(None);
+        };
+        crate::secrets::EncryptionKey::parse(current)
+            .map_err(|e| value("CRMSYNC__SECRETS__ENCRYPTION_KEY", e.to_string()))?;
+        crate::secrets::KeyRing::parse(current, self.previous_encryption_keys.as_ref())
+            .map(Some)
+            .map_err(|e| value("CRMSYNC__SECRETS__PREVIOUS_ENCRYPTION_KEYS", e.to_string()))
+    }
 }
 
 /// `[hubspot]`.
@@ -188,6 +210,12 @@ pub struct SyncSettings {
     /// Days sync history is kept (runs, the field-change audit, pushed
     /// outbox rows, resolved conflicts, replayed dead letters).
     pub history_retention_days: u32,
+    /// Seconds between `RetryFailed` rounds (the scheduler re-drives open
+    /// dead letters of active connections).
+    pub retry_failed_interval_secs: u64,
+    /// Re-drives per chain of failures; then the dead letter waits for an
+    /// operator.
+    pub retry_failed_max_redrives: u32,
 }
 
 /// `[ingress]`.
@@ -244,6 +272,25 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// An `EnvFilter` directive such as `info,crmsync=debug`.
     pub log_level: String,
+    /// Where spans go over OTLP/HTTP (a collector's `/v1/traces` URL);
+    /// unset: no export.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `http/json`.
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
+}
+
+/// The OTLP/HTTP encodings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    /// Binary protobuf, what collectors expect by default.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// JSON.
+    #[serde(rename = "http/json")]
+    HttpJson,
 }
 
 impl Settings {
@@ -439,10 +486,7 @@ impl Settings {
                 "must be shorter than heartbeat_secs × missed_heartbeats".into(),
             ));
         }
-        if let Some(key) = &self.secrets.encryption_key {
-            crate::secrets::EncryptionKey::parse(key)
-                .map_err(|e| value("CRMSYNC__SECRETS__ENCRYPTION_KEY", e.to_string()))?;
-        }
+        self.secrets.key_ring()?;
         if self
             .telemetry
             .listen
@@ -526,6 +570,10 @@ mod tests {
             assert!(s.is_embedded());
             assert_eq!(s.queue_backend(), QueueBackend::Sqlite);
             assert_eq!(s.sync.delta_interval_secs, 60);
+            // A SIGKILLed worker's job runs again within a minute: the
+            // window plus the heartbeat at which another worker notices.
+            let rerun = s.orphan_window() + Duration::from_secs(s.queue.heartbeat_secs);
+            assert!(rerun <= Duration::from_secs(60), "{rerun:?}");
             Ok(())
         });
     }

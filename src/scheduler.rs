@@ -3,10 +3,12 @@
 //! connection moves its next due time in the same statement, so several
 //! scheduler replicas enqueue each tick once (and the job's idempotency key,
 //! derived from the due time, drops a duplicate push as well). It also
-//! re-publishes the webhook routes to Redis every minute, checks every
+//! re-publishes the webhook routes to Redis every minute, refreshes the
+//! fleet gauges (queue depth, conflicts open, sync lag) every 15 s, checks every
 //! connection's health every 5 minutes (one replica), and once a day
 //! (one replica, under a fleet lease) deletes sync history past its
-//! retention.
+//! retention. Every `sync.retry_failed_interval_secs` (hourly; one replica,
+//! under a lease) `RetryFailed` queues open dead letters again.
 
 use crate::jobs::{DeltaSyncJob, Deps, JobError};
 use chrono::Utc;
@@ -18,6 +20,9 @@ pub const TICK: Duration = Duration::from_secs(1);
 
 /// Ticks between re-publications of the webhook routes to Redis.
 const ROUTES_EVERY_TICKS: u64 = 60;
+/// Ticks between refreshes of the fleet gauges (queue depth, conflicts
+/// open, sync lag).
+const GAUGES_EVERY_TICKS: u64 = 15;
 /// Ticks between health checks of every connection (5 minutes).
 const HEALTH_EVERY_TICKS: u64 = 300;
 /// One round of health checks per this long, fleet-wide.
@@ -62,6 +67,19 @@ async fn health_checks(deps: &Deps) -> Result<(), JobError> {
     Ok(())
 }
 
+/// Re-drives dead letters unless another replica did this round.
+async fn retry_failed_round(deps: &Deps, every: Duration) -> Result<(), JobError> {
+    let hold = every.saturating_sub(TICK * 5).max(TICK);
+    if deps.queue.try_lease("retry-failed", hold).await?.is_none() {
+        return Ok(());
+    }
+    let redriven = crate::jobs::replay::retry_failed(deps).await?;
+    if redriven > 0 {
+        tracing::info!(redriven, "RetryFailed queued dead letters again");
+    }
+    Ok(())
+}
+
 /// Runs the cleanup if no replica did today (the lease is held for a day).
 async fn daily_cleanup(deps: &Deps) -> Result<(), JobError> {
     let Some(lease) = deps
@@ -71,15 +89,25 @@ async fn daily_cleanup(deps: &Deps) -> Result<(), JobError> {
     else {
         return Ok(());
     };
-    match clean_up_history(deps).await {
-        Ok(purged) => {
-            tracing::info!(?purged, "deleted sync history past its retention");
+    let retention = Duration::from_secs(deps.settings.queue.finished_job_retention_hours * 3600);
+    let jobs = deps.queue.purge_finished(retention).await;
+    match (clean_up_history(deps).await, jobs) {
+        (Ok(purged), Ok(jobs)) => {
+            tracing::info!(
+                ?purged,
+                finished_jobs = jobs,
+                "deleted sync history and finished jobs past their retention"
+            );
             Ok(())
         }
-        Err(e) => {
-            // Give the day's lease back so that the next try runs it.
+        // Give the day's lease back so that the next try runs it.
+        (Err(e), _) => {
             deps.queue.release(lease).await;
             Err(e)
+        }
+        (_, Err(e)) => {
+            deps.queue.release(lease).await;
+            Err(e.into())
         }
     }
 }
@@ -97,6 +125,7 @@ pub async fn tick(deps: &Deps) -> Result<usize, JobError> {
             trigger: format!("tick-{}", now.timestamp()),
             attempt: 0,
             resume: None,
+            redrives: 0,
         };
         deps.queue.push_delta_sync(&job).await?;
     }
@@ -132,11 +161,28 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
         {
             tracing::warn!(error = %e, "publishing webhook routes failed; retrying next minute");
         }
+        if ticks.is_multiple_of(GAUGES_EVERY_TICKS) {
+            let deps = deps.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::jobs::gauges::refresh(&deps).await {
+                    tracing::warn!(error = %e, "refreshing the fleet gauges failed");
+                }
+            });
+        }
         if ticks.is_multiple_of(HEALTH_EVERY_TICKS) {
             let deps = deps.clone();
             tokio::spawn(async move {
                 if let Err(e) = health_checks(&deps).await {
                     tracing::warn!(error = %e, "health checks failed; retrying in 5 minutes");
+                }
+            });
+        }
+        let retry_every = Duration::from_secs(deps.settings.sync.retry_failed_interval_secs.max(1));
+        if ticks.is_multiple_of(retry_every.as_secs()) {
+            let deps = deps.clone();
+            tokio::spawn(async move {
+                if let Err(e) = retry_failed_round(&deps, retry_every).await {
+                    tracing::warn!(error = %e, "RetryFailed failed; retrying next round");
                 }
             });
         }

@@ -1,6 +1,10 @@
 //! Credentials at rest: XChaCha20-Poly1305 with a key from the environment and
 //! the owning row's ids as associated data, so a ciphertext copied onto another
 //! connection's row does not decrypt.
+//!
+//! Keys live in a [`KeyRing`]: the current key seals, previous keys still
+//! open, so `crmsync secrets rotate` can move every credential to a new key
+//! while every process keeps decrypting.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -97,6 +101,71 @@ impl EncryptionKey {
     }
 }
 
+/// The current key, which seals, and the previous ones, which only open.
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    current: EncryptionKey,
+    previous: Vec<EncryptionKey>,
+}
+
+impl KeyRing {
+    /// A ring of one key.
+    pub fn single(current: EncryptionKey) -> Self {
+        Self {
+            current,
+            previous: Vec::new(),
+        }
+    }
+
+    /// Parses the current key and the previous ones (base64 keys separated
+    /// by commas or whitespace).
+    pub fn parse(
+        current: &SecretString,
+        previous: Option<&SecretString>,
+    ) -> Result<Self, SecretsError> {
+        let current = EncryptionKey::parse(current)?;
+        let previous = previous
+            .map(|list| {
+                list.expose_secret()
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|k| !k.is_empty())
+                    .map(|k| EncryptionKey::parse(&SecretString::from(k.to_string())))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Self { current, previous })
+    }
+
+    /// Seals with the current key.
+    pub fn seal(&self, plaintext: &[u8], row_binding: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        self.current.seal(plaintext, row_binding)
+    }
+
+    /// Opens with whichever key of the ring sealed it.
+    pub fn open(&self, sealed: &[u8], row_binding: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        self.open_telling(sealed, row_binding)
+            .map(|(plain, _)| plain)
+    }
+
+    /// Opens and tells whether the current key sealed it (`false`: a
+    /// previous one did, so it wants re-sealing).
+    pub fn open_telling(
+        &self,
+        sealed: &[u8],
+        row_binding: &[u8],
+    ) -> Result<(Vec<u8>, bool), SecretsError> {
+        if let Ok(plain) = self.current.open(sealed, row_binding) {
+            return Ok((plain, true));
+        }
+        self.previous
+            .iter()
+            .find_map(|key| key.open(sealed, row_binding).ok())
+            .map(|plain| (plain, false))
+            .ok_or(SecretsError::Undecryptable)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +190,38 @@ mod tests {
             tampered[i] ^= 0x01;
             prop_assert!(key.open(&tampered, b"row-a").is_err());
         }
+    }
+
+    #[test]
+    fn a_ring_opens_what_its_previous_keys_sealed_and_seals_with_the_current_one() {
+        let (old, new) = (
+            EncryptionKey::generate().unwrap_or_else(|_| unreachable!()),
+            EncryptionKey::generate().unwrap_or_else(|_| unreachable!()),
+        );
+        let before = KeyRing::parse(&old, None).unwrap_or_else(|_| unreachable!());
+        let sealed_before = before
+            .seal(b"token", b"row")
+            .unwrap_or_else(|_| unreachable!());
+        let after = KeyRing::parse(&new, Some(&old)).unwrap_or_else(|_| unreachable!());
+        let (plain, current) = after
+            .open_telling(&sealed_before, b"row")
+            .unwrap_or_else(|_| unreachable!());
+        assert_eq!((plain.as_slice(), current), (&b"token"[..], false));
+        let resealed = after
+            .seal(b"token", b"row")
+            .unwrap_or_else(|_| unreachable!());
+        assert!(matches!(
+            after.open_telling(&resealed, b"row"),
+            Ok((_, true))
+        ));
+        // Without the old key in the ring, the old ciphertext is lost...
+        let new_only = KeyRing::parse(&new, None).unwrap_or_else(|_| unreachable!());
+        assert!(new_only.open(&sealed_before, b"row").is_err());
+        // ...and the old key alone cannot read what the new one sealed.
+        assert!(before.open(&resealed, b"row").is_err());
+        // A list with a bad key names no key material.
+        let bad = KeyRing::parse(&new, Some(&SecretString::from("not-a-key")));
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -121,8 +121,32 @@ impl Api {
             )
             .route("/openapi.json", get(openapi))
             .route("/health", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(request_span))
             .with_state(self)
     }
+}
+
+/// One span per api request, named by its route (never by ids in the
+/// path), so that the jobs and CRM calls it causes hang off it.
+async fn request_span(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!(
+        "api.request",
+        http.method = %request.method(),
+        http.route = %route,
+        http.status = tracing::field::Empty
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.status", response.status().as_u16());
+    response
 }
 
 /// An error answered as `application/problem+json`.
@@ -366,6 +390,7 @@ async fn enqueue_pushes(api: &Api, tenant: TenantId, connections: &[ConnectionId
             connection: *connection,
             trigger: format!("w{window}"),
             attempt: 0,
+            redrives: 0,
         };
         // Not fatal: the row is in the outbox and the next delta pushes it.
         if let Err(e) = api

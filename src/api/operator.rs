@@ -410,6 +410,7 @@ async fn enqueue_delta(
         trigger: format!("api-{why}-{}", uuid::Uuid::now_v7()),
         attempt: 0,
         resume: None,
+        redrives: 0,
     };
     api.queue
         .push_delta_sync(&job)
@@ -615,6 +616,7 @@ pub(super) async fn resolve_conflict(
         connection: resolved.connection_id,
         trigger: format!("resolve-{id}"),
         attempt: 0,
+        redrives: 0,
     };
     if let Err(e) = api
         .queue
@@ -671,7 +673,8 @@ async fn replay_one(
     tenant: crate::domain::TenantId,
     dead: &crate::store::DeadLetter,
 ) -> Result<Option<chrono::DateTime<Utc>>, Problem> {
-    crate::jobs::replay::replay(&api.store, &api.queue, dead)
+    let by = crate::store::ReplayedBy::Operator;
+    crate::jobs::replay::replay(&api.queue, &api.store, dead, by)
         .await
         .map_err(|e| match e {
             crate::jobs::JobError::Permanent(m) => {
@@ -679,7 +682,7 @@ async fn replay_one(
             }
             other => Problem::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
         })?;
-    Ok(api.store.mark_replayed(tenant, dead.id).await?)
+    Ok(api.store.mark_replayed(tenant, dead.id, by).await?)
 }
 
 /// `POST /v1/dead-letters/{id}/replay` → 202 with the dead letter, now

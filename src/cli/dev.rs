@@ -51,7 +51,7 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
     if std::env::var_os("RUST_LOG").is_none() {
         quiet.log_level = "warn,crmsync::cli=info".into();
     }
-    crate::telemetry::init_logs(&quiet);
+    let _telemetry = crate::telemetry::init(&quiet, "crmsync-dev");
     if settings.redis.url.is_none() {
         settings.queue.backend = Some(QueueBackend::Sqlite);
     }
@@ -110,28 +110,29 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
         .router();
     tokio::spawn(async move { axum::serve(api_listener, api_app).await.ok() });
 
-    println!("crmsync dev");
-    println!(
+    say!("crmsync dev");
+    say!(
         "  store      {}",
         crate::config::redact_url(&settings.database.url)
     );
-    println!("  queue      {}", settings.queue.sqlite_path);
-    println!(
+    say!("  queue      {}", settings.queue.sqlite_path);
+    say!(
         "  sandbox    http://{sandbox_addr} (HubSpot portal {portal}, {} contacts, {} leads)",
-        args.contacts, args.leads
+        args.contacts,
+        args.leads
     );
-    println!("  connection {connection} (tenant default)");
-    println!(
+    say!("  connection {connection} (tenant default)");
+    say!(
         "  ingress    http://{ingress_addr}/webhooks/hubspot (the sandbox delivers its webhooks here)"
     );
-    println!("  api        http://{api_addr}/v1/leads   (token {api_token})");
-    println!(
+    say!("  api        http://{api_addr}/v1/leads   (token {api_token})");
+    say!(
         "  try        curl -H 'authorization: Bearer {api_token}' -H 'content-type: application/json' -d '{{\"email\":\"ada@example.com\",\"firstName\":\"Ada\"}}' http://{api_addr}/v1/leads"
     );
     if let Some(addr) = metrics {
-        println!("  metrics    http://{addr}/metrics");
+        say!("  metrics    http://{addr}/metrics");
     }
-    println!("  try        crmsync status   (in this folder, from another terminal)");
+    say!("  try        crmsync status   (in this folder, from another terminal)");
 
     let (stop, shutdown) = shutdown_signal();
     let specs = [
@@ -181,11 +182,11 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
             ));
         }
         if tty {
-            print!("\r\x1b[2K{line}");
+            say_inline!("\r\x1b[2K{line}");
             let _ = std::io::stdout().flush();
         }
         if done {
-            println!("{}{line}", if tty { "\r\x1b[2K" } else { "" });
+            say!("{}{line}", if tty { "\r\x1b[2K" } else { "" });
             break;
         }
         tokio::select! {
@@ -221,14 +222,14 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
         if let Some(report) = reports.iter().find(|r| r.id == connection) {
             let line = status::one_line(report);
             if tty {
-                print!("\r\x1b[2K{line}");
+                say_inline!("\r\x1b[2K{line}");
                 let _ = std::io::stdout().flush();
             } else {
-                println!("{line}");
+                say!("{line}");
             }
         }
     }
-    println!("\nstopping: letting in-flight jobs finish…");
+    say!("\nstopping: letting in-flight jobs finish…");
     let grace = Duration::from_secs(settings.worker.shutdown_grace_secs);
     let _ = tokio::time::timeout(grace, async {
         let _ = workers.await;

@@ -2,6 +2,9 @@
 //! as the services; with no configuration at all it uses the embedded store
 //! in the current directory, so `crmsync status` next to `crmsync dev` works.
 
+#[macro_use]
+mod output;
+
 mod dev;
 mod status;
 mod sync;
@@ -45,7 +48,8 @@ const EXAMPLES: &str = "Examples:
   crmsync sync 0192…                            # a delta sync, followed until it ends
   crmsync sync 0192… --full --detach            # start a full sync and return
   crmsync status --json                         # per connection: records, last run, cursors, lag
-  crmsync webhooks register --target-url https://sync.example.com/webhooks/hubspot";
+  crmsync webhooks register --target-url https://sync.example.com/webhooks/hubspot
+  crmsync secrets rotate                        # re-encrypt credentials under a new key";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -79,7 +83,38 @@ enum Command {
         #[command(subcommand)]
         command: WebhooksCommand,
     },
+    /// Manage the key that encrypts CRM credentials at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
 }
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Print a fresh random key (32 bytes, base64) for
+    /// CRMSYNC__SECRETS__ENCRYPTION_KEY.
+    NewKey,
+    /// Re-encrypt every credential and webhook secret under the current key
+    /// (CRMSYNC__SECRETS__ENCRYPTION_KEY), opening old ones with
+    /// CRMSYNC__SECRETS__PREVIOUS_ENCRYPTION_KEYS; then re-publish the
+    /// webhook routes. Safe to re-run and to run while the fleet works.
+    /// Exits 1 if some value opens with no key of the ring.
+    #[command(after_help = ROTATE_STEPS)]
+    Rotate {
+        /// Print the totals as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const ROTATE_STEPS: &str = "Rotating the key, with no process ever unable to decrypt:
+  1. NEW=$(crmsync secrets new-key)
+  2. everywhere: PREVIOUS_ENCRYPTION_KEYS=$NEW (old key still current); roll out
+  3. everywhere: ENCRYPTION_KEY=$NEW, PREVIOUS_ENCRYPTION_KEYS=$OLD; roll out
+  4. crmsync secrets rotate        (with the step-3 environment)
+  5. everywhere: drop PREVIOUS_ENCRYPTION_KEYS; roll out
+(the variables are CRMSYNC__SECRETS__ENCRYPTION_KEY and CRMSYNC__SECRETS__PREVIOUS_ENCRYPTION_KEYS)";
 
 #[derive(Debug, Subcommand)]
 enum WebhooksCommand {
@@ -152,13 +187,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = app::open_store(&settings, true).await?;
             let tenant = store.create_tenant(&name).await?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"id": tenant.id, "name": tenant.name, "token": tenant.token})
                 );
             } else {
-                println!("tenant {}", tenant.id);
-                println!("token {}", tenant.token);
+                say!("tenant {}", tenant.id);
+                say!("token {}", tenant.token);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -170,12 +205,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (id, portal) = connect_hubspot(&settings, &store, tenant, &args).await?;
             app::publish_routes(&settings, &store).await?;
             if args.json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"id": id, "tenant": tenant, "portalId": portal})
                 );
             } else {
-                println!("{id}");
+                say!("{id}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -184,7 +219,76 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Webhooks {
             command: WebhooksCommand::Register(args),
         } => webhooks::register(&settings, args).await,
+        Command::Secrets {
+            command: SecretsCommand::NewKey,
+        } => {
+            let key = crate::secrets::EncryptionKey::generate()?;
+            say!("{}", secrecy::ExposeSecret::expose_secret(&key));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secrets {
+            command: SecretsCommand::Rotate { json },
+        } => rotate_secrets(&settings, json).await,
     }
+}
+
+async fn rotate_secrets(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+    if settings.secrets.encryption_key.is_none() && settings.is_embedded() {
+        bail!(
+            "set CRMSYNC__SECRETS__ENCRYPTION_KEY to the new key (and the key in the store's .key file as CRMSYNC__SECRETS__PREVIOUS_ENCRYPTION_KEYS); see `crmsync secrets rotate --help`"
+        );
+    }
+    let store = app::open_store(settings, false).await?;
+    let rotation = store
+        .rotate_sealed(|so_far| {
+            if !json {
+                eprint!(
+                    "\r{} connections, {} re-encrypted",
+                    so_far.connections, so_far.resealed
+                );
+            }
+        })
+        .await?;
+    // Ingress opens the published secrets: publish them as sealed now.
+    app::publish_routes(settings, &store).await?;
+    if rotation.undecryptable.is_empty()
+        && let Some(file) = app::replace_key_file(settings)?
+    {
+        eprintln!(
+            "{} now holds the new key (the old one is in {}.old)",
+            file.display(),
+            file.display()
+        );
+    }
+    if json {
+        say!("{}", serde_json::to_string(&rotation)?);
+    } else {
+        eprintln!();
+        say!(
+            "{} connections: {} values re-encrypted under the current key, {} already under it",
+            rotation.connections,
+            rotation.resealed,
+            rotation.current
+        );
+        if !rotation.undecryptable.is_empty() {
+            let ids: Vec<String> = rotation
+                .undecryptable
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            say!(
+                "{} connections hold values no configured key opens: {} — keep every old key until they are found",
+                ids.len(),
+                ids.join(", ")
+            );
+        }
+    }
+    store.close().await;
+    Ok(if rotation.undecryptable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// CLI commands log warnings only, unless RUST_LOG says otherwise.
@@ -203,7 +307,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     Store::migrate(url)
         .await
         .with_context(|| format!("failed to migrate {}", crate::config::redact_url(url)))?;
-    println!("database {} is up to date", crate::config::redact_url(url));
+    say!("database {} is up to date", crate::config::redact_url(url));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -323,7 +427,7 @@ pub async fn find_connection(store: &Store, id: &str) -> anyhow::Result<(TenantI
 /// graceful drain within `worker.shutdown_grace_secs`.
 pub async fn serve_workers(specs: &[crate::queue::WorkerSpec]) -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    crate::telemetry::init_logs(&settings.telemetry);
+    let _telemetry = crate::telemetry::init(&settings.telemetry, "crmsync-worker");
     let store = app::open_store(&settings, false).await?;
     let deps = app::deps(&settings, store).await?;
     let addr = crate::telemetry::serve(&settings.telemetry.listen, "worker").await?;
@@ -352,7 +456,7 @@ pub async fn serve_workers(specs: &[crate::queue::WorkerSpec]) -> anyhow::Result
 /// The `crmsync-scheduler` process.
 pub async fn serve_scheduler() -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    crate::telemetry::init_logs(&settings.telemetry);
+    let _telemetry = crate::telemetry::init(&settings.telemetry, "crmsync-scheduler");
     let store = app::open_store(&settings, false).await?;
     let deps = app::deps(&settings, store).await?;
     let addr = crate::telemetry::serve(&settings.telemetry.listen, "scheduler").await?;
@@ -369,7 +473,7 @@ pub async fn serve_ingress(listen: Option<String>) -> anyhow::Result<()> {
     if let Some(listen) = listen {
         settings.ingress.listen = listen;
     }
-    crate::telemetry::init_logs(&settings.telemetry);
+    let _telemetry = crate::telemetry::init(&settings.telemetry, "crmsync-ingress");
     let queue = crate::queue::Queue::connect(&settings, &app::store_dir(&settings)).await?;
     let ingress = app::ingress(&settings, queue.clone()).await?;
     let metrics = crate::telemetry::serve(&settings.telemetry.listen, "ingress").await?;
@@ -391,7 +495,7 @@ pub async fn serve_api(listen: Option<String>) -> anyhow::Result<()> {
     if let Some(listen) = listen {
         settings.api.listen = listen;
     }
-    crate::telemetry::init_logs(&settings.telemetry);
+    let _telemetry = crate::telemetry::init(&settings.telemetry, "crmsync-api");
     let store = app::open_store(&settings, false).await?;
     let queue = crate::queue::Queue::connect(&settings, &app::store_dir(&settings)).await?;
     let metrics = crate::telemetry::serve(&settings.telemetry.listen, "api").await?;

@@ -117,17 +117,17 @@ pub(super) async fn run(settings: &Settings, json: bool) -> anyhow::Result<ExitC
     let store = app::open_store(settings, false).await?;
     let reports = collect(&store).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        say!("{}", serde_json::to_string_pretty(&reports)?);
     } else if reports.is_empty() {
-        println!("no connections yet: `crmsync connect hubspot --private-app-token …` creates one");
+        say!("no connections yet: `crmsync connect hubspot --private-app-token …` creates one");
     } else {
         for r in &reports {
-            println!("{}", one_line(r));
+            say!("{}", one_line(r));
             if let Some(reason) = &r.status_reason {
-                println!("    {reason}");
+                say!("    {reason}");
             }
             if let Some(error) = r.last_run.as_ref().and_then(|run| run.error.as_ref()) {
-                println!("    last error: {error}");
+                say!("    last error: {error}");
             }
         }
     }

@@ -42,6 +42,7 @@ pub(super) async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<E
             trigger: format!("cli-{}", uuid::Uuid::now_v7()),
             attempt: 0,
             resume: None,
+            redrives: 0,
         };
         if deps.store.cursors(tenant, connection).await?.is_empty() {
             eprintln!(
@@ -52,14 +53,14 @@ pub(super) async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<E
         let pushed_at = Utc::now();
         deps.queue.push_delta_sync(&job).await?;
         if args.detach {
-            println!("delta sync of {connection} enqueued");
+            say!("delta sync of {connection} enqueued");
             return Ok(ExitCode::SUCCESS);
         }
         return follow_delta(&deps, tenant, connection, pushed_at).await;
     };
     if args.detach {
         for run in &runs {
-            println!("full sync {} of {} enqueued", run.id, run.object);
+            say!("full sync {} of {} enqueued", run.id, run.object);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -108,19 +109,19 @@ impl Progress {
             );
         }
         if self.tty {
-            print!("\r\x1b[2K{line}");
+            say_inline!("\r\x1b[2K{line}");
             let _ = std::io::stdout().flush();
         } else if self.last_print.elapsed() >= Duration::from_secs(5) {
-            println!("{line}");
+            say!("{line}");
             self.last_print = Instant::now();
         }
     }
 
     fn done(&self, line: &str) {
         if self.tty {
-            println!("\r\x1b[2K{line}");
+            say!("\r\x1b[2K{line}");
         } else {
-            println!("{line}");
+            say!("{line}");
         }
     }
 }

@@ -92,18 +92,18 @@ pub(super) async fn register(settings: &Settings, args: RegisterArgs) -> anyhow:
                 )
                 .await
                 .context("HubSpot's webhook management API refused the registration")?;
-            println!("app {app_id}: webhooks go to {target}");
-            println!(
+            say!("app {app_id}: webhooks go to {target}");
+            say!(
                 "  {} subscriptions created, {} activated, {} already in place",
                 done.created.len(),
                 done.activated.len(),
                 done.kept
             );
             for w in done.created.iter().chain(&done.activated) {
-                println!("  + {w}");
+                say!("  + {w}");
             }
             if hubspot.client_secret.is_none() {
-                println!(
+                say!(
                     "  note: ingress verifies the app's deliveries with CRMSYNC__HUBSPOT__CLIENT_SECRET, which is not set here"
                 );
             }
@@ -112,28 +112,30 @@ pub(super) async fn register(settings: &Settings, args: RegisterArgs) -> anyhow:
             "nothing to register: set CRMSYNC__HUBSPOT__APP_ID and CRMSYNC__HUBSPOT__DEVELOPER_API_KEY \
              (the developer account's API key) to register the public app's webhooks"
         ),
-        _ => println!(
+        _ => say!(
             "public app: skipped (set CRMSYNC__HUBSPOT__APP_ID and CRMSYNC__HUBSPOT__DEVELOPER_API_KEY to register it)"
         ),
     }
     if !private.is_empty() {
-        println!();
-        println!(
+        say!();
+        say!(
             "Private apps manage webhooks only in HubSpot's UI. For each connection below, open\n\
              HubSpot → Settings → Integrations → Private Apps → (the app) → Webhooks, and set:"
         );
         for row in &private {
-            println!();
-            println!(
+            say!();
+            say!(
                 "  connection {} (portal {}, tenant {})",
-                row.id, row.external_account_id, row.tenant
+                row.id,
+                row.external_account_id,
+                row.tenant
             );
-            println!("    Target URL: {target}");
-            println!("    Subscriptions:\n{}", describe(&subscriptions));
+            say!("    Target URL: {target}");
+            say!("    Subscriptions:\n{}", describe(&subscriptions));
             if row.has_webhook_secret() {
-                println!("    Webhook secret: set");
+                say!("    Webhook secret: set");
             } else {
-                println!(
+                say!(
                     "    Then give crmsync the app's client secret, which signs its webhooks:\n      \
                      curl -X PATCH $API/v1/connections/{} -H \"authorization: Bearer $TENANT_TOKEN\" \\\n        \
                      -H 'content-type: application/json' -d '{{\"webhookSecret\": \"<the app's client secret>\"}}'",

@@ -20,7 +20,7 @@ use crate::providers::hubspot::webhook::{
     self, SignatureHeaders, WebhookError, WebhookEvent, coalesce,
 };
 use crate::queue::Queue;
-use crate::secrets::EncryptionKey;
+use crate::secrets::KeyRing;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -40,7 +40,7 @@ use std::sync::Arc;
 pub struct Ingress {
     secret: Option<Arc<SecretString>>,
     own_app: Option<u64>,
-    key: Option<Arc<EncryptionKey>>,
+    key: Option<Arc<KeyRing>>,
     public_url: Option<Arc<str>>,
     allow_legacy: bool,
     routes: Routes,
@@ -71,13 +71,7 @@ impl Ingress {
         stats: WebhookStats,
         queue: Queue,
     ) -> Result<Self, String> {
-        let key = settings
-            .secrets
-            .encryption_key
-            .as_ref()
-            .map(EncryptionKey::parse)
-            .transpose()
-            .map_err(|e| format!("CRMSYNC__SECRETS__ENCRYPTION_KEY: {e}"))?;
+        let key = settings.secrets.key_ring().map_err(|e| e.to_string())?;
         let secret = settings.hubspot.client_secret.clone();
         if secret.is_none() && key.is_none() {
             return Err(
@@ -238,6 +232,7 @@ fn claimed_accounts(body: &[u8]) -> Vec<u64> {
     accounts
 }
 
+#[tracing::instrument(name = "webhook.request", skip_all, fields(provider = "hubspot"))]
 async fn hubspot(
     State(ingress): State<Ingress>,
     uri: Uri,
@@ -468,13 +463,16 @@ async fn accept(
         if only_changes && (*job_waiting || coalesced.changed.is_empty()) {
             continue;
         }
-        let job = ProcessWebhookJob::from_coalesced(
-            destination.tenant,
-            destination.connection,
-            destination.object,
-            &coalesced,
-            delivery_id(&events),
-        );
+        let job = ProcessWebhookJob {
+            traceparent: crate::telemetry::current_traceparent(),
+            ..ProcessWebhookJob::from_coalesced(
+                destination.tenant,
+                destination.connection,
+                destination.object,
+                &coalesced,
+                delivery_id(&events),
+            )
+        };
         if let Err(e) = ingress
             .queue
             .push_process_webhook_after(&job, std::time::Duration::ZERO)

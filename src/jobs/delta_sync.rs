@@ -35,6 +35,10 @@ pub struct DeltaSyncJob {
     /// overlap from the cursor (which could never finish a huge window).
     #[serde(default)]
     pub resume: Option<DeltaResume>,
+    /// Times `RetryFailed` re-drove this job's chain of failures (carried by
+    /// retries and follow-ups; at most `sync.retry_failed_max_redrives`).
+    #[serde(default)]
+    pub redrives: u32,
 }
 
 /// A window position to resume at.
@@ -270,8 +274,17 @@ async fn pull(
             seen += u32::try_from(page.scanned).unwrap_or(u32::MAX);
             // The feed's own position (a lead's, not its contact's time).
             let last = page.last_position.clone();
-            let write = page_write(
+            let records = super::change_times::with_change_times(
+                session,
+                deps,
+                (connection.tenant, connection.id),
+                object,
+                connection.settings.strategy,
                 page.records,
+            )
+            .await?;
+            let write = page_write(
+                records,
                 last.clone().map(|(modified_at, crm_id)| Cursor {
                     modified_at,
                     crm_id,
@@ -396,7 +409,17 @@ async fn leads_of_changed_contacts(
                 let records = crate::with_auth!(session, deps, |token| deps
                     .hubspot
                     .read_leads_of_contacts(&account, token, &contacts, false, None))?;
-                let outcome = deps.store.apply_page(&page_write(records, None)).await?;
+                let mut write = page_write(Vec::new(), None);
+                write.items = super::change_times::with_change_times(
+                    session,
+                    deps,
+                    (write.tenant, write.connection),
+                    CrmObject::Leads,
+                    write.strategy,
+                    records,
+                )
+                .await?;
+                let outcome = deps.store.apply_page(&write).await?;
                 crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
             }
             last_at = page.last_position.map(|(at, _)| at).or(last_at);

@@ -31,6 +31,10 @@ pub struct FullSyncJob {
     /// Times this page waited for the rate budget (not attempts).
     #[serde(default)]
     pub deferrals: u32,
+    /// Times `RetryFailed` re-drove this job's chain of failures (carried by
+    /// retries and follow-ups; at most `sync.retry_failed_max_redrives`).
+    #[serde(default)]
+    pub redrives: u32,
 }
 
 impl FullSyncJob {
@@ -151,6 +155,17 @@ pub async fn start(
     tenant: TenantId,
     connection: ConnectionId,
 ) -> Result<Vec<crate::store::RunRow>, JobError> {
+    start_redriven(store, queue, tenant, connection, 0).await
+}
+
+/// [`start`] for `RetryFailed`: the pages carry the chain's re-drive count.
+pub async fn start_redriven(
+    store: &crate::store::Store,
+    queue: &crate::queue::Queue,
+    tenant: TenantId,
+    connection: ConnectionId,
+    redrives: u32,
+) -> Result<Vec<crate::store::RunRow>, JobError> {
     let row = store.connection(tenant, connection).await?;
     let mut runs = Vec::new();
     for mapping in &row.settings.objects {
@@ -174,6 +189,7 @@ pub async fn start(
             page: run.pages_done,
             attempt: 0,
             deferrals: 0,
+            redrives,
         };
         queue
             .push_full_sync(&job)

@@ -2,8 +2,10 @@
 //! retry versus give-up, the dependencies a handler gets, and the connection
 //! session that keeps tokens fresh. Jobs carry ids, never record data.
 
+mod change_times;
 pub mod delta_sync;
 pub mod full_sync;
+pub mod gauges;
 pub mod health;
 pub mod process_webhook;
 pub mod push_changes;

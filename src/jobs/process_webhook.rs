@@ -44,6 +44,14 @@ pub struct ProcessWebhookJob {
     /// Retry number.
     #[serde(default)]
     pub attempt: u32,
+    /// Times `RetryFailed` re-drove this job's chain of failures (carried by
+    /// retries and follow-ups; at most `sync.retry_failed_max_redrives`).
+    #[serde(default)]
+    pub redrives: u32,
+    /// The W3C trace context of the ingress request that queued it, so the
+    /// job's span continues that trace (when spans are exported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl ProcessWebhookJob {
@@ -75,6 +83,8 @@ impl ProcessWebhookJob {
                 .collect(),
             delivery,
             attempt: 0,
+            redrives: 0,
+            traceparent: None,
         }
     }
 
@@ -91,6 +101,8 @@ impl ProcessWebhookJob {
             echoed: Vec::new(),
             delivery: String::new(),
             attempt: 0,
+            redrives: 0,
+            traceparent: None,
         }
     }
 

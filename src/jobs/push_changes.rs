@@ -45,6 +45,10 @@ pub struct PushChangesJob {
     /// Retry number.
     #[serde(default)]
     pub attempt: u32,
+    /// Times `RetryFailed` re-drove this job's chain of failures (carried by
+    /// retries and follow-ups; at most `sync.retry_failed_max_redrives`).
+    #[serde(default)]
+    pub redrives: u32,
 }
 
 impl PushChangesJob {
@@ -306,20 +310,14 @@ impl Push<'_> {
                 })
                 .map(|r| r.crm_id.clone())
                 .collect();
-            if !contested.is_empty() {
-                let detailed = crate::with_auth!(self.session, deps, |token| deps
-                    .hubspot
-                    .batch_read(&account, token, object, &contested, true, None))?;
-                let mut detailed: BTreeMap<CrmId, crate::sync::Incoming> = detailed
-                    .into_iter()
-                    .map(|r| (r.crm_id.clone(), r))
-                    .collect();
-                for record in &mut current {
-                    if let Some(fresh) = detailed.remove(&record.crm_id) {
-                        *record = fresh;
-                    }
-                }
-            }
+            current = super::change_times::reread_with_history(
+                &mut self.session,
+                deps,
+                object,
+                current,
+                &contested,
+            )
+            .await?;
         }
         let found: BTreeSet<&CrmId> = current.iter().map(|r| &r.crm_id).collect();
         let gone: Vec<CrmId> = linked
@@ -446,15 +444,68 @@ impl Push<'_> {
     }
 }
 
-/// The link's base after a push: what the CRM now holds, except fields held
-/// in a `manual` conflict, which keep the base they had (so the conflict is
-/// still seen as one until an operator resolves it).
+/// The link's base after a push: the fields written take what was written;
+/// the others keep the merge's base — what the CRM held, or, for a field
+/// held in a `manual` conflict, the base it had (so the conflict is still
+/// seen as one until an operator resolves it).
 fn base_after_push(object: CrmObject, t: &PushTarget) -> RecordFields {
-    let mut base = mapping::round_trip(object, &t.target);
+    let written = mapping::round_trip(object, &t.target);
+    let mut base = t.base.clone();
     for field in CanonicalField::ALL {
-        if t.base.get(field) != t.target.get(field) {
-            base.set(field, t.base.get(field).unwrap_or(""));
+        if t.target.get(field) != t.current.get(field) {
+            base.set(field, written.get(field).unwrap_or(""));
         }
     }
     base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(company: &str, title: &str) -> RecordFields {
+        RecordFields::new()
+            .with(CanonicalField::Email, "a@x.io")
+            .with(CanonicalField::Company, company)
+            .with(CanonicalField::JobTitle, title)
+    }
+
+    fn target(current: RecordFields, target: RecordFields, base: RecordFields) -> PushTarget {
+        PushTarget {
+            record: RecordId::new(),
+            crm_id: CrmId("1".into()),
+            current,
+            target,
+            base,
+            version: 1,
+            person_crm_id: None,
+        }
+    }
+
+    #[test]
+    fn a_pushed_field_becomes_the_base_and_a_held_conflict_keeps_its_own() {
+        // The merge's base is what the CRM held; the push writes the
+        // platform's company: from now on that is what both sides share, so
+        // a later platform edit of it is a platform change, not a conflict.
+        let pushed = base_after_push(
+            CrmObject::Contacts,
+            &target(
+                fields("Old", "CTO"),
+                fields("New", "CTO"),
+                fields("Old", "CTO"),
+            ),
+        );
+        assert_eq!(pushed, fields("New", "CTO"));
+        // A field held in a `manual` conflict is not written and keeps the
+        // base it had.
+        let held = base_after_push(
+            CrmObject::Contacts,
+            &target(
+                fields("Crm", "CTO"),
+                fields("Crm", "CTO"),
+                fields("Base", "CTO"),
+            ),
+        );
+        assert_eq!(held.get(CanonicalField::Company), Some("Base"));
+    }
 }

@@ -2,14 +2,71 @@
 //! (a new idempotency key, `attempt` 0). A full-sync page is not replayed on
 //! its failed run: the connection's full sync starts again (or joins the one
 //! running), which is idempotent and resumes nothing stale.
+//!
+//! `RetryFailed` (the scheduler, hourly) replays open dead letters of active
+//! connections by itself; the job it queues counts one more re-drive, so a
+//! chain of failures is re-driven at most `sync.retry_failed_max_redrives`
+//! times and then waits for an operator.
 
-use super::{DeltaSyncJob, JobError, ProcessWebhookJob, PushChangesJob};
+use super::{DeltaSyncJob, Deps, JobError, ProcessWebhookJob, PushChangesJob};
+use crate::domain::ConnectionStatus;
 use crate::queue::Queue;
-use crate::store::{DeadLetter, Store};
+use crate::store::{DeadLetter, ReplayedBy, Store};
 use std::time::Duration;
 
-/// Queues the dead letter's job again.
-pub async fn replay(store: &Store, queue: &Queue, dead: &DeadLetter) -> Result<(), JobError> {
+/// Dead letters re-driven per tenant per round (the rest wait a round).
+const REDRIVE_BATCH: i64 = 500;
+
+/// One `RetryFailed` round: re-drives every tenant's open dead letters of
+/// active connections that have re-drives left. Returns how many.
+pub async fn retry_failed(deps: &Deps) -> Result<usize, JobError> {
+    let max = deps.settings.sync.retry_failed_max_redrives;
+    let mut redriven = 0;
+    for tenant in deps.store.connected_tenants().await? {
+        let active: std::collections::BTreeSet<_> = deps
+            .store
+            .list_connections(tenant)
+            .await?
+            .into_iter()
+            .filter(|c| c.status == ConnectionStatus::Active)
+            .map(|c| c.id)
+            .collect();
+        for dead in deps
+            .store
+            .redrivable_dead_letters(tenant, max, REDRIVE_BATCH)
+            .await?
+        {
+            // A paused or unauthorised connection would only fail again.
+            if !active.contains(&dead.connection_id) {
+                continue;
+            }
+            replay(&deps.queue, &deps.store, &dead, ReplayedBy::RetryFailed).await?;
+            if deps
+                .store
+                .mark_replayed(tenant, dead.id, ReplayedBy::RetryFailed)
+                .await?
+                .is_some()
+            {
+                redriven += 1;
+            }
+        }
+    }
+    if redriven > 0 {
+        metrics::counter!("crmsync_dead_letters_redriven_total").increment(redriven as u64);
+    }
+    Ok(redriven)
+}
+
+/// Queues the dead letter's job again; by `RetryFailed`, with one more
+/// re-drive on its chain.
+pub async fn replay(
+    queue: &Queue,
+    store: &Store,
+    dead: &DeadLetter,
+    by: ReplayedBy,
+) -> Result<(), JobError> {
+    let redrives =
+        u32::try_from(dead.redrives).unwrap_or(u32::MAX) + u32::from(by == ReplayedBy::RetryFailed);
     let again = format!("replay-{}", uuid::Uuid::now_v7());
     let malformed = |e: serde_json::Error| {
         JobError::Permanent(format!(
@@ -21,13 +78,15 @@ pub async fn replay(store: &Store, queue: &Queue, dead: &DeadLetter) -> Result<(
         "full_sync" => {
             let job: super::FullSyncJob =
                 serde_json::from_value(dead.job.clone()).map_err(malformed)?;
-            super::full_sync::start(store, queue, job.tenant, job.connection).await?;
+            super::full_sync::start_redriven(store, queue, job.tenant, job.connection, redrives)
+                .await?;
         }
         "delta_sync" => {
             let job: DeltaSyncJob = serde_json::from_value(dead.job.clone()).map_err(malformed)?;
             let job = DeltaSyncJob {
                 trigger: format!("{}+{again}", job.trigger),
                 attempt: 0,
+                redrives,
                 ..job
             };
             queue.push_delta_sync(&job).await?;
@@ -38,6 +97,7 @@ pub async fn replay(store: &Store, queue: &Queue, dead: &DeadLetter) -> Result<(
             let job = ProcessWebhookJob {
                 delivery: format!("{}+{again}", job.delivery),
                 attempt: 0,
+                redrives,
                 ..job
             };
             queue
@@ -50,6 +110,7 @@ pub async fn replay(store: &Store, queue: &Queue, dead: &DeadLetter) -> Result<(
             let job = PushChangesJob {
                 trigger: format!("{}+{again}", job.trigger),
                 attempt: 0,
+                redrives,
                 ..job
             };
             queue.push_push_changes_after(&job, Duration::ZERO).await?;

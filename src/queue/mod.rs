@@ -10,6 +10,7 @@
 
 mod lease;
 pub(crate) mod pending;
+mod purge;
 mod worker;
 
 pub use lease::Lease;
@@ -232,6 +233,36 @@ impl Queue {
             builder = builder.run_after(delay);
         }
         builder.build()
+    }
+
+    /// Jobs of `kind` waiting to run: queued now or scheduled for later
+    /// (retries, deferrals), not counting those running.
+    pub async fn depth(&self, kind: JobKind) -> Result<u64, QueueError> {
+        match &self.storages {
+            Storages::Redis { conn } => {
+                let config = self.settings.redis_config(kind, 1);
+                let mut conn = conn.clone();
+                let (queued, scheduled): (u64, u64) = redis::pipe()
+                    .cmd("LLEN")
+                    .arg(config.active_jobs_list())
+                    .cmd("ZCARD")
+                    .arg(config.scheduled_jobs_set())
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| QueueError::Redis(e.to_string()))?;
+                Ok(queued + scheduled)
+            }
+            Storages::Sqlite { pool } => {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND status IN ('Pending', 'Queued')",
+                )
+                .bind(self.settings.queue_name(kind))
+                .fetch_one(pool)
+                .await
+                .map_err(|e| QueueError::Sqlite(e.to_string()))?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+        }
     }
 
     /// Closes the SQLite queue pool (Redis needs nothing).

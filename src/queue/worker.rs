@@ -14,6 +14,7 @@ use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Which job kind a worker runs and how many at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,19 @@ async fn dead_letter<J: serde::Serialize>(
     }
 }
 
+/// One span per job run (`job.name`, `connection.id`, `job.attempt`),
+/// continuing the trace the job carried.
+fn job_span(
+    name: &'static str,
+    connection: crate::domain::ConnectionId,
+    attempt: u32,
+    traceparent: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!("job", job.name = name, connection.id = %connection, job.attempt = attempt);
+    crate::telemetry::continue_trace(&span, traceparent);
+    span
+}
+
 fn jitter_seed() -> u64 {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b)
@@ -114,6 +128,11 @@ async fn with_timeout<T>(
 }
 
 async fn full_sync_task(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let span = job_span("full_sync", job.connection, job.attempt, None);
+    full_sync_attempt(job, deps).instrument(span).await
+}
+
+async fn full_sync_attempt(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
     let started = Instant::now();
     let result = with_timeout(&deps, jobs::full_sync::run(&job, &deps)).await;
     let settled = settle(
@@ -161,6 +180,11 @@ async fn full_sync_task(job: FullSyncJob, deps: Data<Deps>) -> Result<(), BoxDyn
 }
 
 async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let span = job_span("delta_sync", job.connection, job.attempt, None);
+    delta_sync_attempt(job, deps).instrument(span).await
+}
+
+async fn delta_sync_attempt(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
     let started = Instant::now();
     let mut progress = jobs::DeltaProgress::default();
     let attempt = with_timeout(&deps, jobs::delta_sync::run(&job, &deps, &mut progress)).await;
@@ -192,6 +216,7 @@ async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxD
                 connection: job.connection,
                 trigger: format!("after-{}", job.idempotency_key()),
                 attempt: 0,
+                redrives: 0,
             };
             deps.queue
                 .push_push_changes_after(&sweep, Duration::ZERO)
@@ -260,6 +285,19 @@ async fn delta_sync_task(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), BoxD
 }
 
 async fn process_webhook_task(job: ProcessWebhookJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let span = job_span(
+        "process_webhook",
+        job.connection,
+        job.attempt,
+        job.traceparent.as_deref(),
+    );
+    process_webhook_attempt(job, deps).instrument(span).await
+}
+
+async fn process_webhook_attempt(
+    job: ProcessWebhookJob,
+    deps: Data<Deps>,
+) -> Result<(), BoxDynError> {
     let started = Instant::now();
     let result = with_timeout(&deps, jobs::process_webhook::run(&job, &deps)).await;
     let settled = settle(
@@ -307,6 +345,11 @@ async fn process_webhook_task(job: ProcessWebhookJob, deps: Data<Deps>) -> Resul
 }
 
 async fn push_changes_task(job: PushChangesJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let span = job_span("push_changes", job.connection, job.attempt, None);
+    push_changes_attempt(job, deps).instrument(span).await
+}
+
+async fn push_changes_attempt(job: PushChangesJob, deps: Data<Deps>) -> Result<(), BoxDynError> {
     let started = Instant::now();
     let result = with_timeout(&deps, jobs::push_changes::run(&job, &deps))
         .await

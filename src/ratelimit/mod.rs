@@ -149,8 +149,17 @@ impl Budget {
                 Priority::Background => self.period,
             };
             match shared.take(self.period, ahead, self.daily_limit).await? {
+                shared::Taken::Slot { wait } if wait.is_zero() => return Ok(()),
                 shared::Taken::Slot { wait } => {
                     tokio::time::sleep(wait).await;
+                    // A 429 while we waited for the slot (here or in any
+                    // process) cools the budget down: honour it before
+                    // sending, or the request lands inside the cool-down —
+                    // then take a fresh slot, so that the fleet's waiting
+                    // requests do not all go at once when it ends.
+                    if self.honour_cool_down(started).await? {
+                        continue;
+                    }
                     return Ok(());
                 }
                 shared::Taken::Refused { wait } => {
@@ -165,6 +174,33 @@ impl Budget {
                 }
             }
         }
+    }
+
+    /// Waits out a cool-down that began after a slot was reserved (by this
+    /// process or any other), or says it is too long to wait: what a
+    /// request reserved earlier checks just before it is sent. `true`: it
+    /// waited, and the caller should take a fresh slot.
+    pub async fn honour_cool_down(&self, started: Instant) -> Result<bool, BudgetError> {
+        let local = self
+            .cooldown_until
+            .lock()
+            .map(|g| *g)
+            .unwrap_or(None)
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        let shared = match &self.shared {
+            Some(shared) => shared.cool_down_left().await?,
+            None => Duration::ZERO,
+        };
+        let left = shared.max(local);
+        if left.is_zero() {
+            return Ok(false);
+        }
+        if started.elapsed() + left > self.waits.max_wait {
+            return Err(self.too_long(left));
+        }
+        tokio::time::sleep(left).await;
+        Ok(true)
     }
 
     /// The embedded mode's day count (the fleet's is in Redis).

@@ -26,6 +26,9 @@ if ARGV[1] == 'cool' then
   redis.call('PEXPIRE', KEYS[1], 172800000)
   return {1, 0}
 end
+if ARGV[1] == 'check' then
+  return {1, math.max(cool - now, 0)}
+end
 local period = tonumber(ARGV[2])
 local ahead = tonumber(ARGV[3])
 local daily = tonumber(ARGV[4])
@@ -135,6 +138,24 @@ impl SharedBudget {
         } else {
             Taken::Refused { wait }
         })
+    }
+
+    /// How much of a cool-down is left (zero: none).
+    pub(super) async fn cool_down_left(&self) -> Result<Duration, BudgetError> {
+        let mut conn = self.store.conn.clone();
+        let (_, left): (i64, i64) = self
+            .store
+            .script
+            .key(&self.key)
+            .arg("check")
+            .arg(0)
+            .arg(0)
+            .arg(0)
+            .arg(0)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| BudgetError::Unavailable(e.to_string()))?;
+        Ok(Duration::from_micros(u64::try_from(left).unwrap_or(0)))
     }
 
     /// No request of the fleet before `for_` from now.

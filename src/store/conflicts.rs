@@ -150,16 +150,12 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ConflictRow>, StoreError> {
         let mut sql = format!("{SELECT_CONFLICT} WHERE tenant_id = $1 AND status = $2");
-        sql.push_str(if connection.is_some() {
-            " AND connection_id = $3"
-        } else {
-            " AND $3 IS NULL"
-        });
-        sql.push_str(if before.is_some() {
-            " AND id < $4"
-        } else {
-            " AND $4 IS NULL"
-        });
+        sql.push_str(&super::optional_filter(
+            connection.is_some(),
+            "connection_id = $3",
+            3,
+        ));
+        sql.push_str(&super::optional_filter(before.is_some(), "id < $4", 4));
         sql.push_str(" ORDER BY id DESC LIMIT $5");
         let mut tx = self.begin(tenant).await?;
         let rows: Vec<ConflictSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(
@@ -174,6 +170,19 @@ impl Store {
         .await)?;
         tx.commit().await?;
         Ok(rows.into_iter().map(ConflictRow::from).collect())
+    }
+
+    /// How many of the tenant's conflicts wait for a decision.
+    pub async fn count_open_conflicts(&self, tenant: TenantId) -> Result<i64, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let (n,): (i64,) = on_db!(&mut tx, |c| sqlx::query_as(
+            "SELECT COUNT(*) FROM conflicts WHERE tenant_id = $1 AND status = 'open'"
+        )
+        .bind(tenant.0)
+        .fetch_one(c)
+        .await)?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Resolves an open conflict (see the module doc); returns the resolved

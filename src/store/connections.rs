@@ -155,11 +155,11 @@ type ConnectionTuple = (
 
 const SELECT: &str = "SELECT id, tenant_id, provider, external_account_id, settings, status, status_reason, delta_interval_secs, credentials, webhook_secret, created_at, updated_at FROM connections";
 
-fn webhook_binding(tenant: TenantId, id: ConnectionId) -> Vec<u8> {
+pub(super) fn webhook_binding(tenant: TenantId, id: ConnectionId) -> Vec<u8> {
     format!("crmsync:webhook-secret:{tenant}:{id}").into_bytes()
 }
 
-fn binding(tenant: TenantId, id: ConnectionId) -> Vec<u8> {
+pub(super) fn binding(tenant: TenantId, id: ConnectionId) -> Vec<u8> {
     format!("crmsync:connection:{tenant}:{id}").into_bytes()
 }
 
@@ -529,7 +529,7 @@ impl ConnectionRow {
 
 /// Opens a sealed webhook secret of connection `id` of `tenant`.
 pub fn open_webhook_secret(
-    key: &crate::secrets::EncryptionKey,
+    key: &crate::secrets::KeyRing,
     tenant: TenantId,
     id: ConnectionId,
     sealed: &[u8],

@@ -26,8 +26,33 @@ pub struct DeadLetter {
     pub attempts: i64,
     /// When it was given up.
     pub failed_at: DateTime<Utc>,
-    /// When an operator replayed it (then it is no longer open).
+    /// When it was replayed (then it is no longer open).
     pub replayed_at: Option<DateTime<Utc>>,
+    /// `operator` (the api) or `retry_failed` (the scheduler).
+    pub replayed_by: Option<String>,
+    /// Times the scheduler's `RetryFailed` had re-driven this chain of
+    /// failures before this one; at the limit only an operator replays it.
+    pub redrives: i64,
+}
+
+/// Who replays a dead letter: what `replayedBy` says, and whether the
+/// replay counts against the chain's automatic re-drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayedBy {
+    /// An operator, through the api.
+    Operator,
+    /// The scheduler's hourly `RetryFailed`.
+    RetryFailed,
+}
+
+impl ReplayedBy {
+    /// The stored and shown name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::RetryFailed => "retry_failed",
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -40,6 +65,8 @@ struct DeadLetterSql {
     attempts: i64,
     failed_at: DateTime<Utc>,
     replayed_at: Option<DateTime<Utc>>,
+    replayed_by: Option<String>,
+    redrives: i64,
 }
 
 impl From<DeadLetterSql> for DeadLetter {
@@ -53,14 +80,17 @@ impl From<DeadLetterSql> for DeadLetter {
             attempts: r.attempts,
             failed_at: r.failed_at,
             replayed_at: r.replayed_at,
+            replayed_by: r.replayed_by,
+            redrives: r.redrives,
         }
     }
 }
 
-const SELECT: &str = "SELECT id, connection_id, job_kind, job, error, attempts, failed_at, replayed_at FROM dead_letters";
+const SELECT: &str = "SELECT id, connection_id, job_kind, job, error, attempts, failed_at, replayed_at, replayed_by, redrives FROM dead_letters";
 
 impl Store {
-    /// Keeps a job that failed for good.
+    /// Keeps a job that failed for good; its re-drive count is the job's
+    /// own (`redrives`, carried through its retries).
     pub async fn record_dead_letter(
         &self,
         tenant: TenantId,
@@ -70,12 +100,16 @@ impl Store {
         error: &str,
         attempts: u32,
     ) -> Result<uuid::Uuid, StoreError> {
+        let redrives = job
+            .get("redrives")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
         let id = uuid::Uuid::now_v7();
         let mut tx = self.begin(tenant).await?;
         on_db!(&mut tx, |c| {
             sqlx::query(
-            "INSERT INTO dead_letters (id, tenant_id, connection_id, job_kind, job, error, attempts, failed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "INSERT INTO dead_letters (id, tenant_id, connection_id, job_kind, job, error, attempts, failed_at, redrives)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         )
         .bind(id)
         .bind(tenant.0)
@@ -85,6 +119,7 @@ impl Store {
         .bind(error)
         .bind(i64::from(attempts))
         .bind(Utc::now())
+        .bind(redrives)
         .execute(c)
         .await
         .map(|_| ())
@@ -106,16 +141,12 @@ impl Store {
             "{SELECT} WHERE tenant_id = $1 AND replayed_at IS {}NULL",
             if replayed { "NOT " } else { "" }
         );
-        sql.push_str(if connection.is_some() {
-            " AND connection_id = $2"
-        } else {
-            " AND $2 IS NULL"
-        });
-        sql.push_str(if before.is_some() {
-            " AND id < $3"
-        } else {
-            " AND $3 IS NULL"
-        });
+        sql.push_str(&super::optional_filter(
+            connection.is_some(),
+            "connection_id = $2",
+            2,
+        ));
+        sql.push_str(&super::optional_filter(before.is_some(), "id < $3", 3));
         sql.push_str(" ORDER BY id DESC LIMIT $4");
         let mut tx = self.begin(tenant).await?;
         let rows: Vec<DeadLetterSql> = on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(
@@ -150,22 +181,47 @@ impl Store {
         Ok(found.map(DeadLetter::from))
     }
 
+    /// Open dead letters the scheduler may re-drive (fewer than
+    /// `max_redrives` re-drives so far), oldest first.
+    pub async fn redrivable_dead_letters(
+        &self,
+        tenant: TenantId,
+        max_redrives: u32,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let rows: Vec<DeadLetterSql> = on_db!(&mut tx, |c| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT} WHERE tenant_id = $1 AND replayed_at IS NULL AND redrives < $2 ORDER BY id LIMIT $3"
+            )))
+            .bind(tenant.0)
+            .bind(i64::from(max_redrives))
+            .bind(limit)
+            .fetch_all(c)
+            .await
+        })?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(DeadLetter::from).collect())
+    }
+
     /// Marks a dead letter replayed (after its job was queued again, so a
     /// failure in between leaves it open rather than lost).
     pub async fn mark_replayed(
         &self,
         tenant: TenantId,
         id: uuid::Uuid,
+        by: ReplayedBy,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = Utc::now();
         let mut tx = self.begin(tenant).await?;
         let updated = on_db!(&mut tx, |c| {
             sqlx::query(
-            "UPDATE dead_letters SET replayed_at = $3 WHERE tenant_id = $1 AND id = $2 AND replayed_at IS NULL"
+            "UPDATE dead_letters SET replayed_at = $3, replayed_by = $4 WHERE tenant_id = $1 AND id = $2 AND replayed_at IS NULL"
         )
         .bind(tenant.0)
         .bind(id)
         .bind(now)
+        .bind(by.as_str())
         .execute(c)
         .await
         .map(|r| r.rows_affected())

@@ -9,6 +9,7 @@ mod health;
 mod platform;
 mod records;
 mod retention;
+mod rotation;
 mod runs;
 mod tenants;
 
@@ -17,16 +18,17 @@ pub use connections::{
     ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping,
     open_webhook_secret,
 };
-pub use dead_letters::DeadLetter;
+pub use dead_letters::{DeadLetter, ReplayedBy};
 pub use health::HealthCheck;
 pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQuery, RecordView};
 pub use records::{PageOutcome, PageWrite, PushTarget};
 pub use retention::Purged;
+pub use rotation::Rotation;
 pub use runs::{RunRow, RunUpdate};
 pub use tenants::{DEFAULT_TENANT, NewTenant};
 
 use crate::domain::TenantId;
-use crate::secrets::EncryptionKey;
+use crate::secrets::KeyRing;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
@@ -152,7 +154,7 @@ impl Tx {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
-    key: Option<EncryptionKey>,
+    key: Option<KeyRing>,
 }
 
 impl Store {
@@ -161,7 +163,7 @@ impl Store {
     pub async fn open(
         url: &str,
         max_connections: u32,
-        key: Option<EncryptionKey>,
+        key: Option<KeyRing>,
     ) -> Result<Self, StoreError> {
         let db = if url.starts_with("sqlite:") {
             let pool = open_sqlite(url, max_connections).await?;
@@ -225,7 +227,7 @@ impl Store {
         &self.db
     }
 
-    pub(crate) fn key(&self) -> Result<&EncryptionKey, StoreError> {
+    pub(crate) fn key(&self) -> Result<&KeyRing, StoreError> {
         self.key.as_ref().ok_or_else(|| {
             StoreError::Invalid(
                 "no encryption key: set CRMSYNC__SECRETS__ENCRYPTION_KEY (32 random bytes, base64)"
@@ -287,6 +289,17 @@ pub(crate) async fn queue_outbox(
 
 /// `$first, $first+1, …` for `n` values: the placeholders of an `IN (…)`
 /// list whose values are bound after the first `first - 1` parameters.
+/// An optional list filter that keeps its bind: ` AND {condition}` when the
+/// filter is given, else ` AND ${param} IS NULL` (the `None` bound there), so
+/// parameter numbers never shift with the filters in use.
+pub(crate) fn optional_filter(given: bool, condition: &str, param: usize) -> String {
+    if given {
+        format!(" AND {condition}")
+    } else {
+        format!(" AND ${param} IS NULL")
+    }
+}
+
 pub(crate) fn in_list(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))

@@ -235,11 +235,11 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<RunRow>, StoreError> {
         let mut sql = format!("{SELECT_RUN} WHERE tenant_id = $1");
-        if connection.is_some() {
-            sql.push_str(" AND connection_id = $2");
-        } else {
-            sql.push_str(" AND $2 IS NULL");
-        }
+        sql.push_str(&super::optional_filter(
+            connection.is_some(),
+            "connection_id = $2",
+            2,
+        ));
         if before.is_some() {
             sql.push_str(" AND (started_at < $3 OR (started_at = $3 AND id < $4))");
         } else {

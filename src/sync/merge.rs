@@ -199,7 +199,12 @@ pub fn merge(
         }
         merged.local.set(field, value);
         merged.remote.set(field, value);
-        merged.base.set(field, value);
+        // The base is the state both sides last shared: what the CRM holds
+        // now. A value the platform is ahead with becomes the base only
+        // when a push writes it; were it the base already, a read before
+        // that push (or after one that failed) would see the CRM's older
+        // value as a CRM edit and undo the platform's.
+        merged.base.set(field, r.unwrap_or(""));
     }
     merged
 }
@@ -259,16 +264,31 @@ mod tests {
             let newer = if platform_newer { Newer::Platform } else { Newer::Crm };
             let m = merge(&b, &l, &r, s, &|_| newer);
             prop_assert_eq!(&m.local, &m.remote);
-            prop_assert_eq!(&m.local, &m.base);
+            // The base is what the CRM holds until a push writes the rest.
+            for field in CanonicalField::ALL {
+                prop_assert_eq!(m.base.get(field), r.get(field));
+            }
             prop_assert!(m.conflicts.is_empty());
         }
 
         #[test]
         fn merging_again_changes_nothing(b in fields(), l in fields(), r in fields(), s in strategy()) {
             let m = merge(&b, &l, &r, s, &|_| Newer::Crm);
-            let again = merge(&m.base, &m.local, &m.remote, s, &|_| Newer::Crm);
+            // Once the push has written the merged values, they are the base.
+            let pushed = merge(&m.remote, &m.local, &m.remote, s, &|_| Newer::Crm);
+            prop_assert_eq!((&pushed.local, &pushed.remote, &pushed.base), (&m.local, &m.remote, &m.remote));
+            prop_assert!(pushed.decisions.is_empty());
+        }
+
+        #[test]
+        fn a_second_read_before_the_push_lands_keeps_the_platforms_values(b in fields(), l in fields(), r in fields(), s in strategy(), platform_newer: bool) {
+            // The CRM still holds `r` (the push failed, or has not run yet):
+            // reading it again must not undo what the platform won, even if
+            // the CRM now looks newer (an edit of another field).
+            let newer = if platform_newer { Newer::Platform } else { Newer::Crm };
+            let m = merge(&b, &l, &r, s, &|_| newer);
+            let again = merge(&m.base, &m.local, &r, s, &|_| Newer::Crm);
             prop_assert_eq!((&again.local, &again.remote, &again.base), (&m.local, &m.remote, &m.base));
-            prop_assert!(again.decisions.is_empty());
         }
 
         #[test]

@@ -29,6 +29,11 @@ pub struct Incoming {
     /// Per-field change times, when the CRM gave them (HubSpot's
     /// `propertiesWithHistory`); `newest_wins` compares these.
     pub field_times: FieldTimes,
+    /// Fields whose latest CRM change was our own write (the history names
+    /// our app): the CRM did not change them, we did, with a platform value
+    /// that may since have been superseded — so `newest_wins` keeps the
+    /// platform's, however late the write landed.
+    pub own_writes: std::collections::BTreeSet<crate::domain::CanonicalField>,
     /// Where the record's person lives when that is another CRM record (a
     /// HubSpot lead's primary contact): kept on the link so that the
     /// person's privacy deletion can find the record.
@@ -46,6 +51,10 @@ pub struct LinkState {
     pub pushed_fingerprint: Option<String>,
     /// The CRM's modified time of the last state applied.
     pub crm_modified_at: Option<DateTime<Utc>>,
+    /// When this link's last push wrote (or, while one is under way, the
+    /// end of its window): a write of ours to the CRM at or before it can
+    /// be this link's own.
+    pub pushed_until: Option<DateTime<Utc>>,
 }
 
 /// The platform record's present state.
@@ -138,6 +147,18 @@ pub fn decide_pull(
     let empty = RecordFields::new();
     let base = link.map_or(&empty, |l| &l.base);
     let newer = |field: CanonicalField| {
+        // Our own write (by this link's push: at or before its mark) is not
+        // a CRM edit, however late it landed: the platform's value stands.
+        let ours = incoming.own_writes.contains(&field)
+            && link.and_then(|l| l.pushed_until).is_some_and(|mark| {
+                incoming
+                    .field_times
+                    .get(&field)
+                    .is_some_and(|at| *at <= mark + chrono::Duration::seconds(1))
+            });
+        if ours {
+            return Newer::Platform;
+        }
         let platform = local
             .field_times
             .get(&field)
@@ -210,6 +231,7 @@ mod tests {
                 .with(CanonicalField::FirstName, name),
             platform_id: None,
             field_times: FieldTimes::new(),
+            own_writes: Default::default(),
             person_crm_id: None,
         }
     }
@@ -220,6 +242,7 @@ mod tests {
             pulled_fingerprint: Some(link_from.fields.fingerprint()),
             pushed_fingerprint: None,
             crm_modified_at: Some(link_from.modified_at),
+            pushed_until: None,
         }
     }
 
@@ -239,6 +262,55 @@ mod tests {
             let local = LocalState { fields: newer.fields.clone(), updated_at: at(ms + back), field_times: FieldTimes::new() };
             prop_assert_eq!(decide_pull(Some(&applied(&newer)), Some(&local), &older, ConflictStrategy::NewestWins), PullDecision::Stale);
         }
+    }
+
+    #[test]
+    fn our_own_late_write_never_beats_a_newer_platform_value() {
+        // We pushed "pushed" long ago; the push landed late (after the
+        // platform changed again), so the CRM's change time looks newer.
+        let base = incoming("base", 10);
+        let mut remote = incoming("pushed", 50);
+        remote
+            .field_times
+            .insert(CanonicalField::FirstName, at(50_000));
+        let local = LocalState {
+            fields: base.fields.clone().with(CanonicalField::FirstName, "newer"),
+            updated_at: at(30),
+            field_times: FieldTimes::from([(CanonicalField::FirstName, at(30))]),
+        };
+        let decide = |remote: &Incoming, pushed_until: Option<DateTime<Utc>>| {
+            let link = LinkState {
+                pushed_until,
+                ..applied(&base)
+            };
+            match decide_pull(
+                Some(&link),
+                Some(&local),
+                remote,
+                ConflictStrategy::NewestWins,
+            ) {
+                PullDecision::Apply { local, .. } => {
+                    local.get(CanonicalField::FirstName).map(str::to_string)
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let mark = Some(at(60_000));
+        assert_eq!(
+            decide(&remote, mark).as_deref(),
+            Some("pushed"),
+            "a CRM edit that late wins"
+        );
+        remote.own_writes.insert(CanonicalField::FirstName);
+        assert_eq!(
+            decide(&remote, mark).as_deref(),
+            Some("newer"),
+            "this link's own write does not"
+        );
+        // Our app wrote it, but not through this link's push (another
+        // connection to the same account): a CRM edit as far as it knows.
+        assert_eq!(decide(&remote, Some(at(20_000))).as_deref(), Some("pushed"));
+        assert_eq!(decide(&remote, None).as_deref(), Some("pushed"));
     }
 
     proptest! {
@@ -274,6 +346,7 @@ mod tests {
             pulled_fingerprint: None,
             pushed_fingerprint: Some(pushed.fields.fingerprint()),
             crm_modified_at: None,
+            pushed_until: None,
         };
         let local = LocalState {
             fields: pushed.fields.clone().with(CanonicalField::FirstName, "New"),
@@ -313,6 +386,7 @@ mod tests {
             pulled_fingerprint: Some(read.fields.fingerprint()),
             pushed_fingerprint: None,
             crm_modified_at: Some(read.modified_at),
+            pushed_until: None,
         };
         let local = LocalState {
             fields: link.base.clone(),
@@ -347,6 +421,7 @@ mod tests {
             pulled_fingerprint: Some(read.fields.fingerprint()),
             pushed_fingerprint: None,
             crm_modified_at: Some(read.modified_at),
+            pushed_until: None,
         };
         let local = LocalState {
             fields: read
@@ -378,6 +453,7 @@ mod tests {
             pulled_fingerprint: None,
             pushed_fingerprint: Some(pushed.fields.fingerprint()),
             crm_modified_at: None,
+            pushed_until: None,
         };
         assert_eq!(
             decide_pull(Some(&link), None, &pushed, ConflictStrategy::NewestWins),

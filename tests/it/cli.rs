@@ -1,11 +1,12 @@
 //! The real `crmsync` and `crmsync-worker` binaries, run as child processes
 //! in an empty folder with the embedded (SQLite) defaults.
 
+use crate::fleet::Killed;
 use crate::support::{PORTAL, TOKEN, TestSandbox};
 use crmsync::sandbox::hubspot::SandboxConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// An empty working folder, removed at the end.
@@ -27,16 +28,6 @@ impl Workdir {
 impl Drop for Workdir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -192,6 +183,30 @@ fn status_json_in_a_fresh_folder_prints_an_empty_list() {
         "{}",
         stdout(&plain)
     );
+}
+
+/// `crmsync status --json | grep -q …` under `set -o pipefail`: a reader
+/// that has stopped reading must not turn into a panic and a failed command.
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    let dir = Workdir::new();
+    for args in [&["status"][..], &["status", "--json"], &["--version"]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let output = command(env!("CARGO_BIN_EXE_crmsync"), dir.path(), &[])
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run crmsync");
+        assert!(
+            output.status.success(),
+            "crmsync {args:?} into a closed pipe: {:?}, {}",
+            output.status,
+            stderr(&output)
+        );
+        assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    }
 }
 
 #[test]

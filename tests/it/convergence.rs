@@ -73,7 +73,7 @@ on_both_backends! {
             assert!(queued.is_some());
             platform_edits += 1;
             if i % 10 == 0 {
-                let job = PushChangesJob { tenant: fleet.tenant, connection: fleet.connection, trigger: format!("edit-{i}"), attempt: 0 };
+                let job = PushChangesJob { tenant: fleet.tenant, connection: fleet.connection, trigger: format!("edit-{i}"), attempt: 0, redrives: 0 };
                 fleet.deps.queue.push_push_changes_after(&job, Duration::ZERO).await.expect("enqueue push");
             }
         } else {
@@ -86,13 +86,13 @@ on_both_backends! {
     // Quiesce: push what is pending and read what changed until both sides agree.
     let started = Instant::now();
     loop {
-        let push = PushChangesJob { tenant: fleet.tenant, connection: fleet.connection, trigger: uuid::Uuid::now_v7().to_string(), attempt: 0 };
+        let push = PushChangesJob { tenant: fleet.tenant, connection: fleet.connection, trigger: uuid::Uuid::now_v7().to_string(), attempt: 0, redrives: 0 };
         match crmsync::jobs::push_changes::run(&push, &fleet.deps).await {
             // A worker's push of this connection is running: it pushes them.
             Ok(_) | Err(crmsync::jobs::JobError::Deferred { .. }) => {}
             Err(e) => panic!("push: {e}"),
         }
-        let delta = DeltaSyncJob { tenant: fleet.tenant, connection: fleet.connection, object: None, trigger: uuid::Uuid::now_v7().to_string(), attempt: 0, resume: None };
+        let delta = DeltaSyncJob { tenant: fleet.tenant, connection: fleet.connection, object: None, trigger: uuid::Uuid::now_v7().to_string(), attempt: 0, resume: None, redrives: 0 };
         crmsync::jobs::delta_sync::run(&delta, &fleet.deps, &mut DeltaProgress::default()).await.expect("delta");
         let crm = fleet.sandbox_contacts().await;
         let mut differences = Vec::new();

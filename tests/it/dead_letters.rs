@@ -5,6 +5,7 @@ use crate::fleet::{ApiClient, Fleet, on_both_backends, wait_for};
 use crate::support::TOKEN;
 use crmsync::domain::{ConnectionStatus, RunKind, RunStatus};
 use crmsync::jobs::DeltaSyncJob;
+use crmsync::jobs::replay::retry_failed;
 use crmsync::store::Credentials;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
@@ -40,6 +41,7 @@ on_both_backends! {
             trigger: "queued-before-the-pause".into(),
             attempt: 0,
             resume: None,
+            redrives: 0,
         };
         fleet.deps.queue.push_delta_sync(&job).await.expect("enqueue");
         wait_for("the dead letter", || async {
@@ -84,6 +86,81 @@ on_both_backends! {
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (status, all, _) = api.send(Method::POST, "/v1/dead-letters/replay", None).await;
         assert_eq!((status, all["replayed"].as_i64()), (StatusCode::ACCEPTED, Some(0)));
+        fleet.finish().await;
+    }
+}
+
+/// The tenant's open dead letters, newest first.
+async fn open_dead_letters(fleet: &Fleet) -> Vec<crmsync::store::DeadLetter> {
+    fleet
+        .store
+        .list_dead_letters(fleet.tenant, false, None, None, 100)
+        .await
+        .expect("dead letters")
+}
+
+on_both_backends! {
+    async fn retry_failed_re_drives_a_chain_of_failures_three_times_then_leaves_it_to_the_operator(backend) {
+        let mut fleet = Fleet::start(backend, 3).await;
+        // One attempt per job, so each failure is a dead letter at once.
+        fleet.settings.worker.max_attempts = 1;
+        fleet.deps = crmsync::app::deps(&fleet.settings, fleet.store.clone()).await.expect("deps");
+        fleet.start_workers();
+        fleet.full_sync().await;
+
+        // HubSpot fails every request: a delta dies.
+        let reply = fleet.sandbox.put_control("/_sandbox/faults", serde_json::json!({"errorRate": 1.0})).await;
+        assert!(reply.status.is_success(), "{:?}", reply.body);
+        let job = DeltaSyncJob {
+            tenant: fleet.tenant,
+            connection: fleet.connection,
+            object: None,
+            trigger: "chain".into(),
+            attempt: 0,
+            resume: None,
+            redrives: 0,
+        };
+        fleet.deps.queue.push_delta_sync(&job).await.expect("enqueue");
+        wait_for("the first dead letter", || async { open_dead_letters(&fleet).await.len() == 1 }).await;
+
+        // A paused connection's dead letters are left alone: they would only fail again.
+        fleet.store.set_connection_status(fleet.tenant, fleet.connection, ConnectionStatus::Paused, None).await.expect("pause");
+        assert_eq!(retry_failed(&fleet.deps).await.expect("round"), 0);
+        fleet.store.set_connection_status(fleet.tenant, fleet.connection, ConnectionStatus::Active, None).await.expect("resume");
+
+        // Each round re-drives the chain; while HubSpot still fails, each
+        // re-drive dies again with one more re-drive on it.
+        for round in 1..=3 {
+            assert_eq!(retry_failed(&fleet.deps).await.expect("round"), 1, "round {round}");
+            wait_for("the re-driven job to fail again", || async {
+                open_dead_letters(&fleet).await.first().is_some_and(|d| d.redrives == round)
+            })
+            .await;
+            let open = open_dead_letters(&fleet).await;
+            assert_eq!(open.len(), 1, "the re-driven dead letter is closed: {open:?}");
+        }
+        // The fourth failure stays for the operator.
+        assert_eq!(retry_failed(&fleet.deps).await.expect("round"), 0);
+        let replayed = fleet.store.list_dead_letters(fleet.tenant, true, None, None, 100).await.expect("replayed");
+        assert_eq!(replayed.len(), 3);
+        assert!(replayed.iter().all(|d| d.replayed_by.as_deref() == Some("retry_failed")), "{replayed:?}");
+
+        // The operator fixes the cause and replays it.
+        let reply = fleet.sandbox.put_control("/_sandbox/faults", serde_json::json!({})).await;
+        assert!(reply.status.is_success());
+        let dead = open_dead_letters(&fleet).await.remove(0);
+        let by = crmsync::store::ReplayedBy::Operator;
+        crmsync::jobs::replay::replay(&fleet.deps.queue, &fleet.store, &dead, by).await.expect("replay");
+        fleet.store.mark_replayed(fleet.tenant, dead.id, by).await.expect("mark").expect("was open");
+        let shown = fleet.store.list_dead_letters(fleet.tenant, true, None, None, 1).await.expect("replayed");
+        let shown = serde_json::to_value(&shown[0]).expect("json");
+        assert_eq!((shown["replayedBy"].as_str(), shown["redrives"].as_i64()), (Some("operator"), Some(3)), "{shown}");
+        wait_for("the operator's replay to succeed", || async {
+            fleet.store.latest_run(fleet.tenant, fleet.connection).await.ok().flatten()
+                .is_some_and(|r| r.kind == RunKind::DeltaSync && r.status == RunStatus::Succeeded)
+        })
+        .await;
+        assert!(open_dead_letters(&fleet).await.is_empty());
         fleet.finish().await;
     }
 }

@@ -80,16 +80,18 @@ fn with_database(url: &str, db: &str, user: Option<&str>) -> String {
 
 /// A fresh Postgres database, migrated as the owner; the returned URL logs
 /// in as the application role.
-pub async fn fresh_postgres() -> (String, String) {
+/// The server is the one `admin` (a superuser URL) reaches.
+pub async fn fresh_postgres_on(admin: &str) -> (String, String) {
+    let admin_url = admin.to_string();
     let name = format!("crmsync_it_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&admin_url())
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
         .expect("admin connection (DATABASE_URL)");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await
         .expect("create database");
-    let owner_url = with_database(&admin_url(), &name, None);
+    let owner_url = with_database(&admin_url, &name, None);
     Store::migrate(&owner_url).await.expect("migrate");
     // The login role: member of crmsync_app, neither owner nor RLS-exempt.
     let create = format!(
@@ -107,18 +109,37 @@ pub async fn fresh_postgres() -> (String, String) {
     admin.close().await.ok();
     (
         name.clone(),
-        with_database(&admin_url(), &name, Some(APP_ROLE)),
+        with_database(&admin_url, &name, Some(APP_ROLE)),
     )
 }
 
 /// Drops a test database (best effort).
-pub async fn drop_postgres(name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
+async fn drop_postgres_on(admin: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin).await {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
         )))
         .execute(&mut admin)
         .await;
+    }
+}
+
+/// The Redis and Postgres servers a fleet uses.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The Redis queue's URL.
+    pub redis_url: String,
+    /// A superuser URL of the Postgres server (databases are made there).
+    pub admin_url: String,
+}
+
+impl Services {
+    /// The servers every test shares (`REDIS_URL`, `DATABASE_URL`).
+    pub fn shared() -> Self {
+        Self {
+            redis_url: redis_url(),
+            admin_url: admin_url(),
+        }
     }
 }
 
@@ -133,6 +154,7 @@ pub struct Fleet {
     pub connection: ConnectionId,
     dir: PathBuf,
     database: Option<String>,
+    services: Services,
     stop: Option<watch::Sender<bool>>,
     workers: Option<tokio::task::JoinHandle<()>>,
 }
@@ -152,6 +174,11 @@ impl Fleet {
 
     /// A fleet on a sandbox configured by the test.
     pub async fn with_sandbox(backend: Backend, config: SandboxConfig) -> Self {
+        Self::on_services(backend, config, Services::shared()).await
+    }
+
+    /// A fleet on servers of the test's choosing (its own, to restart them).
+    pub async fn on_services(backend: Backend, config: SandboxConfig, services: Services) -> Self {
         let sandbox = TestSandbox::with(config).await;
         let dir =
             std::env::temp_dir().join(format!("crmsync-it-{}", uuid::Uuid::now_v7().simple()));
@@ -160,10 +187,10 @@ impl Fleet {
         let mut database = None;
         match backend {
             Backend::Postgres => {
-                let (name, url) = fresh_postgres().await;
+                let (name, url) = fresh_postgres_on(&services.admin_url).await;
                 database = Some(name);
                 settings.database.url = url;
-                settings.redis.url = Some(redis_url());
+                settings.redis.url = Some(services.redis_url.clone());
                 settings.queue.backend = Some(QueueBackend::Redis);
             }
             Backend::Sqlite => {
@@ -216,6 +243,7 @@ impl Fleet {
             connection,
             dir,
             database,
+            services,
             stop: None,
             workers: None,
         }
@@ -310,12 +338,30 @@ impl Fleet {
         }
         match self.backend {
             Backend::Postgres => {
-                env.push(("CRMSYNC__REDIS__URL".into(), redis_url()));
+                env.push((
+                    "CRMSYNC__REDIS__URL".into(),
+                    self.services.redis_url.clone(),
+                ));
                 env.push(("CRMSYNC__QUEUE__BACKEND".into(), "redis".into()));
             }
             Backend::Sqlite => env.push(("CRMSYNC__QUEUE__BACKEND".into(), "sqlite".into())),
         }
         env
+    }
+
+    /// A command for a `crmsync-*` binary on this fleet: the test's own
+    /// crmsync configuration and `RUST_LOG` removed, the fleet's set.
+    pub fn command(&self, binary: &str) -> Command {
+        let mut command = Command::new(binary);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CRMSYNC") {
+                command.env_remove(key);
+            }
+        }
+        command.env_remove("RUST_LOG");
+        command.current_dir(&self.dir);
+        command.envs(self.child_env());
+        command
     }
 
     /// Spawns a `crmsync-worker` child process for full syncs.
@@ -356,7 +402,7 @@ impl Fleet {
     pub fn owner_database_url(&self) -> Option<String> {
         self.database
             .as_ref()
-            .map(|db| with_database(&admin_url(), db, None))
+            .map(|db| with_database(&self.services.admin_url, db, None))
     }
 
     /// Enqueues a push of the connection's pending platform changes.
@@ -366,6 +412,7 @@ impl Fleet {
             connection: self.connection,
             trigger: uuid::Uuid::now_v7().to_string(),
             attempt: 0,
+            redrives: 0,
         };
         self.deps
             .queue
@@ -416,6 +463,7 @@ impl Fleet {
             trigger: format!("test-{}", uuid::Uuid::now_v7()),
             attempt: 0,
             resume: None,
+            redrives: 0,
         };
         let mut total: Option<RunRow> = None;
         for _ in 0..50 {
@@ -510,15 +558,69 @@ impl Fleet {
         base
     }
 
+    /// Readies a `crmsync-ingress` child process: publishes the routes and
+    /// picks its port; returns the port and the environment it needs on
+    /// top of [`Self::child_env`] (the app's secret and id, the listen
+    /// address).
+    pub async fn ingress_process_env(&self) -> (u16, Vec<(String, String)>) {
+        crmsync::app::publish_routes(&self.settings, &self.store)
+            .await
+            .expect("publish routes");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let env = vec![
+            (
+                "CRMSYNC__HUBSPOT__CLIENT_SECRET".to_string(),
+                crate::support::SECRET.to_string(),
+            ),
+            (
+                "CRMSYNC__HUBSPOT__APP_ID".to_string(),
+                crate::support::APP_ID.to_string(),
+            ),
+            (
+                "CRMSYNC__INGRESS__LISTEN".to_string(),
+                format!("127.0.0.1:{port}"),
+            ),
+        ];
+        (port, env)
+    }
+
+    /// Waits for the ingress child on `port`, then has the sandbox deliver
+    /// every event to it.
+    pub async fn deliver_webhooks_to(&self, port: u16) {
+        wait_for("ingress to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        self.sandbox
+            .sandbox
+            .subscribe_everything(&format!("http://127.0.0.1:{port}/webhooks/hubspot"))
+            .expect("subscribe");
+    }
+
     /// Ends the fleet and removes its database and files.
     pub async fn finish(mut self) {
         self.stop_workers().await;
         self.deps.queue.close().await;
         self.store.close().await;
         if let Some(db) = self.database.take() {
-            drop_postgres(&db).await;
+            drop_postgres_on(&self.services.admin_url, &db).await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A child process killed (SIGKILL) when the test ends, however it ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

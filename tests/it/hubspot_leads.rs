@@ -338,6 +338,7 @@ on_both_backends! {
             trigger: "test".into(),
             attempt: 0,
             resume: None,
+            redrives: 0,
         };
         let outcome = crmsync::jobs::delta_sync::run(&job, &fleet.deps, &mut crmsync::jobs::DeltaProgress::default())
             .await

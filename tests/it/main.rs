@@ -11,6 +11,7 @@ mod sandbox_hubspot_search;
 mod sandbox_hubspot_webhooks;
 
 mod fleet;
+mod services;
 
 mod sync_delta;
 mod sync_full;
@@ -20,15 +21,19 @@ mod api;
 mod cli;
 mod connections;
 mod convergence;
+mod crash_safety;
 mod dead_letters;
 mod health;
 mod hubspot_client;
 mod hubspot_leads;
+mod key_rotation;
 mod push;
 mod rate_budget;
+mod reliability;
 mod scheduler;
 mod secrets_canary;
 mod store_security;
 mod strategies;
 mod sync_faults;
+mod tracing_export;
 mod webhook_ingress;

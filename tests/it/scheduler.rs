@@ -170,3 +170,108 @@ on_both_backends! {
         fleet.finish().await;
     }
 }
+
+on_both_backends! {
+    async fn a_running_scheduler_re_drives_open_dead_letters(backend) {
+        let fleet = Fleet::start(backend, 0).await;
+        let job = crmsync::jobs::DeltaSyncJob {
+            tenant: fleet.tenant,
+            connection: fleet.connection,
+            object: None,
+            trigger: "failed-earlier".into(),
+            attempt: 7,
+            resume: None,
+            redrives: 0,
+        };
+        let job = serde_json::to_value(&job).expect("json");
+        let id = fleet
+            .store
+            .record_dead_letter(fleet.tenant, fleet.connection, "delta_sync", &job, "HubSpot answered 503", 8)
+            .await
+            .expect("dead letter");
+        let deps = replica(&fleet).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let scheduler = tokio::spawn(crmsync::scheduler::run(deps.clone(), stopped));
+        let started = Instant::now();
+        let replayed = loop {
+            let replayed = fleet.store.list_dead_letters(fleet.tenant, true, None, None, 10).await.expect("list");
+            if !replayed.is_empty() {
+                break replayed;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "the scheduler re-drove nothing");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        let _ = stop.send(true);
+        let _ = scheduler.await;
+        close(deps).await;
+        assert_eq!(replayed[0].id, id);
+        assert_eq!(replayed[0].replayed_by.as_deref(), Some("retry_failed"));
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn the_fleet_gauges_count_jobs_waiting_and_the_sync_lag(backend) {
+        let mut fleet = Fleet::start(backend, 2).await;
+        crmsync::telemetry::metrics(); // installs the recorder
+        let depth = |g: &crmsync::jobs::gauges::FleetGauges, job: &str| {
+            g.queue_depth.iter().find(|(k, _)| *k == job).map(|(_, n)| *n)
+        };
+        let idle = crmsync::jobs::gauges::refresh(&fleet.deps).await.expect("gauges");
+        assert!(idle.queue_depth.iter().all(|(_, n)| *n == 0), "{idle:?}");
+        assert_eq!(idle.max_sync_lag_seconds, 0, "no cursor yet: no lag");
+
+        // Two pushes queued now and one retry scheduled for later: all wait.
+        fleet.enqueue_push().await;
+        fleet.enqueue_push().await;
+        let later = crmsync::jobs::PushChangesJob {
+            tenant: fleet.tenant,
+            connection: fleet.connection,
+            trigger: "retry-later".into(),
+            attempt: 1,
+            redrives: 0,
+        };
+        fleet.deps.queue.push_push_changes_after(&later, Duration::from_secs(3600)).await.expect("enqueue");
+        let busy = crmsync::jobs::gauges::refresh(&fleet.deps).await.expect("gauges");
+        assert_eq!(depth(&busy, "push_changes"), Some(3), "{busy:?}");
+        assert_eq!(depth(&busy, "delta_sync"), Some(0), "{busy:?}");
+
+        // A delta sets the cursor: the lag is the real delay, seconds.
+        fleet.start_workers();
+        fleet.full_sync().await;
+        fleet.delta_sync().await;
+        let synced = crmsync::jobs::gauges::refresh(&fleet.deps).await.expect("gauges");
+        assert!((0..60).contains(&synced.max_sync_lag_seconds), "{synced:?}");
+        let rendered = crmsync::telemetry::metrics().map(|h| h.render()).unwrap_or_default();
+        assert!(rendered.contains("crmsync_queue_depth{job=\"push_changes\"}"), "{rendered}");
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn finished_jobs_leave_the_queue_after_their_retention_and_waiting_ones_stay(backend) {
+        let mut fleet = Fleet::start(backend, 3).await;
+        fleet.start_workers();
+        fleet.full_sync().await;
+        fleet.stop_workers().await;
+        let later = crmsync::jobs::PushChangesJob {
+            tenant: fleet.tenant,
+            connection: fleet.connection,
+            trigger: "waiting".into(),
+            attempt: 0,
+            redrives: 0,
+        };
+        fleet.deps.queue.push_push_changes_after(&later, Duration::from_secs(3600)).await.expect("enqueue");
+        // Everything finished within the retention: nothing goes.
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(fleet.deps.queue.purge_finished(day).await.expect("purge"), 0);
+        // With no retention the finished full-sync pages go, the waiting push stays.
+        let purged = fleet.deps.queue.purge_finished(Duration::ZERO).await.expect("purge");
+        assert!(purged >= 1, "the full sync's finished page jobs are purged");
+        assert_eq!(fleet.deps.queue.purge_finished(Duration::ZERO).await.expect("purge"), 0);
+        let gauges = crmsync::jobs::gauges::refresh(&fleet.deps).await.expect("gauges");
+        let waiting = gauges.queue_depth.iter().find(|(k, _)| *k == "push_changes").map(|(_, n)| *n);
+        assert_eq!(waiting, Some(1), "{gauges:?}");
+        fleet.finish().await;
+    }
+}

@@ -298,6 +298,8 @@ on_both_backends! {
         assert_eq!(conflict["platformValue"], "Platform");
         assert_eq!(conflict["crmValue"], "Crm");
         assert_eq!(conflict["recordId"], json!(case.lead));
+        let gauges = crmsync::jobs::gauges::refresh(&case.fleet.deps).await.expect("gauges");
+        assert_eq!(gauges.conflicts_open, 1, "the open conflict is on the gauge");
         // The rest of the record still syncs …
         wait_for("the CRM-only edit on the platform", || async {
             case.platform_field("jobTitle").await == json!("CRM title")
@@ -320,6 +322,8 @@ on_both_backends! {
         case.converges_to("Chosen", "manual").await;
         let (_, open, _) = case.api.send(Method::GET, "/v1/conflicts", None).await;
         assert_eq!(open["data"], json!([]), "{open}");
+        let gauges = crmsync::jobs::gauges::refresh(&case.fleet.deps).await.expect("gauges");
+        assert_eq!(gauges.conflicts_open, 0);
         let (status, again, _) = case.api.send(Method::POST, &format!("/v1/conflicts/{id}/resolve"), Some(json!({"resolution": "crm"}))).await;
         assert_eq!(status, StatusCode::CONFLICT, "{again}");
         case.fleet.finish().await;

@@ -160,6 +160,7 @@ on_both_backends! {
             trigger: format!("faults-{}", uuid::Uuid::now_v7()),
             attempt: 0,
             resume: None,
+            redrives: 0,
         };
         fleet.deps.queue.push_delta_sync(&job).await.expect("enqueue delta");
         let started = Instant::now();
@@ -406,6 +407,7 @@ on_both_backends! {
             trigger: format!("hang-{}", uuid::Uuid::now_v7()),
             attempt: 0,
             resume: None,
+            redrives: 0,
         };
         fleet.deps.queue.push_delta_sync(&job).await.expect("enqueue delta");
         let started = Instant::now();

@@ -28,7 +28,19 @@ on_both_backends! {
         assert_eq!(mid.status, RunStatus::Running, "killed in the middle: {mid:?}");
         assert!(mid.pages_done < 60, "{mid:?}");
 
+        // The killed worker's page is re-run once its heartbeats are missed:
+        // within the orphan window plus one heartbeat (60 s by default).
         let mut second = fleet.spawn_worker_process();
+        let killed = Instant::now();
+        loop {
+            let row = fleet.store.run(fleet.tenant, run.id).await.expect("run");
+            if row.pages_done > mid.pages_done {
+                break;
+            }
+            let limit = fleet.settings.orphan_window() + Duration::from_secs(fleet.settings.queue.heartbeat_secs + 5);
+            assert!(killed.elapsed() < limit, "the orphaned page was not re-run within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let done = fleet.wait_run(run.id, Duration::from_secs(120)).await;
         let _ = second.kill();
         let _ = second.wait();

@@ -68,9 +68,12 @@ pub struct RefreshedTokens {
 #[derive(Debug, Clone)]
 pub struct HubspotClient {
     pub(super) http: reqwest::Client,
-    settings: Arc<HubspotSettings>,
+    pub(super) settings: Arc<HubspotSettings>,
     budgets: Arc<Budgets>,
     priority: Priority,
+    /// (portal, object) whose crmsync properties exist: ensured once per
+    /// process, not once per push (each repeat would be a 409).
+    ensured: Arc<std::sync::Mutex<std::collections::HashSet<(String, CrmObject)>>>,
 }
 
 /// A budget as one client uses it: which budget, at which priority.
@@ -78,6 +81,8 @@ pub struct HubspotClient {
 pub(super) struct Pacer {
     budget: Arc<Budget>,
     priority: Priority,
+    /// The first try's slot was reserved ahead (`reserve_read`).
+    prepaid: bool,
 }
 
 impl From<BudgetError> for ProviderError {
@@ -167,6 +172,7 @@ impl HubspotClient {
             settings: Arc::new(settings),
             budgets,
             priority: Priority::Interactive,
+            ensured: Arc::default(),
         })
     }
 
@@ -197,13 +203,16 @@ impl HubspotClient {
         Pacer {
             budget: self.budgets.get(&format!("hubspot:{portal}:burst"), spec),
             priority: self.priority,
+            prepaid: false,
         }
     }
 
     /// The burst budget for the next call, unless a slot reserved earlier
     /// pays for it (`paid`, which only the first call uses).
-    pub(super) fn unless_paid(&self, portal: &str, paid: &mut bool) -> Option<Pacer> {
-        (!std::mem::take(paid)).then(|| self.burst_budget(portal))
+    pub(super) fn unless_paid(&self, portal: &str, paid: &mut bool) -> Pacer {
+        let mut pacer = self.burst_budget(portal);
+        pacer.prepaid = std::mem::take(paid);
+        pacer
     }
 
     /// The account's search budget (HubSpot counts search apart).
@@ -220,6 +229,7 @@ impl HubspotClient {
         Pacer {
             budget: self.budgets.get(&format!("hubspot:{portal}:search"), spec),
             priority: self.priority,
+            prepaid: false,
         }
     }
 
@@ -373,7 +383,7 @@ impl HubspotClient {
         match object {
             CrmObject::Contacts => raw
                 .into_iter()
-                .map(|o| mapping::to_incoming(object, o))
+                .map(|o| mapping::to_incoming(object, o, self.settings.app_id))
                 .collect(),
             CrmObject::Leads => self.with_contacts(portal, token, raw, with_history).await,
         }
@@ -414,8 +424,8 @@ impl HubspotClient {
                 .query(&[("archived", "false")])
                 .bearer_auth(token.expose_secret())
                 .json(&body);
-            let budget = self.unless_paid(portal, &mut paid);
-            let reply: ListBody = send(request, budget.as_ref()).await?;
+            let pacer = self.unless_paid(portal, &mut paid);
+            let reply: ListBody = send(request, Some(&pacer)).await?;
             out.extend(reply.results);
         }
         Ok(out)
@@ -456,6 +466,10 @@ impl HubspotClient {
         token: &SecretString,
         object: CrmObject,
     ) -> Result<(), ProviderError> {
+        let key = (portal.to_string(), object);
+        if self.ensured.lock().is_ok_and(|set| set.contains(&key)) {
+            return Ok(());
+        }
         let mut wanted = vec![
             (
                 object,
@@ -478,7 +492,27 @@ impl HubspotClient {
                 true,
             ));
         }
+        // What exists already: one read per object, so that a new process
+        // (or a restarted one) creates nothing twice and answers no 409s.
+        let mut existing: std::collections::HashSet<(CrmObject, String)> = Default::default();
+        let mut objects: Vec<CrmObject> = wanted.iter().map(|w| w.0).collect();
+        objects.dedup();
+        for object in objects {
+            let request = self
+                .http
+                .get(self.url(&format!("/crm/v3/properties/{}", object.as_str())))
+                .bearer_auth(token.expose_secret());
+            let listed: Value = send(request, Some(&self.burst_budget(portal))).await?;
+            for property in listed["results"].as_array().into_iter().flatten() {
+                if let Some(name) = property["name"].as_str() {
+                    existing.insert((object, name.to_string()));
+                }
+            }
+        }
         for (object, name, label, unique) in wanted {
+            if existing.contains(&(object, name.to_string())) {
+                continue;
+            }
             let group = match object {
                 CrmObject::Contacts => "contactinformation",
                 CrmObject::Leads => "lead_information",
@@ -499,6 +533,9 @@ impl HubspotClient {
                 Err(ProviderError::Rejected { status: 409, .. }) => {}
                 Err(e) => return Err(e),
             }
+        }
+        if let Ok(mut set) = self.ensured.lock() {
+            set.insert(key);
         }
         Ok(())
     }
@@ -697,7 +734,7 @@ impl HubspotClient {
             CrmObject::Contacts => body
                 .results
                 .into_iter()
-                .map(|o| mapping::to_incoming(object, o))
+                .map(|o| mapping::to_incoming(object, o, self.settings.app_id))
                 .collect::<Result<Vec<_>, _>>()?,
             CrmObject::Leads => {
                 self.with_contacts(portal, token, body.results, false)
@@ -722,11 +759,13 @@ pub(super) async fn send<T: serde::de::DeserializeOwned>(
     budget: Option<&Pacer>,
 ) -> Result<T, ProviderError> {
     use backon::{ExponentialBuilder, Retryable};
+    // A slot paid ahead covers the first try only; retries take their own.
+    let prepaid = std::sync::atomic::AtomicBool::new(budget.is_some_and(|p| p.prepaid));
     let attempt = || async {
         let request = request
             .try_clone()
             .ok_or_else(|| ProviderError::Transport("request cannot be retried".into()))?;
-        send_once(request, budget).await
+        send_once(request, budget, &prepaid).await
     };
     attempt
         .retry(
@@ -745,13 +784,25 @@ pub(super) async fn send<T: serde::de::DeserializeOwned>(
         .await
 }
 
-/// Sends once after taking the budget; classifies the answer.
+/// Sends once after taking the budget (or, for a slot paid ahead, after
+/// any cool-down that began since); classifies the answer.
 async fn send_once<T: serde::de::DeserializeOwned>(
     request: RequestBuilder,
     budget: Option<&Pacer>,
+    prepaid: &std::sync::atomic::AtomicBool,
 ) -> Result<T, ProviderError> {
     if let Some(pacer) = budget {
-        pacer.budget.acquire(pacer.priority).await?;
+        if prepaid.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let waited = pacer
+                .budget
+                .honour_cool_down(std::time::Instant::now())
+                .await?;
+            if waited {
+                pacer.budget.acquire(pacer.priority).await?;
+            }
+        } else {
+            pacer.budget.acquire(pacer.priority).await?;
+        }
     }
     let response = request.send().await.map_err(|e| {
         // Without the URL: a query string may carry a key (`hapikey`).

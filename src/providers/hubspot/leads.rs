@@ -101,9 +101,9 @@ impl HubspotClient {
                 )))
                 .bearer_auth(token.expose_secret())
                 .json(&body);
-            let budget = self.unless_paid(portal, &mut paid);
+            let pacer = self.unless_paid(portal, &mut paid);
             // 207 with `errors` for ids without associations: not an error.
-            let reply: AssociationsBody = send(request, budget.as_ref()).await?;
+            let reply: AssociationsBody = send(request, Some(&pacer)).await?;
             for result in reply.results {
                 let Some(from) = id_of(&result.from.id) else {
                     continue;
@@ -249,7 +249,7 @@ impl HubspotClient {
             };
             let person = CrmId(contact.id.clone());
             mapping::fold_contact_into_lead(&mut lead, contact.clone());
-            let mut incoming = mapping::to_incoming(CrmObject::Leads, lead)?;
+            let mut incoming = mapping::to_incoming(CrmObject::Leads, lead, self.settings.app_id)?;
             incoming.person_crm_id = Some(person);
             out.push(incoming);
         }

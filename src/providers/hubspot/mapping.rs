@@ -24,12 +24,20 @@ pub struct HsObject {
     pub properties_with_history: BTreeMap<String, Vec<HistoryEntry>>,
 }
 
-/// One entry of a property's history (`ValueWithTimestamp`); only the time
-/// is used: `newest_wins` compares when each field changed.
+/// One entry of a property's history (`ValueWithTimestamp`): when each
+/// field changed (`newest_wins` compares it) and who changed it (our own
+/// write is not a CRM edit).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
     /// When the value was set.
     pub timestamp: String,
+    /// `CRM_UI`, `INTEGRATION`, `IMPORT`, …
+    #[serde(default)]
+    pub source_type: Option<String>,
+    /// For `INTEGRATION`: the app id.
+    #[serde(default)]
+    pub source_id: Option<String>,
 }
 
 /// Where the person's fields live: on a HubSpot contact. A platform lead
@@ -298,8 +306,13 @@ pub fn round_trip(object: CrmObject, fields: &RecordFields) -> RecordFields {
     out
 }
 
-/// Maps one HubSpot object to an [`Incoming`] record.
-pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, ProviderError> {
+/// Maps one HubSpot object to an [`Incoming`] record; `own_app` (our app id)
+/// recognises our own writes in the property history.
+pub fn to_incoming(
+    object: CrmObject,
+    raw: HsObject,
+    own_app: Option<u64>,
+) -> Result<Incoming, ProviderError> {
     let mut fields = RecordFields::new();
     for (field, property) in fields_of(object) {
         if let Some(Some(value)) = raw.properties.get(property) {
@@ -330,16 +343,24 @@ pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, Provide
         .and_then(|v| v.as_deref())
         .and_then(|v| v.parse().ok());
     let mut field_times = crate::sync::FieldTimes::new();
+    let mut own_writes = std::collections::BTreeSet::new();
+    let own_app = own_app.map(|id| id.to_string());
     for (field, property) in fields_of(object) {
         let latest = raw
             .properties_with_history
             .get(property)
             .into_iter()
             .flatten()
-            .filter_map(|entry| parse_time(&entry.timestamp))
-            .max();
-        if let Some(at) = latest {
+            .filter_map(|entry| parse_time(&entry.timestamp).map(|at| (at, entry)))
+            .max_by_key(|(at, _)| *at);
+        if let Some((at, entry)) = latest {
             field_times.insert(field, at);
+            if entry.source_type.as_deref() == Some("INTEGRATION")
+                && own_app.is_some()
+                && entry.source_id == own_app
+            {
+                own_writes.insert(field);
+            }
         }
     }
     Ok(Incoming {
@@ -348,6 +369,7 @@ pub fn to_incoming(object: CrmObject, raw: HsObject) -> Result<Incoming, Provide
         fields,
         platform_id,
         field_times,
+        own_writes,
         person_crm_id: None,
     })
 }
@@ -370,7 +392,8 @@ mod tests {
             "createdAt": "2026-11-01T00:00:00Z", "updatedAt": "2026-11-20T10:11:12.345Z", "archived": false
         }))
         .unwrap_or_else(|e| panic!("{e}"));
-        let incoming = to_incoming(CrmObject::Contacts, raw).unwrap_or_else(|e| panic!("{e}"));
+        let incoming =
+            to_incoming(CrmObject::Contacts, raw, None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(incoming.crm_id.as_str(), "512");
         assert_eq!(
             incoming.fields.get(CanonicalField::Email),
@@ -383,6 +406,32 @@ mod tests {
             Some("contacted")
         );
         assert_eq!(incoming.modified_at.timestamp_millis(), 1_795_169_472_345);
+    }
+
+    #[test]
+    fn a_field_last_written_by_our_own_app_is_marked_as_our_write() {
+        let raw: HsObject = serde_json::from_value(json!({
+            "id": "7",
+            "properties": {"firstname": "Ada", "company": "Acme", "jobtitle": "CTO", "lastmodifieddate": "2026-11-20T10:00:00Z"},
+            "propertiesWithHistory": {
+                "firstname": [{"value": "Ada", "timestamp": "2026-11-20T09:00:00Z", "sourceType": "CRM_UI", "sourceId": "userId:1"}],
+                "company": [
+                    {"value": "Acme", "timestamp": "2026-11-20T10:00:00Z", "sourceType": "INTEGRATION", "sourceId": "42"},
+                    {"value": "Old", "timestamp": "2026-11-19T10:00:00Z", "sourceType": "CRM_UI", "sourceId": "userId:1"}
+                ],
+                "jobtitle": [{"value": "CTO", "timestamp": "2026-11-20T10:00:00Z", "sourceType": "INTEGRATION", "sourceId": "99"}]
+            }
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ours = to_incoming(CrmObject::Contacts, raw.clone(), Some(42))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Another app's write is a CRM edit like a user's.
+        assert_eq!(
+            ours.own_writes.iter().copied().collect::<Vec<_>>(),
+            vec![CanonicalField::Company]
+        );
+        let unknown = to_incoming(CrmObject::Contacts, raw, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(unknown.own_writes.is_empty());
     }
 
     #[test]
@@ -399,7 +448,8 @@ mod tests {
             }
         }))
         .unwrap_or_else(|e| panic!("{e}"));
-        let incoming = to_incoming(CrmObject::Contacts, raw).unwrap_or_else(|e| panic!("{e}"));
+        let incoming =
+            to_incoming(CrmObject::Contacts, raw, None).unwrap_or_else(|e| panic!("{e}"));
         let time = |f| incoming.field_times.get(&f).map(|t| t.to_rfc3339());
         assert_eq!(
             time(CanonicalField::FirstName).as_deref(),
@@ -416,7 +466,7 @@ mod tests {
     fn a_record_without_a_modified_time_is_an_error_not_a_guess() {
         let raw: HsObject = serde_json::from_value(json!({"id": "1", "properties": {}}))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(to_incoming(CrmObject::Contacts, raw).is_err());
+        assert!(to_incoming(CrmObject::Contacts, raw, None).is_err());
     }
 
     /// A contact's properties as HubSpot would hold them after a write.
@@ -457,7 +507,7 @@ mod tests {
             } else {
                 written_object(object, props)
             };
-            let back = to_incoming(object, raw).unwrap_or_else(|e| panic!("{e}"));
+            let back = to_incoming(object, raw, None).unwrap_or_else(|e| panic!("{e}"));
             proptest::prop_assert_eq!(&back.fields, &fields);
             proptest::prop_assert_eq!(round_trip(object, &fields).fingerprint(), back.fields.fingerprint());
         }
@@ -482,7 +532,7 @@ mod tests {
         }))
         .unwrap_or_else(|e| panic!("{e}"));
         fold_contact_into_lead(&mut lead, contact);
-        let incoming = to_incoming(CrmObject::Leads, lead).unwrap_or_else(|e| panic!("{e}"));
+        let incoming = to_incoming(CrmObject::Leads, lead, None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(incoming.crm_id.as_str(), "900", "the link is the lead's");
         assert_eq!(incoming.fields.get(CanonicalField::FirstName), Some("Ada"));
         assert_eq!(incoming.fields.get(CanonicalField::JobTitle), Some("CTO"));

@@ -20,7 +20,7 @@ use super::objects::{
     self, MergeInput, object_type, parse_body, query_one, query_pairs, write, write_error,
 };
 use super::seed;
-use super::state::{Account, Counters, Limits, RuntimeSettings, TokenInfo, TokenKind, lock};
+use super::state::{Account, Limits, RuntimeSettings, TokenInfo, TokenKind, lock};
 use crate::sandbox::faults::FaultSettings;
 use crate::sandbox::rng::random_token;
 
@@ -408,11 +408,18 @@ pub async fn get_counters(
     Path(portal_id): Path<u64>,
 ) -> Result<Response, ApiError> {
     let account = account(&sb, portal_id)?;
-    let counters = lock(&account.counters).clone();
+    let counters = account.counters();
     let mut out = serde_json::to_value(&counters).unwrap_or_default();
     out["dailyUsed"] = json!(lock(&account.budget).daily_used);
     out["totalRequests"] = json!(counters.requests.values().sum::<u64>());
     out["totalRateLimited"] = json!(counters.rate_limited.values().sum::<u64>());
+    let errors: u64 = counters
+        .responses
+        .iter()
+        .filter(|(class, _)| class.as_str() != "2xx")
+        .map(|(_, n)| n)
+        .sum();
+    out["totalErrors"] = json!(errors);
     Ok(axum::Json(out).into_response())
 }
 
@@ -422,7 +429,7 @@ pub async fn reset_counters(
     Path(portal_id): Path<u64>,
 ) -> Result<Response, ApiError> {
     let account = account(&sb, portal_id)?;
-    *lock(&account.counters) = Counters::default();
+    account.reset_counters();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

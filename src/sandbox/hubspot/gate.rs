@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use super::Sandbox;
 use super::error::ApiError;
 use super::model::Actor;
-use super::state::{Account, Budget, Limits, TokenKind, lock};
+use super::state::{Account, Budget, COOL_DOWN_GRACE, Limits, TokenKind, lock};
 use crate::sandbox::faults::RequestFault;
 use crate::sandbox::window::RollingWindow;
 
@@ -119,9 +119,47 @@ fn admit(
     (verdict, headers)
 }
 
-/// The middleware: 401 without a valid token; faults; budgets; headers.
+/// How long a client must wait after a 429 of `policy` (what the answer
+/// says: `Retry-After`, or the window the policy rolls over); `None` for
+/// the daily budget (its own day count).
+fn cool_down_of(policy: &str) -> Option<Duration> {
+    match policy {
+        "TEN_SECONDLY_ROLLING" => Some(Duration::from_secs(10)),
+        "DAILY" => None,
+        _ => Some(Duration::from_secs(1)),
+    }
+}
+
+/// The middleware: counts each answer by status class around [`admit_and_run`].
 pub async fn gate(
     State(sandbox): State<Sandbox>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let portal = bearer(request.headers())
+        .and_then(|t| sandbox.state.token(t))
+        .and_then(|info| sandbox.state.account(info.portal_id));
+    let response = admit_and_run(sandbox, matched, request, next).await;
+    if let Some(account) = portal {
+        let class = match response.status().as_u16() {
+            429 => "429",
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        *lock(&account.counters)
+            .responses
+            .entry(class.into())
+            .or_default() += 1;
+    }
+    response
+}
+
+/// 401 without a valid token; faults; budgets; headers; cool-downs.
+async fn admit_and_run(
+    sandbox: Sandbox,
     matched: Option<MatchedPath>,
     mut request: Request,
     next: Next,
@@ -151,6 +189,19 @@ pub async fn gate(
         return ApiError::unauthenticated().into_response();
     };
     *lock(&account.counters).requests.entry(route).or_default() += 1;
+    let budget_class = usize::from(is_search);
+    let arrived = Instant::now();
+    let cooling = lock(&account.budget).cool_downs[budget_class]
+        .is_some_and(|(answered, until)| arrived >= answered + COOL_DOWN_GRACE && arrived < until);
+    if cooling {
+        lock(&account.counters).requests_in_cool_down += 1;
+    }
+    let cool_down = |policy: &str| {
+        if let Some(wait) = cool_down_of(policy) {
+            let now = Instant::now();
+            lock(&account.budget).cool_downs[budget_class] = Some((now, now + wait));
+        }
+    };
 
     let (fault, latency_ms) = state.faults.roll_request();
     if latency_ms > 0 {
@@ -178,7 +229,13 @@ pub async fn gate(
                 .rate_limited
                 .entry("INJECTED".into())
                 .or_default() += 1;
-            return ApiError::rate_limited("TEN_SECONDLY_ROLLING").into_response();
+            // A spurious throttle that says when to come back.
+            cool_down("INJECTED");
+            let mut response = ApiError::rate_limited("TEN_SECONDLY_ROLLING").into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return response;
         }
     }
 
@@ -192,6 +249,7 @@ pub async fn gate(
         is_search,
     );
     if let Err(policy) = verdict {
+        cool_down(policy);
         *lock(&account.counters)
             .rate_limited
             .entry(policy.to_string())

@@ -502,11 +502,37 @@ impl Sandbox {
         Ok((bound, task))
     }
 
-    /// Per-account counters, for in-process assertions.
-    pub fn counters(&self, portal_id: u64) -> Option<state::Counters> {
+    /// The live (not archived) records of one object type, id → current
+    /// values, read in-process: no request, so no fault and no count.
+    pub fn live_records(
+        &self,
+        portal_id: u64,
+        object: model::ObjectType,
+    ) -> std::collections::BTreeMap<u64, std::collections::BTreeMap<String, String>> {
         self.state
             .account(portal_id)
-            .map(|a| lock(&a.counters).clone())
+            .map(|a| {
+                lock(&a.data)
+                    .store(object)
+                    .objects
+                    .values()
+                    .filter(|o| o.archived_ms.is_none())
+                    .map(|o| (o.id, o.values.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Zeroes an account's counters (in-process).
+    pub fn reset_counters(&self, portal_id: u64) {
+        if let Some(a) = self.state.account(portal_id) {
+            a.reset_counters();
+        }
+    }
+
+    /// Per-account counters, for in-process assertions.
+    pub fn counters(&self, portal_id: u64) -> Option<state::Counters> {
+        self.state.account(portal_id).map(|a| a.counters())
     }
 }
 

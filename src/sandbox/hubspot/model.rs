@@ -677,6 +677,9 @@ pub struct ObjectStore {
     /// Absorbed id → survivor, so reads by an old id resolve (facts sheet §1.7:
     /// UNVERIFIED; we follow the common observation that they resolve).
     merged_into: HashMap<u64, u64>,
+    /// Property values an app sent in updates that the record already held,
+    /// by property: writes that change nothing, the mark of an echo write.
+    pub app_unchanged_values: BTreeMap<String, u64>,
 }
 
 fn normalise_unique(property: &str, value: &str) -> String {
@@ -705,6 +708,7 @@ impl ObjectStore {
             objects: BTreeMap::new(),
             unique,
             merged_into: HashMap::new(),
+            app_unchanged_values: BTreeMap::new(),
         }
     }
 
@@ -962,6 +966,9 @@ impl ObjectStore {
             for (name, value) in values {
                 let current = obj.values.get(&name).cloned().unwrap_or_default();
                 if current == value {
+                    if matches!(actor, Actor::Integration { .. }) {
+                        *self.app_unchanged_values.entry(name).or_default() += 1;
+                    }
                     continue;
                 }
                 obj.set(&name, &value, actor, now_ms);
@@ -1207,6 +1214,26 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(store.objects[&1].updated_ms, 2000);
+        assert!(
+            store.app_unchanged_values.is_empty(),
+            "a person's no-op edit is not an app's echo"
+        );
+        let app = Actor::Integration { app_id: 7 };
+        store
+            .update(
+                1,
+                values(&[("firstname", "Anna"), ("lastname", "Lee")]),
+                app,
+                4000,
+                t,
+                Duration::ZERO,
+            )
+            .unwrap();
+        assert_eq!(
+            store.app_unchanged_values,
+            BTreeMap::from([("firstname".to_string(), 1)]),
+            "an app re-sending a value the record holds is tallied"
+        );
     }
 
     #[test]

@@ -136,6 +136,14 @@ pub fn write<T>(
         f(&mut data, now, Instant::now())?
     };
     if !changes.is_empty() {
+        if let Actor::Integration { .. } = actor {
+            let mut counters = lock(&account.counters);
+            for change in &changes {
+                if let Change::PropertyChanged { name, .. } = change {
+                    *counters.app_changed_values.entry(name.clone()).or_default() += 1;
+                }
+            }
+        }
         sandbox.emit(account, actor, now, changes);
     }
     Ok(out)

@@ -63,6 +63,10 @@ pub struct Budget {
     pub daily_used: u64,
     /// The day `daily_used` counts (UTC; HubSpot uses the account's zone).
     pub day: chrono::NaiveDate,
+    /// The cool-down the last 429 asked for, per budget (0: the 10-second
+    /// window, 1: search): when it was answered and until when a client
+    /// should send nothing more on that budget.
+    pub cool_downs: [Option<(Instant, Instant)>; 2],
 }
 
 impl Budget {
@@ -72,6 +76,7 @@ impl Budget {
             search: RollingWindow::new(Duration::from_secs(1)),
             daily_used: 0,
             day: chrono::Utc::now().date_naive(),
+            cool_downs: [None, None],
         }
     }
 
@@ -85,6 +90,10 @@ impl Budget {
     }
 }
 
+/// How long after a 429 a request still counts as sent before the client
+/// could know (in flight, or admitted just before the answer arrived).
+pub const COOL_DOWN_GRACE: Duration = Duration::from_millis(500);
+
 /// Per-account counters, readable through the control API for assertions.
 #[derive(Debug, Default, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -95,6 +104,18 @@ pub struct Counters {
     pub rate_limited: BTreeMap<String, u64>,
     /// 5xx and timeouts injected by the fault knobs.
     pub faults_injected: u64,
+    /// Answers by status class (`2xx`, `4xx`, `429`, `5xx`).
+    pub responses: BTreeMap<String, u64>,
+    /// Requests that arrived during a cool-down a 429 asked for — more than
+    /// [`COOL_DOWN_GRACE`] after the 429 went out (requests already in
+    /// flight then are not the client's fault). A well-behaved fleet keeps
+    /// this at 0.
+    pub requests_in_cool_down: u64,
+    /// Property values apps changed in updates, by property.
+    pub app_changed_values: BTreeMap<String, u64>,
+    /// Property values apps sent in updates that the record already held,
+    /// by property (see `ObjectStore::app_unchanged_values`).
+    pub app_unchanged_values: BTreeMap<String, u64>,
     /// Webhook delivery figures.
     pub webhooks: WebhookCounters,
 }
@@ -139,6 +160,21 @@ pub struct AccountData {
 }
 
 impl AccountData {
+    /// The unchanged values apps sent, both object types together.
+    pub fn app_unchanged_values(&self) -> BTreeMap<String, u64> {
+        let mut all = self.contacts.app_unchanged_values.clone();
+        for (name, n) in &self.leads.app_unchanged_values {
+            *all.entry(name.clone()).or_default() += n;
+        }
+        all
+    }
+
+    /// Forgets the unchanged-value tallies (counters reset).
+    pub fn reset_tallies(&mut self) {
+        self.contacts.app_unchanged_values.clear();
+        self.leads.app_unchanged_values.clear();
+    }
+
     fn new(portal_id: u64) -> Self {
         Self {
             next_id: 1000 + (portal_id % 1000) * 1_000_000,
@@ -182,6 +218,19 @@ pub struct Account {
 }
 
 impl Account {
+    /// The counters, with the tallies kept beside the records filled in.
+    pub fn counters(&self) -> Counters {
+        let mut counters = lock(&self.counters).clone();
+        counters.app_unchanged_values = lock(&self.data).app_unchanged_values();
+        counters
+    }
+
+    /// Zeroes the counters and the tallies kept beside the records.
+    pub fn reset_counters(&self) {
+        *lock(&self.counters) = Counters::default();
+        lock(&self.data).reset_tallies();
+    }
+
     /// A fresh, empty account.
     pub fn new(portal_id: u64, limits: Limits) -> Self {
         Self {

@@ -1,8 +1,13 @@
-//! Logs (tracing, text or JSON), Prometheus metrics and the `/metrics` +
-//! `/health` endpoint every long-running process serves. Metric names follow
-//! `crmsync_<what>_<unit>[_total]` with bounded labels (never a connection id).
+//! Logs (tracing, text or JSON), spans (OTLP, [`traces`]), Prometheus
+//! metrics and the `/metrics` + `/health` endpoint every long-running
+//! process serves. Metric names follow `crmsync_<what>_<unit>[_total]` with
+//! bounded labels (never a connection id).
 
-use crate::config::{LogFormat, TelemetrySettings};
+mod traces;
+
+pub use traces::{TelemetryGuard, continue_trace, current_traceparent, init};
+
+use crate::config::TelemetrySettings;
 use crate::queue::Settled;
 use crate::store::RunUpdate;
 use axum::Router;
@@ -11,22 +16,16 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Installs the log subscriber once; later calls (tests) are no-ops.
+/// Installs logs only (CLI commands): no span export.
 pub fn init_logs(settings: &TelemetrySettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match settings.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let settings = TelemetrySettings {
+        otlp_endpoint: None,
+        ..settings.clone()
     };
+    drop(init(&settings, "crmsync"));
 }
 
 /// Installs the Prometheus recorder once and returns its handle.

@@ -1,0 +1,60 @@
+//! `newest_wins` decides a field both sides changed by the time each side
+//! changed *that field*. A search page or a plain read carries only the
+//! record's modified time, which an edit of another field may have moved
+//! past the platform's edit — so a record whose platform and CRM versions
+//! both changed a field since the link's base is read again with property
+//! history (50 per call) before it is applied. Few records are contested;
+//! the rest cost nothing more.
+
+use super::{Deps, JobError, Session};
+use crate::domain::{ConnectionId, CrmId, CrmObject, TenantId};
+use crate::sync::{ConflictStrategy, Incoming};
+use std::collections::BTreeMap;
+
+/// `records`, with the contested ones replaced by reads that carry
+/// per-field change times.
+pub(crate) async fn with_change_times(
+    session: &mut Session,
+    deps: &Deps,
+    (tenant, connection): (TenantId, ConnectionId),
+    object: CrmObject,
+    strategy: ConflictStrategy,
+    records: Vec<Incoming>,
+) -> Result<Vec<Incoming>, JobError> {
+    if strategy != ConflictStrategy::NewestWins || records.is_empty() {
+        return Ok(records);
+    }
+    let contested = deps
+        .store
+        .contested(tenant, connection, object, &records)
+        .await?;
+    reread_with_history(session, deps, object, records, &contested).await
+}
+
+/// `records` with those in `contested` replaced by reads with property
+/// history (the push knows its contested records without asking the store).
+pub(crate) async fn reread_with_history(
+    session: &mut Session,
+    deps: &Deps,
+    object: CrmObject,
+    mut records: Vec<Incoming>,
+    contested: &[CrmId],
+) -> Result<Vec<Incoming>, JobError> {
+    if contested.is_empty() {
+        return Ok(records);
+    }
+    let account = session.account().to_string();
+    let detailed = crate::with_auth!(session, deps, |token| deps
+        .hubspot
+        .batch_read(&account, token, object, contested, true, None))?;
+    let mut detailed: BTreeMap<CrmId, Incoming> = detailed
+        .into_iter()
+        .map(|r| (r.crm_id.clone(), r))
+        .collect();
+    for record in &mut records {
+        if let Some(fresh) = detailed.remove(&record.crm_id) {
+            *record = fresh;
+        }
+    }
+    Ok(records)
+}
