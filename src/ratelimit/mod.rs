@@ -318,7 +318,10 @@ impl Budgets {
                 local: RateLimiter::direct(quota),
                 cooldown_until: Mutex::new(None),
                 day: Mutex::new((0, 0)),
-                shared: self.shared.as_ref().map(|s| s.budget(name)),
+                shared: self
+                    .shared
+                    .as_ref()
+                    .map(|s| s.budget(name, spec.limit.window)),
                 waits: self.waits,
             })
         };

@@ -6,6 +6,15 @@
 //! slot is free: GCRA's theoretical arrival time), `cool` (no request
 //! before this), and `day`/`count` (requests this UTC day). It expires two
 //! days after its last use.
+//!
+//! **A Redis that restarts empty** (these fleets run it without
+//! persistence) forgets every pace and cool-down while the CRM still
+//! counts the requests of its current window and may still be waiting out
+//! a 429. So no budget admits a request until one of its windows has
+//! passed since Redis started: the script reads Redis's uptime once after
+//! a start and keeps the start time in `{namespace}:redis-started`, a key
+//! that a restart loses with everything else. A Redis up for longer than a
+//! window costs nothing; the day counts a restart loses are not recovered.
 
 use super::BudgetError;
 use chrono::{DateTime, TimeZone, Utc};
@@ -20,6 +29,13 @@ local h = redis.call('HMGET', KEYS[1], 'tat', 'cool', 'day', 'count')
 local tat = tonumber(h[1]) or 0
 local cool = tonumber(h[2]) or 0
 local function num(x) return string.format('%.0f', x) end
+local started = tonumber(redis.call('GET', KEYS[2]))
+if not started then
+  local up = string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')
+  started = now - (tonumber(up) or 0) * 1000000
+  redis.call('SET', KEYS[2], num(started))
+end
+cool = math.max(cool, started + tonumber(ARGV[6]))
 if ARGV[1] == 'cool' then
   local untl = now + tonumber(ARGV[5])
   if untl > cool then redis.call('HSET', KEYS[1], 'cool', num(untl)) end
@@ -88,10 +104,12 @@ impl SharedStore {
         }
     }
 
-    pub(super) fn budget(&self, name: &str) -> SharedBudget {
+    pub(super) fn budget(&self, name: &str, window: Duration) -> SharedBudget {
         SharedBudget {
             store: self.clone(),
             key: key(&self.namespace, name),
+            started_key: started_key(&self.namespace),
+            window,
         }
     }
 }
@@ -100,11 +118,19 @@ fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}:budget:{name}")
 }
 
+/// When Redis last started (see the module documentation).
+fn started_key(namespace: &str) -> String {
+    format!("{namespace}:redis-started")
+}
+
 /// One budget's key.
 #[derive(Debug, Clone)]
 pub(super) struct SharedBudget {
     store: SharedStore,
     key: String,
+    started_key: String,
+    /// The CRM's window: how long after a Redis start nothing is sent.
+    window: Duration,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -124,11 +150,13 @@ impl SharedBudget {
             .store
             .script
             .key(&self.key)
+            .key(&self.started_key)
             .arg("take")
             .arg(micros(period))
             .arg(micros(ahead))
             .arg(daily_limit)
             .arg(0)
+            .arg(micros(self.window))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| BudgetError::Unavailable(e.to_string()))?;
@@ -147,11 +175,13 @@ impl SharedBudget {
             .store
             .script
             .key(&self.key)
+            .key(&self.started_key)
             .arg("check")
             .arg(0)
             .arg(0)
             .arg(0)
             .arg(0)
+            .arg(micros(self.window))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| BudgetError::Unavailable(e.to_string()))?;
@@ -165,11 +195,13 @@ impl SharedBudget {
             .store
             .script
             .key(&self.key)
+            .key(&self.started_key)
             .arg("cool")
             .arg(0)
             .arg(0)
             .arg(0)
             .arg(micros(for_))
+            .arg(micros(self.window))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| BudgetError::Unavailable(e.to_string()))?;

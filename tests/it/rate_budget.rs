@@ -257,3 +257,53 @@ async fn a_call_that_would_wait_too_long_is_rate_limited_for_the_job_to_reschedu
         "nothing sent during the cool-down"
     );
 }
+
+/// Redis restarted empty forgets every pace and cool-down, while the CRM
+/// still counts its window and may still be waiting out a 429: nothing is
+/// admitted until one window has passed since Redis started. A Redis that
+/// has been up longer than a window admits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_empty_no_budget_admits_a_request_for_one_window() {
+    let window = Duration::from_secs(3);
+    let waits = Waits {
+        max_wait: Duration::from_secs(10),
+    };
+    let budget_spec = spec(1000, window, 0);
+
+    let long_running = process(&namespace(), waits).await;
+    let started = std::time::Instant::now();
+    let budget = long_running.get("hubspot:1:burst", budget_spec);
+    assert_eq!(budget.acquire(Priority::Interactive).await, Ok(()));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a Redis up for long admits at once: {:?}",
+        started.elapsed()
+    );
+
+    let mut private = crate::services::PrivateRedis::start();
+    let url = private.url();
+    let connect = || async {
+        let conn = redis::Client::open(url.as_str())
+            .expect("url")
+            .get_connection_manager()
+            .await
+            .expect("private redis");
+        Budgets::shared(SharedStore::new(conn, "crmsync-it"), waits)
+    };
+    // Used before the restart, as a fleet would have.
+    let before = connect().await;
+    let budget = before.get("hubspot:1:burst", budget_spec);
+    let _ = budget.acquire(Priority::Interactive).await;
+
+    private.restart_empty();
+    let restarted = std::time::Instant::now();
+    let fresh_process = connect().await;
+    let budget = fresh_process.get("hubspot:1:burst", budget_spec);
+    assert_eq!(budget.acquire(Priority::Interactive).await, Ok(()));
+    let held = restarted.elapsed();
+    assert!(
+        held >= window - Duration::from_millis(200),
+        "admitted {held:?} after Redis restarted empty; the CRM's window is {window:?}"
+    );
+    assert!(held < window + Duration::from_secs(2), "held for {held:?}");
+}
