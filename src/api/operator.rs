@@ -91,7 +91,9 @@ async fn rate_budget(api: &Api, row: &ConnectionRow) -> Value {
     };
     let hubspot = &api.settings.hubspot;
     let name = format!("hubspot:{}:burst", row.external_account_id);
-    match crate::ratelimit::shared::status(conn, &api.settings.queue.namespace, &name).await {
+    let window = crate::providers::hubspot::BURST_WINDOW;
+    match crate::ratelimit::shared::status(conn, &api.settings.queue.namespace, &name, window).await
+    {
         Ok(status) => json!({
             "requestsPer10s": hubspot.requests_per_10s,
             "requestsPerDay": hubspot.requests_per_day,

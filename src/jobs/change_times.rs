@@ -1,14 +1,16 @@
-//! `newest_wins` decides a field both sides changed by the time each side
-//! changed *that field*. A search page or a plain read carries only the
-//! record's modified time, which an edit of another field may have moved
-//! past the platform's edit — so a record whose platform and CRM versions
-//! both changed a field since the link's base is read again with property
-//! history (50 per call) before it is applied. Few records are contested;
-//! the rest cost nothing more.
+//! A field both sides changed since the link's base needs its property
+//! history: `newest_wins` decides it by the time each side changed *that
+//! field* (a search page or a plain read carries only the record's modified
+//! time, which an edit of another field may have moved past the platform's
+//! edit), and every strategy must know whether the CRM's change is our own
+//! push landing late — not a CRM edit, or `crm_wins` would undo the
+//! platform's newer edit with it. So a record whose platform and CRM
+//! versions both changed is read again with history (50 per call) before it
+//! is applied. Few records are contested; the rest cost nothing more.
 
 use super::{Deps, JobError, Session};
 use crate::domain::{ConnectionId, CrmId, CrmObject, TenantId};
-use crate::sync::{ConflictStrategy, Incoming};
+use crate::sync::Incoming;
 use std::collections::BTreeMap;
 
 /// `records`, with the contested ones replaced by reads that carry
@@ -18,10 +20,9 @@ pub(crate) async fn with_change_times(
     deps: &Deps,
     (tenant, connection): (TenantId, ConnectionId),
     object: CrmObject,
-    strategy: ConflictStrategy,
     records: Vec<Incoming>,
 ) -> Result<Vec<Incoming>, JobError> {
-    if strategy != ConflictStrategy::NewestWins || records.is_empty() {
+    if records.is_empty() {
         return Ok(records);
     }
     let contested = deps

@@ -279,7 +279,6 @@ async fn pull(
                 deps,
                 (connection.tenant, connection.id),
                 object,
-                connection.settings.strategy,
                 page.records,
             )
             .await?;
@@ -415,7 +414,6 @@ async fn leads_of_changed_contacts(
                     deps,
                     (write.tenant, write.connection),
                     CrmObject::Leads,
-                    write.strategy,
                     records,
                 )
                 .await?;

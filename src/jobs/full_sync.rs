@@ -107,6 +107,14 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
         page_size
     ))?;
     let finishes = page.next.is_none();
+    let records = super::change_times::with_change_times(
+        &mut session,
+        deps,
+        (job.tenant, job.connection),
+        job.object,
+        page.records,
+    )
+    .await?;
     let write = PageWrite {
         tenant: job.tenant,
         connection: job.connection,
@@ -114,7 +122,7 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
         object: job.object,
         kind,
         strategy,
-        items: page.records,
+        items: records,
         run: job.run,
         page_number: Some(job.page),
         next_page_token: page.next,

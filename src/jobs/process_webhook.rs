@@ -134,7 +134,10 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         return Ok(());
     }
     let strategy = connection.settings.strategy;
-    // Per-field change times decide `newest_wins`; other strategies need none.
+    // Per-field change times decide `newest_wins`: every record is read
+    // with history. Other strategies need history only where both sides
+    // changed (to tell our own late writes from CRM edits): those few are
+    // read again (`change_times`).
     let with_history = strategy == crate::sync::ConflictStrategy::NewestWins;
     let provider = connection.provider;
     let mut session = Session::open(deps, connection).await?;
@@ -252,6 +255,18 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
                 with_history,
                 reserved.take()
             ))?;
+            let records = if with_history {
+                records
+            } else {
+                super::change_times::with_change_times(
+                    &mut session,
+                    deps,
+                    (job.tenant, job.connection),
+                    job.object,
+                    records,
+                )
+                .await?
+            };
             // Ids the CRM no longer returns were deleted since the event.
             let found: BTreeSet<&CrmId> = records.iter().map(|r| &r.crm_id).collect();
             let gone: Vec<CrmId> = ids
@@ -348,6 +363,18 @@ async fn leads_of_changed_contacts(
         write.with_history,
         reserved.take()
     ))?;
+    let records = if write.with_history {
+        records
+    } else {
+        super::change_times::with_change_times(
+            session,
+            deps,
+            (job.tenant, job.connection),
+            CrmObject::Leads,
+            records,
+        )
+        .await?
+    };
     let page = PageWrite {
         tenant: job.tenant,
         connection: job.connection,

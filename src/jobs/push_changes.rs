@@ -4,9 +4,9 @@
 //! - Records born on the platform are written by upsert on
 //!   `crmsync_record_id`, so repeating a batch after a crash finds the record
 //!   instead of creating a second one.
-//! - Records already linked are read first (one batch read per 100; under
-//!   `newest_wins` the few that both sides changed are read again with
-//!   property history, for per-field times) and merged three-way against
+//! - Records already linked are read first (one batch read per 100; the
+//!   few that both sides changed are read again with property history, for
+//!   per-field times and our own late writes) and merged three-way against
 //!   the link's base, exactly like a pull: a CRM
 //!   edit made since the last sync is taken, a conflict follows the
 //!   connection's strategy (`manual` holds it and writes neither side), and
@@ -288,37 +288,35 @@ impl Push<'_> {
             false,
             reserved.take()
         ))?;
-        // `newest_wins` needs per-field change times only where both sides
-        // changed a field differently: those few are read again with
-        // property history (50 per call), the rest cost one call per 100.
-        if self.strategy == ConflictStrategy::NewestWins {
-            let pending: BTreeMap<&CrmId, &Pending> = by_record
-                .values()
-                .filter_map(|p| p.crm_id.as_ref().map(|id| (id, p)))
-                .collect();
-            let empty = RecordFields::new();
-            let contested: Vec<CrmId> = current
-                .iter()
-                .filter(|r| {
-                    pending.get(&r.crm_id).is_some_and(|p| {
-                        crate::sync::needs_change_times(
-                            p.base.as_ref().unwrap_or(&empty),
-                            &p.fields,
-                            &r.fields,
-                        )
-                    })
+        // Where both sides changed a field differently, the merge needs
+        // property history (`change_times`): those few are read again (50
+        // per call), the rest cost one call per 100.
+        let pending: BTreeMap<&CrmId, &Pending> = by_record
+            .values()
+            .filter_map(|p| p.crm_id.as_ref().map(|id| (id, p)))
+            .collect();
+        let empty = RecordFields::new();
+        let contested: Vec<CrmId> = current
+            .iter()
+            .filter(|r| {
+                pending.get(&r.crm_id).is_some_and(|p| {
+                    crate::sync::needs_change_times(
+                        p.base.as_ref().unwrap_or(&empty),
+                        &p.fields,
+                        &r.fields,
+                    )
                 })
-                .map(|r| r.crm_id.clone())
-                .collect();
-            current = super::change_times::reread_with_history(
-                &mut self.session,
-                deps,
-                object,
-                current,
-                &contested,
-            )
-            .await?;
-        }
+            })
+            .map(|r| r.crm_id.clone())
+            .collect();
+        current = super::change_times::reread_with_history(
+            &mut self.session,
+            deps,
+            object,
+            current,
+            &contested,
+        )
+        .await?;
         let found: BTreeSet<&CrmId> = current.iter().map(|r| &r.crm_id).collect();
         let gone: Vec<CrmId> = linked
             .iter()

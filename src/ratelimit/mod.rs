@@ -105,6 +105,15 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// The provider the budget belongs to (its name's first part), so that
+    /// metrics add up per provider across accounts.
+    fn provider(&self) -> String {
+        self.name
+            .split_once(':')
+            .map_or(self.name.as_str(), |(provider, _)| provider)
+            .to_string()
+    }
+
     /// The budget's name (`hubspot:{account}:burst`).
     pub fn name(&self) -> &str {
         &self.name
@@ -120,10 +129,10 @@ impl Budget {
             Err(BudgetError::WaitTooLong { .. }) => "deferred",
             Err(BudgetError::Unavailable(_)) => "unavailable",
         };
-        metrics::counter!("crmsync_budget_requests_total", "budget" => self.kind, "outcome" => label)
+        metrics::counter!("crmsync_budget_requests_total", "provider" => self.provider(), "budget" => self.kind, "outcome" => label)
             .increment(1);
         if outcome.is_ok() {
-            metrics::histogram!("crmsync_budget_wait_seconds", "budget" => self.kind)
+            metrics::histogram!("crmsync_budget_wait_seconds", "provider" => self.provider(), "budget" => self.kind)
                 .record(started.elapsed().as_secs_f64());
         }
         outcome
@@ -243,7 +252,8 @@ impl Budget {
                 *guard = Some(until);
             }
         }
-        metrics::counter!("crmsync_budget_cooldowns_total", "budget" => self.kind).increment(1);
+        metrics::counter!("crmsync_budget_cooldowns_total", "provider" => self.provider(), "budget" => self.kind)
+            .increment(1);
         if let Some(shared) = &self.shared
             && let Err(e) = shared.cool_down(for_).await
         {

@@ -222,15 +222,37 @@ pub struct BudgetStatus {
     pub requests_today: u64,
 }
 
-/// Reads budget `name`'s state (nothing is changed).
+/// Reads budget `name`'s state (nothing is changed); `window` is the
+/// budget's, for the pause after a Redis start.
 pub async fn status(
     conn: &ConnectionManager,
     namespace: &str,
     name: &str,
+    window: Duration,
 ) -> Result<BudgetStatus, redis::RedisError> {
     let mut conn = conn.clone();
     let (secs, micros_part): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
     let now = secs * 1_000_000 + micros_part;
+    let started: Option<f64> = redis::cmd("GET")
+        .arg(started_key(namespace))
+        .query_async(&mut conn)
+        .await?;
+    let started = match started {
+        Some(started) => started,
+        None => {
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut conn)
+                .await?;
+            let uptime = info
+                .lines()
+                .find_map(|line| line.strip_prefix("uptime_in_seconds:"))
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            now.saturating_sub(uptime * 1_000_000) as f64
+        }
+    };
+    let restart_pause = started + window.as_micros() as f64;
     let (tat, cool, day, count): (Option<f64>, Option<f64>, Option<f64>, Option<u64>) =
         redis::cmd("HMGET")
             .arg(key(namespace, name))
@@ -244,7 +266,7 @@ pub async fn status(
     let future = |us: Option<f64>| us.filter(|us| *us > now as f64).and_then(at);
     Ok(BudgetStatus {
         waiting_until: future(tat),
-        cool_down_until: future(cool),
+        cool_down_until: future(Some(cool.unwrap_or(0.0).max(restart_pause))),
         requests_today: match day {
             Some(d) if d as u64 == secs / 86_400 => count.unwrap_or(0),
             _ => 0,

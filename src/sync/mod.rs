@@ -146,17 +146,21 @@ pub fn decide_pull(
     };
     let empty = RecordFields::new();
     let base = link.map_or(&empty, |l| &l.base);
-    let newer = |field: CanonicalField| {
-        // Our own write (by this link's push: at or before its mark) is not
-        // a CRM edit, however late it landed: the platform's value stands.
-        let ours = incoming.own_writes.contains(&field)
+    // Our own write (by this link's push: at or before its mark) is not a
+    // CRM edit, however late it landed — under every strategy, or a push
+    // that lands after a newer platform edit would undo that edit under
+    // `crm_wins` and raise a conflict with ourselves under `manual`.
+    let own_write = |field: CanonicalField| {
+        incoming.own_writes.contains(&field)
             && link.and_then(|l| l.pushed_until).is_some_and(|mark| {
                 incoming
                     .field_times
                     .get(&field)
                     .is_some_and(|at| *at <= mark + chrono::Duration::seconds(1))
-            });
-        if ours {
+            })
+    };
+    let newer = |field: CanonicalField| {
+        if own_write(field) {
             return Newer::Platform;
         }
         let platform = local
@@ -197,6 +201,13 @@ pub fn decide_pull(
     } else {
         incoming.fields.clone()
     };
+    // For our own writes the CRM side counts as the base: no CRM edit.
+    let mut remote = remote;
+    for field in crate::domain::CanonicalField::ALL {
+        if own_write(field) {
+            remote.set(field, base.get(field).unwrap_or(""));
+        }
+    }
     let merged = merge(base, &local.fields, &remote, strategy, &newer);
     let record_changed = merged.local != local.fields;
     let push = merged.remote != incoming.fields;
@@ -278,22 +289,24 @@ mod tests {
             updated_at: at(30),
             field_times: FieldTimes::from([(CanonicalField::FirstName, at(30))]),
         };
-        let decide = |remote: &Incoming, pushed_until: Option<DateTime<Utc>>| {
-            let link = LinkState {
-                pushed_until,
-                ..applied(&base)
-            };
-            match decide_pull(
-                Some(&link),
-                Some(&local),
-                remote,
-                ConflictStrategy::NewestWins,
-            ) {
-                PullDecision::Apply { local, .. } => {
-                    local.get(CanonicalField::FirstName).map(str::to_string)
+        let decide_as =
+            |strategy: ConflictStrategy, remote: &Incoming, pushed_until: Option<DateTime<Utc>>| {
+                let link = LinkState {
+                    pushed_until,
+                    ..applied(&base)
+                };
+                match decide_pull(Some(&link), Some(&local), remote, strategy) {
+                    PullDecision::Apply {
+                        local, conflicts, ..
+                    } => {
+                        assert!(conflicts.is_empty(), "{strategy:?}: {conflicts:?}");
+                        local.get(CanonicalField::FirstName).map(str::to_string)
+                    }
+                    other => panic!("{other:?}"),
                 }
-                other => panic!("{other:?}"),
-            }
+            };
+        let decide = |remote: &Incoming, pushed_until: Option<DateTime<Utc>>| {
+            decide_as(ConflictStrategy::NewestWins, remote, pushed_until)
         };
         let mark = Some(at(60_000));
         assert_eq!(
@@ -311,6 +324,16 @@ mod tests {
         // connection to the same account): a CRM edit as far as it knows.
         assert_eq!(decide(&remote, Some(at(20_000))).as_deref(), Some("pushed"));
         assert_eq!(decide(&remote, None).as_deref(), Some("pushed"));
+        // Nor under the other strategies: under `crm_wins` the late write
+        // would undo the platform's edit, under `manual` it would be a
+        // conflict with ourselves.
+        for strategy in [ConflictStrategy::CrmWins, ConflictStrategy::Manual] {
+            assert_eq!(
+                decide_as(strategy, &remote, mark).as_deref(),
+                Some("newer"),
+                "{strategy:?}"
+            );
+        }
     }
 
     proptest! {

@@ -213,6 +213,18 @@ async fn a_429_without_retry_after_waits_for_the_rate_limit_interval() {
                 && !l.ends_with(" 0")),
         "{metrics}"
     );
+    // Budget use and cool-downs add up per provider across accounts.
+    for name in [
+        "crmsync_budget_requests_total",
+        "crmsync_budget_cooldowns_total",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)
+                && l.contains("provider=\"hubspot\"")
+                && l.contains("budget=\"burst\"")),
+            "{name}: {metrics}"
+        );
+    }
 }
 
 #[tokio::test]

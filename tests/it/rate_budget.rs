@@ -123,9 +123,14 @@ async fn a_429_in_one_process_cools_the_budget_down_for_every_process() {
         "refused, not parked"
     );
     // The api shows it.
-    let status = shared::status(&redis().await, &ns, "hubspot:1:burst")
-        .await
-        .expect("status");
+    let status = shared::status(
+        &redis().await,
+        &ns,
+        "hubspot:1:burst",
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("status");
     assert!(status.cool_down_until.is_some(), "{status:?}");
     assert_eq!(status.requests_today, 1);
 }
@@ -187,9 +192,14 @@ async fn interactive_calls_reserve_ahead_and_background_calls_take_only_free_slo
             "interactive slot at {at:?}, page at {page_at:?}"
         );
     }
-    let status = shared::status(&redis().await, &ns, "hubspot:1:burst")
-        .await
-        .expect("status");
+    let status = shared::status(
+        &redis().await,
+        &ns,
+        "hubspot:1:burst",
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("status");
     assert_eq!(status.requests_today, 4, "the deferred page took no slot");
 }
 
@@ -297,6 +307,18 @@ async fn after_redis_restarts_empty_no_budget_admits_a_request_for_one_window() 
 
     private.restart_empty();
     let restarted = std::time::Instant::now();
+    let operators_view = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_connection_manager()
+        .await
+        .expect("private redis");
+    let status = shared::status(&operators_view, "crmsync-it", "hubspot:1:burst", window)
+        .await
+        .expect("status");
+    assert!(
+        status.cool_down_until.is_some(),
+        "operators see the pause: {status:?}"
+    );
     let fresh_process = connect().await;
     let budget = fresh_process.get("hubspot:1:burst", budget_spec);
     assert_eq!(budget.acquire(Priority::Interactive).await, Ok(()));

@@ -275,12 +275,28 @@ async fn differences(fleet: &Fleet, expected: &Expected) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fleet_loses_nothing_under_kill_9_restarts_and_faults() {
-    let changes: usize = std::env::var("CRMSYNC_RELIABILITY_CHANGES")
+/// `CRMSYNC_RELIABILITY_CHANGES`, else 10,000.
+fn changes() -> usize {
+    std::env::var("CRMSYNC_RELIABILITY_CHANGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(10_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_loses_nothing_under_kill_9_restarts_and_faults() {
+    run_suite("newest_wins", changes()).await;
+}
+
+/// The same under `crm_wins`, at a fifth of the changes: a late own write
+/// must not count as a CRM edit here either, or it undoes a platform edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_loses_nothing_under_crm_wins_either() {
+    run_suite("crm_wins", (changes() / 5).max(200)).await;
+}
+
+async fn run_suite(strategy: &str, changes: usize) {
+    eprintln!("reliability suite: {changes} changes under {strategy}");
     let mut redis = PrivateRedis::start();
     let postgres = PrivatePostgres::start();
     let services = Services {
@@ -307,10 +323,10 @@ async fn the_fleet_loses_nothing_under_kill_9_restarts_and_faults() {
         &api,
         Method::PATCH,
         &format!("/v1/connections/{}", fleet.connection),
-        json!({"deltaIntervalSecs": 2}),
+        json!({"deltaIntervalSecs": 2, "strategy": strategy}),
     )
     .await
-    .expect("delta interval");
+    .expect("delta interval and strategy");
     let (port, mut extra) = fleet.ingress_process_env().await;
     extra.push((
         "CRMSYNC__HUBSPOT__REQUEST_TIMEOUT_SECS".to_string(),

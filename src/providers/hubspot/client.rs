@@ -124,6 +124,9 @@ pub struct Update {
 #[derive(Debug)]
 pub struct ReservedRead(());
 
+/// The rolling window of HubSpot's burst limit (`TEN_SECONDLY_ROLLING`).
+pub const BURST_WINDOW: Duration = Duration::from_secs(10);
+
 /// HubSpot's batch endpoints take at most 100 records.
 const BATCH: usize = 100;
 /// …and 50 when property history is asked for.
@@ -194,7 +197,7 @@ impl HubspotClient {
         let spec = BudgetSpec {
             limit: WindowLimit {
                 requests: self.settings.requests_per_10s,
-                window: Duration::from_secs(10),
+                window: BURST_WINDOW,
             },
             daily_limit: self.settings.requests_per_day,
             share: self.settings.budget_share,

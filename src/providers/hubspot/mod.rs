@@ -8,5 +8,5 @@ pub mod subscriptions;
 pub mod webhook;
 
 pub use client::{
-    ChangeQuery, HubspotClient, Page, RefreshedTokens, ReservedRead, Update, Upserted,
+    BURST_WINDOW, ChangeQuery, HubspotClient, Page, RefreshedTokens, ReservedRead, Update, Upserted,
 };
