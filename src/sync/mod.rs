@@ -201,10 +201,13 @@ pub fn decide_pull(
     } else {
         incoming.fields.clone()
     };
-    // For our own writes the CRM side counts as the base: no CRM edit.
+    // Where the platform changed the field too, our own write counts as no
+    // CRM edit: the CRM side is the base. (Where only the CRM side changed,
+    // its value is taken as always: a write by another connection of the
+    // same app within this link's push window must still arrive.)
     let mut remote = remote;
     for field in crate::domain::CanonicalField::ALL {
-        if own_write(field) {
+        if own_write(field) && local.fields.get(field) != base.get(field) {
             remote.set(field, base.get(field).unwrap_or(""));
         }
     }
@@ -272,6 +275,43 @@ mod tests {
             let older = incoming(&b, ms);
             let local = LocalState { fields: newer.fields.clone(), updated_at: at(ms + back), field_times: FieldTimes::new() };
             prop_assert_eq!(decide_pull(Some(&applied(&newer)), Some(&local), &older, ConflictStrategy::NewestWins), PullDecision::Stale);
+        }
+    }
+
+    #[test]
+    fn an_own_app_write_to_a_field_the_platform_kept_is_taken() {
+        // Another connection of the same app wrote the field while this
+        // link's push window was open; the platform did not change it: for
+        // this link it is a CRM edit like any other, under every strategy.
+        let base = incoming("base", 10);
+        let mut remote = incoming("other tenant", 50);
+        remote
+            .field_times
+            .insert(CanonicalField::FirstName, at(50_000));
+        remote.own_writes.insert(CanonicalField::FirstName);
+        let local = LocalState {
+            fields: base.fields.clone(),
+            updated_at: at(10),
+            field_times: FieldTimes::new(),
+        };
+        let link = LinkState {
+            pushed_until: Some(at(60_000)),
+            ..applied(&base)
+        };
+        for strategy in [
+            ConflictStrategy::NewestWins,
+            ConflictStrategy::CrmWins,
+            ConflictStrategy::PlatformWins,
+            ConflictStrategy::Manual,
+        ] {
+            match decide_pull(Some(&link), Some(&local), &remote, strategy) {
+                PullDecision::Apply { local, .. } => assert_eq!(
+                    local.get(CanonicalField::FirstName),
+                    Some("other tenant"),
+                    "{strategy:?}"
+                ),
+                other => panic!("{strategy:?}: {other:?}"),
+            }
         }
     }
 

@@ -32,6 +32,7 @@ mod rate_budget;
 mod reliability;
 mod scheduler;
 mod secrets_canary;
+mod shared_portal;
 mod store_security;
 mod strategies;
 mod sync_faults;

@@ -579,7 +579,9 @@ async fn run_suite(strategy: &str, changes: usize) {
     assert_eq!(
         faulty.requests_in_cool_down + clean_counters.requests_in_cool_down,
         0,
-        "requests sent during a cool-down"
+        "requests sent during a cool-down: {:?} / {:?}",
+        faulty.cool_down_routes,
+        clean_counters.cool_down_routes
     );
     assert!(
         clean_counters

@@ -188,13 +188,18 @@ async fn admit_and_run(
     let Some(account) = state.account(info.portal_id) else {
         return ApiError::unauthenticated().into_response();
     };
-    *lock(&account.counters).requests.entry(route).or_default() += 1;
+    *lock(&account.counters)
+        .requests
+        .entry(route.clone())
+        .or_default() += 1;
     let budget_class = usize::from(is_search);
     let arrived = Instant::now();
     let cooling = lock(&account.budget).cool_downs[budget_class]
         .is_some_and(|(answered, until)| arrived >= answered + COOL_DOWN_GRACE && arrived < until);
     if cooling {
-        lock(&account.counters).requests_in_cool_down += 1;
+        let mut counters = lock(&account.counters);
+        counters.requests_in_cool_down += 1;
+        *counters.cool_down_routes.entry(route).or_default() += 1;
     }
     let cool_down = |policy: &str| {
         if let Some(wait) = cool_down_of(policy) {

@@ -111,6 +111,8 @@ pub struct Counters {
     /// flight then are not the client's fault). A well-behaved fleet keeps
     /// this at 0.
     pub requests_in_cool_down: u64,
+    /// The same by `METHOD /route`: which caller ignored the cool-down.
+    pub cool_down_routes: BTreeMap<String, u64>,
     /// Property values apps changed in updates, by property.
     pub app_changed_values: BTreeMap<String, u64>,
     /// Property values apps sent in updates that the record already held,
