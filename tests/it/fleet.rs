@@ -509,6 +509,20 @@ impl Fleet {
             .collect()
     }
 
+    /// The current tenant's lead with `email` (any case), with its id.
+    pub async fn lead_by_email(
+        &self,
+        email: &str,
+    ) -> Option<(crmsync::domain::RecordId, crmsync::domain::RecordFields)> {
+        let email = email.to_lowercase();
+        self.store
+            .records(self.tenant, RecordKind::Lead)
+            .await
+            .expect("records")
+            .into_iter()
+            .find(|(_, f)| f.normalized_email() == Some(email.as_str()))
+    }
+
     /// The sandbox's contacts as the API lists them: id → properties.
     pub async fn sandbox_contacts(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
         let mut all = std::collections::BTreeMap::new();

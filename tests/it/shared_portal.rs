@@ -19,16 +19,10 @@ async fn in_hubspot(fleet: &Fleet, email: &str, property: &str) -> Option<(Strin
         .map(|(id, p)| (id, p[property].as_str().unwrap_or("").to_string()))
 }
 
-/// The company of the fleet's current tenant's lead with `email`.
-async fn platform_company(fleet: &Fleet, email: &str) -> Option<String> {
-    fleet
-        .store
-        .records(fleet.tenant, RecordKind::Lead)
-        .await
-        .expect("records")
-        .into_iter()
-        .find(|(_, f)| f.get(CanonicalField::Email) == Some(email))
-        .and_then(|(_, f)| f.get(CanonicalField::Company).map(str::to_string))
+/// The current tenant's lead's `field`.
+async fn platform_value(fleet: &Fleet, email: &str, field: CanonicalField) -> Option<String> {
+    let (_, fields) = fleet.lead_by_email(email).await?;
+    fields.get(field).map(str::to_string)
 }
 
 on_both_backends! {
@@ -59,20 +53,14 @@ on_both_backends! {
             .expect("a lead");
         let email = fields.get(CanonicalField::Email).expect("email").to_string();
         let (crm_id, _) = in_hubspot(&fleet, &email, "company").await.expect("in HubSpot");
-        assert!(platform_company(&fleet, &email).await.is_some_and(|c| c != "Pushed by A"));
+        assert!(platform_value(&fleet, &email, CanonicalField::Company).await.is_some_and(|c| c != "Pushed by A"));
 
         // Tenant B and a HubSpot user both change the first name, so B's
         // delta reads this record with property history — which names our
         // app as the source of the company A is about to push.
-        let lead_b = fleet
-            .store
-            .records(tenant_b, RecordKind::Lead)
-            .await
-            .expect("records")
-            .into_iter()
-            .find(|(_, f)| f.get(CanonicalField::Email) == Some(email.as_str()))
-            .map(|(id, _)| id)
-            .expect("B's lead");
+        (fleet.tenant, fleet.connection) = (tenant_b, connection_b);
+        let (lead_b, _) = fleet.lead_by_email(&email).await.expect("B's lead");
+        (fleet.tenant, fleet.connection) = (tenant_a, connection_a);
         fleet
             .store
             .patch_platform_record(tenant_b, RecordKind::Lead, lead_b, |mut f| {
@@ -126,19 +114,15 @@ on_both_backends! {
         (fleet.tenant, fleet.connection) = (tenant_b, connection_b);
         fleet.delta_sync().await;
         assert_eq!(
-            platform_company(&fleet, &email).await.as_deref(),
+            platform_value(&fleet, &email, CanonicalField::Company).await.as_deref(),
             Some("Pushed by A"),
             "tenant B has tenant A's change"
         );
-        let first_name = fleet
-            .store
-            .records(tenant_b, RecordKind::Lead)
-            .await
-            .expect("records")
-            .into_iter()
-            .find(|(id, _)| *id == lead_b)
-            .and_then(|(_, f)| f.get(CanonicalField::FirstName).map(str::to_string));
-        assert_eq!(first_name.as_deref(), Some("Set by a user"), "the newer edit wins");
+        assert_eq!(
+            platform_value(&fleet, &email, CanonicalField::FirstName).await.as_deref(),
+            Some("Set by a user"),
+            "the newer edit wins"
+        );
         // Tenant A's own echo changes nothing there, and nothing is written back.
         (fleet.tenant, fleet.connection) = (tenant_a, connection_a);
         let echo = fleet.delta_sync().await;

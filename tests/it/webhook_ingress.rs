@@ -4,19 +4,12 @@
 
 use crate::fleet::{Backend, Fleet, on_both_backends, wait_for};
 use crate::support::{PORTAL, SECRET};
-use crmsync::domain::{CanonicalField, CrmObject, RecordKind, RunKind};
+use crmsync::domain::{CanonicalField, CrmObject, RunKind};
 use crmsync::providers::hubspot::webhook::sign_v3;
 use serde_json::{Value, json};
 
 async fn lead_with_email(fleet: &Fleet, email: &str) -> Option<crmsync::domain::RecordFields> {
-    fleet
-        .store
-        .records(fleet.tenant, RecordKind::Lead)
-        .await
-        .expect("records")
-        .into_iter()
-        .map(|(_, f)| f)
-        .find(|f| f.normalized_email() == Some(email))
+    fleet.lead_by_email(email).await.map(|(_, f)| f)
 }
 
 on_both_backends! {
