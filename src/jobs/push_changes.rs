@@ -393,6 +393,7 @@ impl Push<'_> {
                 crm_id: t.crm_id.clone(),
                 pushed: mapping::round_trip(object, &t.target),
                 base: base_after_push(object, t),
+                written: written_fields(t),
                 version: t.version,
                 person_crm_id: None,
             });
@@ -428,6 +429,7 @@ impl Push<'_> {
                 crm_id: upserted.crm_id.clone(),
                 base: written.clone(),
                 pushed: written,
+                written: CanonicalField::ALL.to_vec(),
                 version: p.version,
                 person_crm_id: upserted.person.clone(),
             });
@@ -449,12 +451,19 @@ impl Push<'_> {
 fn base_after_push(object: CrmObject, t: &PushTarget) -> RecordFields {
     let written = mapping::round_trip(object, &t.target);
     let mut base = t.base.clone();
-    for field in CanonicalField::ALL {
-        if t.target.get(field) != t.current.get(field) {
-            base.set(field, written.get(field).unwrap_or(""));
-        }
+    for field in written_fields(t) {
+        base.set(field, written.get(field).unwrap_or(""));
     }
     base
+}
+
+/// The fields a push to `t` writes: those whose target differs from what
+/// the CRM holds.
+fn written_fields(t: &PushTarget) -> Vec<CanonicalField> {
+    CanonicalField::ALL
+        .into_iter()
+        .filter(|field| t.target.get(*field) != t.current.get(*field))
+        .collect()
 }
 
 #[cfg(test)]
@@ -505,5 +514,34 @@ mod tests {
             ),
         );
         assert_eq!(held.get(CanonicalField::Company), Some("Base"));
+    }
+
+    #[test]
+    fn booking_keeps_the_base_a_pull_moved_while_the_push_was_in_flight() {
+        // The push writes the company; meanwhile a pull took the CRM's new
+        // job title and moved the link's base to it.
+        let t = target(
+            fields("Old", "CTO"),
+            fields("New", "CTO"),
+            fields("Old", "CTO"),
+        );
+        let booked = PushedRecord {
+            outbox_ids: Vec::new(),
+            record: t.record,
+            crm_id: t.crm_id.clone(),
+            pushed: mapping::round_trip(CrmObject::Contacts, &t.target),
+            base: base_after_push(CrmObject::Contacts, &t),
+            written: written_fields(&t),
+            version: 1,
+            person_crm_id: None,
+        };
+        assert_eq!(booked.written, vec![CanonicalField::Company]);
+        let moved_by_a_pull = fields("Old", "CEO");
+        assert_eq!(
+            booked.base_over(Some(&moved_by_a_pull)),
+            fields("New", "CEO"),
+            "the written company, the pull's job title"
+        );
+        assert_eq!(booked.base_over(None), fields("New", "CTO"), "a new link");
     }
 }

@@ -5,7 +5,8 @@
 
 use super::{Store, StoreError, on_db};
 use crate::domain::{
-    ConnectionId, CrmId, CrmObject, Origin, RecordFields, RecordId, RecordKind, TenantId,
+    CanonicalField, ConnectionId, CrmId, CrmObject, Origin, RecordFields, RecordId, RecordKind,
+    TenantId,
 };
 use crate::store::ConnectionSettings;
 use crate::sync::FieldTimes;
@@ -105,11 +106,33 @@ pub struct PushedRecord {
     /// The link's new base (the pushed values, but for fields held in a
     /// `manual` conflict, which keep their old base).
     pub base: RecordFields,
+    /// The fields this push wrote. Only these replace the link's base when
+    /// the push is booked: a pull applied while the push was in flight
+    /// moved the base of the others, and booking the push's older view of
+    /// them would make the CRM's next edit of such a field look like a
+    /// change on both sides (a conflict with ourselves under `manual`, the
+    /// CRM's edit lost under `platform_wins`).
+    pub written: Vec<CanonicalField>,
     /// The record version those values came from.
     pub version: i64,
     /// Where its person lives, when that is another CRM record (a HubSpot
     /// lead's contact); `None` keeps what the link knows.
     pub person_crm_id: Option<CrmId>,
+}
+
+impl PushedRecord {
+    /// The base to book over the link's `current` one (`None`: no link
+    /// yet): the written fields take the pushed base, the rest stay.
+    pub fn base_over(&self, current: Option<&RecordFields>) -> RecordFields {
+        let Some(current) = current else {
+            return self.base.clone();
+        };
+        let mut base = current.clone();
+        for field in &self.written {
+            base.set(*field, self.base.get(*field).unwrap_or(""));
+        }
+        base
+    }
 }
 
 /// (outbox id, record id, fields, linked CRM id, link base, record version).
@@ -489,8 +512,33 @@ impl Store {
         // The same lock order as page writes (by CRM id): no deadlock.
         let mut pushed: Vec<&PushedRecord> = pushed.iter().collect();
         pushed.sort_by(|a, b| a.crm_id.as_str().cmp(b.crm_id.as_str()));
+        let lock = match &tx {
+            super::Tx::Postgres(_) => " FOR UPDATE",
+            super::Tx::Sqlite(_) => "",
+        };
+        let sql = format!(
+            "SELECT crm_id, base FROM record_links
+              WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id IN ({})
+              ORDER BY crm_id{lock}",
+            super::in_list(4, pushed.len())
+        );
+        let current: Vec<(String, Json<RecordFields>)> = on_db!(&mut tx, |c| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(tenant.0)
+                .bind(connection.0)
+                .bind(object.as_str());
+            for p in &pushed {
+                query = query.bind(p.crm_id.as_str());
+            }
+            query.fetch_all(c).await
+        })?;
+        let current: std::collections::HashMap<String, RecordFields> = current
+            .into_iter()
+            .map(|(id, base)| (id, base.0.renormalized()))
+            .collect();
         for p in &pushed {
             let fingerprint = p.pushed.fingerprint();
+            let base = p.base_over(current.get(p.crm_id.as_str()));
             on_db!(&mut tx, |c| {
                 sqlx::query(
                 "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pushed_fingerprint, local_modified_at, created_at, updated_at, person_crm_id)
@@ -506,7 +554,7 @@ impl Store {
             .bind(connection.0)
             .bind(object.as_str())
             .bind(p.crm_id.as_str())
-            .bind(Json(&p.base))
+            .bind(Json(&base))
             .bind(&fingerprint)
             .bind(now)
             .bind(p.person_crm_id.as_ref().map(CrmId::as_str))
