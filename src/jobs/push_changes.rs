@@ -357,6 +357,7 @@ impl Push<'_> {
         let deps = self.deps;
         let account = self.session.account().to_string();
         let mut pushed = Vec::new();
+        let mut updated_at = BTreeMap::new();
         let updates: Vec<Update> = targets
             .iter()
             .map(|t| Update {
@@ -379,9 +380,11 @@ impl Push<'_> {
                     chrono::Utc::now() + chrono::Duration::seconds(60),
                 )
                 .await?;
-            crate::with_auth!(self.session, deps, |token| deps
+            updated_at = crate::with_auth!(self.session, deps, |token| deps
                 .hubspot
-                .batch_update(&account, token, object, &updates))?;
+                .batch_update(&account, token, object, &updates))?
+            .into_iter()
+            .collect();
         }
         for t in targets {
             let Some(pending) = by_record.get(&t.record) else {
@@ -394,6 +397,7 @@ impl Push<'_> {
                 pushed: mapping::round_trip(object, &t.target),
                 base: base_after_push(object, t),
                 written: written_fields(t),
+                crm_modified_at: updated_at.get(&t.crm_id).copied(),
                 version: t.version,
                 person_crm_id: None,
             });
@@ -430,6 +434,7 @@ impl Push<'_> {
                 base: written.clone(),
                 pushed: written,
                 written: CanonicalField::ALL.to_vec(),
+                crm_modified_at: None,
                 version: p.version,
                 person_crm_id: upserted.person.clone(),
             });
@@ -532,6 +537,7 @@ mod tests {
             pushed: mapping::round_trip(CrmObject::Contacts, &t.target),
             base: base_after_push(CrmObject::Contacts, &t),
             written: written_fields(&t),
+            crm_modified_at: None,
             version: 1,
             person_crm_id: None,
         };

@@ -113,6 +113,9 @@ pub struct PushedRecord {
     /// change on both sides (a conflict with ourselves under `manual`, the
     /// CRM's edit lost under `platform_wins`).
     pub written: Vec<CanonicalField>,
+    /// When the CRM says it stored the write: a read older than that is
+    /// stale (as after a pull), so it cannot put the pre-push values back.
+    pub crm_modified_at: Option<DateTime<Utc>>,
     /// The record version those values came from.
     pub version: i64,
     /// Where its person lives, when that is another CRM record (a HubSpot
@@ -517,34 +520,39 @@ impl Store {
             super::Tx::Sqlite(_) => "",
         };
         let sql = format!(
-            "SELECT crm_id, base FROM record_links
+            "SELECT crm_id, base, crm_modified_at FROM record_links
               WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND crm_id IN ({})
               ORDER BY crm_id{lock}",
             super::in_list(4, pushed.len())
         );
-        let current: Vec<(String, Json<RecordFields>)> = on_db!(&mut tx, |c| {
-            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(tenant.0)
-                .bind(connection.0)
-                .bind(object.as_str());
-            for p in &pushed {
-                query = query.bind(p.crm_id.as_str());
-            }
-            query.fetch_all(c).await
-        })?;
-        let current: std::collections::HashMap<String, RecordFields> = current
-            .into_iter()
-            .map(|(id, base)| (id, base.0.renormalized()))
-            .collect();
+        let current: Vec<(String, Json<RecordFields>, Option<DateTime<Utc>>)> =
+            on_db!(&mut tx, |c| {
+                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(tenant.0)
+                    .bind(connection.0)
+                    .bind(object.as_str());
+                for p in &pushed {
+                    query = query.bind(p.crm_id.as_str());
+                }
+                query.fetch_all(c).await
+            })?;
+        let current: std::collections::HashMap<String, (RecordFields, Option<DateTime<Utc>>)> =
+            current
+                .into_iter()
+                .map(|(id, base, at)| (id, (base.0.renormalized(), at)))
+                .collect();
         for p in &pushed {
             let fingerprint = p.pushed.fingerprint();
-            let base = p.base_over(current.get(p.crm_id.as_str()));
+            let known = current.get(p.crm_id.as_str());
+            let base = p.base_over(known.map(|(base, _)| base));
+            // Never backwards: a pull may have seen a later state already.
+            let crm_modified_at = known.and_then(|(_, at)| *at).max(p.crm_modified_at);
             on_db!(&mut tx, |c| {
                 sqlx::query(
-                "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pushed_fingerprint, local_modified_at, created_at, updated_at, person_crm_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10)
+                "INSERT INTO record_links (id, tenant_id, record_id, connection_id, crm_object, crm_id, base, pushed_fingerprint, local_modified_at, created_at, updated_at, person_crm_id, crm_modified_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11)
                  ON CONFLICT (connection_id, crm_object, crm_id) DO UPDATE
-                    SET base = excluded.base, pushed_fingerprint = excluded.pushed_fingerprint,
+                    SET base = excluded.base, pushed_fingerprint = excluded.pushed_fingerprint, crm_modified_at = excluded.crm_modified_at,
                         local_modified_at = excluded.local_modified_at, crm_deleted_at = NULL, updated_at = excluded.updated_at,
                         person_crm_id = COALESCE(excluded.person_crm_id, record_links.person_crm_id)"
             )
@@ -558,6 +566,7 @@ impl Store {
             .bind(&fingerprint)
             .bind(now)
             .bind(p.person_crm_id.as_ref().map(CrmId::as_str))
+            .bind(crm_modified_at)
             .execute(c)
             .await
             .map(|_| ())

@@ -330,6 +330,11 @@ impl Fleet {
             ("CRMSYNC__TELEMETRY__LISTEN".into(), "127.0.0.1:0".into()),
             ("CRMSYNC__TELEMETRY__LOG_LEVEL".into(), "warn".into()),
         ];
+        // Our app's id: how a worker knows its own writes in HubSpot's
+        // property history and webhooks.
+        if let Some(app_id) = s.hubspot.app_id {
+            env.push(("CRMSYNC__HUBSPOT__APP_ID".into(), app_id.to_string()));
+        }
         if let Some(key) = &s.secrets.encryption_key {
             env.push((
                 "CRMSYNC__SECRETS__ENCRYPTION_KEY".into(),

@@ -552,17 +552,22 @@ async fn run_suite(strategy: &str, changes: usize) {
     );
 
     if let Some(first) = remaining.first() {
-        // The audit of the first record that did not converge: why each field changed.
-        if let Some(crm_id) = first
-            .split('.')
-            .next()
-            .and_then(|id| id.parse::<u64>().ok())
+        // The audit of the first field that did not converge: why it changed.
+        let (record, property) = first
+            .split_once(':')
+            .and_then(|(key, _)| key.split_once('.'))
+            .unwrap_or_default();
+        if let Ok(crm_id) = record.parse::<u64>()
             && let Some(id) = platform_ids.get(&crm_id)
         {
             let (_, history, _) = api
                 .send(Method::GET, &format!("/v1/leads/{id}/history"), None)
                 .await;
-            for change in history["data"].as_array().into_iter().flatten().take(12) {
+            let changes = history["data"].as_array().into_iter().flatten();
+            for change in changes
+                .filter(|c| c["field"].as_str().map(str::to_lowercase).as_deref() == Some(property))
+                .take(20)
+            {
                 eprintln!(
                     "  {} {} {} -> {} by {} ({})",
                     change["decidedAt"],
@@ -572,6 +577,35 @@ async fn run_suite(strategy: &str, changes: usize) {
                     change["source"],
                     change["rule"]
                 );
+            }
+            // And HubSpot's side: who wrote the property, when.
+            let url = format!(
+                "{}/crm/v3/objects/contacts/{crm_id}?propertiesWithHistory={property}",
+                fleet.sandbox.base
+            );
+            if let Ok(reply) = fleet
+                .sandbox
+                .http
+                .get(&url)
+                .bearer_auth(crate::support::TOKEN)
+                .send()
+                .await
+                && let Ok(body) = reply.json::<Value>().await
+            {
+                for version in body["propertiesWithHistory"][property]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .take(20)
+                {
+                    eprintln!(
+                        "  HubSpot {} {} by {} {}",
+                        version["timestamp"],
+                        version["value"],
+                        version["sourceType"],
+                        version["sourceId"]
+                    );
+                }
             }
         }
     }

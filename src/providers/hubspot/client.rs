@@ -628,7 +628,7 @@ impl HubspotClient {
         token: &SecretString,
         object: CrmObject,
         inputs: &[Update],
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Vec<(CrmId, DateTime<Utc>)>, ProviderError> {
         match object {
             CrmObject::Contacts => {
                 let inputs: Vec<(CrmId, serde_json::Map<String, Value>)> = inputs
@@ -637,18 +637,25 @@ impl HubspotClient {
                     .collect();
                 self.update_objects(portal, token, object, &inputs).await
             }
-            CrmObject::Leads => self.update_leads(portal, token, inputs).await,
+            // A lead's write spans the lead and its contact: no one time.
+            CrmObject::Leads => self
+                .update_leads(portal, token, inputs)
+                .await
+                .map(|()| Vec::new()),
         }
     }
 
-    /// `batch/update` of `object`, 100 per call.
+    /// `batch/update` of `object`, 100 per call; returns when HubSpot says
+    /// each record was updated (`updatedAt`), so that a read taken before
+    /// the write can be told apart from one taken after it.
     pub(super) async fn update_objects(
         &self,
         portal: &str,
         token: &SecretString,
         object: CrmObject,
         inputs: &[(CrmId, serde_json::Map<String, Value>)],
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Vec<(CrmId, DateTime<Utc>)>, ProviderError> {
+        let mut updated = Vec::with_capacity(inputs.len());
         for inputs in inputs.chunks(BATCH) {
             let body = json!({"inputs": inputs.iter().map(|(id, properties)| json!({"id": id.as_str(), "properties": properties})).collect::<Vec<_>>()});
             let request = self
@@ -656,9 +663,17 @@ impl HubspotClient {
                 .post(self.url(&format!("/crm/v3/objects/{}/batch/update", object.as_str())))
                 .bearer_auth(token.expose_secret())
                 .json(&body);
-            send::<Value>(request, Some(&self.burst_budget(portal))).await?;
+            let body: Value = send(request, Some(&self.burst_budget(portal))).await?;
+            for result in body["results"].as_array().into_iter().flatten() {
+                if let (Some(id), Some(at)) = (
+                    result["id"].as_str(),
+                    result["updatedAt"].as_str().and_then(mapping::parse_time),
+                ) {
+                    updated.push((CrmId(id.to_string()), at));
+                }
+            }
         }
-        Ok(())
+        Ok(updated)
     }
 
     /// Exchanges a refresh token (OAuth v3 token endpoint).

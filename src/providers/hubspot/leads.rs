@@ -477,6 +477,7 @@ impl HubspotClient {
         }
         self.update_objects(portal, token, CrmObject::Leads, &lead_updates)
             .await
+            .map(|_| ())
     }
 }
 
