@@ -106,10 +106,11 @@ struct RecordSql {
 }
 
 impl Store {
-    /// The incoming records that both sides changed differently on some
-    /// field since the link's base: under `newest_wins` only per-field
-    /// change times (property history) can say which side is newer — the
-    /// record's modified time may come from an edit of another field.
+    /// The incoming records to read with property history: those both
+    /// sides changed differently on some field since the link's base (only
+    /// per-field change times say which side is newer, and whether the
+    /// CRM's change is our own late write), and those with a push in flight
+    /// or unbooked.
     pub async fn contested(
         &self,
         tenant: TenantId,
@@ -121,12 +122,18 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT l.crm_id, l.base, r.fields FROM record_links l JOIN records r ON r.id = l.record_id
+            "SELECT l.crm_id, l.base, r.fields, l.local_modified_at FROM record_links l JOIN records r ON r.id = l.record_id
               WHERE l.tenant_id = $1 AND l.connection_id = $2 AND l.crm_object = $3 AND l.crm_id IN ({})",
             super::in_list(4, items.len())
         );
         let mut tx = self.begin(tenant).await?;
-        let rows: Vec<(String, Json<RecordFields>, Json<RecordFields>)> = on_db!(&mut tx, |c| {
+        type Row = (
+            String,
+            Json<RecordFields>,
+            Json<RecordFields>,
+            Option<DateTime<Utc>>,
+        );
+        let rows: Vec<Row> = on_db!(&mut tx, |c| {
             let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(tenant.0)
                 .bind(connection.0)
@@ -137,17 +144,25 @@ impl Store {
             query.fetch_all(c).await
         })?;
         tx.commit().await?;
-        let known: HashMap<String, (RecordFields, RecordFields)> = rows
+        // A push mark still ahead means a push is in flight or died before
+        // its booking: our write may be in the CRM while the base does not
+        // know it, and a platform edit made after this check would turn it
+        // into a two-sided change that only the history can settle.
+        let now = Utc::now();
+        let known: HashMap<String, (RecordFields, RecordFields, bool)> = rows
             .into_iter()
-            .map(|(id, base, local)| (id, (base.0.renormalized(), local.0.renormalized())))
+            .map(|(id, base, local, mark)| {
+                let pushing = mark.is_some_and(|mark| mark > now);
+                (id, (base.0.renormalized(), local.0.renormalized(), pushing))
+            })
             .collect();
         Ok(items
             .iter()
             .filter(|item| {
                 known
                     .get(item.crm_id.as_str())
-                    .is_some_and(|(base, local)| {
-                        crate::sync::needs_change_times(base, local, &item.fields)
+                    .is_some_and(|(base, local, pushing)| {
+                        *pushing || crate::sync::needs_change_times(base, local, &item.fields)
                     })
             })
             .map(|item| item.crm_id.clone())
