@@ -138,6 +138,30 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl SharedBudget {
+    /// Runs the script's `op` on this budget (the arguments an op does not
+    /// use are 0); answers its two numbers.
+    async fn run(
+        &self,
+        op: &str,
+        (period, ahead, daily_limit): (Duration, Duration, u32),
+        cool_for: Duration,
+    ) -> Result<(i64, i64), BudgetError> {
+        let mut conn = self.store.conn.clone();
+        self.store
+            .script
+            .key(&self.key)
+            .key(&self.started_key)
+            .arg(op)
+            .arg(micros(period))
+            .arg(micros(ahead))
+            .arg(daily_limit)
+            .arg(micros(cool_for))
+            .arg(micros(self.window))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| BudgetError::Unavailable(e.to_string()))
+    }
+
     /// Reserves the next slot if it is at most `ahead` away.
     pub(super) async fn take(
         &self,
@@ -145,21 +169,9 @@ impl SharedBudget {
         ahead: Duration,
         daily_limit: u32,
     ) -> Result<Taken, BudgetError> {
-        let mut conn = self.store.conn.clone();
-        let (admitted, wait): (i64, i64) = self
-            .store
-            .script
-            .key(&self.key)
-            .key(&self.started_key)
-            .arg("take")
-            .arg(micros(period))
-            .arg(micros(ahead))
-            .arg(daily_limit)
-            .arg(0)
-            .arg(micros(self.window))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| BudgetError::Unavailable(e.to_string()))?;
+        let (admitted, wait) = self
+            .run("take", (period, ahead, daily_limit), Duration::ZERO)
+            .await?;
         let wait = Duration::from_micros(u64::try_from(wait).unwrap_or(0));
         Ok(if admitted == 1 {
             Taken::Slot { wait }
@@ -170,42 +182,17 @@ impl SharedBudget {
 
     /// How much of a cool-down is left (zero: none).
     pub(super) async fn cool_down_left(&self) -> Result<Duration, BudgetError> {
-        let mut conn = self.store.conn.clone();
-        let (_, left): (i64, i64) = self
-            .store
-            .script
-            .key(&self.key)
-            .key(&self.started_key)
-            .arg("check")
-            .arg(0)
-            .arg(0)
-            .arg(0)
-            .arg(0)
-            .arg(micros(self.window))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| BudgetError::Unavailable(e.to_string()))?;
+        let (_, left) = self
+            .run("check", (Duration::ZERO, Duration::ZERO, 0), Duration::ZERO)
+            .await?;
         Ok(Duration::from_micros(u64::try_from(left).unwrap_or(0)))
     }
 
     /// No request of the fleet before `for_` from now.
     pub(super) async fn cool_down(&self, for_: Duration) -> Result<(), BudgetError> {
-        let mut conn = self.store.conn.clone();
-        let _: (i64, i64) = self
-            .store
-            .script
-            .key(&self.key)
-            .key(&self.started_key)
-            .arg("cool")
-            .arg(0)
-            .arg(0)
-            .arg(0)
-            .arg(micros(for_))
-            .arg(micros(self.window))
-            .invoke_async(&mut conn)
+        self.run("cool", (Duration::ZERO, Duration::ZERO, 0), for_)
             .await
-            .map_err(|e| BudgetError::Unavailable(e.to_string()))?;
-        Ok(())
+            .map(|_| ())
     }
 }
 

@@ -200,9 +200,7 @@ on_both_backends! {
         fleet.full_sync().await;
         let ingress = fleet.start_ingress(false).await;
         let url = format!("{ingress}/webhooks/hubspot");
-        let base = fleet.start_api().await;
-        let token = fleet.store.issue_token(fleet.tenant).await.expect("token");
-        let api = ApiClient { base, token, http: reqwest::Client::new() };
+        let api = fleet.start_api_client().await;
         let connection = fleet.connection.to_string();
         let ids = fleet.store.linked_crm_ids(fleet.tenant, fleet.connection, CrmObject::Contacts).await.expect("ids");
         let now = chrono::Utc::now().timestamp_millis();
@@ -255,9 +253,7 @@ on_both_backends! {
         let mut fleet = Fleet::start(backend, 3).await;
         fleet.start_workers();
         fleet.full_sync().await;
-        let base = fleet.start_api().await;
-        let token = fleet.store.issue_token(fleet.tenant).await.expect("token");
-        let api = ApiClient { base, token, http: reqwest::Client::new() };
+        let api = fleet.start_api_client().await;
         let (_, list, _) = api.send(Method::GET, "/v1/leads?limit=1", None).await;
         let lead = list["data"][0]["id"].as_str().expect("lead").to_string();
         let crm_id = list["data"][0]["links"][0]["crmId"].as_str().expect("crm id").to_string();

@@ -3,7 +3,7 @@
 //! of platform edits — never because of its own echo.
 
 use crate::fleet::{Fleet, on_both_backends};
-use crate::support::PORTAL;
+use crate::support::{Lcg, PORTAL};
 use crmsync::domain::{CanonicalField, RecordFields, RecordId, RecordKind};
 use crmsync::jobs::{DeltaProgress, DeltaSyncJob, PushChangesJob};
 use serde_json::json;
@@ -16,18 +16,6 @@ const FIELDS: [(CanonicalField, &str); 4] = [
     (CanonicalField::Company, "company"),
     (CanonicalField::JobTitle, "jobtitle"),
 ];
-
-/// A small deterministic generator (the test must fail the same way twice).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) as usize) % n
-    }
-}
 
 async fn crm_writes(fleet: &Fleet) -> u64 {
     let counters = fleet.sandbox.counters().await;

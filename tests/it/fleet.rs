@@ -761,4 +761,15 @@ impl Fleet {
         tokio::spawn(async move { axum::serve(listener, api.router()).await.ok() });
         format!("http://{addr}")
     }
+
+    /// Starts the api and a client for it with a token of the fleet's tenant.
+    pub async fn start_api_client(&self) -> ApiClient {
+        let base = self.start_api().await;
+        let token = self.store.issue_token(self.tenant).await.expect("token");
+        ApiClient {
+            base,
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Health checks: each active connection's token and CRM, checked and kept
 //! as history that operators read on the connection.
 
-use crate::fleet::{ApiClient, Fleet, on_both_backends};
+use crate::fleet::{Fleet, on_both_backends};
 use crmsync::domain::ConnectionStatus;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -9,9 +9,7 @@ use serde_json::json;
 on_both_backends! {
     async fn health_checks_record_a_reachable_crm_and_then_an_unreachable_one(backend) {
         let fleet = Fleet::start(backend, 0).await;
-        let base = fleet.start_api().await;
-        let token = fleet.store.issue_token(fleet.tenant).await.expect("token");
-        let api = ApiClient { base, token, http: reqwest::Client::new() };
+        let api = fleet.start_api_client().await;
         let id = fleet.connection;
         let (_, before, _) = api.send(Method::GET, &format!("/v1/connections/{id}"), None).await;
         assert!(before["health"].is_null(), "no check yet: {before}");

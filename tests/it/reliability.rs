@@ -21,7 +21,7 @@
 
 use crate::fleet::{ApiClient, Backend, Fleet, Killed, Services};
 use crate::services::{PrivatePostgres, PrivateRedis};
-use crate::support::PORTAL;
+use crate::support::{Lcg, PORTAL};
 use crmsync::domain::{CanonicalField, RecordKind};
 use crmsync::sandbox::hubspot::SandboxConfig;
 use crmsync::sandbox::hubspot::model::ObjectType;
@@ -40,18 +40,6 @@ const PLATFORM_OWNED: [(CanonicalField, &str, &str); 2] = [
     (CanonicalField::Company, "company", "company"),
     (CanonicalField::JobTitle, "jobTitle", "jobtitle"),
 ];
-
-/// A small deterministic generator (a failing run fails the same way).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) as usize) % n
-    }
-}
 
 struct Processes {
     extra: Vec<(String, String)>,
@@ -309,13 +297,7 @@ async fn run_suite(strategy: &str, changes: usize) {
     fleet.start_workers();
     fleet.full_sync().await;
     fleet.stop_workers().await;
-    let base = fleet.start_api().await;
-    let token = fleet.store.issue_token(fleet.tenant).await.expect("token");
-    let api = ApiClient {
-        base,
-        token,
-        http: reqwest::Client::new(),
-    };
+    let api = fleet.start_api_client().await;
     // Deltas every 2 s: they heal whatever a lost webhook job missed.
     api_call(
         &api,

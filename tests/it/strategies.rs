@@ -33,13 +33,7 @@ impl Case {
         fleet.start_workers();
         fleet.full_sync().await;
         fleet.start_ingress(true).await;
-        let base = fleet.start_api().await;
-        let token = fleet.store.issue_token(fleet.tenant).await.expect("token");
-        let api = ApiClient {
-            base,
-            token,
-            http: reqwest::Client::new(),
-        };
+        let api = fleet.start_api_client().await;
         let (status, body, _) = api
             .send(
                 Method::PATCH,
