@@ -10,8 +10,50 @@
 
 use super::{Deps, JobError, Session};
 use crate::domain::{ConnectionId, CrmId, CrmObject, TenantId};
+use crate::store::{PageApplied, PageOutcome, PageWrite};
 use crate::sync::Incoming;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Tries at applying one page: a record read again with history is always
+/// decidable, so the second try succeeds unless the CRM changed the set of
+/// records in between; more than this is a fault worth retrying the job for.
+const APPLY_TRIES: usize = 3;
+
+/// Applies `write`; records that, under the store's locks, turn out to
+/// need property history to be decided are read again with it and the page
+/// applied again (`crate::sync::needs_history`). The pre-check in
+/// [`with_change_times`] makes that rare; this makes it safe. Returns `None`
+/// when another attempt of the same job had written the page already.
+pub(crate) async fn apply_checked(
+    session: &mut Session,
+    deps: &Deps,
+    mut write: PageWrite,
+) -> Result<Option<PageOutcome>, JobError> {
+    for _ in 0..APPLY_TRIES {
+        match deps.store.apply_page(&write).await? {
+            PageApplied::Applied(outcome) => return Ok(Some(outcome)),
+            PageApplied::AlreadyApplied => return Ok(None),
+            PageApplied::NeedsHistory(ids) => {
+                metrics::counter!("crmsync_history_rereads_total").increment(ids.len() as u64);
+                let items = std::mem::take(&mut write.items);
+                let mut items =
+                    reread_with_history(session, deps, write.object, items, &ids).await?;
+                // Not returned by the read with history: gone from the CRM
+                // since (its delete arrives by its own signal); not applied.
+                let wanted: BTreeSet<&CrmId> = ids.iter().collect();
+                items.retain(|item| item.history || !wanted.contains(&item.crm_id));
+                write.items = items;
+            }
+        }
+    }
+    Err(JobError::Transient {
+        message: format!(
+            "{} records still needed their history after {APPLY_TRIES} reads",
+            write.object
+        ),
+        retry_after: None,
+    })
+}
 
 /// `records`, with the contested ones replaced by reads that carry
 /// per-field change times.

@@ -289,7 +289,7 @@ async fn pull(
                     crm_id,
                 }),
             );
-            let outcome = deps.store.apply_page(&write).await?;
+            let outcome = super::change_times::apply_checked(session, deps, write).await?;
             crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
             if let Some((last_at, last_id)) = &last {
                 resume = match &query {
@@ -363,7 +363,7 @@ async fn pull(
             crm_id: CrmId("0".into()),
         }),
     );
-    deps.store.apply_page(&end).await?;
+    super::change_times::apply_checked(session, deps, end).await?;
     Ok(Progress::Caught)
 }
 
@@ -417,7 +417,7 @@ async fn leads_of_changed_contacts(
                     records,
                 )
                 .await?;
-                let outcome = deps.store.apply_page(&write).await?;
+                let outcome = super::change_times::apply_checked(session, deps, write).await?;
                 crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
             }
             last_at = page.last_position.map(|(at, _)| at).or(last_at);

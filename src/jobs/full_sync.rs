@@ -130,7 +130,7 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
         queue_pushes: true,
         cursor: None,
     };
-    let outcome = deps.store.apply_page(&write).await?;
+    let outcome = super::change_times::apply_checked(&mut session, deps, write).await?;
     crate::telemetry::record_page("full_sync", outcome.as_ref().map(|o| o.counts));
     if outcome.is_some() && !finishes {
         deps.queue.push_full_sync(&job.next_page()).await?;

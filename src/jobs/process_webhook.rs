@@ -292,7 +292,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
                 queue_pushes: true,
                 cursor: None,
             };
-            let applied = store.apply_page(&write).await?;
+            let applied = super::change_times::apply_checked(&mut session, deps, write).await?;
             pushes += applied.as_ref().map_or(0, |o| o.pushes);
             crate::telemetry::record_page("process_webhook", applied.map(|o| o.counts));
         }
@@ -390,7 +390,7 @@ async fn leads_of_changed_contacts(
         queue_pushes: true,
         cursor: None,
     };
-    let applied = deps.store.apply_page(&page).await?;
+    let applied = super::change_times::apply_checked(session, deps, page).await?;
     let pushes = applied.as_ref().map_or(0, |o| o.pushes);
     crate::telemetry::record_page("process_webhook", applied.map(|o| o.counts));
     Ok(pushes)

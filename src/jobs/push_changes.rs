@@ -341,7 +341,7 @@ impl Push<'_> {
             queue_pushes: false,
             cursor: None,
         };
-        let outcome = deps.store.apply_page(&write).await?;
+        let outcome = super::change_times::apply_checked(&mut self.session, deps, write).await?;
         crate::telemetry::record_page("push_changes", outcome.as_ref().map(|o| o.counts));
         Ok(outcome.map(|o| o.targets).unwrap_or_default())
     }
@@ -434,7 +434,7 @@ impl Push<'_> {
                 base: written.clone(),
                 pushed: written,
                 written: CanonicalField::ALL.to_vec(),
-                crm_modified_at: None,
+                crm_modified_at: upserted.updated_at,
                 version: p.version,
                 person_crm_id: upserted.person.clone(),
             });

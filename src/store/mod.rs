@@ -21,7 +21,7 @@ pub use connections::{
 pub use dead_letters::{DeadLetter, ReplayedBy};
 pub use health::HealthCheck;
 pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQuery, RecordView};
-pub use records::{PageOutcome, PageWrite, PushTarget};
+pub use records::{PageApplied, PageOutcome, PageWrite, PushTarget};
 pub use retention::Purged;
 pub use rotation::Rotation;
 pub use runs::{RunRow, RunUpdate};

@@ -10,7 +10,7 @@ use crate::domain::{
 };
 use crate::sync::{
     ConflictStrategy, FieldConflict, FieldDecision, FieldTimes, Incoming, LinkState, LocalState,
-    PullDecision, decide_pull,
+    PullDecision, decide_pull, needs_history,
 };
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -81,6 +81,32 @@ pub struct PageOutcome {
     pub conflicts: i64,
     /// With `queue_pushes` off: what to write to the CRM now.
     pub targets: Vec<PushTarget>,
+}
+
+/// What [`Store::apply_page`] did.
+#[derive(Debug, Clone)]
+#[must_use = "a page that needs history was not applied"]
+pub enum PageApplied {
+    /// Committed.
+    Applied(PageOutcome),
+    /// The run had moved past this page already (another attempt of the
+    /// same job committed it): nothing written.
+    AlreadyApplied,
+    /// Nothing written: under their locks, these records (read without
+    /// property history) turned out to need it to be decided
+    /// ([`crate::sync::needs_history`]). Read them again with history and
+    /// apply the page again.
+    NeedsHistory(Vec<CrmId>),
+}
+
+impl PageApplied {
+    /// The outcome, when the page was written now.
+    pub fn outcome(&self) -> Option<&PageOutcome> {
+        match self {
+            Self::Applied(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -169,9 +195,13 @@ impl Store {
             .collect())
     }
 
-    /// Applies a page. Returns `None` when the run already moved past this
-    /// page (another attempt of the same job committed it): nothing written.
-    pub async fn apply_page(&self, page: &PageWrite) -> Result<Option<PageOutcome>, StoreError> {
+    /// Applies a page in one transaction, every decision made under the
+    /// locks of the record and link it writes. A record read without
+    /// history whose decision depends on it, as seen under those locks, is
+    /// not guessed at: the whole page is rolled back and comes back as
+    /// [`PageApplied::NeedsHistory`] (the jobs' `apply_checked` reads those
+    /// again and retries).
+    pub async fn apply_page(&self, page: &PageWrite) -> Result<PageApplied, StoreError> {
         let mut tx = self.begin(page.tenant).await?;
         if let Some(number) = page.page_number {
             // Claim the page; on Postgres this also locks the run row, so a
@@ -188,7 +218,7 @@ impl Store {
             .await
             })?;
             if claimed.is_none() {
-                return Ok(None);
+                return Ok(PageApplied::AlreadyApplied);
             }
         }
         let (allow_duplicates,): (bool,) = on_db!(&mut tx, |c| sqlx::query_as(
@@ -205,9 +235,11 @@ impl Store {
         // instead of deadlocking.
         let mut items: Vec<&Incoming> = page.items.iter().collect();
         items.sort_by(|a, b| a.crm_id.as_str().cmp(b.crm_id.as_str()));
+        let mut needs_history = Vec::new();
         for item in items {
             counts.processed += 1;
             match apply_one(&mut tx, page, item, allow_duplicates, &mut outcome).await? {
+                Applied::NeedsHistory => needs_history.push(item.crm_id.clone()),
                 Applied::Created => counts.created += 1,
                 Applied::Updated => counts.updated += 1,
                 Applied::Unchanged => counts.unchanged += 1,
@@ -220,6 +252,11 @@ impl Store {
                     pushes += 1;
                 }
             }
+        }
+        if !needs_history.is_empty() {
+            // Rolled back on drop: nothing of this page is written.
+            drop(tx);
+            return Ok(PageApplied::NeedsHistory(needs_history));
         }
         let page_state = page.page_number.map(|_| page.next_page_token.as_deref());
         add_counts(
@@ -237,7 +274,7 @@ impl Store {
         tx.commit().await?;
         outcome.counts = counts;
         outcome.pushes = pushes;
-        Ok(Some(outcome))
+        Ok(PageApplied::Applied(outcome))
     }
 
     /// Records of a tenant's kind, as (id, fields), for tests and the api.
@@ -518,6 +555,8 @@ enum Applied {
     UpdatedNeedsPush,
     /// Nothing taken, but the CRM is behind the platform: push.
     UnchangedNeedsPush,
+    /// Not decided: read without history, and the decision depends on it.
+    NeedsHistory,
 }
 
 async fn apply_one(
@@ -644,18 +683,36 @@ async fn apply_one(
         // Deleted or erased on the platform: a CRM state never revives it.
         return Ok(Applied::Unchanged);
     }
-    let link_state = link.as_ref().map(|l| LinkState {
-        base: l.base.0.clone().renormalized(),
-        pulled_fingerprint: l.pulled_fingerprint.clone(),
-        pushed_fingerprint: l.pushed_fingerprint.clone(),
-        crm_modified_at: l.crm_modified_at,
-        pushed_until: l.local_modified_at,
-    });
+    let link_state = match &link {
+        Some(l) => Some(LinkState {
+            base: l.base.0.clone().renormalized(),
+            pulled_fingerprint: l.pulled_fingerprint.clone(),
+            pushed_fingerprint: l.pushed_fingerprint.clone(),
+            crm_modified_at: l.crm_modified_at,
+            pushed_until: l.local_modified_at,
+        }),
+        // Our own creation, its push not booked (killed before it): the
+        // values our app wrote there are this record's, not CRM edits.
+        None if item
+            .platform_id
+            .is_some_and(|ours| local.as_ref().is_some_and(|r| r.id == ours.0)) =>
+        {
+            Some(LinkState::unbooked_creation(Utc::now()))
+        }
+        None => None,
+    };
     let local_state = local.as_ref().map(|r| LocalState {
         fields: r.fields.0.clone().renormalized(),
         updated_at: r.updated_at,
         field_times: r.field_times.0.clone(),
     });
+    // Decided here, under the record's and the link's locks, or not at all:
+    // a platform edit or a booking that committed after the caller looked
+    // can make a record contested that was not, and only history then
+    // tells our own unbooked write from a CRM edit.
+    if !item.history && needs_history(link_state.as_ref(), local_state.as_ref(), item) {
+        return Ok(Applied::NeedsHistory);
+    }
     let decision = decide_pull(
         link_state.as_ref(),
         local_state.as_ref(),

@@ -34,6 +34,11 @@ pub struct Incoming {
     /// that may since have been superseded — so `newest_wins` keeps the
     /// platform's, however late the write landed.
     pub own_writes: std::collections::BTreeSet<crate::domain::CanonicalField>,
+    /// Whether this state was read with per-field history, so that
+    /// `field_times` and `own_writes` are known. Without it, a record whose
+    /// merge depends on them ([`needs_history`]) is not decided: the store
+    /// asks for it to be read again with history.
+    pub history: bool,
     /// Where the record's person lives when that is another CRM record (a
     /// HubSpot lead's primary contact): kept on the link so that the
     /// person's privacy deletion can find the record.
@@ -55,6 +60,22 @@ pub struct LinkState {
     /// end of its window): a write of ours to the CRM at or before it can
     /// be this link's own.
     pub pushed_until: Option<DateTime<Utc>>,
+}
+
+impl LinkState {
+    /// What a CRM record that carries the platform record's own id, but
+    /// whose link is not booked yet, knows: no agreed base, and every write
+    /// our app made to it before `now` was a push of that very record (it
+    /// could only come from one), so none of them is a CRM edit.
+    pub fn unbooked_creation(now: DateTime<Utc>) -> Self {
+        Self {
+            base: RecordFields::new(),
+            pulled_fingerprint: None,
+            pushed_fingerprint: None,
+            crm_modified_at: None,
+            pushed_until: Some(now),
+        }
+    }
 }
 
 /// The platform record's present state.
@@ -99,6 +120,29 @@ pub enum PullDecision {
         /// Fields held for an operator (`manual`).
         conflicts: Vec<FieldConflict>,
     },
+}
+
+/// Whether deciding `incoming` against this link and platform state depends
+/// on per-field change times or on which CRM changes were our own writes:
+/// exactly when some field differs on all three of base, platform and CRM.
+/// It must be asked under the locks that guard the write the decision leads
+/// to — a platform edit committing after an unlocked check could make a
+/// record contested that was not, and then our own unbooked write (a push
+/// killed before its booking) would look like a CRM edit newer than that
+/// platform edit. A state read without history is never decided when this
+/// holds; it is read again with history. Property-tested: when it is false,
+/// no change times or own-write marks alter [`decide_pull`].
+pub fn needs_history(
+    link: Option<&LinkState>,
+    local: Option<&LocalState>,
+    incoming: &Incoming,
+) -> bool {
+    let Some(local) = local else {
+        return false;
+    };
+    let empty = RecordFields::new();
+    let base = link.map_or(&empty, |l| &l.base);
+    needs_change_times(base, &local.fields, &incoming.fields)
 }
 
 /// Decides how one pulled CRM record changes the platform. `link` is `None`
@@ -201,13 +245,18 @@ pub fn decide_pull(
     } else {
         incoming.fields.clone()
     };
-    // Where the platform changed the field too, our own write counts as no
-    // CRM edit: the CRM side is the base. (Where only the CRM side changed,
-    // its value is taken as always: a write by another connection of the
-    // same app within this link's push window must still arrive.)
+    // Where the platform changed the field too, to another value, our own
+    // write counts as no CRM edit: the CRM side is the base. (Where only
+    // the CRM side changed, its value is taken as always: a write by
+    // another connection of the same app within this link's push window
+    // must still arrive. Where the CRM already holds the platform's value,
+    // both sides agree and that value becomes the base.)
     let mut remote = remote;
     for field in crate::domain::CanonicalField::ALL {
-        if own_write(field) && local.fields.get(field) != base.get(field) {
+        if own_write(field)
+            && local.fields.get(field) != base.get(field)
+            && remote.get(field) != local.fields.get(field)
+        {
             remote.set(field, base.get(field).unwrap_or(""));
         }
     }
@@ -246,6 +295,7 @@ mod tests {
             platform_id: None,
             field_times: FieldTimes::new(),
             own_writes: Default::default(),
+            history: false,
             person_crm_id: None,
         }
     }
@@ -275,6 +325,114 @@ mod tests {
             let older = incoming(&b, ms);
             let local = LocalState { fields: newer.fields.clone(), updated_at: at(ms + back), field_times: FieldTimes::new() };
             prop_assert_eq!(decide_pull(Some(&applied(&newer)), Some(&local), &older, ConflictStrategy::NewestWins), PullDecision::Stale);
+        }
+    }
+
+    fn small_fields() -> impl Strategy<Value = RecordFields> {
+        let value = prop_oneof![Just(String::new()), "[ab]"];
+        (value.clone(), value.clone(), value).prop_map(|(a, b, c)| {
+            RecordFields::new()
+                .with(CanonicalField::Email, "a@x.io")
+                .with(CanonicalField::FirstName, &a)
+                .with(CanonicalField::Company, &b)
+                .with(CanonicalField::JobTitle, &c)
+        })
+    }
+
+    fn strategy_of(i: usize) -> ConflictStrategy {
+        [
+            ConflictStrategy::PlatformWins,
+            ConflictStrategy::CrmWins,
+            ConflictStrategy::NewestWins,
+            ConflictStrategy::Manual,
+        ][i % 4]
+    }
+
+    const SMALL: [CanonicalField; 3] = [
+        CanonicalField::FirstName,
+        CanonicalField::Company,
+        CanonicalField::JobTitle,
+    ];
+
+    proptest! {
+        /// The store decides a record read without history only when
+        /// `needs_history` is false: then history could not have changed
+        /// the decision, whatever it would have said.
+        #[test]
+        fn where_history_is_not_needed_it_changes_no_decision(
+            base in small_fields(), local in small_fields(), remote in small_fields(),
+            linked: bool, seen: bool, pushed: bool, mark in proptest::option::of(0i64..100),
+            times in proptest::collection::vec((0usize..3, 0i64..100), 0..4),
+            own in proptest::collection::vec(0usize..3, 0..3),
+            local_s in 0i64..100, remote_s in 0i64..100, strategy in 0usize..4,
+        ) {
+            let link = LinkState {
+                base,
+                pulled_fingerprint: seen.then(|| remote.fingerprint()),
+                pushed_fingerprint: pushed.then(|| remote.fingerprint()),
+                crm_modified_at: None,
+                pushed_until: mark.map(|s| at(s * 1000)),
+            };
+            let link = linked.then_some(&link);
+            let local = LocalState { fields: local, updated_at: at(local_s * 1000), field_times: FieldTimes::new() };
+            let plain = Incoming { fields: remote, modified_at: at(remote_s * 1000), ..incoming("x", 0) };
+            let mut detailed = plain.clone();
+            detailed.history = true;
+            for (field, s) in times {
+                detailed.field_times.insert(SMALL[field], at(s * 1000));
+            }
+            for field in own {
+                detailed.own_writes.insert(SMALL[field]);
+            }
+            if !needs_history(link, Some(&local), &plain) {
+                let strategy = strategy_of(strategy);
+                prop_assert_eq!(
+                    decide_pull(link, Some(&local), &plain, strategy),
+                    decide_pull(link, Some(&local), &detailed, strategy)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn our_unbooked_creation_read_back_never_undoes_a_platform_edit() {
+        // Our push created the CRM record with company "Old" and died before
+        // booking its link; the platform then changed the company. The read
+        // (with history: every field is our app's write) finds the record by
+        // the platform id it carries: the platform's edit stands and goes
+        // out, under every strategy, with no conflict.
+        let mut created = incoming("Ada", 50);
+        created.fields.set(CanonicalField::Company, "Old");
+        created.history = true;
+        created
+            .field_times
+            .insert(CanonicalField::Company, at(50_000));
+        created.own_writes.insert(CanonicalField::Company);
+        created.own_writes.insert(CanonicalField::FirstName);
+        let local = LocalState {
+            fields: created.fields.clone().with(CanonicalField::Company, "New"),
+            updated_at: at(60_000),
+            field_times: FieldTimes::from([(CanonicalField::Company, at(60_000))]),
+        };
+        let link = LinkState::unbooked_creation(at(70_000));
+        assert!(needs_history(Some(&link), Some(&local), &created));
+        for strategy in (0..4).map(strategy_of) {
+            match decide_pull(Some(&link), Some(&local), &created, strategy) {
+                PullDecision::Apply {
+                    local: merged,
+                    push,
+                    conflicts,
+                    ..
+                } => {
+                    assert_eq!(
+                        merged.get(CanonicalField::Company),
+                        Some("New"),
+                        "{strategy:?}"
+                    );
+                    assert!(push && conflicts.is_empty(), "{strategy:?}");
+                }
+                other => panic!("{strategy:?}: {other:?}"),
+            }
         }
     }
 

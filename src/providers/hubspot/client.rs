@@ -106,6 +106,11 @@ pub struct Upserted {
     pub crm_id: CrmId,
     /// For a HubSpot lead: the contact holding its person.
     pub person: Option<CrmId>,
+    /// When HubSpot says it stored this write (`updatedAt`), when it said:
+    /// booked as the link's CRM time, so that a read taken before the write
+    /// (a retried upsert's first attempt, say) is stale and cannot put
+    /// older values back.
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// A patch of one linked record for [`HubspotClient::batch_update`].
@@ -383,13 +388,17 @@ impl HubspotClient {
         let raw = self
             .read_objects(portal, token, object, read, reserved.is_some())
             .await?;
-        match object {
+        let mut records = match object {
             CrmObject::Contacts => raw
                 .into_iter()
                 .map(|o| mapping::to_incoming(object, o, self.settings.app_id))
-                .collect(),
-            CrmObject::Leads => self.with_contacts(portal, token, raw, with_history).await,
+                .collect::<Result<Vec<_>, _>>()?,
+            CrmObject::Leads => self.with_contacts(portal, token, raw, with_history).await?,
+        };
+        for record in &mut records {
+            record.history = with_history;
         }
+        Ok(records)
     }
 
     /// Reads records of `object` by id (or by a unique `id_property`) with
@@ -575,6 +584,7 @@ impl HubspotClient {
             {
                 Some(ours) => ids.push(Upserted {
                     ours,
+                    updated_at: result.updated_at.as_deref().and_then(mapping::parse_time),
                     crm_id: CrmId(result.id),
                     person: None,
                 }),
@@ -615,6 +625,8 @@ impl HubspotClient {
                         .flatten()?,
                     crm_id: CrmId(r.id),
                     person: None,
+                    // A read's time, not the write's: unknown.
+                    updated_at: None,
                 })
             })
             .collect())

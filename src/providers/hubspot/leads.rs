@@ -348,6 +348,8 @@ impl HubspotClient {
                     ours: ours.clone(),
                     crm_id: leads.get(ours)?.clone(),
                     person: contacts.get(key).cloned(),
+                    // A lead's write spans the lead and its contact: no one time.
+                    updated_at: None,
                 })
             })
             .collect())

@@ -370,6 +370,8 @@ pub fn to_incoming(
         platform_id,
         field_times,
         own_writes,
+        // The reader says whether it asked for history (`HubspotClient`).
+        history: false,
         person_crm_id: None,
     })
 }
