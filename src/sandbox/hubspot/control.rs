@@ -483,3 +483,47 @@ pub async fn reset(State(sb): State<Sandbox>) -> Result<Response, ApiError> {
     sb.reset().map_err(ApiError::validation)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+#[derive(Deserialize)]
+struct HoldRequest {
+    route: String,
+    #[serde(default = "one")]
+    count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /_sandbox/accounts/{portalId}/holds` `{route, count}`: the next
+/// `count` answers of `route` (method and path template, as in the
+/// counters: `"POST /crm/v3/objects/{object_type}/batch/read"`) are held
+/// after their request is carried out, until released.
+pub async fn arm_hold(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let hold: HoldRequest = parse_body(&body)?;
+    account(&sb, portal_id)?.holds.arm(&hold.route, hold.count);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /_sandbox/accounts/{portalId}/holds`: `{armed: {route: n}, waiting}`.
+pub async fn get_holds(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+) -> Result<Response, ApiError> {
+    let (armed, waiting) = account(&sb, portal_id)?.holds.status();
+    Ok(axum::Json(json!({"armed": armed, "waiting": waiting})).into_response())
+}
+
+/// `POST /_sandbox/accounts/{portalId}/holds/release`: every held answer
+/// goes; holds not yet used are dropped.
+pub async fn release_holds(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+) -> Result<Response, ApiError> {
+    account(&sb, portal_id)?.holds.release();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -199,7 +199,7 @@ async fn admit_and_run(
     if cooling {
         let mut counters = lock(&account.counters);
         counters.requests_in_cool_down += 1;
-        *counters.cool_down_routes.entry(route).or_default() += 1;
+        *counters.cool_down_routes.entry(route.clone()).or_default() += 1;
     }
     let cool_down = |policy: &str| {
         if let Some(wait) = cool_down_of(policy) {
@@ -269,13 +269,16 @@ async fn admit_and_run(
     let actor = Actor::Integration {
         app_id: info.app_id,
     };
+    let caller_account = Arc::clone(&account);
     request.extensions_mut().insert(Caller {
         account,
         actor,
         app_id: info.app_id,
         private_app,
     });
+    let held = Arc::clone(&caller_account);
     let mut response = next.run(request).await;
+    held.holds.pass(&route).await;
     if let Some(headers) = headers {
         headers.apply(response.headers_mut());
     }

@@ -456,6 +456,14 @@ impl Sandbox {
                 get(control::get_counters).delete(control::reset_counters),
             )
             .route(
+                "/_sandbox/accounts/{portal_id}/holds",
+                get(control::get_holds).post(control::arm_hold),
+            )
+            .route(
+                "/_sandbox/accounts/{portal_id}/holds/release",
+                post(control::release_holds),
+            )
+            .route(
                 "/_sandbox/accounts/{portal_id}/limits",
                 get(control::get_limits).put(control::put_limits),
             )

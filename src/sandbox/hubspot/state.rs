@@ -217,6 +217,73 @@ pub struct Account {
     pub counters: Mutex<Counters>,
     /// Apps installed here: their webhooks fire for this account's changes.
     pub installed_apps: Mutex<BTreeSet<u64>>,
+    /// Answers held back on a test's request, to make a race explicit.
+    pub holds: Holds,
+}
+
+/// Holds back the answers of chosen API routes until a test releases them:
+/// the request is carried out (a read reads, a write writes) and only its
+/// answer waits. A test arms a hold, waits until a request is held, does
+/// what must happen "meanwhile", then releases — a race made explicit,
+/// not left to timing.
+#[derive(Debug)]
+pub struct Holds {
+    /// Route (`"POST /crm/v3/objects/{object_type}/batch/read"`) → answers
+    /// still to hold.
+    armed: Mutex<std::collections::BTreeMap<String, u32>>,
+    /// Answers waiting now.
+    waiting: Mutex<u32>,
+    /// Bumped by each release; a held answer waits for the next value.
+    released: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Holds {
+    fn default() -> Self {
+        Self {
+            armed: Mutex::new(std::collections::BTreeMap::new()),
+            waiting: Mutex::new(0),
+            released: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl Holds {
+    /// Holds the next `count` answers of `route`.
+    pub fn arm(&self, route: &str, count: u32) {
+        *lock(&self.armed).entry(route.to_string()).or_default() += count;
+    }
+
+    /// (Route → answers still to hold, answers waiting now).
+    pub fn status(&self) -> (std::collections::BTreeMap<String, u32>, u32) {
+        (lock(&self.armed).clone(), *lock(&self.waiting))
+    }
+
+    /// Lets every waiting answer go and disarms the rest.
+    pub fn release(&self) {
+        lock(&self.armed).clear();
+        self.released.send_modify(|generation| *generation += 1);
+    }
+
+    /// Waits for a release if `route` is armed (using up one hold).
+    pub async fn pass(&self, route: &str) {
+        {
+            let mut armed = lock(&self.armed);
+            match armed.get_mut(route) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    if *left == 0 {
+                        armed.remove(route);
+                    }
+                }
+                _ => return,
+            }
+        }
+        let mut released = self.released.subscribe();
+        *lock(&self.waiting) += 1;
+        // A dropped sender (the sandbox going away) also lets it go.
+        let _ = released.changed().await;
+        *lock(&self.waiting) -= 1;
+    }
 }
 
 impl Account {
@@ -242,6 +309,7 @@ impl Account {
             budget: Mutex::new(Budget::new()),
             counters: Mutex::new(Counters::default()),
             installed_apps: Mutex::new(BTreeSet::new()),
+            holds: Holds::default(),
         }
     }
 }
