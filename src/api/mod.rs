@@ -7,7 +7,6 @@
 use crate::domain::{
     CanonicalField, ConnectionId, Origin, RecordFields, RecordId, RecordKind, TenantId,
 };
-use crate::jobs::PushChangesJob;
 use crate::queue::Queue;
 use crate::store::{RecordQuery, RecordView, Store, StoreError};
 use axum::Router;
@@ -374,33 +373,12 @@ fn parse_id(id: &str) -> Result<RecordId, Problem> {
         .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no record {id}")))
 }
 
-/// Pushes of writes made in one window of this length share one job: at
-/// hundreds of writes a second, one job (run just after its window closes,
-/// when every write of the window has committed its outbox row) pushes them
-/// all in a batch instead of hundreds of jobs each finding the outbox empty.
-const PUSH_WINDOW_MS: i64 = 100;
-
+/// Asks for a push of each connection after a write committed its outbox
+/// rows (`queue::push_request`: writes arriving together share one job).
 async fn enqueue_pushes(api: &Api, tenant: TenantId, connections: &[ConnectionId]) {
-    let now = Utc::now().timestamp_millis();
-    let window = now.div_euclid(PUSH_WINDOW_MS);
-    let run_in = (window + 1) * PUSH_WINDOW_MS - now + 20;
     for connection in connections {
-        let job = PushChangesJob {
-            tenant,
-            connection: *connection,
-            trigger: format!("w{window}"),
-            attempt: 0,
-            redrives: 0,
-        };
-        // Not fatal: the row is in the outbox and the next delta pushes it.
-        if let Err(e) = api
-            .queue
-            .push_push_changes_after(
-                &job,
-                std::time::Duration::from_millis(u64::try_from(run_in).unwrap_or(0)),
-            )
-            .await
-        {
+        // Not fatal: the row is in the outbox and the delta's sweep pushes it.
+        if let Err(e) = api.queue.request_push(tenant, *connection, "api").await {
             tracing::warn!(error = %e, connection.id = %connection, "push not enqueued; the outbox keeps it");
         }
     }

@@ -5,7 +5,7 @@
 
 use super::{Api, Problem, Tenant, bad};
 use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordId, RunId};
-use crate::jobs::{DeltaSyncJob, PushChangesJob};
+use crate::jobs::DeltaSyncJob;
 use crate::providers::error::ProviderError;
 use crate::providers::hubspot::HubspotClient;
 use crate::store::{
@@ -613,16 +613,9 @@ pub(super) async fn resolve_conflict(
         }
     };
     let resolved = api.store.resolve_conflict(tenant, id, &resolution).await?;
-    let job = PushChangesJob {
-        tenant,
-        connection: resolved.connection_id,
-        trigger: format!("resolve-{id}"),
-        attempt: 0,
-        redrives: 0,
-    };
     if let Err(e) = api
         .queue
-        .push_push_changes_after(&job, std::time::Duration::ZERO)
+        .request_push(tenant, resolved.connection_id, "resolve")
         .await
     {
         tracing::warn!(error = %e, "push not enqueued; the outbox keeps it");

@@ -132,6 +132,11 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
     };
     let outcome = super::change_times::apply_checked(&mut session, deps, write).await?;
     crate::telemetry::record_page("full_sync", outcome.as_ref().map(|o| o.counts));
+    if outcome.as_ref().is_some_and(|o| o.pushes > 0) {
+        deps.queue
+            .request_push(job.tenant, job.connection, "full-sync")
+            .await?;
+    }
     if outcome.is_some() && !finishes {
         deps.queue.push_full_sync(&job.next_page()).await?;
     }

@@ -299,6 +299,12 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         Ok::<(), JobError>(())
     }
     .await;
+    // Pulls that kept platform values queued them: push them now.
+    if outcome.is_ok() && pushes > 0 {
+        deps.queue
+            .request_push(job.tenant, job.connection, "webhook")
+            .await?;
+    }
     match &outcome {
         Ok(()) => {
             let still_waiting = deps

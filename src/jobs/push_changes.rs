@@ -85,14 +85,29 @@ pub async fn run(job: &PushChangesJob, deps: &Deps) -> Result<usize, JobError> {
             retry_after: BUSY_RETRY,
         });
     };
-    let pushed = push_all(job, deps).await;
+    // Before the first read of the outbox (`queue::push_request`): a row
+    // committed from here on requests a job of its own.
+    if let Err(e) = deps.queue.push_job_started(job.connection).await {
+        deps.queue.release(lease).await;
+        return Err(e.into());
+    }
+    let deadline = std::time::Instant::now() + timeout / 2;
+    let pushed = push_all(job, deps, deadline).await;
     deps.queue.release(lease).await;
+    // Cut off at the deadline with rows perhaps left: a successor takes them.
+    if pushed.is_ok() && std::time::Instant::now() >= deadline {
+        deps.queue
+            .request_push(job.tenant, job.connection, "rest")
+            .await?;
+    }
     pushed
 }
 
-async fn push_all(job: &PushChangesJob, deps: &Deps) -> Result<usize, JobError> {
-    let deadline = std::time::Instant::now()
-        + std::time::Duration::from_secs(deps.settings.worker.job_timeout_secs) / 2;
+async fn push_all(
+    job: &PushChangesJob,
+    deps: &Deps,
+    deadline: std::time::Instant,
+) -> Result<usize, JobError> {
     let connection = deps.store.connection(job.tenant, job.connection).await?;
     let objects = connection.settings.objects.clone();
     let strategy = connection.settings.strategy;

@@ -11,10 +11,12 @@
 mod lease;
 pub(crate) mod pending;
 mod purge;
+mod push_request;
 mod worker;
 
 pub use lease::Lease;
 pub use pending::Claim;
+pub use push_request::PUSH_WAITING_TTL;
 
 pub use worker::{Settled, WorkerSpec, run_workers, settle};
 
@@ -69,6 +71,9 @@ pub struct Queue {
     local_leases: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
     >,
+    /// The embedded mode's push-waiting marks (key → expiry).
+    local_marks:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -126,6 +131,7 @@ impl Queue {
             storages,
             settings: tuning,
             local_leases: Default::default(),
+            local_marks: Default::default(),
         })
     }
 

@@ -211,15 +211,8 @@ async fn delta_sync_attempt(job: DeltaSyncJob, deps: Data<Deps>) -> Result<(), B
         Ok(_) => {
             // Caught up: push whatever the outbox still holds (a push job
             // that gave up, or one that was never enqueued).
-            let sweep = PushChangesJob {
-                tenant: job.tenant,
-                connection: job.connection,
-                trigger: format!("after-{}", job.idempotency_key()),
-                attempt: 0,
-                redrives: 0,
-            };
             deps.queue
-                .push_push_changes_after(&sweep, Duration::ZERO)
+                .request_push(job.tenant, job.connection, "sweep")
                 .await
                 .map_err(JobError::from)
         }

@@ -29,6 +29,7 @@ mod hubspot_leads;
 mod key_rotation;
 mod lost_edit;
 mod push;
+mod push_latency;
 mod rate_budget;
 mod reliability;
 mod scheduler;
