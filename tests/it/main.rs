@@ -27,6 +27,7 @@ mod health;
 mod hubspot_client;
 mod hubspot_leads;
 mod key_rotation;
+mod periodic;
 mod push;
 mod rate_budget;
 mod reliability;
