@@ -174,20 +174,19 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     let mut redis = None;
-    let mut periodic = Periodic::default();
+    // Off the tick loop: enqueueing a period's per-connection jobs of a
+    // large fleet takes a while, and must never delay a due delta.
+    let periodic = tokio::spawn(run_periodic(deps.clone(), shutdown.clone()));
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() {
-            return;
+            break;
         }
         if let Err(e) = tick(&deps).await {
             tracing::warn!(error = %e, "scheduler tick failed; retrying next tick");
-        }
-        if let Err(e) = periodic.tick(&deps, Utc::now()).await {
-            tracing::warn!(error = %e, "enqueueing periodic jobs failed; retrying next tick");
         }
         // Redis may lose the webhook routes: re-publish them every minute,
         // over one connection kept for the scheduler's life (it reconnects).
@@ -205,6 +204,28 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
             });
         }
         ticks += 1;
+    }
+    if let Err(e) = periodic.await {
+        tracing::error!(error = %e, "the periodic-job scheduler panicked");
+    }
+}
+
+/// Enqueues the periodic jobs every tick until `shutdown` turns true.
+async fn run_periodic(deps: Deps, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut periodic = Periodic::default();
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = periodic.tick(&deps, Utc::now()).await {
+            tracing::warn!(error = %e, "enqueueing periodic jobs failed; retrying next tick");
+        }
     }
 }
 
