@@ -12,6 +12,12 @@ use std::time::Duration;
 /// The embedded defaults; the same file documents every key for operators.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// The longest interval a periodic job may have (7 days). A period's
+/// idempotency key must outlive the period, and Redis keeps keys for 7 days
+/// (`queue::IDEMPOTENCY_TTL`); bounding it also keeps period arithmetic far
+/// from overflowing a timestamp.
+pub const MAX_PERIOD_SECS: u64 = 7 * 24 * 3600;
+
 /// Keys that hold secrets: accepted only from the environment, never from a
 /// file that may be committed or baked into an image.
 const SECRET_KEYS: &[(&str, &str)] = &[
@@ -210,9 +216,16 @@ pub struct SyncSettings {
     /// Days sync history is kept (runs, the field-change audit, pushed
     /// outbox rows, resolved conflicts, replayed dead letters).
     pub history_retention_days: u32,
-    /// Seconds between `RetryFailed` rounds (the scheduler re-drives open
-    /// dead letters of active connections).
+    /// Seconds between `retry_failed` jobs (each re-drives open dead
+    /// letters of active connections).
     pub retry_failed_interval_secs: u64,
+    /// Seconds between `detect_conflicts` jobs of each active connection.
+    pub detect_conflicts_interval_secs: u64,
+    /// Seconds between `cleanup_logs` jobs (history and finished jobs past
+    /// their retention).
+    pub cleanup_interval_secs: u64,
+    /// Seconds between `health_check` jobs of each active connection.
+    pub health_check_interval_secs: u64,
     /// Re-drives per chain of failures; then the dead letter waits for an
     /// operator.
     pub retry_failed_max_redrives: u32,
@@ -444,6 +457,17 @@ impl Settings {
                 return Err(value(key, "must be greater than 0".into()));
             }
         }
+        for (key, secs) in self.periodic_intervals() {
+            if !(1..=MAX_PERIOD_SECS).contains(&secs) {
+                return Err(value(
+                    key,
+                    format!(
+                        "must be between 1 and {MAX_PERIOD_SECS} seconds (7 days), got {secs}: the \
+                         scheduler enqueues each period's job once by a key derived from the period"
+                    ),
+                ));
+            }
+        }
         if !(self.hubspot.budget_share > 0.0 && self.hubspot.budget_share <= 1.0) {
             return Err(value(
                 "CRMSYNC__HUBSPOT__BUDGET_SHARE",
@@ -508,6 +532,28 @@ impl Settings {
         } else {
             QueueBackend::Sqlite
         })
+    }
+
+    /// The periodic jobs' intervals in seconds, by the key that sets them.
+    pub fn periodic_intervals(&self) -> [(&'static str, u64); 4] {
+        [
+            (
+                "CRMSYNC__SYNC__DETECT_CONFLICTS_INTERVAL_SECS",
+                self.sync.detect_conflicts_interval_secs,
+            ),
+            (
+                "CRMSYNC__SYNC__RETRY_FAILED_INTERVAL_SECS",
+                self.sync.retry_failed_interval_secs,
+            ),
+            (
+                "CRMSYNC__SYNC__CLEANUP_INTERVAL_SECS",
+                self.sync.cleanup_interval_secs,
+            ),
+            (
+                "CRMSYNC__SYNC__HEALTH_CHECK_INTERVAL_SECS",
+                self.sync.health_check_interval_secs,
+            ),
+        ]
     }
 
     /// After this long without a heartbeat a worker's jobs run elsewhere.
@@ -610,6 +656,32 @@ mod tests {
             jail.set_env("CRMSYNC__SYNC__FULL_PAGE_SIZE", "500");
             let err = load(jail, None).err().unwrap_or_default();
             assert!(err.contains("FULL_PAGE_SIZE"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn periodic_intervals_default_and_refuse_zero_or_absurd_values() {
+        Jail::expect_with(|jail| {
+            let s = load(jail, None)?;
+            assert_eq!(s.sync.detect_conflicts_interval_secs, 3600);
+            assert_eq!(s.sync.retry_failed_interval_secs, 3600);
+            assert_eq!(s.sync.cleanup_interval_secs, 86400);
+            assert_eq!(s.sync.health_check_interval_secs, 300);
+            for (var, bad) in [
+                ("CRMSYNC__SYNC__HEALTH_CHECK_INTERVAL_SECS", "0"),
+                (
+                    "CRMSYNC__SYNC__CLEANUP_INTERVAL_SECS",
+                    "18446744073709551615",
+                ),
+                ("CRMSYNC__SYNC__DETECT_CONFLICTS_INTERVAL_SECS", "604801"),
+                ("CRMSYNC__SYNC__RETRY_FAILED_INTERVAL_SECS", "0"),
+            ] {
+                jail.set_env(var, bad);
+                let err = load(jail, None).err().unwrap_or_default();
+                assert!(err.contains(var) && err.contains("between 1 and"), "{err}");
+                jail.set_env(var, "60");
+            }
             Ok(())
         });
     }

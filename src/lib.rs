@@ -9,10 +9,13 @@
 //! - [`secrets`] — credentials sealed at rest.
 //! - [`store`] — sqlx repositories (Postgres with row-level security, SQLite).
 //! - [`providers`] — CRM adapters (HubSpot), budgets and provider errors.
-//! - [`jobs`] — `full_sync`, `delta_sync`, `process_webhook`, error policy.
+//! - [`jobs`] — `full_sync`, `delta_sync`, `process_webhook`, `push_changes`, the
+//!   periodic `detect_conflicts`, `retry_failed`, `cleanup_logs`, `health_check`;
+//!   error policy.
 //! - [`queue`] — apalis backends (Redis, SQLite) behind one handle; workers.
 //! - [`ingress`] — verified webhook intake: routes, dedupe, enqueue.
-//! - [`scheduler`] — enqueues due delta syncs, once per tick fleet-wide.
+//! - [`scheduler`] — enqueues due delta syncs, once per tick fleet-wide, and the
+//!   periodic jobs, once per period fleet-wide.
 //! - [`telemetry`] — logs, metrics, `/metrics` and `/health`.
 //! - [`api`] — the platform API: leads and contacts, bearer token per tenant.
 //! - [`app`] — start-up wiring shared by the binaries.

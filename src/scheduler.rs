@@ -3,15 +3,21 @@
 //! connection moves its next due time in the same statement, so several
 //! scheduler replicas enqueue each tick once (and the job's idempotency key,
 //! derived from the due time, drops a duplicate push as well). It also
-//! re-publishes the webhook routes to Redis every minute, refreshes the
-//! fleet gauges (queue depth, conflicts open, sync lag) every 15 s, checks every
-//! connection's health every 5 minutes (one replica), and once a day
-//! (one replica, under a fleet lease) deletes sync history past its
-//! retention. Every `sync.retry_failed_interval_secs` (hourly; one replica,
-//! under a lease) `RetryFailed` queues open dead letters again.
+//! enqueues the periodic jobs — `detect_conflicts` and `health_check` per
+//! active connection, `retry_failed` and `cleanup_logs` fleet-wide — once
+//! per period by a key derived from the period (see [`Periodic`]); workers
+//! run them. Its own cheap work stays in process: re-publishing the webhook
+//! routes to Redis every minute and refreshing the fleet gauges (queue
+//! depth, conflicts open, sync lag) every 15 s.
 
-use crate::jobs::{DeltaSyncJob, Deps, JobError};
-use chrono::Utc;
+use crate::domain::ConnectionStatus;
+use crate::jobs::periodic::period_start;
+use crate::jobs::{
+    CleanupLogsJob, DeltaSyncJob, Deps, DetectConflictsJob, HealthCheckJob, JobError, JobKind,
+    RetryFailedJob,
+};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -23,91 +29,115 @@ const ROUTES_EVERY_TICKS: u64 = 60;
 /// Ticks between refreshes of the fleet gauges (queue depth, conflicts
 /// open, sync lag).
 const GAUGES_EVERY_TICKS: u64 = 15;
-/// Ticks between health checks of every connection (5 minutes).
-const HEALTH_EVERY_TICKS: u64 = 300;
-/// One round of health checks per this long, fleet-wide.
-const HEALTH_LEASE: Duration = Duration::from_secs(290);
 
-/// Ticks between tries at the daily history cleanup's lease.
-const CLEANUP_EVERY_TICKS: u64 = 600;
-/// One cleanup per this long, fleet-wide.
-const CLEANUP_LEASE: Duration = Duration::from_secs(23 * 3600);
-/// Rows deleted per transaction.
-const CLEANUP_BATCH: i64 = 1000;
-
-/// Deletes every tenant's sync history older than the retention; returns
-/// what went.
-pub async fn clean_up_history(deps: &Deps) -> Result<crate::store::Purged, JobError> {
-    let days = i64::from(deps.settings.sync.history_retention_days);
-    let before = Utc::now() - chrono::Duration::days(days);
-    let mut purged = crate::store::Purged::default();
-    for tenant in deps.store.connected_tenants().await? {
-        purged.add(
-            deps.store
-                .purge_history(tenant, before, CLEANUP_BATCH)
-                .await?,
-        );
-    }
-    Ok(purged)
+/// Which period of each periodic kind this replica has enqueued. Every
+/// replica enqueues the current period's jobs when it first sees the
+/// period (at start, and when a new one begins); their idempotency keys
+/// (`retry_failed:{period_start}`, `health_check:{connection}:{period_start}`,
+/// …) make the queue keep one per period fleet-wide. A period missed while
+/// no scheduler ran is never enqueued: the first tick after enqueues the
+/// current one, so missed work is caught up once. A failed enqueue is tried
+/// again next tick (the jobs that did land are dropped as duplicates).
+#[derive(Debug, Default)]
+pub struct Periodic {
+    enqueued: HashMap<JobKind, i64>,
 }
 
-/// Checks every connection's health unless another replica did in this
-/// round (the lease is held for the round).
-async fn health_checks(deps: &Deps) -> Result<(), JobError> {
-    if deps
-        .queue
-        .try_lease("health-checks", HEALTH_LEASE)
-        .await?
-        .is_none()
-    {
-        return Ok(());
-    }
-    let checked = crate::jobs::health::check_all(deps).await?;
-    tracing::debug!(checked, "health checks done");
-    Ok(())
-}
-
-/// Re-drives dead letters unless another replica did this round.
-async fn retry_failed_round(deps: &Deps, every: Duration) -> Result<(), JobError> {
-    let hold = every.saturating_sub(TICK * 5).max(TICK);
-    if deps.queue.try_lease("retry-failed", hold).await?.is_none() {
-        return Ok(());
-    }
-    let redriven = crate::jobs::replay::retry_failed(deps).await?;
-    if redriven > 0 {
-        tracing::info!(redriven, "RetryFailed queued dead letters again");
-    }
-    Ok(())
-}
-
-/// Runs the cleanup if no replica did today (the lease is held for a day).
-async fn daily_cleanup(deps: &Deps) -> Result<(), JobError> {
-    let Some(lease) = deps
-        .queue
-        .try_lease("cleanup-history", CLEANUP_LEASE)
-        .await?
-    else {
-        return Ok(());
-    };
-    let retention = Duration::from_secs(deps.settings.queue.finished_job_retention_hours * 3600);
-    let jobs = deps.queue.purge_finished(retention).await;
-    match (clean_up_history(deps).await, jobs) {
-        (Ok(purged), Ok(jobs)) => {
-            tracing::info!(
-                ?purged,
-                finished_jobs = jobs,
-                "deleted sync history and finished jobs past their retention"
-            );
-            Ok(())
+impl Periodic {
+    /// Enqueues the periodic jobs whose current period (at `now`) this
+    /// replica has not enqueued yet; returns how many pushes it made
+    /// (duplicates the queue dropped included).
+    pub async fn tick(&mut self, deps: &Deps, now: DateTime<Utc>) -> Result<usize, JobError> {
+        let mut pushed = 0;
+        let mut first_error = None;
+        for (kind, interval) in intervals(deps) {
+            let start = period_start(now, interval);
+            if self.enqueued.get(&kind) == Some(&start) {
+                continue;
+            }
+            match enqueue_period(deps, kind, start).await {
+                Ok(n) => {
+                    self.enqueued.insert(kind, start);
+                    pushed += n;
+                    if n > 0 {
+                        metrics::counter!("crmsync_scheduled_jobs_total", "job" => kind.stem())
+                            .increment(n as u64);
+                    }
+                }
+                // The other kinds still get their turn this tick.
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        // Give the day's lease back so that the next try runs it.
-        (Err(e), _) => {
-            deps.queue.release(lease).await;
-            Err(e)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(pushed),
         }
-        (_, Err(e)) => {
-            deps.queue.release(lease).await;
-            Err(e.into())
+    }
+}
+
+/// Each periodic kind with its interval in seconds (validated at start-up:
+/// 1 ..= 7 days).
+fn intervals(deps: &Deps) -> [(JobKind, u64); 4] {
+    let sync = &deps.settings.sync;
+    [
+        (JobKind::RetryFailed, sync.retry_failed_interval_secs),
+        (JobKind::CleanupLogs, sync.cleanup_interval_secs),
+        (JobKind::HealthCheck, sync.health_check_interval_secs),
+        (
+            JobKind::DetectConflicts,
+            sync.detect_conflicts_interval_secs,
+        ),
+    ]
+}
+
+/// Enqueues one period's jobs of `kind`: one fleet-wide job, or one per
+/// active connection. Returns how many were pushed.
+pub async fn enqueue_period(
+    deps: &Deps,
+    kind: JobKind,
+    period_start: i64,
+) -> Result<usize, JobError> {
+    let queue = &deps.queue;
+    let at_once = Duration::ZERO;
+    match kind {
+        JobKind::RetryFailed => {
+            queue
+                .push_periodic_after(&RetryFailedJob::new(period_start), at_once)
+                .await?;
+            Ok(1)
+        }
+        JobKind::CleanupLogs => {
+            queue
+                .push_periodic_after(&CleanupLogsJob::new(period_start), at_once)
+                .await?;
+            Ok(1)
+        }
+        JobKind::HealthCheck | JobKind::DetectConflicts => {
+            let mut pushed = 0;
+            for tenant in deps.store.connected_tenants().await? {
+                for connection in deps.store.list_connections(tenant).await? {
+                    if connection.status != ConnectionStatus::Active {
+                        continue;
+                    }
+                    if kind == JobKind::HealthCheck {
+                        let job = HealthCheckJob::new(tenant, connection.id, period_start);
+                        queue.push_periodic_after(&job, at_once).await?;
+                    } else {
+                        let job = DetectConflictsJob::new(tenant, connection.id, period_start);
+                        queue.push_periodic_after(&job, at_once).await?;
+                    }
+                    pushed += 1;
+                }
+            }
+            Ok(pushed)
+        }
+        JobKind::FullSync | JobKind::DeltaSync | JobKind::ProcessWebhook | JobKind::PushChanges => {
+            Err(JobError::Permanent(format!(
+                "{} is not a periodic job",
+                kind.stem()
+            )))
         }
     }
 }
@@ -137,19 +167,23 @@ pub async fn tick(deps: &Deps) -> Result<usize, JobError> {
 }
 
 /// Ticks until `shutdown` turns true; errors are logged and the loop goes on
-/// (a missed tick is caught up by the next: due times only move when claimed).
+/// (a missed tick is caught up by the next: due times only move when
+/// claimed, and a period's jobs are enqueued until they land).
 pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     let mut redis = None;
+    // Off the tick loop: enqueueing a period's per-connection jobs of a
+    // large fleet takes a while, and must never delay a due delta.
+    let periodic = tokio::spawn(run_periodic(deps.clone(), shutdown.clone()));
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() {
-            return;
+            break;
         }
         if let Err(e) = tick(&deps).await {
             tracing::warn!(error = %e, "scheduler tick failed; retrying next tick");
@@ -169,33 +203,29 @@ pub async fn run(deps: Deps, mut shutdown: watch::Receiver<bool>) {
                 }
             });
         }
-        if ticks.is_multiple_of(HEALTH_EVERY_TICKS) {
-            let deps = deps.clone();
-            tokio::spawn(async move {
-                if let Err(e) = health_checks(&deps).await {
-                    tracing::warn!(error = %e, "health checks failed; retrying in 5 minutes");
-                }
-            });
-        }
-        let retry_every = Duration::from_secs(deps.settings.sync.retry_failed_interval_secs.max(1));
-        if ticks.is_multiple_of(retry_every.as_secs()) {
-            let deps = deps.clone();
-            tokio::spawn(async move {
-                if let Err(e) = retry_failed_round(&deps, retry_every).await {
-                    tracing::warn!(error = %e, "RetryFailed failed; retrying next round");
-                }
-            });
-        }
-        if ticks.is_multiple_of(CLEANUP_EVERY_TICKS) {
-            // Off the tick loop: a long cleanup never delays a due delta.
-            let deps = deps.clone();
-            tokio::spawn(async move {
-                if let Err(e) = daily_cleanup(&deps).await {
-                    tracing::warn!(error = %e, "history cleanup failed; retrying later");
-                }
-            });
-        }
         ticks += 1;
+    }
+    if let Err(e) = periodic.await {
+        tracing::error!(error = %e, "the periodic-job scheduler panicked");
+    }
+}
+
+/// Enqueues the periodic jobs every tick until `shutdown` turns true.
+async fn run_periodic(deps: Deps, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut periodic = Periodic::default();
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = periodic.tick(&deps, Utc::now()).await {
+            tracing::warn!(error = %e, "enqueueing periodic jobs failed; retrying next tick");
+        }
     }
 }
 

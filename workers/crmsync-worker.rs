@@ -7,11 +7,17 @@ use std::process::ExitCode;
 
 /// Pulls jobs from the queue and runs them, each kind with its own concurrency.
 ///
+/// Job kinds: full_sync, delta_sync, process_webhook, push_changes, and the
+/// periodic ones crmsync-scheduler enqueues: detect_conflicts, health_check
+/// (per connection), retry_failed, cleanup_logs (fleet-wide).
+///
 /// Example: crmsync-worker --jobs full_sync,delta_sync --concurrency delta_sync=4
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Job kinds to run, by stem (full_sync, delta_sync); default: all.
+    /// Job kinds to run, by stem (full_sync, delta_sync, process_webhook,
+    /// push_changes, detect_conflicts, retry_failed, cleanup_logs,
+    /// health_check); default: all.
     #[arg(long, value_delimiter = ',')]
     jobs: Vec<String>,
     /// Per-kind concurrency as STEM=N (repeat or comma-separate); default 1.

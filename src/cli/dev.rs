@@ -152,6 +152,23 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
             kind: JobKind::PushChanges,
             concurrency: 1,
         },
+        // The periodic jobs the scheduler enqueues.
+        WorkerSpec {
+            kind: JobKind::DetectConflicts,
+            concurrency: 1,
+        },
+        WorkerSpec {
+            kind: JobKind::RetryFailed,
+            concurrency: 1,
+        },
+        WorkerSpec {
+            kind: JobKind::CleanupLogs,
+            concurrency: 1,
+        },
+        WorkerSpec {
+            kind: JobKind::HealthCheck,
+            concurrency: 1,
+        },
     ];
     let workers = {
         let (queue, deps, shutdown) = (deps.queue.clone(), deps.clone(), shutdown.clone());
@@ -178,7 +195,12 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
             done &= row.status != RunStatus::Running;
             line.push_str(&format!(
                 "full sync {}: {} · {} records read (+{} created, {} updated, {} unchanged)",
-                row.object, row.status, row.processed, row.created, row.updated, row.unchanged
+                row.object_name(),
+                row.status,
+                row.processed,
+                row.created,
+                row.updated,
+                row.unchanged
             ));
         }
         if tty {

@@ -49,7 +49,13 @@ const EXAMPLES: &str = "Examples:
   crmsync sync 0192… --full --detach            # start a full sync and return
   crmsync status --json                         # per connection: records, last run, cursors, lag
   crmsync webhooks register --target-url https://sync.example.com/webhooks/hubspot
-  crmsync secrets rotate                        # re-encrypt credentials under a new key";
+  crmsync secrets rotate                        # re-encrypt credentials under a new key
+
+Processes: crmsync-worker runs jobs by kind (--jobs, default all): full_sync,
+delta_sync, process_webhook, push_changes, detect_conflicts, retry_failed,
+cleanup_logs, health_check. crmsync-scheduler enqueues delta syncs and the
+periodic jobs (detect_conflicts, health_check per connection; retry_failed,
+cleanup_logs fleet-wide) once per period.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -510,4 +516,22 @@ pub async fn serve_api(listen: Option<String>) -> anyhow::Result<()> {
         .await?;
     queue.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_help_names_every_job_kind() {
+        let help = Cli::command().render_long_help().to_string();
+        for kind in crate::jobs::JobKind::ALL {
+            assert!(
+                help.contains(kind.stem()),
+                "{} missing: {help}",
+                kind.stem()
+            );
+        }
+    }
 }

@@ -94,7 +94,7 @@ pub fn one_line(r: &ConnectionReport) -> String {
         Some(run) => format!(
             "last {} {} {} (read {}, +{} ~{} ={} !{})",
             run.kind,
-            run.object,
+            run.object_name(),
             run.status,
             run.processed,
             run.created,

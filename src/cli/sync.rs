@@ -60,7 +60,7 @@ pub(super) async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<E
     };
     if args.detach {
         for run in &runs {
-            say!("full sync {} of {} enqueued", run.id, run.object);
+            say!("full sync {} of {} enqueued", run.id, run.object_name());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -130,7 +130,7 @@ fn describe(run: &RunRow) -> String {
     format!(
         "{} {} {}: page {} · read {} (+{} created, {} updated, {} unchanged, {} failed)",
         run.kind,
-        run.object,
+        run.object_name(),
         run.status,
         run.pages_done,
         run.processed,
@@ -160,7 +160,7 @@ async fn follow(
                 eprintln!(
                     "{} of {} failed: {}",
                     r.kind,
-                    r.object,
+                    r.object_name(),
                     r.error.as_deref().unwrap_or("unknown error")
                 );
             }

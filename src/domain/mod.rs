@@ -82,12 +82,26 @@ closed_set!(
 );
 
 closed_set!(
-    /// Kinds of sync run recorded in `sync_runs`.
+    /// Kinds of sync run recorded in `sync_runs`: the four that move data,
+    /// and the periodic jobs' runs (no object; their counts are in
+    /// `counts`), so an operator sees every job in one list.
     RunKind, "run kind" {
         FullSync => "full_sync", DeltaSync => "delta_sync", ProcessWebhook => "process_webhook",
-        PushChanges => "push_changes"
+        PushChanges => "push_changes", DetectConflicts => "detect_conflicts",
+        HealthCheck => "health_check", RetryFailed => "retry_failed", CleanupLogs => "cleanup_logs"
     }
 );
+
+impl RunKind {
+    /// Whether this kind moves records (full, delta, webhook, push) — what
+    /// "the connection's last run" means — rather than a periodic job's.
+    pub fn moves_records(self) -> bool {
+        matches!(
+            self,
+            RunKind::FullSync | RunKind::DeltaSync | RunKind::ProcessWebhook | RunKind::PushChanges
+        )
+    }
+}
 
 closed_set!(
     /// Lifecycle of a sync run.

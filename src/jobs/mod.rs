@@ -3,19 +3,29 @@
 //! session that keeps tokens fresh. Jobs carry ids, never record data.
 
 mod change_times;
+pub mod cleanup_logs;
 pub mod delta_sync;
+pub mod detect_conflicts;
 pub mod full_sync;
 pub mod gauges;
 pub mod health;
+pub mod health_check;
+pub mod periodic;
 pub mod process_webhook;
 pub mod push_changes;
 pub mod replay;
+pub mod retry_failed;
 mod session;
 
+pub use cleanup_logs::CleanupLogsJob;
 pub use delta_sync::{DeltaOutcome, DeltaProgress, DeltaResume, DeltaSyncJob};
+pub use detect_conflicts::{DetectConflictsJob, SweepCounts};
 pub use full_sync::FullSyncJob;
+pub use health_check::HealthCheckJob;
+pub use periodic::PeriodicJob;
 pub use process_webhook::ProcessWebhookJob;
 pub use push_changes::PushChangesJob;
+pub use retry_failed::RetryFailedJob;
 pub use session::Session;
 
 use crate::config::Settings;
@@ -38,6 +48,14 @@ pub enum JobKind {
     ProcessWebhook,
     /// [`PushChangesJob`].
     PushChanges,
+    /// [`DetectConflictsJob`] (periodic, per connection).
+    DetectConflicts,
+    /// [`RetryFailedJob`] (periodic, fleet-wide).
+    RetryFailed,
+    /// [`CleanupLogsJob`] (periodic, fleet-wide).
+    CleanupLogs,
+    /// [`HealthCheckJob`] (periodic, per connection).
+    HealthCheck,
 }
 
 impl JobKind {
@@ -47,7 +65,22 @@ impl JobKind {
         JobKind::DeltaSync,
         JobKind::ProcessWebhook,
         JobKind::PushChanges,
+        JobKind::DetectConflicts,
+        JobKind::RetryFailed,
+        JobKind::CleanupLogs,
+        JobKind::HealthCheck,
     ];
+
+    /// The kinds `crmsync-scheduler` enqueues once per period.
+    pub const PERIODIC: &'static [JobKind] = &[
+        JobKind::DetectConflicts,
+        JobKind::RetryFailed,
+        JobKind::CleanupLogs,
+        JobKind::HealthCheck,
+    ];
+
+    /// Every stem, comma-separated: what `--jobs` accepts.
+    pub const STEMS: &'static str = "full_sync, delta_sync, process_webhook, push_changes, detect_conflicts, retry_failed, cleanup_logs, health_check";
 
     /// The stem.
     pub fn stem(self) -> &'static str {
@@ -56,6 +89,10 @@ impl JobKind {
             JobKind::DeltaSync => "delta_sync",
             JobKind::ProcessWebhook => "process_webhook",
             JobKind::PushChanges => "push_changes",
+            JobKind::DetectConflicts => "detect_conflicts",
+            JobKind::RetryFailed => "retry_failed",
+            JobKind::CleanupLogs => "cleanup_logs",
+            JobKind::HealthCheck => "health_check",
         }
     }
 
@@ -164,17 +201,28 @@ mod tests {
             JobKind::FullSync
             | JobKind::DeltaSync
             | JobKind::ProcessWebhook
-            | JobKind::PushChanges => JobKind::ALL.contains(&k),
+            | JobKind::PushChanges
+            | JobKind::DetectConflicts
+            | JobKind::RetryFailed
+            | JobKind::CleanupLogs
+            | JobKind::HealthCheck => JobKind::ALL.contains(&k),
         };
         for k in [
             JobKind::FullSync,
             JobKind::DeltaSync,
             JobKind::ProcessWebhook,
             JobKind::PushChanges,
+            JobKind::DetectConflicts,
+            JobKind::RetryFailed,
+            JobKind::CleanupLogs,
+            JobKind::HealthCheck,
         ] {
             assert!(listed(k), "{k:?} missing from JobKind::ALL");
             assert_eq!(JobKind::from_stem(k.stem()), Ok(k));
         }
+        let stems: Vec<&str> = JobKind::ALL.iter().map(|k| k.stem()).collect();
+        assert_eq!(JobKind::STEMS, stems.join(", "), "STEMS lists every kind");
+        assert!(JobKind::PERIODIC.iter().all(|k| JobKind::ALL.contains(k)));
         assert!(JobKind::from_stem("nope").is_err_and(|e| e.contains("push_changes")));
     }
 }

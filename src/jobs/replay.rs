@@ -3,13 +3,18 @@
 //! its failed run: the connection's full sync starts again (or joins the one
 //! running), which is idempotent and resumes nothing stale.
 //!
-//! `RetryFailed` (the scheduler, hourly) replays open dead letters of active
-//! connections by itself; the job it queues counts one more re-drive, so a
-//! chain of failures is re-driven at most `sync.retry_failed_max_redrives`
-//! times and then waits for an operator.
+//! The `retry_failed` job (hourly by default, see
+//! [`super::retry_failed`]) replays open dead letters of active connections
+//! by itself; the job it queues counts one more re-drive, so a chain of
+//! failures is re-driven at most `sync.retry_failed_max_redrives` times and
+//! then waits for an operator.
 
-use super::{DeltaSyncJob, Deps, JobError, ProcessWebhookJob, PushChangesJob};
-use crate::domain::ConnectionStatus;
+use super::periodic;
+use super::{
+    DeltaSyncJob, Deps, DetectConflictsJob, HealthCheckJob, JobError, ProcessWebhookJob,
+    PushChangesJob,
+};
+use crate::domain::{ConnectionId, ConnectionStatus, TenantId};
 use crate::queue::Queue;
 use crate::store::{DeadLetter, ReplayedBy, Store};
 use std::time::Duration;
@@ -20,8 +25,21 @@ const REDRIVE_BATCH: i64 = 500;
 /// One `RetryFailed` round: re-drives every tenant's open dead letters of
 /// active connections that have re-drives left. Returns how many.
 pub async fn retry_failed(deps: &Deps) -> Result<usize, JobError> {
+    Ok(retry_failed_by_connection(deps)
+        .await?
+        .iter()
+        .map(|(_, _, n)| n)
+        .sum())
+}
+
+/// One `RetryFailed` round, reporting how many dead letters it re-drove per
+/// connection (only connections with at least one).
+pub async fn retry_failed_by_connection(
+    deps: &Deps,
+) -> Result<Vec<(TenantId, ConnectionId, usize)>, JobError> {
     let max = deps.settings.sync.retry_failed_max_redrives;
-    let mut redriven = 0;
+    let mut by_connection: std::collections::BTreeMap<(TenantId, ConnectionId), usize> =
+        Default::default();
     for tenant in deps.store.connected_tenants().await? {
         let active: std::collections::BTreeSet<_> = deps
             .store
@@ -47,14 +65,20 @@ pub async fn retry_failed(deps: &Deps) -> Result<usize, JobError> {
                 .await?
                 .is_some()
             {
-                redriven += 1;
+                *by_connection
+                    .entry((tenant, dead.connection_id))
+                    .or_default() += 1;
             }
         }
     }
+    let redriven: usize = by_connection.values().sum();
     if redriven > 0 {
         metrics::counter!("crmsync_dead_letters_redriven_total").increment(redriven as u64);
     }
-    Ok(redriven)
+    Ok(by_connection
+        .into_iter()
+        .map(|((tenant, connection), n)| (tenant, connection, n))
+        .collect())
 }
 
 /// Queues the dead letter's job again; by `RetryFailed`, with one more
@@ -114,6 +138,28 @@ pub async fn replay(
                 ..job
             };
             queue.push_push_changes_after(&job, Duration::ZERO).await?;
+        }
+        "health_check" => {
+            let job: HealthCheckJob =
+                serde_json::from_value(dead.job.clone()).map_err(malformed)?;
+            let job = HealthCheckJob {
+                rerun: Some(periodic::rerun_token("replay")),
+                attempt: 0,
+                redrives,
+                ..job
+            };
+            queue.push_periodic_after(&job, Duration::ZERO).await?;
+        }
+        "detect_conflicts" => {
+            let job: DetectConflictsJob =
+                serde_json::from_value(dead.job.clone()).map_err(malformed)?;
+            let job = DetectConflictsJob {
+                rerun: Some(periodic::rerun_token("replay")),
+                attempt: 0,
+                redrives,
+                ..job
+            };
+            queue.push_periodic_after(&job, Duration::ZERO).await?;
         }
         other => {
             return Err(JobError::Permanent(format!(

@@ -29,8 +29,9 @@ use std::path::Path;
 use std::time::Duration;
 
 /// How long Redis remembers an idempotency key (apalis deletes it at once
-/// unless a TTL is set).
-const IDEMPOTENCY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// unless a TTL is set). A periodic job's key must outlive its period, so
+/// the configuration bounds periods by this (`config::MAX_PERIOD_SECS`).
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Queue failures: all transient from a job's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +201,18 @@ impl Queue {
         .await
     }
 
+    /// Enqueues a periodic job to run after `delay`, once per idempotency
+    /// key: the scheduler's replicas push the same period's job and only
+    /// the first push lands.
+    pub async fn push_periodic_after<J: crate::jobs::PeriodicJob>(
+        &self,
+        job: &J,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        self.push(J::KIND, job.clone(), job.idempotency_key(), delay)
+            .await
+    }
+
     /// Pushes through a storage made for the job's queue (cheap: it shares
     /// the connection or pool), so no storage per kind needs keeping.
     async fn push<J>(
@@ -299,5 +312,13 @@ impl QueueTuning {
             .batch_size(batch.max(1))
             .heartbeat_interval(self.heartbeat)
             .missed_heartbeats(self.missed_heartbeats as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_periodic_jobs_key_outlives_the_longest_period() {
+        assert!(super::IDEMPOTENCY_TTL.as_secs() >= crate::config::MAX_PERIOD_SECS);
     }
 }

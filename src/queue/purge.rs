@@ -1,6 +1,6 @@
 //! Finished jobs leave their payload and metadata in the queue (apalis keeps
 //! them for inspection), so a busy fleet's Redis would grow without end.
-//! The scheduler's daily cleanup purges those finished before the
+//! The `cleanup_logs` job purges those finished before the
 //! retention, in small batches: a scan of the done and dead sets with a
 //! cursor, and one short script per batch — never one call over the whole
 //! queue (apalis's own `vacuum` reads every payload in one script, which

@@ -5,7 +5,8 @@
 use super::{Queue, Storages};
 use crate::domain::RunStatus;
 use crate::jobs::{
-    self, DeltaSyncJob, Deps, FullSyncJob, JobError, JobKind, ProcessWebhookJob, PushChangesJob,
+    self, CleanupLogsJob, DeltaSyncJob, Deps, DetectConflictsJob, FullSyncJob, HealthCheckJob,
+    JobError, JobKind, PeriodicJob, ProcessWebhookJob, PushChangesJob, RetryFailedJob,
 };
 use apalis::prelude::{
     AbortError, BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError,
@@ -391,6 +392,58 @@ async fn push_changes_attempt(job: PushChangesJob, deps: Data<Deps>) -> Result<(
     }
 }
 
+async fn periodic_task<J: PeriodicJob>(job: J, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let stem = J::KIND.stem();
+    let span = match job.scope() {
+        Some((_, connection)) => job_span(stem, connection, job.attempt(), None),
+        None => tracing::info_span!("job", job.name = stem, job.attempt = job.attempt()),
+    };
+    periodic_attempt(job, deps).instrument(span).await
+}
+
+/// One attempt of a periodic job, settled like every other kind: retried
+/// with backoff, deferred for the rate budget, and given up into a dead
+/// letter (per-connection kinds) or a counted, logged failure (fleet-wide
+/// kinds, which have no connection to file one under; the next period
+/// runs them again).
+async fn periodic_attempt<J: PeriodicJob>(job: J, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    let stem = J::KIND.stem();
+    let started = Instant::now();
+    let result = with_timeout(&deps, job.run(&deps)).await;
+    let settled = settle(
+        &result,
+        job.attempt(),
+        deps.settings.worker.max_attempts,
+        jitter_seed(),
+    );
+    crate::telemetry::record_job(stem, settled, started.elapsed());
+    match (settled, result) {
+        (Settled::Done, _) | (_, Ok(())) => Ok(()),
+        (Settled::Retry(delay), Err(e)) => {
+            tracing::warn!(job = stem, attempt = job.attempt(), error = %e, ?delay, "retrying");
+            deps.queue
+                .push_periodic_after(&job.retried(), delay)
+                .await?;
+            Ok(())
+        }
+        (Settled::Defer(delay), Err(e)) => {
+            tracing::info!(job = stem, error = %e, ?delay, "deferred");
+            deps.queue
+                .push_periodic_after(&job.deferred(), delay)
+                .await?;
+            Ok(())
+        }
+        (Settled::GiveUp, Err(e)) => {
+            tracing::error!(job = stem, error = %e, "giving up");
+            match job.scope() {
+                Some(scope) => dead_letter(&deps, stem, scope, &job, &e, job.attempt()).await,
+                None => metrics::counter!("crmsync_dead_letters_total", "job" => stem).increment(1),
+            }
+            Err(AbortError::new(e).into())
+        }
+    }
+}
+
 fn worker_name(kind: JobKind) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     format!(
@@ -524,6 +577,54 @@ async fn run_one(
             let storage: SqliteStorage<DeltaSyncJob> =
                 SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
             run_worker!(storage, delta_sync_task, name, deps, poll, n, signal)
+        }
+        (Storages::Redis { conn }, JobKind::DetectConflicts) => {
+            let storage: RedisStorage<DetectConflictsJob> =
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, n));
+            let handler = periodic_task::<DetectConflictsJob>;
+            run_worker!(storage, handler, name, deps, poll, n, signal)
+        }
+        (Storages::Sqlite { pool }, JobKind::DetectConflicts) => {
+            let storage: SqliteStorage<DetectConflictsJob> =
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
+            let handler = periodic_task::<DetectConflictsJob>;
+            run_worker!(storage, handler, name, deps, poll, n, signal)
+        }
+        (Storages::Redis { conn }, JobKind::RetryFailed) => {
+            let storage: RedisStorage<RetryFailedJob> =
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, n));
+            let handler = periodic_task::<RetryFailedJob>;
+            run_worker!(storage, handler, name, deps, poll, n, signal)
+        }
+        (Storages::Sqlite { pool }, JobKind::RetryFailed) => {
+            let storage: SqliteStorage<RetryFailedJob> =
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
+            let handler = periodic_task::<RetryFailedJob>;
+            run_worker!(storage, handler, name, deps, poll, n, signal)
+        }
+        (Storages::Redis { conn }, JobKind::CleanupLogs) => {
+            let storage: RedisStorage<CleanupLogsJob> =
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, n));
+            let handler = periodic_task::<CleanupLogsJob>;
+            run_worker!(storage, handler, name, deps, poll, n, signal)
+        }
+        (Storages::Sqlite { pool }, JobKind::CleanupLogs) => {
+            let storage: SqliteStorage<CleanupLogsJob> =
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
+            let handler = periodic_task::<CleanupLogsJob>;
+            run_worker!(storage, handler, name, deps, poll, n, signal)
+        }
+        (Storages::Redis { conn }, JobKind::HealthCheck) => {
+            let storage: RedisStorage<HealthCheckJob> =
+                RedisStorage::new(conn.clone()).with_config(tuning.redis_config(spec.kind, n));
+            let handler = periodic_task::<HealthCheckJob>;
+            run_worker!(storage, handler, name, deps, poll, n, signal)
+        }
+        (Storages::Sqlite { pool }, JobKind::HealthCheck) => {
+            let storage: SqliteStorage<HealthCheckJob> =
+                SqliteStorage::new(pool).with_config(tuning.sqlite_config(spec.kind, n));
+            let handler = periodic_task::<HealthCheckJob>;
+            run_worker!(storage, handler, name, deps, poll, n, signal)
         }
     }
 }

@@ -16,7 +16,9 @@ pub struct DeadLetter {
     pub id: uuid::Uuid,
     /// The connection the job was for.
     pub connection_id: ConnectionId,
-    /// `full_sync` | `delta_sync` | `process_webhook` | `push_changes`.
+    /// `full_sync` | `delta_sync` | `process_webhook` | `push_changes` |
+    /// `detect_conflicts` | `health_check` (fleet-wide periodic jobs keep
+    /// none: they have no connection).
     pub job_kind: String,
     /// The job as it was queued (ids only: no customer data is queued).
     pub job: serde_json::Value,

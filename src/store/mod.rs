@@ -24,7 +24,7 @@ pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQue
 pub use records::{PageApplied, PageOutcome, PageWrite, PushTarget};
 pub use retention::Purged;
 pub use rotation::Rotation;
-pub use runs::{RunRow, RunUpdate};
+pub use runs::{RunCounts, RunRow, RunUpdate};
 pub use tenants::{DEFAULT_TENANT, NewTenant};
 
 use crate::domain::TenantId;

@@ -1,5 +1,6 @@
 //! Sync runs (one per full or delta sync of one object, with its counts and
-//! paging state) and delta cursors.
+//! paging state; one per periodic job and connection, with its named
+//! counts) and delta cursors.
 
 use super::{Store, StoreError, Tx, on_db};
 use crate::domain::{ConnectionId, CrmId, CrmObject, Cursor, RunId, RunKind, RunStatus, TenantId};
@@ -18,9 +19,10 @@ pub struct RunRow {
     /// The connection synced.
     #[serde(rename = "connectionId")]
     pub connection: ConnectionId,
-    /// The CRM object synced.
-    pub object: CrmObject,
-    /// Full, delta, webhook or push.
+    /// The CRM object synced; `None` for a periodic job's run, which is
+    /// about the whole connection.
+    pub object: Option<CrmObject>,
+    /// Full, delta, webhook or push; or a periodic job's kind.
     pub kind: RunKind,
     /// Running, succeeded or failed.
     pub status: RunStatus,
@@ -45,7 +47,24 @@ pub struct RunRow {
     pub started_at: DateTime<Utc>,
     /// End time.
     pub finished_at: Option<DateTime<Utc>>,
+    /// A periodic job's named counts (e.g. `checked`, `drifted`,
+    /// `repaired`, `conflicts`); absent on sync runs, whose counts are the
+    /// fields above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counts: Option<RunCounts>,
 }
+
+impl RunRow {
+    /// What the run was about, for one-line summaries: its CRM object, or
+    /// `connection` for a periodic job's run.
+    pub fn object_name(&self) -> &'static str {
+        self.object.map_or("connection", CrmObject::as_str)
+    }
+}
+
+/// A periodic job's counts by name: each kind reports what it does, so
+/// the names differ per kind (documented in the README and the api).
+pub type RunCounts = std::collections::BTreeMap<String, i64>;
 
 /// Counts for one page, added to its run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -62,14 +81,18 @@ pub struct RunUpdate {
     pub failed: i64,
 }
 
-const SELECT_RUN: &str = "SELECT id, tenant_id, connection_id, crm_object, kind, status, page_token, pages_done, processed, created, updated, unchanged, failed, error, started_at, finished_at FROM sync_runs";
+const SELECT_RUN: &str = "SELECT id, tenant_id, connection_id, crm_object, kind, status, page_token, pages_done, processed, created, updated, unchanged, failed, error, started_at, finished_at, counts FROM sync_runs";
+
+/// The kinds "a connection's latest run" considers: those that move
+/// records, so an hourly health check never hides the last sync.
+const SYNC_KINDS: &str = "kind IN ('full_sync', 'delta_sync', 'process_webhook', 'push_changes')";
 
 #[derive(sqlx::FromRow)]
 struct RunSql {
     id: uuid::Uuid,
     tenant_id: uuid::Uuid,
     connection_id: uuid::Uuid,
-    crm_object: String,
+    crm_object: Option<String>,
     kind: String,
     status: String,
     page_token: Option<String>,
@@ -82,6 +105,7 @@ struct RunSql {
     error: Option<String>,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    counts: Option<sqlx::types::Json<RunCounts>>,
 }
 
 fn to_run(r: RunSql) -> Result<RunRow, StoreError> {
@@ -90,7 +114,11 @@ fn to_run(r: RunSql) -> Result<RunRow, StoreError> {
         id: RunId(r.id),
         tenant: TenantId(r.tenant_id),
         connection: ConnectionId(r.connection_id),
-        object: r.crm_object.parse().map_err(corrupt)?,
+        object: r
+            .crm_object
+            .map(|o| o.parse())
+            .transpose()
+            .map_err(corrupt)?,
         kind: r.kind.parse().map_err(corrupt)?,
         status: r.status.parse().map_err(corrupt)?,
         page_token: r.page_token,
@@ -103,6 +131,7 @@ fn to_run(r: RunSql) -> Result<RunRow, StoreError> {
         error: r.error,
         started_at: r.started_at,
         finished_at: r.finished_at,
+        counts: r.counts.map(|c| c.0),
     })
 }
 
@@ -261,7 +290,8 @@ impl Store {
         rows.into_iter().map(to_run).collect()
     }
 
-    /// The connection's most recent run.
+    /// The connection's most recent run that moved records (full, delta,
+    /// webhook or push): what `crmsync status` shows as the last run.
     pub async fn latest_run(
         &self,
         tenant: TenantId,
@@ -270,7 +300,7 @@ impl Store {
         let mut tx = self.begin(tenant).await?;
         let found: Option<RunSql> = on_db!(&mut tx, |c| {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_RUN} WHERE tenant_id = $1 AND connection_id = $2 ORDER BY started_at DESC, id DESC LIMIT 1"
+            "{SELECT_RUN} WHERE tenant_id = $1 AND connection_id = $2 AND {SYNC_KINDS} ORDER BY started_at DESC, id DESC LIMIT 1"
         )))
         .bind(tenant.0)
         .bind(connection.0)
@@ -279,6 +309,45 @@ impl Store {
         })?;
         tx.commit().await?;
         found.map(to_run).transpose()
+    }
+
+    /// Records a periodic job's run on one connection once it is over, in
+    /// one statement: these jobs are short and idempotent, so a crash
+    /// leaves no ghost `running` row, only a job the queue runs again.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_periodic_run(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        kind: RunKind,
+        started_at: DateTime<Utc>,
+        status: RunStatus,
+        error: Option<&str>,
+        counts: &RunCounts,
+    ) -> Result<RunId, StoreError> {
+        let id = RunId::new();
+        let now = Utc::now();
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| {
+            sqlx::query(
+            "INSERT INTO sync_runs (id, tenant_id, connection_id, crm_object, kind, direction, status, error, started_at, finished_at, updated_at, counts)
+             VALUES ($1, $2, $3, NULL, $4, 'none', $5, $6, $7, $8, $8, $9)"
+        )
+        .bind(id.0)
+        .bind(tenant.0)
+        .bind(connection.0)
+        .bind(kind.as_str())
+        .bind(status.as_str())
+        .bind(error)
+        .bind(started_at)
+        .bind(now)
+        .bind(sqlx::types::Json(counts))
+        .execute(c)
+        .await
+        .map(|_| ())
+        })?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// Ends a run (deltas end in the same call that applies their last page;

@@ -218,6 +218,27 @@ fn help_points_newcomers_at_dev() {
     assert!(text.contains("dev "), "the dev command is listed: {text}");
 }
 
+#[test]
+fn the_worker_and_crmsync_help_list_every_job_kind() {
+    let dir = Workdir::new();
+    let crmsync_help = stdout(succeeded(&crmsync(dir.path(), &[], &["--help"])));
+    let worker = command(env!("CARGO_BIN_EXE_crmsync-worker"), dir.path(), &[])
+        .arg("--help")
+        .output()
+        .expect("run crmsync-worker");
+    let worker_help = stdout(succeeded(&worker));
+    for kind in crmsync::jobs::JobKind::ALL {
+        assert!(
+            crmsync_help.contains(kind.stem()),
+            "crmsync --help: {crmsync_help}"
+        );
+        assert!(
+            worker_help.contains(kind.stem()),
+            "crmsync-worker --help: {worker_help}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_then_full_sync_with_a_worker_process_shows_in_status() {
     const CONTACTS: u64 = 250;

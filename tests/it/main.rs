@@ -28,6 +28,7 @@ mod hubspot_client;
 mod hubspot_leads;
 mod key_rotation;
 mod lost_edit;
+mod periodic;
 mod push;
 mod push_latency;
 mod rate_budget;

@@ -11,7 +11,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// A scheduler replica: its own store pool, queue handle and clients.
-async fn replica(fleet: &Fleet) -> Deps {
+pub(crate) async fn replica(fleet: &Fleet) -> Deps {
     let store = crmsync::app::open_store(&fleet.settings, false)
         .await
         .expect("store");
@@ -20,13 +20,13 @@ async fn replica(fleet: &Fleet) -> Deps {
         .expect("deps")
 }
 
-async fn close(deps: Deps) {
+pub(crate) async fn close(deps: Deps) {
     deps.queue.close().await;
     deps.store.close().await;
 }
 
 /// `n` more tenants, each with a fresh connection (never scheduled, so due).
-async fn more_connections(fleet: &Fleet, n: usize) -> Vec<(TenantId, ConnectionId)> {
+pub(crate) async fn more_connections(fleet: &Fleet, n: usize) -> Vec<(TenantId, ConnectionId)> {
     let mut out = Vec::new();
     for i in 0..n {
         let tenant = fleet
@@ -164,8 +164,8 @@ on_both_backends! {
         assert_eq!(fleet.leads().await.len(), 6, "records are never touched");
         let pending = fleet.store.pending_pushes(fleet.tenant, fleet.connection, crmsync::domain::CrmObject::Contacts, 10).await.expect("outbox");
         assert_eq!(pending.len(), 1, "unpushed changes are never touched");
-        // The scheduler's entry point does the same for every tenant.
-        let purged = crmsync::scheduler::clean_up_history(&fleet.deps).await.expect("cleanup");
+        // The cleanup_logs job's entry point does the same for every connection.
+        let purged = crmsync::jobs::cleanup_logs::clean_up_history(&fleet.deps).await.expect("cleanup");
         assert_eq!(purged.sync_runs, 0, "nothing older than 30 days: {purged:?}");
         fleet.finish().await;
     }
@@ -173,7 +173,9 @@ on_both_backends! {
 
 on_both_backends! {
     async fn a_running_scheduler_re_drives_open_dead_letters(backend) {
-        let fleet = Fleet::start(backend, 0).await;
+        let mut fleet = Fleet::start(backend, 0).await;
+        // The scheduler only enqueues retry_failed; a worker runs it.
+        fleet.start_workers_for(&[crmsync::jobs::JobKind::RetryFailed]);
         let job = crmsync::jobs::DeltaSyncJob {
             tenant: fleet.tenant,
             connection: fleet.connection,
@@ -206,6 +208,9 @@ on_both_backends! {
         close(deps).await;
         assert_eq!(replayed[0].id, id);
         assert_eq!(replayed[0].replayed_by.as_deref(), Some("retry_failed"));
+        let runs = fleet.store.list_runs(fleet.tenant, Some(fleet.connection), None, 10).await.expect("runs");
+        let run = runs.iter().find(|r| r.kind == RunKind::RetryFailed).expect("a retry_failed run");
+        assert_eq!(run.counts.as_ref().and_then(|c| c.get("redriven")), Some(&1), "{run:?}");
         fleet.finish().await;
     }
 }
