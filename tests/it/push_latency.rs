@@ -68,7 +68,7 @@ async fn write(
     let company = format!("Company {n}");
     let sent = Instant::now();
     match last {
-        Some((id, email)) if n % 3 != 0 => {
+        Some((id, email)) if !n.is_multiple_of(3) => {
             let (status, body, _) = api
                 .send(
                     Method::PATCH,
