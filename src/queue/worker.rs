@@ -527,6 +527,9 @@ macro_rules! run_worker {
     };
 }
 
+/// How often workers of the periodic kinds look for a job.
+const PERIODIC_POLL: Duration = Duration::from_millis(500);
+
 async fn run_one(
     queue: &Queue,
     deps: Deps,
@@ -534,7 +537,15 @@ async fn run_one(
     name: String,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let (poll, n) = (queue.settings.poll_interval, spec.concurrency);
+    // The periodic kinds run a few times an hour: polling them as often as
+    // the sync kinds would only add queue writes (on SQLite, lock waits
+    // that delay the kinds whose latency users see).
+    let poll = if JobKind::PERIODIC.contains(&spec.kind) {
+        queue.settings.poll_interval.max(PERIODIC_POLL)
+    } else {
+        queue.settings.poll_interval
+    };
+    let n = spec.concurrency;
     let tuning = &queue.settings;
     let signal = stop_signal(shutdown);
     match (&queue.storages, spec.kind) {
