@@ -4,12 +4,15 @@
 //! `detect_conflicts` sync run with counts `checked`, `drifted`,
 //! `repaired` and `conflicts`. The sweep itself is [`sweep`].
 
+use super::Session;
 use super::periodic::{self, PeriodicJob};
 use super::{Deps, JobError, JobKind};
 use crate::domain::{ConnectionId, ConnectionStatus, RunKind, RunStatus, TenantId};
-use crate::store::RunCounts;
+use crate::domain::{CrmId, CrmObject, RunId};
+use crate::store::{PageOutcome, PageWrite, RunCounts, SweepCheckpoint};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 /// Sweeps one connection for one period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +31,11 @@ pub struct DetectConflictsJob {
     /// Times `retry_failed` has re-driven this job's chain of failures.
     #[serde(default)]
     pub redrives: u32,
+    /// A follow-up of a sweep that stopped at its deadline: it continues
+    /// the passes in progress and starts none (a finished object waits for
+    /// the next period instead of being swept again at once).
+    #[serde(default)]
+    pub continues: bool,
 }
 
 impl DetectConflictsJob {
@@ -40,6 +48,20 @@ impl DetectConflictsJob {
             attempt: 0,
             rerun: None,
             redrives: 0,
+            continues: false,
+        }
+    }
+
+    /// The job that continues a sweep this one cut short at its deadline.
+    /// Its key carries a fresh `continue-…` rerun token, so it can never be
+    /// taken for the period's own job (`detect_conflicts:{c}:{period}`)
+    /// nor for another follow-up.
+    pub fn follow_up(&self) -> Self {
+        Self {
+            attempt: 0,
+            rerun: Some(periodic::rerun_token("continue")),
+            continues: true,
+            ..self.clone()
         }
     }
 }
@@ -72,14 +94,226 @@ impl SweepCounts {
     }
 }
 
-/// The anti-entropy sweep (issue #12 part 4) lands here: compare the
-/// connection's linked records on both sides, repair drift, hold what
-/// cannot be repaired as conflicts. For now it checks nothing and
-/// returns zero counts, so the job is scheduled, run and reported end to
-/// end before the sweep exists.
+/// The anti-entropy sweep of one connection within half the job timeout
+/// (like a delta: a huge CRM never holds a worker past it); what is left
+/// continues in a follow-up job from the checkpoint.
 pub async fn sweep(job: &DetectConflictsJob, deps: &Deps) -> Result<SweepCounts, JobError> {
-    let _ = (job, deps);
-    Ok(SweepCounts::default())
+    let budget = Duration::from_secs(deps.settings.worker.job_timeout_secs) / 2;
+    sweep_until(job, deps, Instant::now() + budget).await
+}
+
+/// [`sweep`] stopping at `deadline` (tests pass a past one to cut a sweep
+/// after one page per object). Every object's pass reads at least one page
+/// per job, so a sweep always progresses; when one stops with pages left,
+/// the follow-up job is enqueued here.
+pub async fn sweep_until(
+    job: &DetectConflictsJob,
+    deps: &Deps,
+    deadline: Instant,
+) -> Result<SweepCounts, JobError> {
+    let connection = deps.store.connection(job.tenant, job.connection).await?;
+    let objects: Vec<CrmObject> = connection
+        .settings
+        .objects
+        .iter()
+        .map(|m| m.crm_object)
+        .collect();
+    // The period's job starts a pass of every object up front (or finds
+    // the one in progress), so a follow-up continues each of them.
+    let mut passes = Vec::new();
+    for object in objects {
+        let checkpoint = deps
+            .store
+            .sweep_checkpoint(job.tenant, job.connection, object, !job.continues)
+            .await?;
+        if let Some(checkpoint) = checkpoint {
+            passes.push((object, checkpoint));
+        }
+    }
+    let mut session = Session::open(deps, connection).await?;
+    let mut found = SweepCounts::default();
+    let mut unfinished = false;
+    for (object, checkpoint) in passes {
+        match sweep_object(
+            job,
+            deps,
+            &mut session,
+            object,
+            checkpoint,
+            deadline,
+            &mut found,
+        )
+        .await?
+        {
+            Pass::Finished | Pass::TakenOver => {}
+            Pass::Stopped => unfinished = true,
+        }
+    }
+    if unfinished {
+        deps.queue
+            .push_periodic_after(&job.follow_up(), Duration::ZERO)
+            .await?;
+    }
+    Ok(found)
+}
+
+/// How one object's pass ended in this job.
+enum Pass {
+    /// Every page read; unseen links tombstoned; the checkpoint closed.
+    Finished,
+    /// At the deadline with pages left: a follow-up continues.
+    Stopped,
+    /// Another job moved the checkpoint: it carries the pass on.
+    TakenOver,
+}
+
+async fn sweep_object(
+    job: &DetectConflictsJob,
+    deps: &Deps,
+    session: &mut Session,
+    object: CrmObject,
+    mut checkpoint: SweepCheckpoint,
+    deadline: Instant,
+    found: &mut SweepCounts,
+) -> Result<Pass, JobError> {
+    let connection = session.connection.clone();
+    let Some(kind) = connection.settings.kind_of(object) else {
+        return Err(JobError::Permanent(format!(
+            "connection {} does not sync {object}",
+            connection.id
+        )));
+    };
+    let account = session.account().to_string();
+    let page_size = deps.settings.sync.full_page_size;
+    let share = deps.settings.sync.detect_conflicts_budget_share;
+    // Free slots only: webhook follow-ups, pushes and deltas go first.
+    let hubspot = deps.hubspot.background();
+    loop {
+        // On top of background priority, the sweep's own pace: at most
+        // `share` of the account's rate, whatever else is idle.
+        deps.hubspot.pace_share(&account, share).await?;
+        let after = checkpoint.page_token.clone();
+        let page = crate::with_auth!(session, deps, |token| hubspot.list_page(
+            &account,
+            token,
+            object,
+            after.as_deref(),
+            page_size
+        ))?;
+        let seen: Vec<CrmId> = page.records.iter().map(|r| r.crm_id.clone()).collect();
+        let records = super::change_times::with_change_times(
+            session,
+            deps,
+            (job.tenant, job.connection),
+            object,
+            page.records,
+        )
+        .await?;
+        let write = PageWrite {
+            tenant: job.tenant,
+            connection: job.connection,
+            provider: connection.provider,
+            object,
+            kind,
+            strategy: connection.settings.strategy,
+            items: records,
+            // The sweep's counts are its own (the periodic run records
+            // them); a run id no row has makes the page add to none.
+            run: RunId::new(),
+            page_number: None,
+            next_page_token: None,
+            finishes_run: false,
+            queue_pushes: true,
+            cursor: None,
+        };
+        let outcome = super::change_times::apply_checked(session, deps, write.clone()).await?;
+        crate::telemetry::record_page("detect_conflicts", outcome.as_ref().map(|o| o.counts));
+        // A CRM state applied before that the platform has come to agree
+        // with is skipped as unchanged by the merge, which then never gets
+        // to close the conflict it held: close it here.
+        let settled = deps
+            .store
+            .settle_agreed_conflicts(job.tenant, job.connection, object, &write.items)
+            .await?;
+        let page_counts = page_counts(seen.len(), outcome.as_ref(), settled);
+        found.add(page_counts);
+        if page_counts.repaired > 0 {
+            metrics::counter!("crmsync_drift_repaired_total", "provider" => connection.provider.as_str(), "object" => object.as_str())
+                .increment(page_counts.repaired.unsigned_abs());
+        }
+        if outcome.as_ref().is_some_and(|o| o.pushes > 0) {
+            deps.queue
+                .request_push(job.tenant, job.connection, "sweep")
+                .await?;
+        }
+        let moved = deps
+            .store
+            .advance_sweep(
+                job.tenant,
+                job.connection,
+                object,
+                &checkpoint,
+                &seen,
+                page.next.as_deref(),
+            )
+            .await?;
+        if !moved {
+            return Ok(Pass::TakenOver);
+        }
+        checkpoint.page_token = page.next;
+        if checkpoint.page_token.is_none() {
+            // A complete pass: a link it did not see lost its CRM record
+            // with no event (only now can that be concluded).
+            let gone = deps
+                .store
+                .unswept_links(job.tenant, job.connection, object, &checkpoint)
+                .await?;
+            if !gone.is_empty() {
+                tracing::info!(connection.id = %job.connection, %object, links = gone.len(), "sweep tombstones links whose CRM record is gone");
+                deps.store
+                    .tombstone_links(job.tenant, job.connection, object, &gone)
+                    .await?;
+            }
+            deps.store
+                .finish_sweep_pass(job.tenant, job.connection, object, &checkpoint)
+                .await?;
+            return Ok(Pass::Finished);
+        }
+        if Instant::now() >= deadline {
+            return Ok(Pass::Stopped);
+        }
+    }
+}
+
+/// One page's share of the counts. The store reports per page, not per
+/// record, so a record both updated and pushed counts once only as far as
+/// the page's size allows: `drifted` is at most the records read.
+fn page_counts(read: usize, outcome: Option<&PageOutcome>, settled: i64) -> SweepCounts {
+    let checked = i64::try_from(read).unwrap_or(i64::MAX);
+    let Some(o) = outcome else {
+        return SweepCounts {
+            checked,
+            ..SweepCounts::default()
+        };
+    };
+    let changed = o.counts.created + o.counts.updated;
+    let drifted = (changed + o.pushes + o.conflicts + settled).min(checked);
+    let repaired = (changed + o.pushes + settled).min(drifted);
+    SweepCounts {
+        checked,
+        drifted,
+        repaired,
+        conflicts: o.conflicts,
+    }
+}
+
+impl SweepCounts {
+    fn add(&mut self, other: SweepCounts) {
+        self.checked += other.checked;
+        self.drifted += other.drifted;
+        self.repaired += other.repaired;
+        self.conflicts += other.conflicts;
+    }
 }
 
 impl PeriodicJob for DetectConflictsJob {

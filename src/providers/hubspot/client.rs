@@ -223,6 +223,29 @@ impl HubspotClient {
         pacer
     }
 
+    /// Waits for a slot of the account's `sweep` budget: the burst limit
+    /// at `share` of crmsync's part of it, paced fleet-wide like every
+    /// budget, taking only free slots. The `detect_conflicts` sweep asks it
+    /// before each of its list calls (which then take their burst slot as
+    /// usual), so the sweep never uses more than `share` of the account's
+    /// rate however much of the budget is free. `share` is read when the
+    /// budget is first made (it is a start-up setting).
+    pub async fn pace_share(&self, portal: &str, share: f64) -> Result<(), ProviderError> {
+        let spec = BudgetSpec {
+            limit: WindowLimit {
+                requests: self.settings.requests_per_10s,
+                window: BURST_WINDOW,
+            },
+            // The burst budget counts the day's requests, these among them.
+            daily_limit: 0,
+            share: self.settings.budget_share * share,
+            kind: "sweep",
+        };
+        let budget = self.budgets.get(&format!("hubspot:{portal}:sweep"), spec);
+        budget.acquire(Priority::Background).await?;
+        Ok(())
+    }
+
     /// The account's search budget (HubSpot counts search apart).
     fn search_budget(&self, portal: &str) -> Pacer {
         let spec = BudgetSpec {
