@@ -699,6 +699,21 @@ mod tests {
     }
 
     #[test]
+    fn the_sweeps_budget_share_must_be_above_0_and_at_most_1() {
+        Jail::expect_with(|jail| {
+            let var = "CRMSYNC__SYNC__DETECT_CONFLICTS_BUDGET_SHARE";
+            for bad in ["0", "-0.1", "1.5"] {
+                jail.set_env(var, bad);
+                let err = load(jail, None).err().unwrap_or_default();
+                assert!(err.contains(var) && err.contains("(0, 1]"), "{bad}: {err}");
+            }
+            jail.set_env(var, "1");
+            assert_eq!(load(jail, None)?.sync.detect_conflicts_budget_share, 1.0);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn overlay_applies_and_may_not_hold_secrets() {
         Jail::expect_with(|jail| {
             jail.create_file("staging.toml", "[sync]\ndelta_interval_secs = 15\n")?;

@@ -388,3 +388,53 @@ pub async fn run(job: &DetectConflictsJob, deps: &Deps) -> Result<(), JobError> 
         .await?;
     result.map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunUpdate;
+
+    fn outcome(created: i64, updated: i64, pushes: i64, conflicts: i64) -> PageOutcome {
+        PageOutcome {
+            counts: RunUpdate {
+                created,
+                updated,
+                ..RunUpdate::default()
+            },
+            pushes,
+            conflicts,
+            ..PageOutcome::default()
+        }
+    }
+
+    #[test]
+    fn a_page_with_nothing_changed_checked_its_records_and_found_no_drift() {
+        let found = page_counts(100, Some(&outcome(0, 0, 0, 0)), 0);
+        assert_eq!(
+            found,
+            SweepCounts {
+                checked: 100,
+                ..SweepCounts::default()
+            }
+        );
+        // A page another attempt had applied already counts as read only.
+        assert_eq!(page_counts(3, None, 0).drifted, 0);
+    }
+
+    #[test]
+    fn drift_is_what_the_merge_changed_pushed_or_held_and_never_more_than_was_read() {
+        let found = page_counts(10, Some(&outcome(1, 2, 1, 1)), 1);
+        assert_eq!(
+            found,
+            SweepCounts {
+                checked: 10,
+                drifted: 6,
+                repaired: 5,
+                conflicts: 1,
+            }
+        );
+        // A record updated and pushed counts in both: capped at the page.
+        let capped = page_counts(2, Some(&outcome(0, 2, 2, 0)), 0);
+        assert_eq!((capped.drifted, capped.repaired), (2, 2));
+    }
+}
