@@ -281,3 +281,33 @@ on_both_backends! {
         fleet.finish().await;
     }
 }
+
+on_both_backends! {
+    async fn a_crm_record_carrying_our_key_that_no_link_knows_is_linked_and_counted(backend) {
+        let fleet = synced(backend, 2).await;
+        // Our push landed but its booking was lost: a CRM record holds our
+        // record id and no link knows it.
+        let property = fleet.sandbox.post(
+            "/crm/v3/properties/contacts",
+            json!({"name": "crmsync_record_id", "label": "crmsync record id", "type": "string", "fieldType": "text", "groupName": "contactinformation", "hasUniqueValue": true}),
+        ).await;
+        assert!(property.status.is_success() || property.status == reqwest::StatusCode::CONFLICT, "{:?}", property.body);
+        let fields = RecordFields::new()
+            .with(CanonicalField::Email, "ours@example.com")
+            .with(CanonicalField::FirstName, "Ours");
+        let (record, _) = fleet.store.create_platform_record(fleet.tenant, RecordKind::Lead, &fields).await.expect("create");
+        let created = fleet.sandbox.post_control(
+            &format!("/_sandbox/accounts/{PORTAL}/objects/contacts"),
+            json!({"properties": {"email": "ours@example.com", "firstname": "Ours", "crmsync_record_id": record.0.to_string()}}),
+        ).await;
+        assert!(created.status.is_success(), "{:?}", created.body);
+        let crm_id = created.body["id"].as_str().expect("id").to_string();
+        assert!(!linked(&fleet).await.contains_key(&crm_id));
+        let found = sweep(&job(&fleet), &fleet.deps).await.expect("sweep");
+        assert_eq!((found.checked, found.drifted, found.repaired), (3, 1, 1), "{found:?}");
+        let links = linked(&fleet).await;
+        assert_eq!(links.get(&crm_id).map(|(r, _)| *r), Some(record), "linked to our record");
+        assert_eq!(fleet.store.records(fleet.tenant, RecordKind::Lead).await.expect("records").len(), 3, "no duplicate");
+        fleet.finish().await;
+    }
+}
