@@ -226,14 +226,16 @@ async fn sweep_object(
             queue_pushes: true,
             cursor: None,
         };
-        let outcome = super::change_times::apply_checked(session, deps, write.clone()).await?;
+        // What the CRM holds, for the conflicts the merge leaves open.
+        let read = write.items.clone();
+        let outcome = super::change_times::apply_checked(session, deps, write).await?;
         crate::telemetry::record_page("detect_conflicts", outcome.as_ref().map(|o| o.counts));
         // A CRM state applied before that the platform has come to agree
         // with is skipped as unchanged by the merge, which then never gets
         // to close the conflict it held: close it here.
         let settled = deps
             .store
-            .settle_agreed_conflicts(job.tenant, job.connection, object, &write.items)
+            .settle_agreed_conflicts(job.tenant, job.connection, object, &read)
             .await?;
         let page_counts = page_counts(seen.len(), outcome.as_ref(), settled);
         found.add(page_counts);

@@ -6,9 +6,10 @@
 
 use crate::fleet::{Fleet, on_both_backends, wait_for};
 use crate::support::PORTAL;
-use crmsync::domain::{CanonicalField, CrmObject, RecordFields, RecordId, RecordKind};
+use crmsync::domain::{CanonicalField, RecordFields, RecordId, RecordKind};
 use crmsync::jobs::detect_conflicts::{sweep, sweep_until};
 use crmsync::jobs::{DetectConflictsJob, JobKind, SweepCounts};
+use crmsync::queue::{WorkerSpec, run_workers};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -197,53 +198,97 @@ on_both_backends! {
 }
 
 on_both_backends! {
-    async fn the_sweep_keeps_to_its_budget_share_while_webhook_reads_are_served(backend) {
-        let fleet = Fleet::start(backend, 60).await;
+    async fn the_sweep_keeps_to_its_budget_share_while_a_webhook_burst_is_served(backend) {
+        let fleet = synced(backend, 60).await;
         let limit = 50u32;
         let limits = fleet.sandbox.put_control(
             &format!("/_sandbox/accounts/{PORTAL}/limits"),
             json!({"perTenSeconds": limit, "daily": 250000, "searchPerSecond": 5}),
         ).await;
         assert!(limits.status.is_success(), "{:?}", limits.body);
+        // Workers of this account's real budget: the sweep's and the
+        // webhook jobs' requests share it.
         let mut settings = fleet.settings.clone();
         settings.hubspot.requests_per_10s = limit;
         settings.sync.full_page_size = 5;
         let share = settings.sync.detect_conflicts_budget_share;
         assert!((share - 0.2).abs() < 1e-9, "the default share");
         let deps = crmsync::app::deps(&settings, fleet.store.clone()).await.expect("deps");
-        let ids: Vec<crmsync::domain::CrmId> = fleet.sandbox_contacts().await.keys().take(10).map(|k| crmsync::domain::CrmId(k.clone())).collect();
-        // Webhook follow-ups: batch reads at interactive priority, as fast
-        // as the budget admits, for the whole window.
-        let reads = {
-            let hubspot = deps.hubspot.clone();
-            let window = Instant::now() + Duration::from_secs(6);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let webhooks = {
+            let deps = deps.clone();
+            let specs = [WorkerSpec { kind: JobKind::ProcessWebhook, concurrency: 2 }];
+            tokio::spawn(async move { run_workers(&deps.queue, deps.clone(), &specs, stopped).await })
+        };
+        fleet.start_ingress(true).await;
+        let crm_ids: Vec<String> = linked(&fleet).await.keys().cloned().collect();
+        let lists = list_calls(&fleet).await;
+        let reads = |c: &Value| c["requests"]["POST /crm/v3/objects/{object_type}/batch/read"].as_u64().unwrap_or(0);
+        let reads_before = reads(&fleet.sandbox.counters().await);
+        // The burst: users edit contacts for the whole window, each edit a
+        // webhook whose job reads the record back.
+        let window = Duration::from_secs(6);
+        let burst = {
+            let sandbox = fleet.sandbox.base.clone();
+            let crm_ids = crm_ids.clone();
             tokio::spawn(async move {
-                let token = secrecy::SecretString::from(crate::support::TOKEN);
-                let mut n = 0u64;
-                while Instant::now() < window {
-                    match hubspot.batch_read(&PORTAL.to_string(), &token, CrmObject::Contacts, &ids, false, None).await {
-                        Ok(_) => n += 1,
-                        Err(crmsync::providers::ProviderError::RateLimited { .. }) => {}
-                        Err(e) => panic!("webhook read: {e}"),
-                    }
+                let http = reqwest::Client::new();
+                let ends = Instant::now() + window;
+                let mut edits = Vec::new();
+                let mut i = 0usize;
+                while Instant::now() < ends {
+                    let crm_id = &crm_ids[i % crm_ids.len()];
+                    let value = format!("Burst{i}");
+                    let reply = http
+                        .patch(format!("{sandbox}/_sandbox/accounts/{PORTAL}/objects/contacts/{crm_id}"))
+                        .json(&json!({"properties": {"jobtitle": value}}))
+                        .send()
+                        .await
+                        .expect("edit");
+                    assert!(reply.status().is_success(), "{}", reply.status());
+                    edits.push((crm_id.clone(), value));
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                n
+                edits
             })
         };
-        // Only the sweep lists (the harness listed the ids above).
-        let lists = list_calls(&fleet).await;
         let started = Instant::now();
-        let found = sweep_until(&job(&fleet), &deps, started + Duration::from_secs(6)).await.expect("sweep");
+        // The sweep runs until the window ends, or until it finds no free
+        // slot within the longest wait: then it yields to the webhooks
+        // (the worker would defer it; its checkpoint keeps its progress).
+        let outcome = sweep_until(&job(&fleet), &deps, started + window).await;
         let elapsed = started.elapsed();
-        let served = reads.await.expect("reads");
         let sweeps = list_calls(&fleet).await - lists;
-        assert!(found.checked >= 10 && sweeps >= 2, "the sweep progressed: {found:?}, {sweeps} calls");
-        assert!(served >= 10, "webhook reads were served: {served}");
+        match &outcome {
+            Ok(found) => assert_eq!(found.checked, 5 * i64::try_from(sweeps).unwrap_or(0), "{found:?}"),
+            Err(crmsync::jobs::JobError::Deferred { .. }) => {}
+            Err(e) => panic!("sweep: {e}"),
+        }
+        let edits = burst.await.expect("burst");
+        assert!(edits.len() >= 15, "a burst: {} edits", edits.len());
+        assert!(sweeps >= 1, "the sweep started");
         // At most `share` of the account's rate over the window (+1: the
-        // first call goes at once).
+        // first call goes at once) — while the budget had room for more.
         let allowed = share * f64::from(limit) * elapsed.as_secs_f64() / 10.0 + 1.0;
         assert!((sweeps as f64) <= allowed, "{sweeps} sweep calls in {elapsed:?}, allowed {allowed:.1}");
+        // The burst was served: its reads went out, and the last edit of
+        // each contact reaches the platform.
+        assert!(reads(&fleet.sandbox.counters().await) > reads_before, "webhook reads were served");
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        for (crm_id, value) in edits {
+            last.insert(crm_id, value);
+        }
+        wait_for("every contact's last webhook edit on the platform", || async {
+            let links = linked(&fleet).await;
+            last.iter().all(|(crm_id, value)| {
+                links.get(crm_id).and_then(|(_, f)| f.get(CanonicalField::JobTitle)) == Some(value.as_str())
+            })
+        })
+        .await;
         assert_eq!(fleet.sandbox.counters().await["totalRateLimited"], 0);
+        let _ = stop.send(true);
+        let _ = webhooks.await;
         deps.queue.close().await;
         fleet.finish().await;
     }
@@ -308,6 +353,37 @@ on_both_backends! {
         let links = linked(&fleet).await;
         assert_eq!(links.get(&crm_id).map(|(r, _)| *r), Some(record), "linked to our record");
         assert_eq!(fleet.store.records(fleet.tenant, RecordKind::Lead).await.expect("records").len(), 3, "no duplicate");
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn the_sweep_uses_no_more_than_its_share_of_an_idle_budget(backend) {
+        // Background priority alone would take every free slot: with
+        // nothing else running, only the sweep's own pace holds it back.
+        let fleet = synced(backend, 60).await;
+        let limit = 50u32;
+        let limits = fleet.sandbox.put_control(
+            &format!("/_sandbox/accounts/{PORTAL}/limits"),
+            json!({"perTenSeconds": limit, "daily": 250000, "searchPerSecond": 5}),
+        ).await;
+        assert!(limits.status.is_success(), "{:?}", limits.body);
+        let mut settings = fleet.settings.clone();
+        settings.hubspot.requests_per_10s = limit;
+        settings.sync.full_page_size = 5;
+        let share = settings.sync.detect_conflicts_budget_share;
+        let deps = crmsync::app::deps(&settings, fleet.store.clone()).await.expect("deps");
+        let lists = list_calls(&fleet).await;
+        let started = Instant::now();
+        let found = sweep_until(&job(&fleet), &deps, started + Duration::from_secs(4)).await.expect("sweep");
+        let elapsed = started.elapsed();
+        let sweeps = list_calls(&fleet).await - lists;
+        assert_eq!(found.checked, 5 * i64::try_from(sweeps).unwrap_or(0), "{found:?}");
+        assert!(sweeps >= 3, "the sweep progressed: {sweeps} calls");
+        let allowed = share * f64::from(limit) * elapsed.as_secs_f64() / 10.0 + 1.0;
+        assert!((sweeps as f64) <= allowed, "{sweeps} sweep calls in {elapsed:?}, allowed {allowed:.1}");
+        assert_eq!(deps.queue.depth(JobKind::DetectConflicts).await.expect("depth"), 1, "the rest follows");
+        deps.queue.close().await;
         fleet.finish().await;
     }
 }
