@@ -188,10 +188,11 @@ async fn sweep_object(
     let share = deps.settings.sync.detect_conflicts_budget_share;
     // Free slots only: webhook follow-ups, pushes and deltas go first.
     let hubspot = deps.hubspot.background();
+    let requests = crate::providers::hubspot::HubspotClient::list_page_requests(object, page_size);
     loop {
         // On top of background priority, the sweep's own pace: at most
         // `share` of the account's rate, whatever else is idle.
-        deps.hubspot.pace_share(&account, share).await?;
+        deps.hubspot.pace_share(&account, share, requests).await?;
         let after = checkpoint.page_token.clone();
         let page = crate::with_auth!(session, deps, |token| hubspot.list_page(
             &account,
@@ -200,7 +201,9 @@ async fn sweep_object(
             after.as_deref(),
             page_size
         ))?;
-        let seen: Vec<CrmId> = page.records.iter().map(|r| r.crm_id.clone()).collect();
+        // Every record listed counts as seen, mapped or not (a lead without
+        // a live contact is still there).
+        let seen: Vec<CrmId> = page.listed;
         let records = super::change_times::with_change_times(
             session,
             deps,
@@ -237,7 +240,7 @@ async fn sweep_object(
             .store
             .settle_agreed_conflicts(job.tenant, job.connection, object, &read)
             .await?;
-        let page_counts = page_counts(seen.len(), outcome.as_ref(), settled);
+        let page_counts = page_counts(page.scanned, outcome.as_ref(), settled);
         found.add(page_counts);
         if page_counts.repaired > 0 {
             metrics::counter!("crmsync_drift_repaired_total", "provider" => connection.provider.as_str(), "object" => object.as_str())
