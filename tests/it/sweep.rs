@@ -6,7 +6,7 @@
 
 use crate::fleet::{Fleet, on_both_backends, wait_for};
 use crate::support::PORTAL;
-use crmsync::domain::{CanonicalField, RecordFields, RecordId, RecordKind};
+use crmsync::domain::{CanonicalField, CrmObject, RecordFields, RecordId, RecordKind};
 use crmsync::jobs::detect_conflicts::{sweep, sweep_until};
 use crmsync::jobs::{DetectConflictsJob, JobKind, SweepCounts};
 use crmsync::queue::{WorkerSpec, run_workers};
@@ -384,6 +384,37 @@ on_both_backends! {
         assert!((sweeps as f64) <= allowed, "{sweeps} sweep calls in {elapsed:?}, allowed {allowed:.1}");
         assert_eq!(deps.queue.depth(JobKind::DetectConflicts).await.expect("depth"), 1, "the rest follows");
         deps.queue.close().await;
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn a_leads_sweep_repairs_a_silent_contact_change_and_keeps_a_lead_whose_contact_is_gone(backend) {
+        let mut fleet = Fleet::start(backend, 0).await;
+        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
+        let mut settings = row.settings.clone();
+        settings.objects = vec![crmsync::store::ObjectMapping { crm_object: CrmObject::Leads, record_kind: RecordKind::Lead }];
+        fleet.store.update_connection(fleet.tenant, fleet.connection, &settings, row.delta_interval_secs).await.expect("leads");
+        let ada = fleet.sandbox.create_contact("ada@example.com").await;
+        let bob = fleet.sandbox.create_contact("bob@example.com").await;
+        let ada_lead = fleet.sandbox.create_lead("Ada", &ada).await;
+        let bob_lead = fleet.sandbox.create_lead("Bob", &bob).await;
+        fleet.start_workers();
+        fleet.full_sync().await;
+        fleet.stop_workers().await;
+        let links = linked(&fleet).await;
+        let (ada_record, _) = links[&ada_lead].clone();
+        let (bob_record, _) = links[&bob_lead].clone();
+        // Ada's person changes silently; Bob's contact is deleted, which
+        // leaves his lead (still listed) without a live contact.
+        silent_update(&fleet, &ada, json!({"firstname": "Adeline"})).await;
+        let deleted = fleet.sandbox.control(reqwest::Method::DELETE, &format!("/_sandbox/accounts/{PORTAL}/objects/contacts/{bob}"), None).await;
+        assert!(deleted.status.is_success(), "{:?}", deleted.body);
+        let found = sweep(&job(&fleet), &fleet.deps).await.expect("sweep");
+        assert_eq!((found.checked, found.drifted, found.repaired), (2, 1, 1), "{found:?}");
+        assert_eq!(platform_first_name(&fleet, ada_record).await.as_deref(), Some("Adeline"));
+        let view = fleet.store.record_view(fleet.tenant, RecordKind::Lead, bob_record).await.expect("view").expect("lead");
+        assert!(view.links.iter().all(|l| l.crm_deleted_at.is_none()), "a listed lead is not gone: {:?}", view.links);
         fleet.finish().await;
     }
 }
