@@ -69,13 +69,16 @@ impl DetectConflictsJob {
 /// What one sweep found, reported as the run's counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct SweepCounts {
-    /// Linked records compared on both sides.
+    /// CRM records read and compared with their link's base and platform
+    /// record.
     pub checked: i64,
-    /// Records whose sides differed without a change in flight.
+    /// Records whose CRM state differed from what the link had agreed: the
+    /// merge updated or created a platform record, queued a push, held a
+    /// conflict, or a held conflict was settled.
     pub drifted: i64,
-    /// Drifted records brought back in line.
+    /// Drifted records brought back in line (all but the held conflicts).
     pub repaired: i64,
-    /// Drifted records held as conflicts for a decision.
+    /// Conflicting fields held for a decision (`manual`).
     pub conflicts: i64,
 }
 
@@ -291,8 +294,9 @@ async fn sweep_object(
 }
 
 /// One page's share of the counts. The store reports per page, not per
-/// record, so a record both updated and pushed counts once only as far as
-/// the page's size allows: `drifted` is at most the records read.
+/// record: a record both updated and pushed is in both figures, so the sum
+/// may overcount; `drifted` is capped at the records read and `repaired` at
+/// `drifted`.
 fn page_counts(read: usize, outcome: Option<&PageOutcome>, settled: i64) -> SweepCounts {
     let checked = i64::try_from(read).unwrap_or(i64::MAX);
     let Some(o) = outcome else {
