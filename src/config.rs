@@ -221,6 +221,10 @@ pub struct SyncSettings {
     pub retry_failed_interval_secs: u64,
     /// Seconds between `detect_conflicts` jobs of each active connection.
     pub detect_conflicts_interval_secs: u64,
+    /// The most of an account's request budget a `detect_conflicts` sweep
+    /// may use (0 < x ≤ 1): drift is rare, so the sweep must never crowd
+    /// out webhooks, pushes and deltas, even when a CRM has many records.
+    pub detect_conflicts_budget_share: f64,
     /// Seconds between `cleanup_logs` jobs (history and finished jobs past
     /// their retention).
     pub cleanup_interval_secs: u64,
@@ -474,6 +478,13 @@ impl Settings {
                 format!("must be in (0, 1], got {}", self.hubspot.budget_share),
             ));
         }
+        let share = self.sync.detect_conflicts_budget_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(value(
+                "CRMSYNC__SYNC__DETECT_CONFLICTS_BUDGET_SHARE",
+                format!("must be in (0, 1], got {share}"),
+            ));
+        }
         if !(1..=100).contains(&self.sync.full_page_size) {
             return Err(value(
                 "CRMSYNC__SYNC__FULL_PAGE_SIZE",
@@ -665,6 +676,7 @@ mod tests {
         Jail::expect_with(|jail| {
             let s = load(jail, None)?;
             assert_eq!(s.sync.detect_conflicts_interval_secs, 3600);
+            assert_eq!(s.sync.detect_conflicts_budget_share, 0.2);
             assert_eq!(s.sync.retry_failed_interval_secs, 3600);
             assert_eq!(s.sync.cleanup_interval_secs, 86400);
             assert_eq!(s.sync.health_check_interval_secs, 300);
@@ -682,6 +694,21 @@ mod tests {
                 assert!(err.contains(var) && err.contains("between 1 and"), "{err}");
                 jail.set_env(var, "60");
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_sweeps_budget_share_must_be_above_0_and_at_most_1() {
+        Jail::expect_with(|jail| {
+            let var = "CRMSYNC__SYNC__DETECT_CONFLICTS_BUDGET_SHARE";
+            for bad in ["0", "-0.1", "1.5"] {
+                jail.set_env(var, bad);
+                let err = load(jail, None).err().unwrap_or_default();
+                assert!(err.contains(var) && err.contains("(0, 1]"), "{bad}: {err}");
+            }
+            jail.set_env(var, "1");
+            assert_eq!(load(jail, None)?.sync.detect_conflicts_budget_share, 1.0);
             Ok(())
         });
     }

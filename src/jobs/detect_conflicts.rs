@@ -4,12 +4,15 @@
 //! `detect_conflicts` sync run with counts `checked`, `drifted`,
 //! `repaired` and `conflicts`. The sweep itself is [`sweep`].
 
+use super::Session;
 use super::periodic::{self, PeriodicJob};
 use super::{Deps, JobError, JobKind};
 use crate::domain::{ConnectionId, ConnectionStatus, RunKind, RunStatus, TenantId};
-use crate::store::RunCounts;
+use crate::domain::{CrmId, CrmObject, RunId};
+use crate::store::{PageOutcome, PageWrite, RunCounts, SweepCheckpoint};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 /// Sweeps one connection for one period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +31,11 @@ pub struct DetectConflictsJob {
     /// Times `retry_failed` has re-driven this job's chain of failures.
     #[serde(default)]
     pub redrives: u32,
+    /// A follow-up of a sweep that stopped at its deadline: it continues
+    /// the passes in progress and starts none (a finished object waits for
+    /// the next period instead of being swept again at once).
+    #[serde(default)]
+    pub continues: bool,
 }
 
 impl DetectConflictsJob {
@@ -40,6 +48,20 @@ impl DetectConflictsJob {
             attempt: 0,
             rerun: None,
             redrives: 0,
+            continues: false,
+        }
+    }
+
+    /// The job that continues a sweep this one cut short at its deadline.
+    /// Its key carries a fresh `continue-…` rerun token, so it can never be
+    /// taken for the period's own job (`detect_conflicts:{c}:{period}`)
+    /// nor for another follow-up.
+    pub fn follow_up(&self) -> Self {
+        Self {
+            attempt: 0,
+            rerun: Some(periodic::rerun_token("continue")),
+            continues: true,
+            ..self.clone()
         }
     }
 }
@@ -47,13 +69,16 @@ impl DetectConflictsJob {
 /// What one sweep found, reported as the run's counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct SweepCounts {
-    /// Linked records compared on both sides.
+    /// CRM records read and compared with their link's base and platform
+    /// record.
     pub checked: i64,
-    /// Records whose sides differed without a change in flight.
+    /// Records whose CRM state differed from what the link had agreed: the
+    /// merge updated or created a platform record, queued a push, held a
+    /// conflict, or a held conflict was settled.
     pub drifted: i64,
-    /// Drifted records brought back in line.
+    /// Drifted records brought back in line (all but the held conflicts).
     pub repaired: i64,
-    /// Drifted records held as conflicts for a decision.
+    /// Conflicting fields held for a decision (`manual`).
     pub conflicts: i64,
 }
 
@@ -72,14 +97,232 @@ impl SweepCounts {
     }
 }
 
-/// The anti-entropy sweep (issue #12 part 4) lands here: compare the
-/// connection's linked records on both sides, repair drift, hold what
-/// cannot be repaired as conflicts. For now it checks nothing and
-/// returns zero counts, so the job is scheduled, run and reported end to
-/// end before the sweep exists.
+/// The anti-entropy sweep of one connection within half the job timeout
+/// (like a delta: a huge CRM never holds a worker past it); what is left
+/// continues in a follow-up job from the checkpoint.
 pub async fn sweep(job: &DetectConflictsJob, deps: &Deps) -> Result<SweepCounts, JobError> {
-    let _ = (job, deps);
-    Ok(SweepCounts::default())
+    let budget = Duration::from_secs(deps.settings.worker.job_timeout_secs) / 2;
+    sweep_until(job, deps, Instant::now() + budget).await
+}
+
+/// [`sweep`] stopping at `deadline` (tests pass a past one to cut a sweep
+/// after one page per object). Every object's pass reads at least one page
+/// per job, so a sweep always progresses; when one stops with pages left,
+/// the follow-up job is enqueued here.
+pub async fn sweep_until(
+    job: &DetectConflictsJob,
+    deps: &Deps,
+    deadline: Instant,
+) -> Result<SweepCounts, JobError> {
+    let connection = deps.store.connection(job.tenant, job.connection).await?;
+    let objects: Vec<CrmObject> = connection
+        .settings
+        .objects
+        .iter()
+        .map(|m| m.crm_object)
+        .collect();
+    // The period's job starts a pass of every object up front (or finds
+    // the one in progress), so a follow-up continues each of them.
+    let mut passes = Vec::new();
+    for object in objects {
+        let checkpoint = deps
+            .store
+            .sweep_checkpoint(job.tenant, job.connection, object, !job.continues)
+            .await?;
+        if let Some(checkpoint) = checkpoint {
+            passes.push((object, checkpoint));
+        }
+    }
+    let mut session = Session::open(deps, connection).await?;
+    let mut found = SweepCounts::default();
+    let mut unfinished = false;
+    for (object, checkpoint) in passes {
+        match sweep_object(
+            job,
+            deps,
+            &mut session,
+            object,
+            checkpoint,
+            deadline,
+            &mut found,
+        )
+        .await?
+        {
+            Pass::Finished | Pass::TakenOver => {}
+            Pass::Stopped => unfinished = true,
+        }
+    }
+    if unfinished {
+        deps.queue
+            .push_periodic_after(&job.follow_up(), Duration::ZERO)
+            .await?;
+    }
+    Ok(found)
+}
+
+/// How one object's pass ended in this job.
+enum Pass {
+    /// Every page read; unseen links tombstoned; the checkpoint closed.
+    Finished,
+    /// At the deadline with pages left: a follow-up continues.
+    Stopped,
+    /// Another job moved the checkpoint: it carries the pass on.
+    TakenOver,
+}
+
+async fn sweep_object(
+    job: &DetectConflictsJob,
+    deps: &Deps,
+    session: &mut Session,
+    object: CrmObject,
+    mut checkpoint: SweepCheckpoint,
+    deadline: Instant,
+    found: &mut SweepCounts,
+) -> Result<Pass, JobError> {
+    let connection = session.connection.clone();
+    let Some(kind) = connection.settings.kind_of(object) else {
+        return Err(JobError::Permanent(format!(
+            "connection {} does not sync {object}",
+            connection.id
+        )));
+    };
+    let account = session.account().to_string();
+    let page_size = deps.settings.sync.full_page_size;
+    let share = deps.settings.sync.detect_conflicts_budget_share;
+    // Free slots only: webhook follow-ups, pushes and deltas go first.
+    let hubspot = deps.hubspot.background();
+    let requests = crate::providers::hubspot::HubspotClient::list_page_requests(object, page_size);
+    loop {
+        // On top of background priority, the sweep's own pace: at most
+        // `share` of the account's rate, whatever else is idle.
+        deps.hubspot.pace_share(&account, share, requests).await?;
+        let after = checkpoint.page_token.clone();
+        let page = crate::with_auth!(session, deps, |token| hubspot.list_page(
+            &account,
+            token,
+            object,
+            after.as_deref(),
+            page_size
+        ))?;
+        // Every record listed counts as seen, mapped or not (a lead without
+        // a live contact is still there).
+        let seen: Vec<CrmId> = page.listed;
+        let records = super::change_times::with_change_times(
+            session,
+            deps,
+            (job.tenant, job.connection),
+            object,
+            page.records,
+        )
+        .await?;
+        let write = PageWrite {
+            tenant: job.tenant,
+            connection: job.connection,
+            provider: connection.provider,
+            object,
+            kind,
+            strategy: connection.settings.strategy,
+            items: records,
+            // The sweep's counts are its own (the periodic run records
+            // them); a run id no row has makes the page add to none.
+            run: RunId::new(),
+            page_number: None,
+            next_page_token: None,
+            finishes_run: false,
+            queue_pushes: true,
+            cursor: None,
+        };
+        // What the CRM holds, for the conflicts the merge leaves open.
+        let read = write.items.clone();
+        let outcome = super::change_times::apply_checked(session, deps, write).await?;
+        crate::telemetry::record_page("detect_conflicts", outcome.as_ref().map(|o| o.counts));
+        // A CRM state applied before that the platform has come to agree
+        // with is skipped as unchanged by the merge, which then never gets
+        // to close the conflict it held: close it here.
+        let settled = deps
+            .store
+            .settle_agreed_conflicts(job.tenant, job.connection, object, &read)
+            .await?;
+        let page_counts = page_counts(page.scanned, outcome.as_ref(), settled);
+        found.add(page_counts);
+        if page_counts.repaired > 0 {
+            metrics::counter!("crmsync_drift_repaired_total", "provider" => connection.provider.as_str(), "object" => object.as_str())
+                .increment(page_counts.repaired.unsigned_abs());
+        }
+        if outcome.as_ref().is_some_and(|o| o.pushes > 0) {
+            deps.queue
+                .request_push(job.tenant, job.connection, "sweep")
+                .await?;
+        }
+        let moved = deps
+            .store
+            .advance_sweep(
+                job.tenant,
+                job.connection,
+                object,
+                &checkpoint,
+                &seen,
+                page.next.as_deref(),
+            )
+            .await?;
+        if !moved {
+            return Ok(Pass::TakenOver);
+        }
+        checkpoint.page_token = page.next;
+        if checkpoint.page_token.is_none() {
+            // A complete pass: a link it did not see lost its CRM record
+            // with no event (only now can that be concluded).
+            let gone = deps
+                .store
+                .unswept_links(job.tenant, job.connection, object, &checkpoint)
+                .await?;
+            if !gone.is_empty() {
+                tracing::info!(connection.id = %job.connection, %object, links = gone.len(), "sweep tombstones links whose CRM record is gone");
+                deps.store
+                    .tombstone_links(job.tenant, job.connection, object, &gone)
+                    .await?;
+            }
+            deps.store
+                .finish_sweep_pass(job.tenant, job.connection, object, &checkpoint)
+                .await?;
+            return Ok(Pass::Finished);
+        }
+        if Instant::now() >= deadline {
+            return Ok(Pass::Stopped);
+        }
+    }
+}
+
+/// One page's share of the counts. The store reports per page, not per
+/// record: a record both updated and pushed is in both figures, so the sum
+/// may overcount; `drifted` is capped at the records read and `repaired` at
+/// `drifted`.
+fn page_counts(read: usize, outcome: Option<&PageOutcome>, settled: i64) -> SweepCounts {
+    let checked = i64::try_from(read).unwrap_or(i64::MAX);
+    let Some(o) = outcome else {
+        return SweepCounts {
+            checked,
+            ..SweepCounts::default()
+        };
+    };
+    let changed = o.counts.created + o.counts.updated;
+    let drifted = (changed + o.pushes + o.conflicts + settled).min(checked);
+    let repaired = (changed + o.pushes + settled).min(drifted);
+    SweepCounts {
+        checked,
+        drifted,
+        repaired,
+        conflicts: o.conflicts,
+    }
+}
+
+impl SweepCounts {
+    fn add(&mut self, other: SweepCounts) {
+        self.checked += other.checked;
+        self.drifted += other.drifted;
+        self.repaired += other.repaired;
+        self.conflicts += other.conflicts;
+    }
 }
 
 impl PeriodicJob for DetectConflictsJob {
@@ -153,4 +396,54 @@ pub async fn run(job: &DetectConflictsJob, deps: &Deps) -> Result<(), JobError> 
         )
         .await?;
     result.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunUpdate;
+
+    fn outcome(created: i64, updated: i64, pushes: i64, conflicts: i64) -> PageOutcome {
+        PageOutcome {
+            counts: RunUpdate {
+                created,
+                updated,
+                ..RunUpdate::default()
+            },
+            pushes,
+            conflicts,
+            ..PageOutcome::default()
+        }
+    }
+
+    #[test]
+    fn a_page_with_nothing_changed_checked_its_records_and_found_no_drift() {
+        let found = page_counts(100, Some(&outcome(0, 0, 0, 0)), 0);
+        assert_eq!(
+            found,
+            SweepCounts {
+                checked: 100,
+                ..SweepCounts::default()
+            }
+        );
+        // A page another attempt had applied already counts as read only.
+        assert_eq!(page_counts(3, None, 0).drifted, 0);
+    }
+
+    #[test]
+    fn drift_is_what_the_merge_changed_pushed_or_held_and_never_more_than_was_read() {
+        let found = page_counts(10, Some(&outcome(1, 2, 1, 1)), 1);
+        assert_eq!(
+            found,
+            SweepCounts {
+                checked: 10,
+                drifted: 6,
+                repaired: 5,
+                conflicts: 1,
+            }
+        );
+        // A record updated and pushed counts in both: capped at the page.
+        let capped = page_counts(2, Some(&outcome(0, 2, 2, 0)), 0);
+        assert_eq!((capped.drifted, capped.repaired), (2, 2));
+    }
 }

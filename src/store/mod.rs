@@ -11,6 +11,7 @@ mod records;
 mod retention;
 mod rotation;
 mod runs;
+mod sweep;
 mod tenants;
 
 pub use conflicts::{ConflictRow, FieldChange, Resolution};
@@ -25,6 +26,7 @@ pub use records::{PageApplied, PageOutcome, PageWrite, PushTarget};
 pub use retention::Purged;
 pub use rotation::Rotation;
 pub use runs::{RunCounts, RunRow, RunUpdate};
+pub use sweep::SweepCheckpoint;
 pub use tenants::{DEFAULT_TENANT, NewTenant};
 
 use crate::domain::TenantId;

@@ -38,6 +38,7 @@ mod secrets_canary;
 mod shared_portal;
 mod store_security;
 mod strategies;
+mod sweep;
 mod sync_faults;
 mod tracing_export;
 mod webhook_ingress;

@@ -31,6 +31,10 @@ pub struct Page {
     /// How many records the CRM returned (leads without a contact are read
     /// but left out of `records`).
     pub scanned: usize,
+    /// The ids of every record the CRM returned, mapped or not: a sweep that
+    /// concludes deletions from what the list did not show must not take a
+    /// lead left out of `records` for a deleted one.
+    pub listed: Vec<CrmId>,
 }
 
 /// A search for records changed in a window, ascending by modified time
@@ -223,6 +227,37 @@ impl HubspotClient {
         pacer
     }
 
+    /// Waits for `requests` slots of the account's `sweep` budget (one per
+    /// request the caller is about to make): the burst limit
+    /// at `share` of crmsync's part of it, paced fleet-wide like every
+    /// budget, taking only free slots. The `detect_conflicts` sweep asks it
+    /// before each of its list calls (which then take their burst slot as
+    /// usual), so the sweep never uses more than `share` of the account's
+    /// rate however much of the budget is free. `share` is read when the
+    /// budget is first made (it is a start-up setting).
+    pub async fn pace_share(
+        &self,
+        portal: &str,
+        share: f64,
+        requests: u32,
+    ) -> Result<(), ProviderError> {
+        let spec = BudgetSpec {
+            limit: WindowLimit {
+                requests: self.settings.requests_per_10s,
+                window: BURST_WINDOW,
+            },
+            // The burst budget counts the day's requests, these among them.
+            daily_limit: 0,
+            share: self.settings.budget_share * share,
+            kind: "sweep",
+        };
+        let budget = self.budgets.get(&format!("hubspot:{portal}:sweep"), spec);
+        for _ in 0..requests.max(1) {
+            budget.acquire(Priority::Background).await?;
+        }
+        Ok(())
+    }
+
     /// The account's search budget (HubSpot counts search apart).
     fn search_budget(&self, portal: &str) -> Pacer {
         let spec = BudgetSpec {
@@ -271,6 +306,17 @@ impl HubspotClient {
         body.get("portalId")
             .and_then(Value::as_u64)
             .ok_or_else(|| ProviderError::Unavailable("account details without a portalId".into()))
+    }
+
+    /// Requests one [`Self::list_page`] call of up to `limit` records makes
+    /// (at most 100): a leads page also reads its leads' contact
+    /// associations and those contacts, one batch of 100 each. What a caller
+    /// pacing its own share of the budget counts per page.
+    pub fn list_page_requests(object: CrmObject, limit: u32) -> u32 {
+        match object {
+            CrmObject::Contacts => 1,
+            CrmObject::Leads => 1 + 2 * limit.div_ceil(BATCH as u32).max(1),
+        }
     }
 
     /// One page of every record of `object`, `limit` per page, from `after`.
@@ -751,6 +797,7 @@ impl HubspotClient {
     ) -> Result<Page, ProviderError> {
         let next = body.paging.and_then(|p| p.next).map(|n| n.after);
         let scanned = body.results.len();
+        let listed = body.results.iter().map(|o| CrmId(o.id.clone())).collect();
         let last_position = body.results.last().and_then(|o| {
             let at = o
                 .properties
@@ -776,6 +823,7 @@ impl HubspotClient {
             next,
             last_position,
             scanned,
+            listed,
         })
     }
 }
@@ -932,6 +980,16 @@ fn classify(
 mod tests {
     use super::*;
     use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn a_leads_page_costs_its_list_and_the_reads_of_its_contacts() {
+        assert_eq!(
+            HubspotClient::list_page_requests(CrmObject::Contacts, 100),
+            1
+        );
+        assert_eq!(HubspotClient::list_page_requests(CrmObject::Leads, 100), 3);
+        assert_eq!(HubspotClient::list_page_requests(CrmObject::Leads, 5), 3);
+    }
 
     #[test]
     fn rate_limits_use_retry_after_or_the_policy_window() {

@@ -402,6 +402,45 @@ pub async fn user_bulk_update(
     )
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SilentUpdate {
+    object_type: String,
+    id: String,
+    properties: Map<String, Value>,
+}
+
+/// `POST /_sandbox/accounts/{portalId}/silent-update`: a record's values
+/// change with no webhook and no move of its modified time (a formula
+/// field, or a change the search index missed) — what only a sweep that
+/// reads every record can find. Body `{"objectType", "id", "properties"}`;
+/// answers `{"changed": n}`.
+pub async fn silent_update(
+    State(sb): State<Sandbox>,
+    Path(portal_id): Path<u64>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input: SilentUpdate = parse_body(&body)?;
+    let object = object_type(&input.object_type)?;
+    let account = account(&sb, portal_id)?;
+    let id: u64 = input
+        .id
+        .parse()
+        .map_err(|_| ApiError::validation("id must be a number"))?;
+    let actor = user(&q);
+    // No changes returned: `write` then emits no webhook.
+    let changed = write(&sb, &account, actor, |data, _, _| {
+        let store = data.store(object);
+        let values = objects::validated(store, &input.properties)?;
+        let changed = store
+            .silent_update(id, values, actor)
+            .map_err(|e| write_error(object, e))?;
+        Ok((changed, Vec::new()))
+    })?;
+    Ok(axum::Json(json!({"changed": changed})).into_response())
+}
+
 /// `GET /_sandbox/accounts/{portalId}/counters`.
 pub async fn get_counters(
     State(sb): State<Sandbox>,

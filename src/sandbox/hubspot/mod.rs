@@ -464,6 +464,10 @@ impl Sandbox {
                 post(control::release_holds),
             )
             .route(
+                "/_sandbox/accounts/{portal_id}/silent-update",
+                post(control::silent_update),
+            )
+            .route(
                 "/_sandbox/accounts/{portal_id}/limits",
                 get(control::get_limits).put(control::put_limits),
             )

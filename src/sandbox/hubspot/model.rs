@@ -988,6 +988,46 @@ impl ObjectStore {
         Ok(changes)
     }
 
+    /// Changes a live record's values the way a formula field, a
+    /// calculated rollup or a search-index miss looks from outside: the
+    /// values move, but neither `updatedAt` nor the modified property does,
+    /// the search index keeps its old copy, each history entry is stamped
+    /// with the record's unchanged modification time (so no property's
+    /// time passes it), and no change is reported — so no webhook fires and
+    /// no delta (a search by modified time) can see it. Returns how many
+    /// values changed.
+    pub fn silent_update(
+        &mut self,
+        id: u64,
+        values: BTreeMap<String, String>,
+        actor: Actor,
+    ) -> Result<usize, WriteError> {
+        let live = self
+            .objects
+            .get(&id)
+            .is_some_and(|o| o.archived_ms.is_none());
+        if !live {
+            return Err(WriteError::NotFound(id.to_string()));
+        }
+        if let Some(conflict) = self.unique_conflict(&values, Some(id)) {
+            return Err(conflict);
+        }
+        self.unindex_unique(id);
+        let mut changed = 0;
+        if let Some(obj) = self.objects.get_mut(&id) {
+            let at = obj.updated_ms;
+            for (name, value) in values {
+                if obj.values.get(&name).map_or("", String::as_str) == value {
+                    continue;
+                }
+                obj.set(&name, &value, actor, at);
+                changed += 1;
+            }
+        }
+        self.index_unique(id);
+        Ok(changed)
+    }
+
     /// Archives a live record (restorable); archiving an archived or unknown id is a no-op.
     pub fn archive(
         &mut self,
