@@ -208,8 +208,16 @@ on_both_backends! {
         close(deps).await;
         assert_eq!(replayed[0].id, id);
         assert_eq!(replayed[0].replayed_by.as_deref(), Some("retry_failed"));
-        let runs = fleet.store.list_runs(fleet.tenant, Some(fleet.connection), None, 10).await.expect("runs");
-        let run = runs.iter().find(|r| r.kind == RunKind::RetryFailed).expect("a retry_failed run");
+        // The job records its run after the re-drive it counts.
+        let started = Instant::now();
+        let run = loop {
+            let runs = fleet.store.list_runs(fleet.tenant, Some(fleet.connection), None, 10).await.expect("runs");
+            if let Some(run) = runs.into_iter().find(|r| r.kind == RunKind::RetryFailed) {
+                break run;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "no retry_failed run");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
         assert_eq!(run.counts.as_ref().and_then(|c| c.get("redriven")), Some(&1), "{run:?}");
         fleet.finish().await;
     }
