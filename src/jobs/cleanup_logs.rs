@@ -8,9 +8,8 @@
 //! history. Deletes commit in small batches: a job cut off at the job
 //! timeout keeps what it did, and its retry goes on from there.
 
-use super::periodic::{self, PeriodicJob};
-use super::{Deps, JobError, JobKind};
-use crate::domain::{ConnectionId, RunKind, RunStatus, TenantId};
+use super::{Deps, JobError};
+use crate::domain::{RunKind, RunStatus};
 use crate::store::Purged;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -42,45 +41,7 @@ impl CleanupLogsJob {
     }
 }
 
-impl PeriodicJob for CleanupLogsJob {
-    const KIND: JobKind = JobKind::CleanupLogs;
-
-    fn idempotency_key(&self) -> String {
-        periodic::key(
-            Self::KIND,
-            None,
-            self.period_start,
-            self.rerun.as_deref(),
-            self.attempt,
-        )
-    }
-
-    fn scope(&self) -> Option<(TenantId, ConnectionId)> {
-        None
-    }
-
-    fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    fn retried(&self) -> Self {
-        Self {
-            attempt: self.attempt + 1,
-            ..self.clone()
-        }
-    }
-
-    fn deferred(&self) -> Self {
-        Self {
-            rerun: Some(periodic::rerun_token("defer")),
-            ..self.clone()
-        }
-    }
-
-    async fn run(&self, deps: &Deps) -> Result<(), JobError> {
-        run(deps).await.map(|_| ())
-    }
-}
+super::periodic::periodic_job!(CleanupLogsJob, CleanupLogs, fleet_wide, run);
 
 /// What one cleanup deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

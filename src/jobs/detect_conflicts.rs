@@ -5,8 +5,8 @@
 //! `repaired` and `conflicts`. The sweep itself is [`sweep`].
 
 use super::Session;
-use super::periodic::{self, PeriodicJob};
-use super::{Deps, JobError, JobKind};
+use super::periodic;
+use super::{Deps, JobError};
 use crate::domain::{ConnectionId, ConnectionStatus, RunKind, RunStatus, TenantId};
 use crate::domain::{CrmId, CrmObject, RunId};
 use crate::store::{PageOutcome, PageWrite, RunCounts, SweepCheckpoint};
@@ -325,45 +325,7 @@ impl SweepCounts {
     }
 }
 
-impl PeriodicJob for DetectConflictsJob {
-    const KIND: JobKind = JobKind::DetectConflicts;
-
-    fn idempotency_key(&self) -> String {
-        periodic::key(
-            Self::KIND,
-            Some(self.connection),
-            self.period_start,
-            self.rerun.as_deref(),
-            self.attempt,
-        )
-    }
-
-    fn scope(&self) -> Option<(TenantId, ConnectionId)> {
-        Some((self.tenant, self.connection))
-    }
-
-    fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    fn retried(&self) -> Self {
-        Self {
-            attempt: self.attempt + 1,
-            ..self.clone()
-        }
-    }
-
-    fn deferred(&self) -> Self {
-        Self {
-            rerun: Some(periodic::rerun_token("defer")),
-            ..self.clone()
-        }
-    }
-
-    async fn run(&self, deps: &Deps) -> Result<(), JobError> {
-        run(self, deps).await
-    }
-}
+super::periodic::periodic_job!(DetectConflictsJob, DetectConflicts, per_connection, run);
 
 /// Sweeps the connection if it is active and records the run: `succeeded`
 /// with the sweep's counts, or `failed` with its error (each attempt is a

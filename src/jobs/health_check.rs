@@ -2,8 +2,7 @@
 //! active connection per `sync.health_check_interval_secs`, so a slow CRM
 //! holds up only its own check. The check itself is [`super::health`].
 
-use super::periodic::{self, PeriodicJob};
-use super::{Deps, JobError, JobKind};
+use super::{Deps, JobError};
 use crate::domain::{ConnectionId, RunKind, RunStatus, TenantId};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -41,45 +40,7 @@ impl HealthCheckJob {
     }
 }
 
-impl PeriodicJob for HealthCheckJob {
-    const KIND: JobKind = JobKind::HealthCheck;
-
-    fn idempotency_key(&self) -> String {
-        periodic::key(
-            Self::KIND,
-            Some(self.connection),
-            self.period_start,
-            self.rerun.as_deref(),
-            self.attempt,
-        )
-    }
-
-    fn scope(&self) -> Option<(TenantId, ConnectionId)> {
-        Some((self.tenant, self.connection))
-    }
-
-    fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    fn retried(&self) -> Self {
-        Self {
-            attempt: self.attempt + 1,
-            ..self.clone()
-        }
-    }
-
-    fn deferred(&self) -> Self {
-        Self {
-            rerun: Some(periodic::rerun_token("defer")),
-            ..self.clone()
-        }
-    }
-
-    async fn run(&self, deps: &Deps) -> Result<(), JobError> {
-        run(self, deps).await
-    }
-}
+super::periodic::periodic_job!(HealthCheckJob, HealthCheck, per_connection, run);
 
 /// Checks the connection (if it is still active) and records the check
 /// both as health history and as a `health_check` run: `succeeded` with

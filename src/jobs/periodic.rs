@@ -84,6 +84,84 @@ pub trait PeriodicJob:
     fn run(&self, deps: &Deps) -> impl Future<Output = Result<(), JobError>> + Send;
 }
 
+/// Implements [`PeriodicJob`] for a job with the fields every periodic job
+/// has (`period_start`, `attempt`, `rerun`; a per-connection one also
+/// `tenant` and `connection`): one definition of the key, retry and
+/// deferral for every kind. `per_connection` jobs run as `run(job, deps)`;
+/// `fleet_wide` ones as `run(deps)`, whatever they count.
+macro_rules! periodic_job {
+    ($job:ident, $kind:ident, per_connection, $run:path) => {
+        impl $crate::jobs::periodic::PeriodicJob for $job {
+            const KIND: $crate::jobs::JobKind = $crate::jobs::JobKind::$kind;
+
+            fn idempotency_key(&self) -> String {
+                $crate::jobs::periodic::key(
+                    Self::KIND,
+                    Some(self.connection),
+                    self.period_start,
+                    self.rerun.as_deref(),
+                    self.attempt,
+                )
+            }
+
+            fn scope(&self) -> Option<($crate::domain::TenantId, $crate::domain::ConnectionId)> {
+                Some((self.tenant, self.connection))
+            }
+
+            async fn run(&self, deps: &$crate::jobs::Deps) -> Result<(), $crate::jobs::JobError> {
+                $run(self, deps).await
+            }
+
+            $crate::jobs::periodic::periodic_job!(@attempts);
+        }
+    };
+    ($job:ident, $kind:ident, fleet_wide, $run:path) => {
+        impl $crate::jobs::periodic::PeriodicJob for $job {
+            const KIND: $crate::jobs::JobKind = $crate::jobs::JobKind::$kind;
+
+            fn idempotency_key(&self) -> String {
+                $crate::jobs::periodic::key(
+                    Self::KIND,
+                    None,
+                    self.period_start,
+                    self.rerun.as_deref(),
+                    self.attempt,
+                )
+            }
+
+            fn scope(&self) -> Option<($crate::domain::TenantId, $crate::domain::ConnectionId)> {
+                None
+            }
+
+            async fn run(&self, deps: &$crate::jobs::Deps) -> Result<(), $crate::jobs::JobError> {
+                $run(deps).await.map(|_| ())
+            }
+
+            $crate::jobs::periodic::periodic_job!(@attempts);
+        }
+    };
+    (@attempts) => {
+        fn attempt(&self) -> u32 {
+            self.attempt
+        }
+
+        fn retried(&self) -> Self {
+            Self {
+                attempt: self.attempt + 1,
+                ..self.clone()
+            }
+        }
+
+        fn deferred(&self) -> Self {
+            Self {
+                rerun: Some($crate::jobs::periodic::rerun_token("defer")),
+                ..self.clone()
+            }
+        }
+    };
+}
+pub(crate) use periodic_job;
+
 #[cfg(test)]
 mod tests {
     use super::*;

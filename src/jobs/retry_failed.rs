@@ -5,9 +5,8 @@
 //! re-drove; a round that re-drives nothing leaves no run (an hourly row
 //! per connection saying "nothing" would bury the sync runs).
 
-use super::periodic::{self, PeriodicJob};
-use super::{Deps, JobError, JobKind};
-use crate::domain::{ConnectionId, RunKind, RunStatus, TenantId};
+use super::{Deps, JobError};
+use crate::domain::{RunKind, RunStatus};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
@@ -34,45 +33,7 @@ impl RetryFailedJob {
     }
 }
 
-impl PeriodicJob for RetryFailedJob {
-    const KIND: JobKind = JobKind::RetryFailed;
-
-    fn idempotency_key(&self) -> String {
-        periodic::key(
-            Self::KIND,
-            None,
-            self.period_start,
-            self.rerun.as_deref(),
-            self.attempt,
-        )
-    }
-
-    fn scope(&self) -> Option<(TenantId, ConnectionId)> {
-        None
-    }
-
-    fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    fn retried(&self) -> Self {
-        Self {
-            attempt: self.attempt + 1,
-            ..self.clone()
-        }
-    }
-
-    fn deferred(&self) -> Self {
-        Self {
-            rerun: Some(periodic::rerun_token("defer")),
-            ..self.clone()
-        }
-    }
-
-    async fn run(&self, deps: &Deps) -> Result<(), JobError> {
-        run(deps).await.map(|_| ())
-    }
-}
+super::periodic::periodic_job!(RetryFailedJob, RetryFailed, fleet_wide, run);
 
 /// Re-drives the fleet's open dead letters and records a run per connection
 /// re-driven; returns how many dead letters went back to the queue. Safe to
