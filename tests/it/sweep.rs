@@ -197,23 +197,35 @@ on_both_backends! {
     }
 }
 
+/// The sandbox account limited to 50 requests per 10 s, and workers' deps
+/// paced to it (pages of 5, so a sweep takes many requests).
+async fn on_a_small_budget(fleet: &Fleet) -> (u32, crmsync::config::Settings, crmsync::jobs::Deps) {
+    let limit = 50u32;
+    let limits = fleet
+        .sandbox
+        .put_control(
+            &format!("/_sandbox/accounts/{PORTAL}/limits"),
+            json!({"perTenSeconds": limit, "daily": 250000, "searchPerSecond": 5}),
+        )
+        .await;
+    assert!(limits.status.is_success(), "{:?}", limits.body);
+    let mut settings = fleet.settings.clone();
+    settings.hubspot.requests_per_10s = limit;
+    settings.sync.full_page_size = 5;
+    let deps = crmsync::app::deps(&settings, fleet.store.clone())
+        .await
+        .expect("deps");
+    (limit, settings, deps)
+}
+
 on_both_backends! {
     async fn the_sweep_keeps_to_its_budget_share_while_a_webhook_burst_is_served(backend) {
         let fleet = synced(backend, 60).await;
-        let limit = 50u32;
-        let limits = fleet.sandbox.put_control(
-            &format!("/_sandbox/accounts/{PORTAL}/limits"),
-            json!({"perTenSeconds": limit, "daily": 250000, "searchPerSecond": 5}),
-        ).await;
-        assert!(limits.status.is_success(), "{:?}", limits.body);
         // Workers of this account's real budget: the sweep's and the
         // webhook jobs' requests share it.
-        let mut settings = fleet.settings.clone();
-        settings.hubspot.requests_per_10s = limit;
-        settings.sync.full_page_size = 5;
+        let (limit, settings, deps) = on_a_small_budget(&fleet).await;
         let share = settings.sync.detect_conflicts_budget_share;
         assert!((share - 0.2).abs() < 1e-9, "the default share");
-        let deps = crmsync::app::deps(&settings, fleet.store.clone()).await.expect("deps");
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let webhooks = {
             let deps = deps.clone();
@@ -362,17 +374,8 @@ on_both_backends! {
         // Background priority alone would take every free slot: with
         // nothing else running, only the sweep's own pace holds it back.
         let fleet = synced(backend, 60).await;
-        let limit = 50u32;
-        let limits = fleet.sandbox.put_control(
-            &format!("/_sandbox/accounts/{PORTAL}/limits"),
-            json!({"perTenSeconds": limit, "daily": 250000, "searchPerSecond": 5}),
-        ).await;
-        assert!(limits.status.is_success(), "{:?}", limits.body);
-        let mut settings = fleet.settings.clone();
-        settings.hubspot.requests_per_10s = limit;
-        settings.sync.full_page_size = 5;
+        let (limit, settings, deps) = on_a_small_budget(&fleet).await;
         let share = settings.sync.detect_conflicts_budget_share;
-        let deps = crmsync::app::deps(&settings, fleet.store.clone()).await.expect("deps");
         let lists = list_calls(&fleet).await;
         let started = Instant::now();
         let found = sweep_until(&job(&fleet), &deps, started + Duration::from_secs(4)).await.expect("sweep");
