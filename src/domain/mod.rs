@@ -3,6 +3,7 @@
 
 mod fields;
 mod ids;
+pub mod validate;
 
 pub use fields::{CanonicalField, RecordFields};
 pub use ids::{ConnectionId, CrmId, RecordId, RunId, TenantId};
