@@ -24,6 +24,7 @@ mod convergence;
 mod crash_safety;
 mod dead_letters;
 mod health;
+mod hostile;
 mod hubspot_client;
 mod hubspot_leads;
 mod key_rotation;
