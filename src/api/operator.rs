@@ -64,11 +64,29 @@ async fn render(api: &Api, row: &ConnectionRow) -> Value {
         "strategy": row.settings.strategy,
         "objects": row.settings.objects,
         "deltaIntervalSecs": row.delta_interval_secs,
+        "parkedRecords": parked_records(api, row).await,
         "hasWebhookSecret": row.has_webhook_secret(),
         "webhookStats": stats,
         "createdAt": row.created_at,
         "updatedAt": row.updated_at,
     })
+}
+
+/// Records of the connection parked and not yet fixed or replayed (`null`
+/// when the store cannot say).
+async fn parked_records(api: &Api, row: &ConnectionRow) -> Value {
+    match api.store.parked_counts(row.tenant).await {
+        Ok(counts) => json!(
+            counts
+                .into_iter()
+                .find(|(c, _)| *c == row.id)
+                .map_or(0, |(_, n)| n)
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "parked records unavailable");
+            Value::Null
+        }
+    }
 }
 
 /// The connection's latest health check (`null` before the first).

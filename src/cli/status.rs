@@ -1,6 +1,7 @@
 //! `crmsync status`: per connection its records, last run and counts, cursors
 //! and lag — a table for people, `--json` for scripts (field names are a
-//! contract: id, provider, status, records, lastRun, cursors, lagSeconds).
+//! contract: id, provider, status, records, parkedRecords, lastRun, cursors,
+//! lagSeconds).
 
 use crate::app;
 use crate::config::Settings;
@@ -29,6 +30,9 @@ pub struct ConnectionReport {
     pub status_reason: Option<String>,
     /// Platform records linked to it.
     pub records: i64,
+    /// Records parked (refused by the CRM or the platform) and not yet
+    /// fixed or replayed: `GET /v1/dead-letters` lists them.
+    pub parked_records: i64,
     /// The most recent sync run (`kind`, `object`, `status`, `startedAt`,
     /// `finishedAt`, `pagesDone`, `processed`, `created`, `updated`,
     /// `unchanged`, `failed`, `error`).
@@ -53,7 +57,13 @@ pub struct CursorReport {
 pub async fn collect(store: &Store) -> anyhow::Result<Vec<ConnectionReport>> {
     let now = Utc::now();
     let mut reports = Vec::new();
+    let mut parked: BTreeMap<(TenantId, ConnectionId), i64> = BTreeMap::new();
     for (tenant, id) in store.connection_directory().await? {
+        if !parked.keys().any(|(t, _)| *t == tenant) {
+            for (connection, n) in store.parked_counts(tenant).await? {
+                parked.insert((tenant, connection), n);
+            }
+        }
         let connection = store.connection(tenant, id).await?;
         let cursors = store.cursors(tenant, id).await?;
         let lag_seconds = cursors
@@ -69,6 +79,7 @@ pub async fn collect(store: &Store) -> anyhow::Result<Vec<ConnectionReport>> {
             status: connection.status.to_string(),
             status_reason: connection.status_reason,
             records: store.linked_records(tenant, id).await?,
+            parked_records: parked.get(&(tenant, id)).copied().unwrap_or(0),
             last_run: store.latest_run(tenant, id).await?,
             cursors: cursors
                 .into_iter()
@@ -107,8 +118,13 @@ pub fn one_line(r: &ConnectionReport) -> String {
     let lag = r
         .lag_seconds
         .map_or_else(|| "-".into(), |s| format!("{s}s"));
+    let parked = if r.parked_records > 0 {
+        format!("  parked {}", r.parked_records)
+    } else {
+        String::new()
+    };
     format!(
-        "{}  {} {}  {}  records {}  {}  lag {}",
+        "{}  {} {}  {}  records {}{parked}  {}  lag {}",
         r.id, r.provider, r.external_account_id, r.status, r.records, run, lag
     )
 }

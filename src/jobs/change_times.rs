@@ -10,7 +10,7 @@
 
 use super::{Deps, JobError, Session};
 use crate::domain::{ConnectionId, CrmId, CrmObject, TenantId};
-use crate::store::{PageApplied, PageOutcome, PageWrite};
+use crate::store::{PageApplied, PageOutcome, PageWrite, RefusedRecord};
 use crate::sync::Incoming;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,16 +24,53 @@ const APPLY_TRIES: usize = 3;
 /// applied again (`crate::sync::needs_history`). The pre-check in
 /// [`with_change_times`] makes that rare; this makes it safe. Returns `None`
 /// when another attempt of the same job had written the page already.
+///
+/// One bad record never blocks the page (`store::parked`): a record whose
+/// values break the platform's rules is parked before the write, and one
+/// the store refuses is parked after a second refusal (the first may be a
+/// race with another writer that the retry resolves).
 pub(crate) async fn apply_checked(
     session: &mut Session,
     deps: &Deps,
     mut write: PageWrite,
 ) -> Result<Option<PageOutcome>, JobError> {
-    for _ in 0..APPLY_TRIES {
+    park_invalid(&mut write);
+    let mut history_tries = 0;
+    let mut refused_once: BTreeSet<CrmId> = BTreeSet::new();
+    loop {
         match deps.store.apply_page(&write).await? {
-            PageApplied::Applied(outcome) => return Ok(Some(outcome)),
+            PageApplied::Applied(outcome) => {
+                if !outcome.parked.is_empty() {
+                    metrics::counter!("crmsync_parked_records_total", "provider" => write.provider.as_str(), "direction" => "pull")
+                        .increment(outcome.parked.len() as u64);
+                    tracing::warn!(
+                        connection.id = %write.connection,
+                        object = %write.object,
+                        parked = outcome.parked.len(),
+                        "CRM records parked: the platform refused them"
+                    );
+                }
+                return Ok(Some(outcome));
+            }
             PageApplied::AlreadyApplied => return Ok(None),
+            PageApplied::Refused(refused) => {
+                if refused_once.insert(refused.crm_id.clone()) {
+                    continue;
+                }
+                write.items.retain(|item| item.crm_id != refused.crm_id);
+                write.refused.push(refused);
+            }
             PageApplied::NeedsHistory(ids) => {
+                history_tries += 1;
+                if history_tries >= APPLY_TRIES {
+                    return Err(JobError::Transient {
+                        message: format!(
+                            "{} records still needed their history after {APPLY_TRIES} reads",
+                            write.object
+                        ),
+                        retry_after: None,
+                    });
+                }
                 metrics::counter!("crmsync_history_rereads_total").increment(ids.len() as u64);
                 let items = std::mem::take(&mut write.items);
                 let mut items =
@@ -43,16 +80,26 @@ pub(crate) async fn apply_checked(
                 let wanted: BTreeSet<&CrmId> = ids.iter().collect();
                 items.retain(|item| item.history || !wanted.contains(&item.crm_id));
                 write.items = items;
+                // A re-read may bring fixed or newly broken values.
+                park_invalid(&mut write);
             }
         }
     }
-    Err(JobError::Transient {
-        message: format!(
-            "{} records still needed their history after {APPLY_TRIES} reads",
-            write.object
-        ),
-        retry_after: None,
-    })
+}
+
+/// Moves the records whose values break the platform's rules
+/// ([`crate::domain::validate`]) from the page's items to its refused.
+fn park_invalid(write: &mut PageWrite) {
+    let items = std::mem::take(&mut write.items);
+    for item in items {
+        match crate::domain::validate::check_fields(&item.fields) {
+            Ok(()) => write.items.push(item),
+            Err(problem) => write.refused.push(RefusedRecord {
+                crm_id: item.crm_id.clone(),
+                reason: format!("the platform refuses {problem}"),
+            }),
+        }
+    }
 }
 
 /// `records`, with the contested ones replaced by reads that carry

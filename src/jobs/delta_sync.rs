@@ -238,6 +238,7 @@ async fn pull(
         next_page_token: None,
         finishes_run: false,
         queue_pushes: true,
+        refused: Vec::new(),
         cursor,
     };
     // Where a follow-up resumes if the time budget runs out: just behind the

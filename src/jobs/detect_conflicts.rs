@@ -230,6 +230,7 @@ async fn sweep_object(
             next_page_token: None,
             finishes_run: false,
             queue_pushes: true,
+            refused: Vec::new(),
             cursor: None,
         };
         // What the CRM holds, for the conflicts the merge leaves open.

@@ -128,6 +128,7 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
         next_page_token: page.next,
         finishes_run: finishes,
         queue_pushes: true,
+        refused: Vec::new(),
         cursor: None,
     };
     let outcome = super::change_times::apply_checked(&mut session, deps, write).await?;

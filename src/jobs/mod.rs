@@ -10,6 +10,7 @@ pub mod full_sync;
 pub mod gauges;
 pub mod health;
 pub mod health_check;
+mod isolate;
 pub mod periodic;
 pub mod process_webhook;
 pub mod push_changes;

@@ -290,6 +290,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
                 next_page_token: None,
                 finishes_run: false,
                 queue_pushes: true,
+                refused: Vec::new(),
                 cursor: None,
             };
             let applied = super::change_times::apply_checked(&mut session, deps, write).await?;
@@ -394,6 +395,7 @@ async fn leads_of_changed_contacts(
         next_page_token: None,
         finishes_run: false,
         queue_pushes: true,
+        refused: Vec::new(),
         cursor: None,
     };
     let applied = super::change_times::apply_checked(session, deps, page).await?;

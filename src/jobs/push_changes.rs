@@ -25,7 +25,7 @@ use crate::domain::{
     RunStatus, TenantId,
 };
 use crate::providers::hubspot::{Update, Upserted, mapping};
-use crate::store::{PageWrite, PushTarget, PushedRecord};
+use crate::store::{PageWrite, PushTarget, PushedRecord, RefusedPush, RefusedRecord};
 use crate::sync::ConflictStrategy;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -254,13 +254,45 @@ impl Push<'_> {
                     .outbox_ids
                     .push(p.outbox_id);
             }
-            let targets = self
+            let (targets, unreadable) = self
                 .merge_linked(object, kind, run, &by_record, reserved)
                 .await?;
-            let pushed = self.write(object, &by_record, &targets).await?;
+            let (pushed, mut refused) = self.write(object, &by_record, &targets).await?;
+            // A record whose CRM copy the platform refused (parked by the
+            // read) cannot be merged: its push waits too. The read that
+            // brings the fixed copy queues the push again.
+            for parked in unreadable {
+                if let Some((record, p)) = by_record
+                    .iter()
+                    .find(|(_, p)| p.crm_id.as_ref() == Some(&parked.crm_id))
+                {
+                    refused.push(RefusedPush {
+                        record: *record,
+                        outbox_ids: p.outbox_ids.clone(),
+                        reason: format!("its CRM record is parked: {}", parked.reason),
+                    });
+                }
+            }
+            if !refused.is_empty() {
+                metrics::counter!("crmsync_parked_records_total", "provider" => self.provider.as_str(), "direction" => "push")
+                    .increment(refused.len() as u64);
+                tracing::warn!(
+                    connection.id = %job.connection,
+                    %object,
+                    parked = refused.len(),
+                    "platform records parked: the CRM refused them"
+                );
+                deps.store
+                    .park_pushes((job.tenant, job.connection), object, &refused)
+                    .await?;
+            }
             // Rows with nothing to write: the CRM agrees already, the record
             // is gone there, or its difference is held in a conflict.
-            let done: BTreeSet<RecordId> = pushed.iter().map(|p| p.record).collect();
+            let done: BTreeSet<RecordId> = pushed
+                .iter()
+                .map(|p| p.record)
+                .chain(refused.iter().map(|r| r.record))
+                .collect();
             let settled: Vec<uuid::Uuid> = by_record
                 .iter()
                 .filter(|(record, _)| !done.contains(record))
@@ -285,14 +317,14 @@ impl Push<'_> {
         run: crate::domain::RunId,
         by_record: &BTreeMap<RecordId, Pending>,
         mut reserved: Option<crate::providers::hubspot::ReservedRead>,
-    ) -> Result<Vec<PushTarget>, JobError> {
+    ) -> Result<(Vec<PushTarget>, Vec<RefusedRecord>), JobError> {
         let (job, deps) = (self.job, self.deps);
         let linked: Vec<CrmId> = by_record
             .values()
             .filter_map(|p| p.crm_id.clone())
             .collect();
         if linked.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let account = self.session.account().to_string();
         let mut current = crate::with_auth!(self.session, deps, |token| deps.hubspot.batch_read(
@@ -354,25 +386,29 @@ impl Push<'_> {
             next_page_token: None,
             finishes_run: false,
             queue_pushes: false,
+            refused: Vec::new(),
             cursor: None,
         };
         let outcome = super::change_times::apply_checked(&mut self.session, deps, write).await?;
         crate::telemetry::record_page("push_changes", outcome.as_ref().map(|o| o.counts));
-        Ok(outcome.map(|o| o.targets).unwrap_or_default())
+        Ok(outcome.map(|o| (o.targets, o.parked)).unwrap_or_default())
     }
 
     /// Patches linked records to their targets and upserts unlinked ones;
-    /// returns what each write left in the CRM.
+    /// returns what each write left in the CRM, and the records the CRM
+    /// refused (`jobs::isolate`: the rest of their batch is written).
     async fn write(
         &mut self,
         object: CrmObject,
         by_record: &BTreeMap<RecordId, Pending>,
         targets: &[PushTarget],
-    ) -> Result<Vec<PushedRecord>, JobError> {
+    ) -> Result<(Vec<PushedRecord>, Vec<RefusedPush>), JobError> {
         let deps = self.deps;
         let account = self.session.account().to_string();
         let mut pushed = Vec::new();
+        let mut refused = Vec::new();
         let mut updated_at = BTreeMap::new();
+        let mut refused_updates = BTreeSet::new();
         let updates: Vec<Update> = targets
             .iter()
             .map(|t| Update {
@@ -395,16 +431,37 @@ impl Push<'_> {
                     chrono::Utc::now() + chrono::Duration::seconds(60),
                 )
                 .await?;
-            updated_at = crate::with_auth!(self.session, deps, |token| deps
-                .hubspot
-                .batch_update(&account, token, object, &updates))?
-            .into_iter()
-            .collect();
+            let isolated =
+                super::isolate::isolating(&mut self.session, deps, updates, |token, batch| {
+                    let account = &account;
+                    async move {
+                        deps.hubspot
+                            .batch_update(account, &token, object, &batch)
+                            .await
+                    }
+                })
+                .await?;
+            updated_at = isolated.written.into_iter().collect();
+            for (update, reason) in isolated.refused {
+                if let Some(t) = targets.iter().find(|t| t.crm_id == update.crm_id)
+                    && let Some(pending) = by_record.get(&t.record)
+                {
+                    refused_updates.insert(t.record);
+                    refused.push(RefusedPush {
+                        record: t.record,
+                        outbox_ids: pending.outbox_ids.clone(),
+                        reason: format!("the CRM refused the update: {reason}"),
+                    });
+                }
+            }
         }
         for t in targets {
             let Some(pending) = by_record.get(&t.record) else {
                 continue;
             };
+            if refused_updates.contains(&t.record) {
+                continue;
+            }
             pushed.push(PushedRecord {
                 outbox_ids: pending.outbox_ids.clone(),
                 record: t.record,
@@ -427,12 +484,31 @@ impl Push<'_> {
             })
             .collect();
         if upserts.is_empty() {
-            return Ok(pushed);
+            return Ok((pushed, refused));
         }
-        let crm_ids: BTreeMap<String, Upserted> =
-            crate::with_auth!(self.session, deps, |token| deps
-                .hubspot
-                .batch_upsert(&account, token, object, &upserts))?
+        let upserting = upserts.len();
+        let isolated =
+            super::isolate::isolating(&mut self.session, deps, upserts, |token, batch| {
+                let account = &account;
+                async move {
+                    deps.hubspot
+                        .batch_upsert(account, &token, object, &batch)
+                        .await
+                }
+            })
+            .await?;
+        for ((ours, _), reason) in &isolated.refused {
+            let Some((record, p)) = by_record.iter().find(|(r, _)| r.to_string() == *ours) else {
+                continue;
+            };
+            refused.push(RefusedPush {
+                record: *record,
+                outbox_ids: p.outbox_ids.clone(),
+                reason: format!("the CRM refused the record: {reason}"),
+            });
+        }
+        let crm_ids: BTreeMap<String, Upserted> = isolated
+            .written
             .into_iter()
             .map(|u| (u.ours.clone(), u))
             .collect();
@@ -454,13 +530,13 @@ impl Push<'_> {
                 person_crm_id: upserted.person.clone(),
             });
         }
-        if pushed.len() == before {
+        if pushed.len() == before && isolated.refused.len() < upserting {
             return Err(JobError::Transient {
                 message: "the CRM returned no ids for the upserted records".into(),
                 retry_after: None,
             });
         }
-        Ok(pushed)
+        Ok((pushed, refused))
     }
 }
 

@@ -161,6 +161,56 @@ pub async fn replay(
             };
             queue.push_periodic_after(&job, Duration::ZERO).await?;
         }
+        // A parked CRM record: read it again (through the webhook path,
+        // which reads by id); still refused, it is parked again.
+        crate::store::PULL_RECORD => {
+            let (Some(object), Some(crm_id)) = (
+                dead.crm_object.as_deref().and_then(|o| o.parse().ok()),
+                dead.crm_id.clone(),
+            ) else {
+                return Err(JobError::Permanent(format!(
+                    "dead letter {} names no CRM record",
+                    dead.id
+                )));
+            };
+            let changed = vec![crate::domain::CrmId(crm_id)];
+            queue
+                .mark_pending(dead.connection_id, object, &changed)
+                .await?;
+            let job = ProcessWebhookJob {
+                tenant: store_tenant(dead, &malformed)?,
+                connection: dead.connection_id,
+                object,
+                changed,
+                deleted: Vec::new(),
+                erased: Vec::new(),
+                merged: Vec::new(),
+                echoed: Vec::new(),
+                delivery: again,
+                attempt: 0,
+                redrives,
+                traceparent: None,
+            };
+            queue
+                .push_process_webhook_after(&job, Duration::ZERO)
+                .await?;
+        }
+        // A parked platform record: back in the outbox, pushed now.
+        crate::store::PUSH_RECORD => {
+            let Some(record) = dead.record_id else {
+                return Err(JobError::Permanent(format!(
+                    "dead letter {} names no platform record",
+                    dead.id
+                )));
+            };
+            let tenant = store_tenant(dead, &malformed)?;
+            store
+                .unpark_pushes((tenant, dead.connection_id), record)
+                .await?;
+            queue
+                .request_push(tenant, dead.connection_id, "replay")
+                .await?;
+        }
         other => {
             return Err(JobError::Permanent(format!(
                 "dead letter {} is of an unknown job kind {other}",
@@ -169,4 +219,12 @@ pub async fn replay(
         }
     }
     Ok(())
+}
+
+/// The tenant a parked record's dead letter belongs to (its job names it).
+fn store_tenant(
+    dead: &DeadLetter,
+    malformed: &impl Fn(serde_json::Error) -> JobError,
+) -> Result<TenantId, JobError> {
+    serde_json::from_value(dead.job.get("tenant").cloned().unwrap_or_default()).map_err(malformed)
 }

@@ -200,6 +200,46 @@ impl Queue {
         })
     }
 
+    /// Marks records waiting to be read, as a delivery would (a replayed
+    /// parked record): the `ProcessWebhook` job queued next reads them.
+    pub async fn mark_pending(
+        &self,
+        connection: ConnectionId,
+        object: CrmObject,
+        ids: &[CrmId],
+    ) -> Result<(), QueueError> {
+        let Storages::Redis { conn } = &self.storages else {
+            return Ok(());
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = conn.clone();
+        let redis_error = |e: redis::RedisError| QueueError::Redis(e.to_string());
+        let score: i64 = redis::cmd("INCR")
+            .arg(sequence_key(&self.settings.namespace))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        let key = self.pending_key(connection, object);
+        let mut add = redis::cmd("ZADD");
+        add.arg(&key);
+        for id in ids {
+            add.arg(score).arg(id.as_str());
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(add)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(TTL.as_secs())
+            .ignore();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
     /// Releases a claim after its records were applied: each leaves the set
     /// unless a newer change re-marked it meanwhile. Answers how many
     /// records still wait (0 without the set).

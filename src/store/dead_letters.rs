@@ -35,6 +35,12 @@ pub struct DeadLetter {
     /// Times the scheduler's `RetryFailed` had re-driven this chain of
     /// failures before this one; at the limit only an operator replays it.
     pub redrives: i64,
+    /// A parked record's CRM object (`pull_record`, `push_record`).
+    pub crm_object: Option<String>,
+    /// A parked CRM record's id (`pull_record`).
+    pub crm_id: Option<String>,
+    /// A parked platform record's id (`push_record`).
+    pub record_id: Option<crate::domain::RecordId>,
 }
 
 /// Who replays a dead letter: what `replayedBy` says, and whether the
@@ -45,6 +51,8 @@ pub enum ReplayedBy {
     Operator,
     /// The scheduler's hourly `RetryFailed`.
     RetryFailed,
+    /// Nobody: a parked record's next good read or push resolved it.
+    Fixed,
 }
 
 impl ReplayedBy {
@@ -53,6 +61,7 @@ impl ReplayedBy {
         match self {
             Self::Operator => "operator",
             Self::RetryFailed => "retry_failed",
+            Self::Fixed => "fixed",
         }
     }
 }
@@ -69,6 +78,9 @@ struct DeadLetterSql {
     replayed_at: Option<DateTime<Utc>>,
     replayed_by: Option<String>,
     redrives: i64,
+    crm_object: Option<String>,
+    crm_id: Option<String>,
+    record_id: Option<uuid::Uuid>,
 }
 
 impl From<DeadLetterSql> for DeadLetter {
@@ -84,11 +96,14 @@ impl From<DeadLetterSql> for DeadLetter {
             replayed_at: r.replayed_at,
             replayed_by: r.replayed_by,
             redrives: r.redrives,
+            crm_object: r.crm_object,
+            crm_id: r.crm_id,
+            record_id: r.record_id.map(crate::domain::RecordId),
         }
     }
 }
 
-const SELECT: &str = "SELECT id, connection_id, job_kind, job, error, attempts, failed_at, replayed_at, replayed_by, redrives FROM dead_letters";
+const SELECT: &str = "SELECT id, connection_id, job_kind, job, error, attempts, failed_at, replayed_at, replayed_by, redrives, crm_object, crm_id, record_id FROM dead_letters";
 
 impl Store {
     /// Keeps a job that failed for good; its re-drive count is the job's
@@ -194,7 +209,8 @@ impl Store {
         let mut tx = self.begin(tenant).await?;
         let rows: Vec<DeadLetterSql> = on_db!(&mut tx, |c| {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT} WHERE tenant_id = $1 AND replayed_at IS NULL AND redrives < $2 ORDER BY id LIMIT $3"
+                "{SELECT} WHERE tenant_id = $1 AND replayed_at IS NULL AND redrives < $2
+                   AND job_kind NOT IN ('pull_record', 'push_record') ORDER BY id LIMIT $3"
             )))
             .bind(tenant.0)
             .bind(i64::from(max_redrives))

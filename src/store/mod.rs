@@ -6,6 +6,7 @@ mod conflicts;
 mod connections;
 mod dead_letters;
 mod health;
+mod parked;
 mod platform;
 mod records;
 mod retention;
@@ -21,6 +22,7 @@ pub use connections::{
 };
 pub use dead_letters::{DeadLetter, ReplayedBy};
 pub use health::HealthCheck;
+pub use parked::{PULL_RECORD, PUSH_RECORD, RefusedPush, RefusedRecord};
 pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQuery, RecordView};
 pub use records::{PageApplied, PageOutcome, PageWrite, PushTarget};
 pub use retention::Purged;

@@ -596,6 +596,9 @@ impl Store {
             .flat_map(|p| p.outbox_ids.iter().copied())
             .collect();
         mark_outbox_done(&mut tx, tenant, &done, now).await?;
+        // Pushed at last: what was parked of these records went out with it.
+        let records: Vec<RecordId> = pushed.iter().map(|p| p.record).collect();
+        super::parked::resolve_pushed(&mut tx, (tenant, connection), &records, now).await?;
         tx.commit().await
     }
 }

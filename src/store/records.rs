@@ -48,6 +48,9 @@ pub struct PageWrite {
     /// comes back as a [`PushTarget`] for the caller to write now (the read
     /// before a push).
     pub queue_pushes: bool,
+    /// Records left out of this page, parked with the page's commit
+    /// (`store::parked`): the cursor moves past them.
+    pub refused: Vec<super::RefusedRecord>,
 }
 
 /// A record the CRM must be brought to: the push side of a merge.
@@ -81,6 +84,8 @@ pub struct PageOutcome {
     pub conflicts: i64,
     /// With `queue_pushes` off: what to write to the CRM now.
     pub targets: Vec<PushTarget>,
+    /// Records parked with this page instead of applied.
+    pub parked: Vec<super::RefusedRecord>,
 }
 
 /// What [`Store::apply_page`] did.
@@ -97,6 +102,10 @@ pub enum PageApplied {
     /// ([`crate::sync::needs_history`]). Read them again with history and
     /// apply the page again.
     NeedsHistory(Vec<CrmId>),
+    /// Nothing written: the store refused this record's write (a value it
+    /// cannot hold, a second record with one email). Park it and apply the
+    /// page without it.
+    Refused(super::RefusedRecord),
 }
 
 impl PageApplied {
@@ -238,7 +247,21 @@ impl Store {
         let mut needs_history = Vec::new();
         for item in items {
             counts.processed += 1;
-            match apply_one(&mut tx, page, item, allow_duplicates, &mut outcome).await? {
+            let applied = match apply_one(&mut tx, page, item, allow_duplicates, &mut outcome).await
+            {
+                Ok(applied) => applied,
+                Err(e) => {
+                    return match super::parked::refusal(&e) {
+                        // Rolled back on drop: nothing of this page is written.
+                        Some(reason) => Ok(PageApplied::Refused(super::RefusedRecord {
+                            crm_id: item.crm_id.clone(),
+                            reason,
+                        })),
+                        None => Err(e),
+                    };
+                }
+            };
+            match applied {
                 Applied::NeedsHistory => needs_history.push(item.crm_id.clone()),
                 Applied::Created => counts.created += 1,
                 Applied::Updated => counts.updated += 1,
@@ -268,10 +291,16 @@ impl Store {
             page.finishes_run,
         )
         .await?;
+        let now = Utc::now();
+        let owner = (page.tenant, page.connection);
+        super::parked::park_pulled(&mut tx, owner, page.object, &page.refused, now).await?;
+        let applied: Vec<&CrmId> = page.items.iter().map(|i| &i.crm_id).collect();
+        super::parked::resolve_pulled(&mut tx, owner, page.object, &applied, now).await?;
         if let Some(cursor) = &page.cursor {
             advance_cursor(&mut tx, page.tenant, page.connection, page.object, cursor).await?;
         }
         tx.commit().await?;
+        outcome.parked = page.refused.clone();
         outcome.counts = counts;
         outcome.pushes = pushes;
         Ok(PageApplied::Applied(outcome))

@@ -1,1 +1,253 @@
-//! Hostile input: records.
+//! Hostile input: records. A CRM record the platform cannot hold, a
+//! platform record the CRM refuses, a CRM record that breaks the platform's
+//! one-email rule: each is parked with its reason (a dead letter of its
+//! own, counted on the connection), and the rest of its page or push — and
+//! every later one — goes through. Fixed, it syncs and the parking ends.
+
+use crate::fleet::{ApiClient, Fleet, on_both_backends};
+use crate::support::PORTAL;
+use crmsync::domain::{CanonicalField, RecordFields, TenantId};
+use crmsync::jobs::{JobKind, PushChangesJob};
+use crmsync::store::{DeadLetter, Store};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// CRM users' edits, as HubSpot's UI would make them (not our app).
+async fn crm_edit(fleet: &Fleet, id: &str, properties: Value) {
+    let id: u64 = id.parse().expect("numeric id");
+    let reply = fleet
+        .sandbox
+        .post_control(
+            &format!("/_sandbox/accounts/{PORTAL}/objects/contacts/bulk-update"),
+            json!({"ids": [id], "properties": properties}),
+        )
+        .await;
+    assert!(reply.status.is_success(), "{:?}", reply.body);
+}
+
+/// The sandbox's contacts as (id, email), in id order.
+async fn contacts(fleet: &Fleet) -> Vec<(String, String)> {
+    fleet
+        .sandbox_contacts()
+        .await
+        .into_iter()
+        .map(|(id, c)| {
+            let email = c["email"].as_str().unwrap_or("").to_string();
+            (id, email)
+        })
+        .collect()
+}
+
+async fn open_parked(store: &Store, tenant: TenantId) -> Vec<DeadLetter> {
+    store
+        .list_dead_letters(tenant, false, None, None, 100)
+        .await
+        .expect("dead letters")
+        .into_iter()
+        .filter(|d| d.job_kind == "pull_record" || d.job_kind == "push_record")
+        .collect()
+}
+
+async fn lead(fleet: &Fleet, email: &str) -> RecordFields {
+    fleet
+        .leads()
+        .await
+        .into_iter()
+        .find(|f| f.get(CanonicalField::Email) == Some(email))
+        .unwrap_or_else(|| panic!("no platform lead {email}"))
+}
+
+async fn connection_view(api: &ApiClient, fleet: &Fleet) -> Value {
+    let (status, view, _) = api
+        .send(
+            Method::GET,
+            &format!("/v1/connections/{}", fleet.connection),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    view
+}
+
+on_both_backends! {
+    async fn crm_records_the_platform_cannot_hold_are_parked_and_the_connections_other_edits_go_on(backend) {
+        let mut fleet = Fleet::start(backend, 6).await;
+        fleet.start_workers_for(&[JobKind::FullSync]);
+        fleet.full_sync().await;
+        let api = fleet.start_api_client().await;
+        let people = contacts(&fleet).await;
+        let (nul, long, escape, good) = (&people[0], &people[1], &people[2], &people[3]);
+        // A NUL (which a Postgres jsonb cannot hold), a job title over the
+        // 500-character limit, an escape character — and one fine edit.
+        crm_edit(&fleet, &nul.0, json!({"firstname": "Bad\u{0}Name"})).await;
+        crm_edit(&fleet, &long.0, json!({"jobtitle": "x".repeat(600)})).await;
+        crm_edit(&fleet, &escape.0, json!({"lastname": "Es\u{1b}[31mcape"})).await;
+        crm_edit(&fleet, &good.0, json!({"firstname": "Fine"})).await;
+        fleet.delta_sync().await;
+        assert_eq!(lead(&fleet, &good.1).await.get(CanonicalField::FirstName), Some("Fine"));
+
+        let parked = open_parked(&fleet.store, fleet.tenant).await;
+        let reason = |id: &str| {
+            parked
+                .iter()
+                .find(|d| d.crm_id.as_deref() == Some(id))
+                .map(|d| d.error.clone())
+                .unwrap_or_else(|| panic!("contact {id} is not parked: {parked:?}"))
+        };
+        assert!(reason(&nul.0).contains("firstName") && reason(&nul.0).contains("U+0000"), "{parked:?}");
+        assert!(reason(&long.0).contains("jobTitle") && reason(&long.0).contains("600"), "{parked:?}");
+        assert!(reason(&escape.0).contains("lastName") && reason(&escape.0).contains("U+001B"), "{parked:?}");
+        assert_eq!(parked.len(), 3, "{parked:?}");
+        assert!(parked.iter().all(|d| d.job_kind == "pull_record" && d.crm_object.as_deref() == Some("contacts")));
+        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 3);
+        // None of the refused values reached the platform.
+        assert_ne!(lead(&fleet, &nul.1).await.get(CanonicalField::FirstName), Some("Bad\u{0}Name"));
+
+        // The cursor moved past them: a later edit arrives; a parked record
+        // read again (the delta's overlap window) stays one dead letter.
+        crm_edit(&fleet, &people[4].0, json!({"firstname": "Later"})).await;
+        fleet.delta_sync().await;
+        assert_eq!(lead(&fleet, &people[4].1).await.get(CanonicalField::FirstName), Some("Later"));
+        let again = open_parked(&fleet.store, fleet.tenant).await;
+        assert_eq!(again.len(), 3, "{again:?}");
+
+        // The CRM user fixes one: its next read applies it and ends its parking.
+        crm_edit(&fleet, &nul.0, json!({"firstname": "Fixed"})).await;
+        fleet.delta_sync().await;
+        assert_eq!(lead(&fleet, &nul.1).await.get(CanonicalField::FirstName), Some("Fixed"));
+        let left = open_parked(&fleet.store, fleet.tenant).await;
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 2);
+        let fixed = fleet.store.list_dead_letters(fleet.tenant, true, None, None, 100).await.expect("replayed");
+        assert!(
+            fixed.iter().any(|d| d.crm_id.as_deref() == Some(nul.0.as_str()) && d.replayed_by.as_deref() == Some("fixed")),
+            "{fixed:?}"
+        );
+
+        // Replaying one that is still broken reads it again and parks it again.
+        let still = left.iter().find(|d| d.crm_id.as_deref() == Some(long.0.as_str())).expect("parked");
+        let (status, body, _) = api
+            .send(Method::POST, &format!("/v1/dead-letters/{}/replay", still.id), None)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let job: crmsync::jobs::ProcessWebhookJob = serde_json::from_value(json!({
+            "tenant": fleet.tenant, "connection": fleet.connection, "object": "contacts",
+            "changed": [long.0], "deleted": [], "erased": [], "merged": [], "delivery": "replay-test",
+        }))
+        .expect("job");
+        crmsync::jobs::process_webhook::run(&job, &fleet.deps).await.expect("replayed read");
+        let reparked = open_parked(&fleet.store, fleet.tenant).await;
+        assert!(
+            reparked.iter().any(|d| d.crm_id.as_deref() == Some(long.0.as_str())),
+            "still too long, so parked again: {reparked:?}"
+        );
+        fleet.finish().await;
+    }
+}
+
+/// Creates a lead through the api; returns its id.
+async fn create_lead(api: &ApiClient, email: &str, first: &str) -> String {
+    let (status, body, _) = api
+        .send(
+            Method::POST,
+            "/v1/leads",
+            Some(json!({"email": email, "firstName": first})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().expect("id").to_string()
+}
+
+async fn push(fleet: &Fleet) -> usize {
+    let job = PushChangesJob {
+        tenant: fleet.tenant,
+        connection: fleet.connection,
+        trigger: uuid::Uuid::now_v7().to_string(),
+        attempt: 0,
+        redrives: 0,
+    };
+    crmsync::jobs::push_changes::run(&job, &fleet.deps)
+        .await
+        .expect("a push with a refused record still succeeds")
+}
+
+on_both_backends! {
+    async fn a_platform_record_the_crm_refuses_is_parked_and_the_rest_of_its_push_and_later_pushes_go_through(backend) {
+        let fleet = Fleet::start(backend, 0).await;
+        let api = fleet.start_api_client().await;
+        // `a@b` is an email by the HTML rule the api applies; HubSpot wants a
+        // dot in the domain and refuses the whole batch that holds it.
+        let mut good = Vec::new();
+        for i in 0..5 {
+            good.push(format!("good{i}@example.com"));
+            create_lead(&api, &good[i], "Good").await;
+        }
+        let bad = create_lead(&api, "a@b", "Bad").await;
+        assert_eq!(push(&fleet).await, 5, "the five the CRM accepts, in the same push");
+        let in_crm = contacts(&fleet).await;
+        for email in &good {
+            assert!(in_crm.iter().any(|(_, e)| e == email), "{email} not in the CRM: {in_crm:?}");
+        }
+        let parked = open_parked(&fleet.store, fleet.tenant).await;
+        assert_eq!(parked.len(), 1, "{parked:?}");
+        assert_eq!(parked[0].job_kind, "push_record");
+        assert_eq!(parked[0].record_id.map(|r| r.to_string()), Some(bad.clone()));
+        assert!(parked[0].error.contains("a@b"), "the CRM's reason: {}", parked[0].error);
+        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 1);
+
+        // A later push of a valid lead is not held back by the parked one,
+        // which is not retried (nothing else pending: nothing written).
+        create_lead(&api, "later@example.com", "Later").await;
+        assert_eq!(push(&fleet).await, 1);
+        assert!(contacts(&fleet).await.iter().any(|(_, e)| e == "later@example.com"));
+        assert_eq!(push(&fleet).await, 0, "the parked record is not retried on its own");
+        let whole_jobs: Vec<_> = fleet.store.list_dead_letters(fleet.tenant, false, None, None, 100).await
+            .expect("dead letters").into_iter().filter(|d| d.job_kind == "push_changes").collect();
+        assert!(whole_jobs.is_empty(), "no push failed as a whole: {whole_jobs:?}");
+
+        // Replayed unfixed: refused and parked again (still one, tried twice).
+        let (status, body, _) = api
+            .send(Method::POST, &format!("/v1/dead-letters/{}/replay", parked[0].id), None)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(push(&fleet).await, 0);
+        let reparked = open_parked(&fleet.store, fleet.tenant).await;
+        assert_eq!(reparked.len(), 1, "{reparked:?}");
+
+        // Fixed on the platform: pushed, and its parking ends.
+        let (status, body, _) = api
+            .send(Method::PATCH, &format!("/v1/leads/{bad}"), Some(json!({"email": "fixed@example.com"})))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(push(&fleet).await, 1);
+        assert!(contacts(&fleet).await.iter().any(|(_, e)| e == "fixed@example.com"));
+        assert!(open_parked(&fleet.store, fleet.tenant).await.is_empty());
+        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 0);
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn a_crm_record_breaking_the_one_email_rule_is_parked_and_the_rest_of_its_page_applies(backend) {
+        let mut fleet = Fleet::start(backend, 4).await;
+        fleet.start_workers_for(&[JobKind::FullSync]);
+        fleet.full_sync().await;
+        let api = fleet.start_api_client().await;
+        // A platform lead not pushed yet holds an email…
+        create_lead(&api, "taken@example.com", "Platform").await;
+        // …that a CRM user then gives a synced contact, beside a fine edit.
+        let people = contacts(&fleet).await;
+        crm_edit(&fleet, &people[0].0, json!({"email": "taken@example.com"})).await;
+        crm_edit(&fleet, &people[1].0, json!({"firstname": "Fine"})).await;
+        fleet.delta_sync().await;
+        assert_eq!(lead(&fleet, &people[1].1).await.get(CanonicalField::FirstName), Some("Fine"));
+        let parked = open_parked(&fleet.store, fleet.tenant).await;
+        assert_eq!(parked.len(), 1, "{parked:?}");
+        assert_eq!(parked[0].crm_id.as_deref(), Some(people[0].0.as_str()));
+        assert!(parked[0].error.contains("email"), "{}", parked[0].error);
+        // The platform's two records are as they were.
+        assert_eq!(lead(&fleet, "taken@example.com").await.get(CanonicalField::FirstName), Some("Platform"));
+        lead(&fleet, &people[0].1).await;
+        fleet.finish().await;
+    }
+}
