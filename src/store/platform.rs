@@ -338,7 +338,7 @@ impl Store {
         on_db!(&mut tx, |c| {
             sqlx::query(
             "UPDATE outbox SET status = 'done', error = 'superseded by a delete', updated_at = $1
-              WHERE tenant_id = $2 AND record_id = $3 AND status = 'pending' AND operation = 'upsert'"
+              WHERE tenant_id = $2 AND record_id = $3 AND status IN ('pending', 'parked') AND operation = 'upsert'"
         )
         .bind(now)
         .bind(tenant.0)
@@ -346,6 +346,19 @@ impl Store {
         .execute(c)
         .await
         .map(|_| ())
+        })?;
+        // Nothing of a deleted record is left to push: its parking ends.
+        on_db!(&mut tx, |c| {
+            sqlx::query(
+                "UPDATE dead_letters SET replayed_at = $1, replayed_by = 'fixed'
+                  WHERE tenant_id = $2 AND record_id = $3 AND job_kind = 'push_record' AND replayed_at IS NULL",
+            )
+            .bind(now)
+            .bind(tenant.0)
+            .bind(id.0)
+            .execute(c)
+            .await
+            .map(|_| ())
         })?;
         let linked: Vec<(uuid::Uuid, String)> = on_db!(&mut tx, |c| {
             sqlx::query_as(
