@@ -194,6 +194,13 @@ on_both_backends! {
         assert_eq!(parked[0].record_id.map(|r| r.to_string()), Some(bad.clone()));
         assert!(parked[0].error.contains("a@b"), "the CRM's reason: {}", parked[0].error);
         assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 1);
+        let status = fleet
+            .command(env!("CARGO_BIN_EXE_crmsync"))
+            .args(["status", "--json"])
+            .output()
+            .expect("crmsync status");
+        let report: Value = serde_json::from_slice(&status.stdout).expect("status --json");
+        assert_eq!(report[0]["parkedRecords"], 1, "{report}");
 
         // A later push of a valid lead is not held back by the parked one,
         // which is not retried (nothing else pending: nothing written).
