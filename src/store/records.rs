@@ -281,6 +281,9 @@ impl Store {
             drop(tx);
             return Ok(PageApplied::NeedsHistory(needs_history));
         }
+        // Parked records were read but not applied: the run counts them failed.
+        counts.processed += page.refused.len() as i64;
+        counts.failed += page.refused.len() as i64;
         let page_state = page.page_number.map(|_| page.next_page_token.as_deref());
         add_counts(
             &mut tx,

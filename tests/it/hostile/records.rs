@@ -83,7 +83,8 @@ on_both_backends! {
         crm_edit(&fleet, &long.0, json!({"jobtitle": "x".repeat(600)})).await;
         crm_edit(&fleet, &escape.0, json!({"lastname": "Es\u{1b}[31mcape"})).await;
         crm_edit(&fleet, &good.0, json!({"firstname": "Fine"})).await;
-        fleet.delta_sync().await;
+        let run = fleet.delta_sync().await;
+        assert_eq!(run.failed, 3, "the run counts the parked records failed: {run:?}");
         assert_eq!(lead(&fleet, &good.1).await.get(CanonicalField::FirstName), Some("Fine"));
 
         let parked = open_parked(&fleet.store, fleet.tenant).await;
@@ -255,6 +256,27 @@ on_both_backends! {
         // The platform's two records are as they were.
         assert_eq!(lead(&fleet, "taken@example.com").await.get(CanonicalField::FirstName), Some("Platform"));
         lead(&fleet, &people[0].1).await;
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn a_crm_status_with_no_platform_meaning_is_left_out_not_parked_and_not_guessed(backend) {
+        let mut fleet = Fleet::start(backend, 2).await;
+        fleet.start_workers_for(&[JobKind::FullSync]);
+        fleet.full_sync().await;
+        let people = contacts(&fleet).await;
+        // A valid HubSpot lead status the platform has no word for.
+        crm_edit(&fleet, &people[0].0, json!({"hs_lead_status": "BAD_TIMING", "firstname": "Timing"})).await;
+        fleet.delta_sync().await;
+        let fields = lead(&fleet, &people[0].1).await;
+        assert_eq!(fields.get(CanonicalField::FirstName), Some("Timing"), "the rest of the record applies");
+        assert_ne!(fields.get(CanonicalField::Status), Some("BAD_TIMING"));
+        assert!(
+            fields.get(CanonicalField::Status).is_none_or(|s| crmsync::domain::validate::STATUSES.contains(&s)),
+            "{fields:?}"
+        );
+        assert!(open_parked(&fleet.store, fleet.tenant).await.is_empty());
         fleet.finish().await;
     }
 }
