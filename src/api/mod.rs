@@ -408,7 +408,27 @@ async fn create(
 async fn read(api: Api, tenant: TenantId, kind: RecordKind, id: &str) -> Result<Response, Problem> {
     let id = parse_id(id)?;
     match api.store.record_view(tenant, kind, id).await? {
-        Some(view) => Ok(axum::Json(render(&view)).into_response()),
+        Some(view) => {
+            let mut body = render(&view);
+            // Where its sync is held: refused by a CRM or by the platform.
+            let parked: Vec<Value> = api
+                .store
+                .parked_for_record(tenant, id)
+                .await?
+                .into_iter()
+                .map(|d| {
+                    json!({
+                        "connectionId": d.connection_id,
+                        "direction": if d.job_kind == crate::store::PUSH_RECORD { "push" } else { "pull" },
+                        "reason": d.error,
+                        "since": d.failed_at,
+                        "deadLetterId": d.id,
+                    })
+                })
+                .collect();
+            body["parked"] = Value::Array(parked);
+            Ok(axum::Json(body).into_response())
+        }
         None => Err(Problem::new(
             StatusCode::NOT_FOUND,
             format!("no {kind} {id}"),

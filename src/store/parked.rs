@@ -283,6 +283,40 @@ impl Store {
         Ok(moved)
     }
 
+    /// The open parked dead letters of one platform record: its pushes the
+    /// CRM refused, and its linked CRM records the platform refused.
+    pub async fn parked_for_record(
+        &self,
+        tenant: TenantId,
+        record: RecordId,
+    ) -> Result<Vec<super::DeadLetter>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let ids: Vec<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
+            sqlx::query_as(
+                "SELECT d.id FROM dead_letters d
+                  WHERE d.tenant_id = $1 AND d.replayed_at IS NULL AND d.job_kind = 'push_record' AND d.record_id = $2
+                 UNION
+                 SELECT d.id FROM dead_letters d JOIN record_links l
+                     ON l.tenant_id = d.tenant_id AND l.connection_id = d.connection_id
+                    AND l.crm_object = d.crm_object AND l.crm_id = d.crm_id
+                  WHERE d.tenant_id = $1 AND d.replayed_at IS NULL AND d.job_kind = 'pull_record' AND l.record_id = $2",
+            )
+            .bind(tenant.0)
+            .bind(record.0)
+            .fetch_all(c)
+            .await
+        })?;
+        tx.commit().await?;
+        let mut parked = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            if let Some(dead) = self.open_dead_letter(tenant, id).await? {
+                parked.push(dead);
+            }
+        }
+        parked.sort_by_key(|d| d.id);
+        Ok(parked)
+    }
+
     /// Open parked records per connection of a tenant (connections with
     /// none are absent).
     pub async fn parked_counts(

@@ -99,6 +99,11 @@ on_both_backends! {
         assert!(reason(&long.0).contains("jobTitle") && reason(&long.0).contains("600"), "{parked:?}");
         assert!(reason(&escape.0).contains("lastName") && reason(&escape.0).contains("U+001B"), "{parked:?}");
         assert_eq!(parked.len(), 3, "{parked:?}");
+        // Its platform lead shows where its sync is held.
+        let nul_lead = fleet.lead_by_email(&nul.1).await.expect("its lead");
+        let (_, view, _) = api.send(Method::GET, &format!("/v1/leads/{}", nul_lead.0), None).await;
+        assert_eq!(view["parked"][0]["direction"], "pull", "{view}");
+        assert!(view["parked"][0]["reason"].as_str().is_some_and(|r| r.contains("U+0000")), "{view}");
         assert!(parked.iter().all(|d| d.job_kind == "pull_record" && d.crm_object.as_deref() == Some("contacts")));
         assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 3);
         // None of the refused values reached the platform.
@@ -195,6 +200,9 @@ on_both_backends! {
         assert_eq!(parked[0].record_id.map(|r| r.to_string()), Some(bad.clone()));
         assert!(parked[0].error.contains("a@b"), "the CRM's reason: {}", parked[0].error);
         assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 1);
+        let (_, view, _) = api.send(Method::GET, &format!("/v1/leads/{bad}"), None).await;
+        assert_eq!(view["parked"][0]["direction"], "push", "{view}");
+        assert_eq!(view["parked"][0]["deadLetterId"], parked[0].id.to_string(), "{view}");
         let status = fleet
             .command(env!("CARGO_BIN_EXE_crmsync"))
             .args(["status", "--json"])
