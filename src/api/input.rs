@@ -160,6 +160,18 @@ pub async fn problem_json(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // A body declared too large is refused before a byte of it is read.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+        .into_response();
+    }
     let response = next.run(request).await;
     let status = response.status();
     let is_problem = response
