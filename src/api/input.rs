@@ -61,7 +61,10 @@ fn refusal(path: &serde_path_to_error::Path, message: String, what: &str) -> Pro
             };
             Problem::field(&field, detail)
         }
-        None => Problem::new(StatusCode::BAD_REQUEST, format!("invalid {what}: {message}")),
+        None => Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {what}: {message}"),
+        ),
     }
 }
 
@@ -91,12 +94,8 @@ pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
             )
         }
     })?;
-    de.end().map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("invalid JSON body: {e}"),
-        )
-    })?;
+    de.end()
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
     Ok(value)
 }
 

@@ -317,9 +317,10 @@ impl RecordInput {
 
     /// Whether the input sets no field to a value (a create of nothing).
     fn is_empty(&self) -> bool {
-        self.pairs()
-            .iter()
-            .all(|(_, v)| v.as_ref().is_none_or(|v| v.as_deref().is_none_or(|v| v.trim().is_empty())))
+        self.pairs().iter().all(|(_, v)| {
+            v.as_ref()
+                .is_none_or(|v| v.as_deref().is_none_or(|v| v.trim().is_empty()))
+        })
     }
 }
 
@@ -400,7 +401,9 @@ async fn create(
 ) -> Result<Response, Problem> {
     let input = RecordInput::parse(body)?;
     if input.is_empty() {
-        return Err(bad(format!("a {kind} needs at least one field with a value")));
+        return Err(bad(format!(
+            "a {kind} needs at least one field with a value"
+        )));
     }
     let fields = input.apply(RecordFields::new());
     let (id, connections) = api
@@ -548,15 +551,13 @@ async fn list(
         }
     };
     let sort_key = if by_updated { "u" } else { "c" };
-    let after = match params.cursor.as_deref() {
-        Some(c) => Some(
-            decode_cursor(c, sort_key)
-                .ok_or_else(|| {
-                    Problem::field("cursor", "is invalid (or from another sort order)")
-                })?,
-        ),
-        None => None,
-    };
+    let after =
+        match params.cursor.as_deref() {
+            Some(c) => Some(decode_cursor(c, sort_key).ok_or_else(|| {
+                Problem::field("cursor", "is invalid (or from another sort order)")
+            })?),
+            None => None,
+        };
     let query = RecordQuery {
         origin,
         status: params.status,

@@ -145,14 +145,16 @@ pub struct CreateConnection {
 
 fn strategy(name: Option<&str>, default: ConflictStrategy) -> Result<ConflictStrategy, Problem> {
     name.map_or(Ok(default), |s| {
-        s.parse()
-            .map_err(|e: String| Problem::field("strategy", e))
+        s.parse().map_err(|e: String| Problem::field("strategy", e))
     })
 }
 
 fn objects(mappings: Vec<ObjectMapping>) -> Result<Vec<ObjectMapping>, Problem> {
     if mappings.is_empty() {
-        return Err(Problem::field("objects", "must name at least one CRM object"));
+        return Err(Problem::field(
+            "objects",
+            "must name at least one CRM object",
+        ));
     }
     let mut seen: Vec<CrmObject> = Vec::new();
     let mut kinds = Vec::new();
@@ -184,10 +186,11 @@ fn objects(mappings: Vec<ObjectMapping>) -> Result<Vec<ObjectMapping>, Problem> 
 /// from before the range keeps working); otherwise within
 /// [`DELTA_INTERVAL_SECS`], never `null`.
 fn interval(secs: Option<Option<u64>>, default: u64) -> Result<u64, Problem> {
-    let given = number("deltaIntervalSecs", secs, |s| DELTA_INTERVAL_SECS.contains(&s))?;
-    Ok(given.unwrap_or_else(|| {
-        default.clamp(*DELTA_INTERVAL_SECS.start(), *DELTA_INTERVAL_SECS.end())
-    }))
+    let given = number("deltaIntervalSecs", secs, |s| {
+        DELTA_INTERVAL_SECS.contains(&s)
+    })?;
+    Ok(given
+        .unwrap_or_else(|| default.clamp(*DELTA_INTERVAL_SECS.start(), *DELTA_INTERVAL_SECS.end())))
 }
 
 pub(super) async fn create_connection(
@@ -508,7 +511,10 @@ impl ListParams {
     fn id_cursor(&self) -> Result<Option<uuid::Uuid>, Problem> {
         self.cursor
             .as_deref()
-            .map(|c| c.parse().map_err(|_| Problem::field("cursor", "is invalid")))
+            .map(|c| {
+                c.parse()
+                    .map_err(|_| Problem::field("cursor", "is invalid"))
+            })
             .transpose()
     }
 
@@ -534,7 +540,9 @@ pub(super) async fn list_runs(
     }
     let limit = params.limit()?;
     let before = match params.cursor.as_deref() {
-        Some(c) => Some(decode_run_cursor(c).ok_or_else(|| Problem::field("cursor", "is invalid"))?),
+        Some(c) => {
+            Some(decode_run_cursor(c).ok_or_else(|| Problem::field("cursor", "is invalid"))?)
+        }
         None => None,
     };
     let mut runs = api
@@ -626,7 +634,10 @@ pub(super) async fn resolve_conflict(
             Resolution::Value(v)
         }
         ("value", None) => {
-            return Err(Problem::field("value", "is needed with resolution \"value\""));
+            return Err(Problem::field(
+                "value",
+                "is needed with resolution \"value\"",
+            ));
         }
         ("platform" | "crm", Some(_)) => {
             return Err(Problem::field(

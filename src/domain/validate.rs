@@ -38,7 +38,10 @@ pub fn check_text(value: &str) -> Result<(), String> {
         .chars()
         .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
     {
-        Some(c) => Err(format!("holds the control character U+{:04X}", u32::from(c))),
+        Some(c) => Err(format!(
+            "holds the control character U+{:04X}",
+            u32::from(c)
+        )),
         None => Ok(()),
     }
 }
@@ -152,8 +155,8 @@ mod tests {
         let accented = "é".repeat(MAX_CHARS);
         assert!(accented.len() > MAX_CHARS, "two bytes each");
         assert_eq!(check_value(CanonicalField::Company, &accented), Ok(()));
-        let problem = check_value(CanonicalField::Company, &format!("{accented}é"))
-            .expect_err("one over");
+        let problem =
+            check_value(CanonicalField::Company, &format!("{accented}é")).expect_err("one over");
         assert_eq!(problem.field, CanonicalField::Company);
     }
 

@@ -516,14 +516,12 @@ impl Store {
             i64::try_from(*DELTA_INTERVAL_SECS.end()).unwrap_or(86_400),
         );
         let due: Vec<(uuid::Uuid, uuid::Uuid, i64)> = match &self.db {
-            Db::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT tenant_id, connection_id, interval_secs FROM crmsync_claim_due_deltas($1)",
-                )
-                .bind(now)
-                .fetch_all(pool)
-                .await?
-            }
+            Db::Postgres(pool) => sqlx::query_as(
+                "SELECT tenant_id, connection_id, interval_secs FROM crmsync_claim_due_deltas($1)",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await?,
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 // SQLite stores what it is given: read the interval as an

@@ -19,7 +19,9 @@ fn assert_field_refused(status: StatusCode, problem: &Value, content_type: &str,
     assert_eq!(content_type, "application/problem+json", "{problem}");
     assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     assert!(
-        problem["detail"].as_str().is_some_and(|d| d.contains(field)),
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(field)),
         "{problem}"
     );
 }
@@ -61,8 +63,13 @@ impl Owner {
     }
 
     /// Sets a connection's delta interval, as the owner.
-    async fn set_interval(&mut self, connection: uuid::Uuid, secs: i64) -> Result<u64, sqlx::Error> {
-        let sql = "UPDATE connections SET delta_interval_secs = $1, next_delta_at = NULL WHERE id = $2";
+    async fn set_interval(
+        &mut self,
+        connection: uuid::Uuid,
+        secs: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let sql =
+            "UPDATE connections SET delta_interval_secs = $1, next_delta_at = NULL WHERE id = $2";
         match self {
             Owner::Postgres(c) => sqlx::query(sql)
                 .bind(secs)
@@ -251,24 +258,40 @@ async fn raw_http(base: &str, request: &[u8]) -> (u16, String, Value) {
             answer.extend_from_slice(&buf[..n]);
             let text = String::from_utf8_lossy(&answer);
             if let Some((headers, body)) = text.split_once("\r\n\r\n")
-                && let Some(length) = headers
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))
+                && let Some(length) = headers.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
                 && body.len() >= length.trim().parse::<usize>().expect("length")
             {
                 break;
             }
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(15), read).await.expect("an answer");
+    tokio::time::timeout(std::time::Duration::from_secs(15), read)
+        .await
+        .expect("an answer");
     let text = String::from_utf8_lossy(&answer).to_string();
     let (headers, body) = text.split_once("\r\n\r\n").expect("headers");
-    let status = headers.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let status = headers
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
     let content_type = headers
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
         .unwrap_or_default();
-    (status, content_type, serde_json::from_str(body).unwrap_or(Value::Null))
+    (
+        status,
+        content_type,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
 
 /// Serves the fleet's api as `crmsync-api` does, telling it each peer's
@@ -277,14 +300,19 @@ async fn serve_api(fleet: &Fleet, store: crmsync::store::Store, peers: bool) -> 
     let api = crmsync::app::api(&fleet.settings, store, fleet.deps.queue.clone())
         .await
         .expect("api");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let router = api.router();
     if peers {
         tokio::spawn(async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-                .ok()
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .ok()
         });
     } else {
         tokio::spawn(async move { axum::serve(listener, router).await.ok() });
