@@ -395,6 +395,14 @@ on_both_backends! {
         let response = neighbour.get(format!("{base}/v1/leads")).bearer_auth("cst_guess").send().await.expect("request");
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "another address has its own budget");
 
+        // The lookup goes through a unique index on the token's hash: two
+        // tenants can never hold one token.
+        let other = fleet.store.create_tenant("other").await.expect("tenant");
+        let mut owner = Owner::connect(&fleet).await;
+        let copy = "UPDATE tenants SET api_token_hash = (SELECT api_token_hash FROM tenants WHERE name = 'default') WHERE name = 'other'";
+        assert!(owner.execute(copy).await.is_err(), "a second tenant took the default tenant's token hash");
+        assert_eq!(fleet.store.find_tenant("other").await.expect("lookup"), Some(other.id));
+
         // A server that does not say who the peer is: one shared budget.
         let base = serve_api(&fleet, fleet.store.clone(), false).await;
         let limited = flood(&reqwest::Client::new(), &base).await;
