@@ -461,6 +461,19 @@ impl Settings {
                 return Err(value(key, "must be greater than 0".into()));
             }
         }
+        let delta = crate::domain::validate::DELTA_INTERVAL_SECS;
+        if !delta.contains(&self.sync.delta_interval_secs) {
+            return Err(value(
+                "CRMSYNC__SYNC__DELTA_INTERVAL_SECS",
+                format!(
+                    "must be between {} and {} seconds, got {}: it becomes each new connection's \
+                     interval, which the api holds to that range",
+                    delta.start(),
+                    delta.end(),
+                    self.sync.delta_interval_secs
+                ),
+            ));
+        }
         for (key, secs) in self.periodic_intervals() {
             if !(1..=MAX_PERIOD_SECS).contains(&secs) {
                 return Err(value(

@@ -4,15 +4,15 @@
 //! created here reaches each connected CRM once. Errors are
 //! `application/problem+json`.
 
+use crate::domain::validate::{STATUSES, check_value};
 use crate::domain::{
     CanonicalField, ConnectionId, Origin, RecordFields, RecordId, RecordKind, TenantId,
 };
 use crate::queue::Queue;
 use crate::store::{RecordQuery, RecordView, Store, StoreError};
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -21,7 +21,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+mod auth;
+mod input;
 mod operator;
+
+pub use auth::{AUTH_CHECKS_BURST, AUTH_CHECKS_PER_SEC, TOKEN_TTL, Tenant};
+pub use input::MAX_BODY_BYTES;
+use input::{Params, json_object, list_limit};
 
 /// Shared state of the API.
 #[derive(Clone)]
@@ -31,18 +37,10 @@ pub struct Api {
     settings: std::sync::Arc<crate::config::Settings>,
     stats: crate::ingress::stats::WebhookStats,
     redis: Option<redis::aio::ConnectionManager>,
-    tokens: TokenCache,
+    /// Verified tokens (a busy client costs one lookup per [`TOKEN_TTL`])
+    /// and the per-address budget of token checks.
+    auth: std::sync::Arc<auth::Auth>,
 }
-
-/// Recently verified tokens (by hash) → tenant, so a busy client costs one
-/// database lookup per [`TOKEN_TTL`], not one per request. A replaced token
-/// stays valid in a running api for at most that long.
-type TokenCache = std::sync::Arc<
-    std::sync::Mutex<std::collections::HashMap<[u8; 32], (TenantId, std::time::Instant)>>,
->;
-
-/// How long a verified token is trusted without asking the database again.
-const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Api {
     /// Builds the API over a store, the queue pushes and syncs go to, the
@@ -61,7 +59,7 @@ impl Api {
             settings,
             stats,
             redis,
-            tokens: TokenCache::default(),
+            auth: Default::default(),
         }
     }
 
@@ -78,8 +76,8 @@ impl Api {
                 "/v1/contacts/{id}",
                 get(get_contact).patch(patch_contact).delete(delete_contact),
             )
-            .route("/v1/leads/{id}/history", get(operator::record_history))
-            .route("/v1/contacts/{id}/history", get(operator::record_history))
+            .route("/v1/leads/{id}/history", get(operator::lead_history))
+            .route("/v1/contacts/{id}/history", get(operator::contact_history))
             .route(
                 "/v1/connections",
                 get(operator::list_connections).post(operator::create_connection),
@@ -120,6 +118,10 @@ impl Api {
             )
             .route("/openapi.json", get(openapi))
             .route("/health", get(|| async { "ok" }))
+            .fallback(input::not_found)
+            .method_not_allowed_fallback(input::method_not_allowed)
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn(input::problem_json))
             .layer(axum::middleware::from_fn(request_span))
             .with_state(self)
     }
@@ -153,6 +155,17 @@ async fn request_span(
 pub struct Problem {
     status: StatusCode,
     detail: String,
+    /// The fields a 400 refuses, for programs (`errors` in the body).
+    errors: Vec<FieldError>,
+    /// Seconds until a retry may succeed (`Retry-After`).
+    retry_after: Option<u64>,
+}
+
+/// One refused field: its api name and why.
+#[derive(Debug, Clone, Serialize)]
+struct FieldError {
+    field: String,
+    detail: String,
 }
 
 impl Problem {
@@ -160,24 +173,60 @@ impl Problem {
         Self {
             status,
             detail: detail.into(),
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// A 400 naming the refused field (its camelCase api name).
+    fn field(field: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        Self {
+            errors: vec![FieldError {
+                field: field.to_string(),
+                detail: detail.clone(),
+            }],
+            ..Self::new(StatusCode::BAD_REQUEST, format!("{field} {detail}"))
+        }
+    }
+
+    fn retry_after(self, secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..self
         }
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
+        let mut body = json!({
             "type": "about:blank",
             "title": self.status.canonical_reason().unwrap_or("error"),
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
-        (
+        if !self.errors.is_empty() {
+            body["errors"] = json!(self.errors);
+        }
+        let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<crate::domain::validate::FieldProblem> for Problem {
+    fn from(p: crate::domain::validate::FieldProblem) -> Self {
+        Problem::field(p.field.as_str(), p.reason)
     }
 }
 
@@ -193,44 +242,6 @@ impl From<StoreError> for Problem {
                 tracing::error!(error = %other, "api store error");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable")
             }
-        }
-    }
-}
-
-/// The caller's tenant, from `Authorization: Bearer <token>`.
-pub struct Tenant(TenantId);
-
-impl FromRequestParts<Api> for Tenant {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Problem::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?
-            .trim();
-        use sha2::Digest;
-        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        let now = std::time::Instant::now();
-        if let Ok(cache) = api.tokens.lock()
-            && let Some((tenant, at)) = cache.get(&key)
-            && now.duration_since(*at) < TOKEN_TTL
-        {
-            return Ok(Tenant(*tenant));
-        }
-        match api.store.tenant_by_token(token).await? {
-            Some(tenant) => {
-                if let Ok(mut cache) = api.tokens.lock() {
-                    if cache.len() > 10_000 {
-                        cache.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_TTL);
-                    }
-                    cache.insert(key, (tenant, now));
-                }
-                Ok(Tenant(tenant))
-            }
-            None => Err(Problem::new(StatusCode::UNAUTHORIZED, "unknown token")),
         }
     }
 }
@@ -258,15 +269,17 @@ pub struct RecordInput {
 
 /// A field that is present (`Some`), possibly `null` (`Some(None)`); absent
 /// fields stay `None` through `#[serde(default)]`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
-const STATUSES: &[&str] = &["new", "contacted", "qualified", "unqualified"];
-
 impl RecordInput {
-    fn apply(&self, mut fields: RecordFields) -> Result<RecordFields, Problem> {
-        let pairs = [
+    fn pairs(&self) -> [(CanonicalField, &Option<Option<String>>); 7] {
+        [
             (CanonicalField::Email, &self.email),
             (CanonicalField::FirstName, &self.first_name),
             (CanonicalField::LastName, &self.last_name),
@@ -274,39 +287,40 @@ impl RecordInput {
             (CanonicalField::JobTitle, &self.job_title),
             (CanonicalField::Phone, &self.phone),
             (CanonicalField::Status, &self.status),
-        ];
-        for (field, value) in pairs {
+        ]
+    }
+
+    /// Parses a record body: a JSON object whose every value follows the
+    /// platform's field rules (`domain::validate`), or a 400 naming the
+    /// first field that does not.
+    fn parse(body: &[u8]) -> Result<Self, Problem> {
+        let input: Self = json_object(body)?;
+        for (field, value) in input.pairs() {
+            if let Some(Some(v)) = value {
+                check_value(field, v)?;
+            }
+        }
+        Ok(input)
+    }
+
+    /// The fields with this input's values set (`null` clears one).
+    fn apply(&self, mut fields: RecordFields) -> RecordFields {
+        for (field, value) in self.pairs() {
             match value {
                 None => {}
                 Some(None) => fields.set(field, ""),
-                Some(Some(v)) => {
-                    if v.len() > 500 {
-                        return Err(Problem::new(
-                            StatusCode::BAD_REQUEST,
-                            format!("{field:?} is longer than 500 characters"),
-                        ));
-                    }
-                    fields.set(field, v);
-                }
+                Some(Some(v)) => fields.set(field, v),
             }
         }
-        if let Some(email) = fields.get(CanonicalField::Email)
-            && (!email.contains('@') || email.starts_with('@') || email.ends_with('@'))
-        {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!("email {email:?} is not an email address"),
-            ));
-        }
-        if let Some(status) = fields.get(CanonicalField::Status)
-            && !STATUSES.contains(&status)
-        {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!("status must be one of {}", STATUSES.join(", ")),
-            ));
-        }
-        Ok(fields)
+        fields
+    }
+
+    /// Whether the input sets no field to a value (a create of nothing).
+    fn is_empty(&self) -> bool {
+        self.pairs().iter().all(|(_, v)| {
+            v.as_ref()
+                .is_none_or(|v| v.as_deref().is_none_or(|v| v.trim().is_empty()))
+        })
     }
 }
 
@@ -363,11 +377,6 @@ fn render(view: &RecordView) -> Value {
     })
 }
 
-fn parse_body(body: &[u8]) -> Result<RecordInput, Problem> {
-    serde_json::from_slice(body)
-        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
-}
-
 fn parse_id(id: &str) -> Result<RecordId, Problem> {
     id.parse()
         .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no record {id}")))
@@ -390,8 +399,13 @@ async fn create(
     kind: RecordKind,
     body: &[u8],
 ) -> Result<Response, Problem> {
-    let input = parse_body(body)?;
-    let fields = input.apply(RecordFields::new())?;
+    let input = RecordInput::parse(body)?;
+    if input.is_empty() {
+        return Err(bad(format!(
+            "a {kind} needs at least one field with a value"
+        )));
+    }
+    let fields = input.apply(RecordFields::new());
     let (id, connections) = api
         .store
         .create_platform_record(tenant, kind, &fields)
@@ -444,12 +458,10 @@ async fn patch(
     body: &[u8],
 ) -> Result<Response, Problem> {
     let id = parse_id(id)?;
-    let input = parse_body(body)?;
+    let input = RecordInput::parse(body)?;
     let Some((view, connections)) = api
         .store
-        .patch_platform_record(tenant, kind, id, |current| {
-            input.apply(current).map_err(|p| p.detail)
-        })
+        .patch_platform_record(tenant, kind, id, |current| Ok(input.apply(current)))
         .await?
     else {
         return Err(Problem::new(
@@ -504,12 +516,20 @@ async fn list(
     kind: RecordKind,
     params: ListParams,
 ) -> Result<Response, Problem> {
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(bad("limit must be between 1 and 200"));
+    let limit = list_limit(params.limit)?;
+    if let Some(status) = params.status.as_deref()
+        && !STATUSES.contains(&status)
+    {
+        return Err(Problem::field(
+            "status",
+            format!("must be one of {}", STATUSES.join(", ")),
+        ));
     }
     let mut origin = match params.origin.as_deref() {
-        Some(o) => Some(o.parse::<Origin>().map_err(|e| bad(e.to_string()))?),
+        Some(o) => Some(
+            o.parse::<Origin>()
+                .map_err(|e| Problem::field("origin", e.to_string()))?,
+        ),
         None => None,
     };
     if params.include_crm_leads == Some(false) {
@@ -518,21 +538,22 @@ async fn list(
     if let Some(provider) = params.provider.as_deref()
         && provider != "hubspot"
     {
-        return Err(bad(format!(
-            "unknown provider {provider:?}; expected one of: hubspot"
-        )));
+        return Err(Problem::field(
+            "provider",
+            format!("{provider:?} is not one of: hubspot"),
+        ));
     }
     let connection = match params.connection_id.as_deref() {
         Some(c) => Some(
             c.parse::<ConnectionId>()
-                .map_err(|_| bad("connectionId is not a connection id"))?,
+                .map_err(|_| Problem::field("connectionId", "is not a connection id"))?,
         ),
         None => None,
     };
     let updated_since = match params.updated_since.as_deref() {
         Some(t) => Some(
             DateTime::parse_from_rfc3339(t)
-                .map_err(|_| bad("updatedSince must be RFC 3339"))?
+                .map_err(|_| Problem::field("updatedSince", "must be an RFC 3339 time"))?
                 .with_timezone(&Utc),
         ),
         None => None,
@@ -543,19 +564,20 @@ async fn list(
         Some("updatedAt") => (true, false),
         Some("-updatedAt") => (true, true),
         Some(other) => {
-            return Err(bad(format!(
-                "sort {other:?} is not supported; use createdAt, -createdAt, updatedAt or -updatedAt"
-            )));
+            return Err(Problem::field(
+                "sort",
+                format!("{other:?} is not one of createdAt, -createdAt, updatedAt, -updatedAt"),
+            ));
         }
     };
     let sort_key = if by_updated { "u" } else { "c" };
-    let after = match params.cursor.as_deref() {
-        Some(c) => Some(
-            decode_cursor(c, sort_key)
-                .ok_or_else(|| bad("invalid cursor (or one from another sort order)"))?,
-        ),
-        None => None,
-    };
+    let after =
+        match params.cursor.as_deref() {
+            Some(c) => Some(decode_cursor(c, sort_key).ok_or_else(|| {
+                Problem::field("cursor", "is invalid (or from another sort order)")
+            })?),
+            None => None,
+        };
     let query = RecordQuery {
         origin,
         status: params.status,
@@ -607,9 +629,8 @@ macro_rules! kind_routes {
         async fn $list(
             State(api): State<Api>,
             Tenant(t): Tenant,
-            params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+            Params(params): Params<ListParams>,
         ) -> Result<Response, Problem> {
-            let Query(params) = params.map_err(|e| bad(e.body_text()))?;
             list(api, t, $kind, params).await
         }
         async fn $create(

@@ -3,7 +3,9 @@
 //! conflicts and their resolution, webhook stats, and a record's field
 //! history. Every call is scoped to the bearer token's tenant.
 
-use super::{Api, Problem, Tenant, bad};
+use super::input::{Params, json_object, list_limit, number};
+use super::{Api, Problem, Tenant};
+use crate::domain::validate::{DELTA_INTERVAL_SECS, check_text};
 use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordId, RunId};
 use crate::jobs::DeltaSyncJob;
 use crate::providers::error::ProviderError;
@@ -12,7 +14,7 @@ use crate::store::{
     ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping, Resolution,
 };
 use crate::sync::ConflictStrategy;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -29,12 +31,7 @@ fn parse_connection(id: &str) -> Result<ConnectionId, Problem> {
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+    json_object(body)
 }
 
 /// A connection as operators see it: never its credentials or secret.
@@ -154,35 +151,48 @@ async fn publish_routes(api: &Api) {
 pub struct CreateConnection {
     provider: String,
     private_app_token: Option<String>,
-    portal_id: Option<u64>,
+    #[serde(default, deserialize_with = "super::present")]
+    portal_id: Option<Option<u64>>,
     webhook_secret: Option<String>,
     strategy: Option<String>,
     objects: Option<Vec<ObjectMapping>>,
-    delta_interval_secs: Option<u64>,
+    #[serde(default, deserialize_with = "super::present")]
+    delta_interval_secs: Option<Option<u64>>,
     full_sync: Option<bool>,
 }
 
 fn strategy(name: Option<&str>, default: ConflictStrategy) -> Result<ConflictStrategy, Problem> {
-    name.map_or(Ok(default), |s| s.parse().map_err(bad))
+    name.map_or(Ok(default), |s| {
+        s.parse().map_err(|e: String| Problem::field("strategy", e))
+    })
 }
 
 fn objects(mappings: Vec<ObjectMapping>) -> Result<Vec<ObjectMapping>, Problem> {
     if mappings.is_empty() {
-        return Err(bad("objects must name at least one CRM object"));
+        return Err(Problem::field(
+            "objects",
+            "must name at least one CRM object",
+        ));
     }
     let mut seen: Vec<CrmObject> = Vec::new();
     let mut kinds = Vec::new();
     for m in &mappings {
         if seen.contains(&m.crm_object) {
-            return Err(bad(format!("{} is mapped twice", m.crm_object)));
+            return Err(Problem::field(
+                "objects",
+                format!("maps {} twice", m.crm_object),
+            ));
         }
         // One platform kind fed by two CRM objects would make each person
         // two platform records.
         if kinds.contains(&m.record_kind) {
-            return Err(bad(format!(
-                "platform {} is mapped from two CRM objects; map it from one",
-                m.record_kind
-            )));
+            return Err(Problem::field(
+                "objects",
+                format!(
+                    "maps platform {} from two CRM objects; map it from one",
+                    m.record_kind
+                ),
+            ));
         }
         seen.push(m.crm_object);
         kinds.push(m.record_kind);
@@ -190,12 +200,15 @@ fn objects(mappings: Vec<ObjectMapping>) -> Result<Vec<ObjectMapping>, Problem> 
     Ok(mappings)
 }
 
-fn interval(secs: Option<u64>, default: u64) -> Result<u64, Problem> {
-    match secs {
-        Some(0) => Err(bad("deltaIntervalSecs must be greater than 0")),
-        Some(s) => Ok(s),
-        None => Ok(default),
-    }
+/// `deltaIntervalSecs`: left out, `default` (brought into range: a row
+/// from before the range keeps working); otherwise within
+/// [`DELTA_INTERVAL_SECS`], never `null`.
+fn interval(secs: Option<Option<u64>>, default: u64) -> Result<u64, Problem> {
+    let given = number("deltaIntervalSecs", secs, |s| {
+        DELTA_INTERVAL_SECS.contains(&s)
+    })?;
+    Ok(given
+        .unwrap_or_else(|| default.clamp(*DELTA_INTERVAL_SECS.start(), *DELTA_INTERVAL_SECS.end())))
 }
 
 pub(super) async fn create_connection(
@@ -204,13 +217,27 @@ pub(super) async fn create_connection(
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     let input: CreateConnection = json_body(&body)?;
-    let provider: ProviderKind = input.provider.parse().map_err(|e| bad(format!("{e}")))?;
+    let provider: ProviderKind = input
+        .provider
+        .parse()
+        .map_err(|e| Problem::field("provider", format!("{e}")))?;
     let token = input
         .private_app_token
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| {
-            bad("privateAppToken is required (OAuth connections are made with `crmsync connect`)")
+            Problem::field(
+                "privateAppToken",
+                "is required (OAuth connections are made with `crmsync connect`)",
+            )
         })?;
+    // A token travels in a header: visible ASCII only.
+    if !token.trim().bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Problem::field(
+            "privateAppToken",
+            "must be printable ASCII without spaces",
+        ));
+    }
+    let claimed_portal = number("portalId", input.portal_id, |p| p > 0)?;
     let token = SecretString::from(token.trim().to_string());
     let mut settings = ConnectionSettings::default_for(provider);
     settings.strategy = strategy(input.strategy.as_deref(), settings.strategy)?;
@@ -227,7 +254,10 @@ pub(super) async fn create_connection(
     let portal = match client.portal_id(&token).await {
         Ok(portal) => portal,
         Err(ProviderError::Unauthorized(why)) => {
-            return Err(bad(format!("HubSpot refused the private-app token: {why}")));
+            return Err(Problem::field(
+                "privateAppToken",
+                format!("was refused by HubSpot: {why}"),
+            ));
         }
         Err(e) => {
             return Err(Problem::new(
@@ -236,12 +266,13 @@ pub(super) async fn create_connection(
             ));
         }
     };
-    if let Some(claimed) = input.portal_id
+    if let Some(claimed) = claimed_portal
         && claimed != portal
     {
-        return Err(bad(format!(
-            "the token belongs to portal {portal}, not {claimed}"
-        )));
+        return Err(Problem::field(
+            "portalId",
+            format!("is {claimed}, but the token belongs to portal {portal}"),
+        ));
     }
     let id = api
         .store
@@ -328,7 +359,8 @@ pub(super) async fn connection_health(
 pub struct PatchConnection {
     strategy: Option<String>,
     objects: Option<Vec<ObjectMapping>>,
-    delta_interval_secs: Option<u64>,
+    #[serde(default, deserialize_with = "super::present")]
+    delta_interval_secs: Option<Option<u64>>,
     #[serde(default, deserialize_with = "super::present")]
     webhook_secret: Option<Option<String>>,
 }
@@ -490,19 +522,17 @@ pub struct ListParams {
 
 impl ListParams {
     fn limit(&self) -> Result<i64, Problem> {
-        let limit = self.limit.unwrap_or(50);
-        if (1..=200).contains(&limit) {
-            Ok(limit)
-        } else {
-            Err(bad("limit must be between 1 and 200"))
-        }
+        list_limit(self.limit)
     }
 
     /// The `cursor` of a list paged by id (a uuid).
     fn id_cursor(&self) -> Result<Option<uuid::Uuid>, Problem> {
         self.cursor
             .as_deref()
-            .map(|c| c.parse().map_err(|_| bad("invalid cursor")))
+            .map(|c| {
+                c.parse()
+                    .map_err(|_| Problem::field("cursor", "is invalid"))
+            })
             .transpose()
     }
 
@@ -511,28 +541,26 @@ impl ListParams {
             .as_deref()
             .map(|c| {
                 c.parse()
-                    .map_err(|_| bad("connectionId is not a connection id"))
+                    .map_err(|_| Problem::field("connectionId", "is not a connection id"))
             })
             .transpose()
     }
 }
 
-fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Problem> {
-    q.map(|Query(p)| p).map_err(|e| bad(e.body_text()))
-}
-
 pub(super) async fn list_runs(
     State(api): State<Api>,
     Tenant(tenant): Tenant,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    params: Params<ListParams>,
 ) -> Result<Response, Problem> {
-    let params = query(params)?;
+    let Params(params) = params;
     if params.status.is_some() {
-        return Err(bad("sync-runs take no status filter"));
+        return Err(Problem::field("status", "is no filter of sync-runs"));
     }
     let limit = params.limit()?;
     let before = match params.cursor.as_deref() {
-        Some(c) => Some(decode_run_cursor(c).ok_or_else(|| bad("invalid cursor"))?),
+        Some(c) => {
+            Some(decode_run_cursor(c).ok_or_else(|| Problem::field("cursor", "is invalid"))?)
+        }
         None => None,
     };
     let mut runs = api
@@ -561,12 +589,12 @@ fn decode_run_cursor(cursor: &str) -> Option<(DateTime<Utc>, RunId)> {
 pub(super) async fn list_conflicts(
     State(api): State<Api>,
     Tenant(tenant): Tenant,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    params: Params<ListParams>,
 ) -> Result<Response, Problem> {
-    let params = query(params)?;
+    let Params(params) = params;
     let status = params.status.as_deref().unwrap_or("open");
     if !matches!(status, "open" | "resolved") {
-        return Err(bad("status must be open or resolved"));
+        return Err(Problem::field("status", "must be open or resolved"));
     }
     let limit = params.limit()?;
     let rows = api
@@ -619,15 +647,27 @@ pub(super) async fn resolve_conflict(
     let resolution = match (input.resolution.as_str(), input.value) {
         ("platform", None) => Resolution::Platform,
         ("crm", None) => Resolution::Crm,
-        ("value", Some(v)) => Resolution::Value(v),
-        ("value", None) => return Err(bad("resolution \"value\" needs a value")),
+        ("value", Some(v)) => {
+            check_text(&v).map_err(|why| Problem::field("value", why))?;
+            Resolution::Value(v)
+        }
+        ("value", None) => {
+            return Err(Problem::field(
+                "value",
+                "is needed with resolution \"value\"",
+            ));
+        }
         ("platform" | "crm", Some(_)) => {
-            return Err(bad("value is only given with resolution \"value\""));
+            return Err(Problem::field(
+                "value",
+                "is only given with resolution \"value\"",
+            ));
         }
         (other, _) => {
-            return Err(bad(format!(
-                "resolution {other:?} is not one of platform, crm, value"
-            )));
+            return Err(Problem::field(
+                "resolution",
+                format!("{other:?} is not one of platform, crm, value"),
+            ));
         }
     };
     let resolved = api.store.resolve_conflict(tenant, id, &resolution).await?;
@@ -641,14 +681,36 @@ pub(super) async fn resolve_conflict(
     Ok(axum::Json(resolved).into_response())
 }
 
-pub(super) async fn record_history(
+/// `GET /v1/leads/{id}/history`: why each field of the lead changed; 404
+/// for an id that is no live lead of the tenant.
+pub(super) async fn lead_history(
     State(api): State<Api>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let id: RecordId = id
-        .parse()
-        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no record {id}")))?;
+    record_history(&api, tenant, crate::domain::RecordKind::Lead, &id).await
+}
+
+/// `GET /v1/contacts/{id}/history`, as [`lead_history`].
+pub(super) async fn contact_history(
+    State(api): State<Api>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    record_history(&api, tenant, crate::domain::RecordKind::Contact, &id).await
+}
+
+async fn record_history(
+    api: &Api,
+    tenant: crate::domain::TenantId,
+    kind: crate::domain::RecordKind,
+    id: &str,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::new(StatusCode::NOT_FOUND, format!("no {kind} {id}"));
+    let id: RecordId = id.parse().map_err(|_| not_found())?;
+    if api.store.record_view(tenant, kind, id).await?.is_none() {
+        return Err(not_found());
+    }
     let changes = api.store.field_changes(tenant, id, 200).await?;
     Ok(axum::Json(json!({ "data": changes })).into_response())
 }
@@ -658,13 +720,13 @@ pub(super) async fn record_history(
 pub(super) async fn list_dead_letters(
     State(api): State<Api>,
     Tenant(tenant): Tenant,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    params: Params<ListParams>,
 ) -> Result<Response, Problem> {
-    let params = query(params)?;
+    let Params(params) = params;
     let replayed = match params.status.as_deref().unwrap_or("open") {
         "open" => false,
         "replayed" => true,
-        _ => return Err(bad("status must be open or replayed")),
+        _ => return Err(Problem::field("status", "must be open or replayed")),
     };
     let limit = params.limit()?;
     let rows = api
@@ -715,26 +777,32 @@ pub(super) async fn replay_dead_letter(
 }
 
 /// `POST /v1/dead-letters/replay[?connectionId=]` → 202 `{"replayed": n}`:
-/// every open dead letter (of one connection) queued again.
+/// every dead letter (of one connection) open when the request came,
+/// queued again. Dead letters made after that — a replayed job failing
+/// again — stay open: a replay never chases its own failures.
 pub(super) async fn replay_dead_letters(
     State(api): State<Api>,
     Tenant(tenant): Tenant,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    params: Params<ListParams>,
 ) -> Result<Response, Problem> {
-    let params = query(params)?;
+    let Params(params) = params;
     let connection = params.connection()?;
+    // Ids are time-ordered (v7): one made now is after every one open now.
+    let mut before = uuid::Uuid::now_v7();
     let mut replayed = 0;
     loop {
         let batch = api
             .store
-            .list_dead_letters(tenant, false, connection, None, 200)
+            .list_dead_letters(tenant, false, connection, Some(before), 200)
             .await?;
-        if batch.is_empty() {
+        let Some(last) = batch.last() else {
             break;
-        }
+        };
+        before = last.id;
         for dead in &batch {
-            replay_one(&api, tenant, dead).await?;
-            replayed += 1;
+            if replay_one(&api, tenant, dead).await?.is_some() {
+                replayed += 1;
+            }
         }
     }
     Ok((

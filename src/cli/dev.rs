@@ -20,17 +20,19 @@ use std::time::Duration;
 /// Arguments of `crmsync dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Contacts seeded in the sandbox HubSpot (they become platform leads).
-    #[arg(long, default_value_t = 3000)]
+    /// Contacts seeded in the sandbox HubSpot (they become platform leads;
+    /// at most 1,000,000).
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     contacts: u64,
-    /// Leads seeded in the sandbox HubSpot (not synced by default).
-    #[arg(long, default_value_t = 300)]
+    /// Leads seeded in the sandbox HubSpot (not synced by default; at most
+    /// 1,000,000).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     leads: u64,
-    /// Sandbox user edits per minute (0: none).
-    #[arg(long, default_value_t = 30)]
+    /// Sandbox user edits per minute (0: none; at most 6,000).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=6_000))]
     edits_per_minute: u32,
-    /// Seconds between delta syncs.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds between delta syncs (5 to 86,400, as the api allows).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(5..=86_400))]
     delta_interval: u64,
     /// Where the sandbox listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -74,7 +76,7 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
         .await
         .with_context(|| format!("failed to listen on {}", args.sandbox_listen))?;
     settings.hubspot.api_base_url = format!("http://{sandbox_addr}");
-    settings.sync.delta_interval_secs = args.delta_interval.max(1);
+    settings.sync.delta_interval_secs = args.delta_interval;
 
     let store = app::open_store(&settings, true).await?;
     let tenant = store.resolve_tenant(None).await?;

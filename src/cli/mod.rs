@@ -163,12 +163,13 @@ struct HubspotConnectArgs {
     /// An OAuth refresh token.
     #[arg(long, requires = "access_token", hide_env_values = true)]
     refresh_token: Option<String>,
-    /// Seconds until the OAuth access token expires (HubSpot: 1800).
-    #[arg(long, default_value_t = 1800)]
+    /// Seconds until the OAuth access token expires (HubSpot: 1800; 1 to
+    /// 86,400).
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     expires_in: u64,
-    /// The HubSpot portal (account) id; read from the account details API
-    /// when left out.
-    #[arg(long)]
+    /// The HubSpot portal (account) id, a positive integer; read from the
+    /// account details API when left out.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     portal_id: Option<u64>,
     /// The tenant, by name or id (default: the tenant named `default`).
     #[arg(long)]
@@ -366,8 +367,9 @@ async fn connect_hubspot(
         (None, Some(access), Some(refresh)) => Credentials::OAuth {
             access_token: SecretString::from(access.clone()),
             refresh_token: SecretString::from(refresh.clone()),
-            expires_at: chrono::Utc::now()
-                + chrono::Duration::seconds(i64::try_from(args.expires_in).unwrap_or(1800)),
+            expires_at: chrono::TimeDelta::try_seconds(i64::try_from(args.expires_in)?)
+                .and_then(|valid| chrono::Utc::now().checked_add_signed(valid))
+                .context("--expires-in is out of range")?,
         },
         _ => bail!("give --private-app-token, or --access-token with --refresh-token"),
     };

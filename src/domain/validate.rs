@@ -13,6 +13,39 @@ pub const MAX_CHARS: usize = 500;
 /// The platform's lead statuses.
 pub const STATUSES: &[&str] = &["new", "contacted", "qualified", "unqualified"];
 
+/// Seconds between a connection's scheduled deltas: at least 5 (a tenant
+/// cannot make the scheduler and its CRM budget spin), at most a day (the
+/// delta is the safety net behind webhooks). Every due time the scheduler
+/// computes stays a valid timestamp.
+pub const DELTA_INTERVAL_SECS: std::ops::RangeInclusive<u64> = 5..=86_400;
+
+/// Rows per page of an api list (`limit`).
+pub const LIST_LIMIT: std::ops::RangeInclusive<i64> = 1..=200;
+
+/// Checks free text that is no record field (a conflict's chosen value, a
+/// filter): the length and control-character rules of [`check_value`].
+pub fn check_text(value: &str) -> Result<(), String> {
+    let value = value.trim();
+    let chars = value.chars().count();
+    if chars > MAX_CHARS {
+        return Err(format!(
+            "is {chars} characters long; at most {MAX_CHARS} are allowed"
+        ));
+    }
+    // Tab and line breaks are text (a multi-line company name); every other
+    // control character (NUL, escape, DEL, C1) is not.
+    match value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        Some(c) => Err(format!(
+            "holds the control character U+{:04X}",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Why a field's value is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}", field = field.as_str())]
@@ -34,25 +67,8 @@ impl FieldProblem {
 
 /// Checks one value as the platform would store it (trimmed).
 pub fn check_value(field: CanonicalField, value: &str) -> Result<(), FieldProblem> {
+    check_text(value).map_err(|reason| FieldProblem::new(field, reason))?;
     let value = value.trim();
-    let chars = value.chars().count();
-    if chars > MAX_CHARS {
-        return Err(FieldProblem::new(
-            field,
-            format!("is {chars} characters long; at most {MAX_CHARS} are allowed"),
-        ));
-    }
-    // Tab and line breaks are text (a multi-line company name); every other
-    // control character (NUL, escape, DEL, C1) is not.
-    if let Some(c) = value
-        .chars()
-        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-    {
-        return Err(FieldProblem::new(
-            field,
-            format!("holds the control character U+{:04X}", u32::from(c)),
-        ));
-    }
     match field {
         CanonicalField::Email if !value.is_empty() && !is_valid_email(value) => Err(
             FieldProblem::new(field, format!("{value:?} is not a valid email address")),

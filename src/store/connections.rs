@@ -2,6 +2,7 @@
 //! at rest (bound to the row's ids) and its sync settings.
 
 use super::{Db, Store, StoreError, on_db};
+use crate::domain::validate::DELTA_INTERVAL_SECS;
 use crate::domain::{
     ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordKind, TenantId,
 };
@@ -181,6 +182,34 @@ fn row(t: ConnectionTuple) -> Result<ConnectionRow, StoreError> {
     })
 }
 
+/// A delta interval as stored: within [`DELTA_INTERVAL_SECS`] (the
+/// database refuses others too), or the caller's mistake.
+fn stored_interval(secs: u64) -> Result<i64, StoreError> {
+    if DELTA_INTERVAL_SECS.contains(&secs) {
+        i64::try_from(secs).map_err(|_| StoreError::Invalid("delta interval".into()))
+    } else {
+        Err(StoreError::Invalid(format!(
+            "a delta interval must be {} to {} seconds, not {secs}",
+            DELTA_INTERVAL_SECS.start(),
+            DELTA_INTERVAL_SECS.end()
+        )))
+    }
+}
+
+/// Reports a connection whose stored delta interval is outside the range
+/// (a row written past the database's check): the claim scheduled it at
+/// the nearest bound instead of failing every tenant's claim.
+fn report_out_of_range(tenant: uuid::Uuid, connection: uuid::Uuid, stored: i64) {
+    tracing::warn!(
+        tenant.id = %tenant,
+        connection.id = %connection,
+        delta_interval_secs = stored,
+        "stored delta interval out of range; scheduled at the nearest bound"
+    );
+    metrics::counter!("crmsync_scheduler_bad_rows_total", "reason" => "delta_interval_out_of_range")
+        .increment(1);
+}
+
 impl Store {
     /// Creates a connection, or — for an account the tenant already connected —
     /// replaces its credentials and reactivates it (a re-authorisation).
@@ -204,7 +233,7 @@ impl Store {
         let plaintext =
             serde_json::to_vec(&new.credentials).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let sealed = self.key()?.seal(&plaintext, &binding(new.tenant, id))?;
-        let interval = i64::try_from(new.delta_interval_secs).unwrap_or(i64::MAX);
+        let interval = stored_interval(new.delta_interval_secs)?;
         let now = Utc::now();
         let mut tx = self.begin(new.tenant).await?;
         on_db!(&mut tx, |c| {
@@ -296,7 +325,7 @@ impl Store {
         settings: &ConnectionSettings,
         delta_interval_secs: u64,
     ) -> Result<(), StoreError> {
-        let interval = i64::try_from(delta_interval_secs).unwrap_or(i64::MAX);
+        let interval = stored_interval(delta_interval_secs)?;
         let mut tx = self.begin(tenant).await?;
         on_db!(&mut tx, |c| {
             sqlx::query(
@@ -474,39 +503,65 @@ impl Store {
 
     /// Claims the connections whose delta is due at `now` and moves each one's
     /// next due time on by its interval, atomically: of several schedulers
-    /// ticking at once, exactly one claims each due delta.
+    /// ticking at once, exactly one claims each due delta. One statement
+    /// covers every tenant, so no row may fail it: an interval outside
+    /// [`DELTA_INTERVAL_SECS`] is taken at the nearest bound (and reported),
+    /// and a due time past the calendar's end skips that row alone.
     pub async fn claim_due_deltas(
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<(TenantId, ConnectionId)>, StoreError> {
-        let rows: Vec<(uuid::Uuid, uuid::Uuid)> = match &self.db {
-            Db::Postgres(pool) => {
-                sqlx::query_as("SELECT tenant_id, connection_id FROM crmsync_claim_due_deltas($1)")
-                    .bind(now)
-                    .fetch_all(pool)
-                    .await?
-            }
+        let (low, high) = (
+            i64::try_from(*DELTA_INTERVAL_SECS.start()).unwrap_or(5),
+            i64::try_from(*DELTA_INTERVAL_SECS.end()).unwrap_or(86_400),
+        );
+        let due: Vec<(uuid::Uuid, uuid::Uuid, i64)> = match &self.db {
+            Db::Postgres(pool) => sqlx::query_as(
+                "SELECT tenant_id, connection_id, interval_secs FROM crmsync_claim_due_deltas($1)",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await?,
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                // SQLite stores what it is given: read the interval as an
+                // integer whatever its type.
                 let due: Vec<(uuid::Uuid, uuid::Uuid, i64)> = sqlx::query_as(
-                    "SELECT tenant_id, id, delta_interval_secs FROM connections
+                    "SELECT tenant_id, id, CAST(delta_interval_secs AS INTEGER) FROM connections
                       WHERE status = 'active' AND (next_delta_at IS NULL OR next_delta_at <= $1)",
                 )
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
-                for (_, id, secs) in &due {
-                    let next = now + chrono::Duration::seconds(*secs);
+                let mut claimed = Vec::with_capacity(due.len());
+                for (tenant, id, secs) in due {
+                    let step = chrono::TimeDelta::try_seconds(secs.clamp(low, high));
+                    let Some(next) = step.and_then(|step| now.checked_add_signed(step)) else {
+                        tracing::warn!(connection.id = %id, "no next delta time after {now}; skipped");
+                        metrics::counter!("crmsync_scheduler_bad_rows_total", "reason" => "no_next_due_time")
+                            .increment(1);
+                        continue;
+                    };
                     sqlx::query("UPDATE connections SET next_delta_at = $1 WHERE id = $2")
                         .bind(next)
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
+                    claimed.push((tenant, id, secs));
                 }
                 tx.commit().await?;
-                due.into_iter().map(|(t, c, _)| (t, c)).collect()
+                claimed
             }
         };
+        let rows: Vec<(uuid::Uuid, uuid::Uuid)> = due
+            .into_iter()
+            .map(|(tenant, connection, secs)| {
+                if !(low..=high).contains(&secs) {
+                    report_out_of_range(tenant, connection, secs);
+                }
+                (tenant, connection)
+            })
+            .collect();
         Ok(rows
             .into_iter()
             .map(|(t, c)| (TenantId(t), ConnectionId(c)))

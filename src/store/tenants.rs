@@ -103,8 +103,9 @@ impl Store {
         Ok(token)
     }
 
-    /// The tenant an API token belongs to (compared by hash; cross-tenant by
-    /// nature: the caller does not know its tenant yet).
+    /// The tenant an API token belongs to (compared by hash, through the
+    /// unique index on it: one row at most, in the same time for any token;
+    /// cross-tenant by nature: the caller does not know its tenant yet).
     pub async fn tenant_by_token(&self, token: &str) -> Result<Option<TenantId>, StoreError> {
         let hash = Sha256::digest(token.as_bytes()).to_vec();
         let found: Option<(Option<uuid::Uuid>,)> = match &self.db {
@@ -115,7 +116,7 @@ impl Store {
                     .await?
             }
             Db::Sqlite(pool) => {
-                sqlx::query_as("SELECT id FROM tenants WHERE api_token_hash = $1")
+                sqlx::query_as("SELECT id FROM tenants WHERE api_token_hash = $1 LIMIT 1")
                     .bind(&hash)
                     .fetch_optional(pool)
                     .await?

@@ -313,12 +313,13 @@ async fn run_suite(strategy: &str, changes: usize) {
     fleet.full_sync().await;
     fleet.stop_workers().await;
     let api = fleet.start_api_client().await;
-    // Deltas every 2 s: they heal whatever a lost webhook job missed.
+    // Deltas every 5 s (the least a connection may ask): they heal whatever
+    // a lost webhook job missed.
     api_call(
         &api,
         Method::PATCH,
         &format!("/v1/connections/{}", fleet.connection),
-        json!({"deltaIntervalSecs": 2, "strategy": strategy}),
+        json!({"deltaIntervalSecs": 5, "strategy": strategy}),
     )
     .await
     .expect("delta interval and strategy");
