@@ -139,8 +139,8 @@ mod tests {
         let accented = "é".repeat(MAX_CHARS);
         assert!(accented.len() > MAX_CHARS, "two bytes each");
         assert_eq!(check_value(CanonicalField::Company, &accented), Ok(()));
-        let problem = check_value(CanonicalField::Company, &format!("{accented}é"))
-            .expect_err("one over");
+        let problem =
+            check_value(CanonicalField::Company, &format!("{accented}é")).expect_err("one over");
         assert_eq!(problem.field, CanonicalField::Company);
     }
 

@@ -59,7 +59,7 @@ pub struct Ingress {
     allow_legacy: bool,
     routes: Routes,
     known: KnownRoutes,
-    /// Accounts looked up in the route store (not in a cache), ever.
+    /// Round trips to the route store (not cache hits), ever.
     lookups: Arc<AtomicU64>,
     dedupe: Dedupe,
     stats: WebhookStats,
@@ -185,9 +185,9 @@ impl Ingress {
             .with_state(self))
     }
 
-    /// How many accounts this ingress has looked up in the route store
-    /// (Redis, or the embedded store), cached ones not counted: what a
-    /// delivery cost beyond its body.
+    /// How many round trips this ingress has made to the route store
+    /// (Redis, or the embedded store) to look routes up, cache hits not
+    /// counted: what deliveries cost beyond their bodies.
     pub fn route_lookups(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
     }
@@ -289,9 +289,7 @@ async fn prefetch(
     if missing.is_empty() {
         return Ok(());
     }
-    ingress
-        .lookups
-        .fetch_add(missing.len() as u64, Ordering::Relaxed);
+    ingress.lookups.fetch_add(1, Ordering::Relaxed);
     let found = ingress.routes.lookup_many("hubspot", &missing).await?;
     if let Ok(mut known) = ingress.known.lock() {
         if known.len() + missing.len() > KNOWN_ROUTES_MAX {
@@ -475,14 +473,18 @@ async fn own_secret(
         let Some(sealed) = &route.sealed_secret else {
             continue;
         };
-        let secret =
-            match crate::store::open_webhook_secret(key, route.tenant, route.connection, sealed) {
-                Ok(secret) => secret,
-                Err(e) => {
-                    tracing::error!(connection.id = %route.connection, error = %e, "cannot open the connection's webhook secret");
-                    continue;
-                }
-            };
+        let secret = match crate::store::open_webhook_secret(
+            key,
+            route.tenant,
+            route.connection,
+            sealed,
+        ) {
+            Ok(secret) => secret,
+            Err(e) => {
+                tracing::error!(connection.id = %route.connection, error = %e, "cannot open the connection's webhook secret");
+                continue;
+            }
+        };
         if let Ok((_, batch)) = verify(secret.expose_secret().as_bytes()) {
             return Ok(Some((Signer::Connection(route.connection), batch)));
         }
@@ -638,4 +640,56 @@ fn delivery_id(events: &[&WebhookEvent]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signed_url_is_the_public_url_or_a_loopback_address_never_anything_else() {
+        let at = |s: &str| {
+            s.parse::<SocketAddr>()
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+        };
+        assert_eq!(
+            signed_base(Some("https://hooks.example.com/"), at("0.0.0.0:8081")).ok(),
+            Some("https://hooks.example.com".to_string())
+        );
+        assert_eq!(
+            signed_base(None, at("127.0.0.1:8081")).ok(),
+            Some("http://127.0.0.1:8081".to_string())
+        );
+        assert_eq!(
+            signed_base(None, at("[::1]:8081")).ok(),
+            Some("http://[::1]:8081".to_string())
+        );
+        for open in ["0.0.0.0:8081", "[::]:8081", "10.1.2.3:8081"] {
+            let err = signed_base(None, at(open))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("CRMSYNC__INGRESS__PUBLIC_URL"),
+                "{open}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn more_distinct_accounts_than_the_cap_are_counted_not_looked_up() {
+        let body = serde_json::to_vec(
+            &(0..=MAX_ACCOUNTS_PER_DELIVERY as u64)
+                .map(|p| serde_json::json!({"portalId": p}))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        assert!(matches!(
+            claimed_accounts(&body),
+            Claimed::TooMany(n) if n == MAX_ACCOUNTS_PER_DELIVERY + 1
+        ));
+        let repeated = br#"[{"portalId":7},{"portalId":7},{"portalId":3}]"#;
+        assert!(matches!(claimed_accounts(repeated), Claimed::Accounts(a) if a == vec![3, 7]));
+        assert!(matches!(claimed_accounts(b"not json"), Claimed::Accounts(a) if a.is_empty()));
+    }
 }
