@@ -812,6 +812,46 @@ mod tests {
     }
 
     #[test]
+    fn server_limits_default_and_refuse_zero_absurd_or_malformed_values() {
+        Jail::expect_with(|jail| {
+            let s = load(jail, None)?;
+            for (header, body, connections) in [
+                (
+                    s.api.header_read_timeout_secs,
+                    s.api.body_read_timeout_secs,
+                    s.api.max_connections,
+                ),
+                (
+                    s.ingress.header_read_timeout_secs,
+                    s.ingress.body_read_timeout_secs,
+                    s.ingress.max_connections,
+                ),
+            ] {
+                assert_eq!((header, body, connections), (10, 30, 10_000));
+            }
+            for (var, bad, good) in [
+                ("CRMSYNC__API__HEADER_READ_TIMEOUT_SECS", "0", "10"),
+                ("CRMSYNC__INGRESS__BODY_READ_TIMEOUT_SECS", "3601", "30"),
+                ("CRMSYNC__API__MAX_CONNECTIONS", "0", "10"),
+                ("CRMSYNC__INGRESS__PUBLIC_URL", "hooks.example.com", ""),
+                (
+                    "CRMSYNC__INGRESS__PUBLIC_URL",
+                    "https://hooks.example.com/?a=1",
+                    "",
+                ),
+            ] {
+                jail.set_env(var, bad);
+                let err = load(jail, None).err().unwrap_or_default();
+                assert!(err.contains(var), "{var}={bad}: {err}");
+                jail.set_env(var, good);
+            }
+            jail.set_env("CRMSYNC__INGRESS__PUBLIC_URL", "https://hooks.example.com/");
+            assert!(load(jail, None)?.ingress.public_url.is_some());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(
             redact_url("postgres://app:s3cret@db/crm"),

@@ -189,14 +189,17 @@ async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Ok(response);
     }
-    Ok(as_problem(response, &path))
+    Ok(as_problem(response, &path).await)
 }
 
+/// The longest plain-text error body kept as a problem's `detail`.
+const MAX_PLAIN_DETAIL: usize = 4096;
+
 /// Rewrites a plain (empty or text) 404, 405, 408 or 413 as problem+json,
-/// keeping its headers (`Allow` on a 405).
-fn as_problem(response: Response<Body>, path: &str) -> Response<Body> {
+/// keeping its headers (`Allow` on a 405) and its text as the detail.
+async fn as_problem(response: Response<Body>, path: &str) -> Response<Body> {
     let status = response.status();
-    let detail = match status {
+    let default = match status {
         StatusCode::NOT_FOUND => format!("no such endpoint: {path}"),
         StatusCode::METHOD_NOT_ALLOWED => format!("{path} does not take this method"),
         StatusCode::PAYLOAD_TOO_LARGE => {
@@ -213,7 +216,19 @@ fn as_problem(response: Response<Body>, path: &str) -> Response<Body> {
     if !plain {
         return response;
     }
-    let (mut parts, _) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_DETAIL)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
+    // axum's own 413 text names its buffering, not the client's mistake.
+    let detail = if text.is_empty() || status == StatusCode::PAYLOAD_TOO_LARGE {
+        default
+    } else {
+        text
+    };
     let problem = problem(status, &detail);
     parts.headers.remove(header::CONTENT_LENGTH);
     for (name, value) in problem.headers() {
@@ -308,14 +323,14 @@ impl http_body::Body for Deadline {
 mod tests {
     use super::*;
 
-    #[test]
-    fn plain_server_errors_become_problems_and_json_ones_stay() {
+    #[tokio::test]
+    async fn plain_server_errors_become_problems_and_json_ones_stay() {
         let plain = Response::builder()
             .status(StatusCode::PAYLOAD_TOO_LARGE)
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(Body::from("length limit exceeded"))
             .unwrap_or_default();
-        let rewritten = as_problem(plain, "/x");
+        let rewritten = as_problem(plain, "/x").await;
         assert_eq!(rewritten.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(
             rewritten.headers().get(header::CONTENT_TYPE),
@@ -326,10 +341,20 @@ mod tests {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from("{}"))
             .unwrap_or_default();
-        let kept = as_problem(json, "/x");
+        let kept = as_problem(json, "/x").await;
         assert_eq!(
             kept.headers().get(header::CONTENT_TYPE),
             Some(&HeaderValue::from_static("application/json"))
         );
+        // A handler's own plain 404 keeps what it said.
+        let said = Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Body::from("lead 7 not found"))
+            .unwrap_or_default();
+        let body = as_problem(said, "/v1/leads/7").await.into_body();
+        let body = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(problem["detail"], "lead 7 not found");
+        assert_eq!(problem["status"], 404);
     }
 }

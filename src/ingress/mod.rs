@@ -530,7 +530,7 @@ async fn accept(
         };
         let mut reached = Vec::new();
         for route in cache.get(&event.portal_id).into_iter().flatten() {
-            if !signer.serves(&route) {
+            if !signer.serves(route) {
                 continue;
             }
             let next = destinations.len();
