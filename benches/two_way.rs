@@ -202,6 +202,13 @@ async fn tap_arrivals(State(arrivals): State<Arrivals>, request: Request, next: 
 
 async fn serve(app: axum::Router) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    serve_on(listener, app)
+}
+
+fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let base = format!("http://{}", listener.local_addr()?);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -230,11 +237,12 @@ impl Ctx {
         };
         crmsync::app::publish_routes(&settings, &self.store).await?;
         let ingress = crmsync::app::ingress(&settings, queue.clone()).await?;
-        let mut router = ingress.router(settings.ingress.max_body_bytes);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let mut router = ingress.router(settings.ingress.max_body_bytes, listener.local_addr()?)?;
         if let Some(arrivals) = tap {
             router = router.layer(axum::middleware::from_fn_with_state(arrivals, tap_arrivals));
         }
-        let (ingress_base, ingress_task) = serve(router).await?;
+        let (ingress_base, ingress_task) = serve_on(listener, router)?;
         let mut servers = vec![ingress_task];
         let api_url = if api {
             // Its own pool, as its own process has in production: the api

@@ -241,12 +241,20 @@ pub struct SyncSettings {
 pub struct IngressSettings {
     /// Where `crmsync-ingress` listens.
     pub listen: String,
-    /// The public URL HubSpot calls, when behind a proxy.
+    /// The public URL HubSpot calls: the only source of the URL its v3
+    /// signature covers; required unless ingress listens on loopback.
     pub public_url: Option<String>,
     /// Largest body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Whether v1/v2 signatures are accepted besides v3.
     pub allow_legacy_signatures: bool,
+    /// Seconds a client has to send a request's headers (and the longest an
+    /// idle kept-alive connection stays open).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its headers are in.
+    pub body_read_timeout_secs: u64,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 /// `[api]`.
@@ -255,7 +263,21 @@ pub struct IngressSettings {
 pub struct ApiSettings {
     /// Where `crmsync-api` listens.
     pub listen: String,
+    /// Seconds a client has to send a request's headers (and the longest an
+    /// idle kept-alive connection stays open).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its headers are in.
+    pub body_read_timeout_secs: u64,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
 }
+
+/// The longest header or body read timeout accepted, in seconds: a client
+/// must not be able to hold a connection for hours.
+pub const MAX_READ_TIMEOUT_SECS: u64 = 3600;
+
+/// The most connections one api or ingress process may be told to serve.
+pub const MAX_SERVER_CONNECTIONS: usize = 1_000_000;
 
 /// `[worker]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -534,6 +556,7 @@ impl Settings {
                 "must be shorter than heartbeat_secs × missed_heartbeats".into(),
             ));
         }
+        self.validate_servers()?;
         self.secrets.key_ring()?;
         if self
             .telemetry
@@ -545,6 +568,67 @@ impl Settings {
                 "CRMSYNC__TELEMETRY__LISTEN",
                 format!("expected host:port, got {:?}", self.telemetry.listen),
             ));
+        }
+        Ok(())
+    }
+
+    /// The api's and ingress's server limits, and ingress's public URL.
+    fn validate_servers(&self) -> Result<(), ConfigError> {
+        let timeouts = [
+            (
+                "CRMSYNC__API__HEADER_READ_TIMEOUT_SECS",
+                self.api.header_read_timeout_secs,
+            ),
+            (
+                "CRMSYNC__API__BODY_READ_TIMEOUT_SECS",
+                self.api.body_read_timeout_secs,
+            ),
+            (
+                "CRMSYNC__INGRESS__HEADER_READ_TIMEOUT_SECS",
+                self.ingress.header_read_timeout_secs,
+            ),
+            (
+                "CRMSYNC__INGRESS__BODY_READ_TIMEOUT_SECS",
+                self.ingress.body_read_timeout_secs,
+            ),
+        ];
+        for (key, secs) in timeouts {
+            if !(1..=MAX_READ_TIMEOUT_SECS).contains(&secs) {
+                return Err(value(
+                    key,
+                    format!("must be between 1 and {MAX_READ_TIMEOUT_SECS} seconds, got {secs}"),
+                ));
+            }
+        }
+        for (key, n) in [
+            ("CRMSYNC__API__MAX_CONNECTIONS", self.api.max_connections),
+            (
+                "CRMSYNC__INGRESS__MAX_CONNECTIONS",
+                self.ingress.max_connections,
+            ),
+        ] {
+            if !(1..=MAX_SERVER_CONNECTIONS).contains(&n) {
+                return Err(value(
+                    key,
+                    format!("must be between 1 and {MAX_SERVER_CONNECTIONS}, got {n}"),
+                ));
+            }
+        }
+        if let Some(url) = &self.ingress.public_url {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
+            if !matches!(scheme, "http" | "https")
+                || rest.trim_end_matches('/').is_empty()
+                || rest.contains(['?', '#'])
+                || url.chars().any(char::is_whitespace)
+            {
+                return Err(value(
+                    "CRMSYNC__INGRESS__PUBLIC_URL",
+                    format!(
+                        "expected the http(s) URL HubSpot calls, without query or fragment \
+                         (e.g. https://hooks.example.com), got {url:?}"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -736,6 +820,46 @@ mod tests {
             assert!(err.contains("CRMSYNC__SECRETS__ENCRYPTION_KEY"), "{err}");
             let err = load(jail, Some("missing")).err().unwrap_or_default();
             assert!(err.contains("missing.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn server_limits_default_and_refuse_zero_absurd_or_malformed_values() {
+        Jail::expect_with(|jail| {
+            let s = load(jail, None)?;
+            for (header, body, connections) in [
+                (
+                    s.api.header_read_timeout_secs,
+                    s.api.body_read_timeout_secs,
+                    s.api.max_connections,
+                ),
+                (
+                    s.ingress.header_read_timeout_secs,
+                    s.ingress.body_read_timeout_secs,
+                    s.ingress.max_connections,
+                ),
+            ] {
+                assert_eq!((header, body, connections), (10, 30, 10_000));
+            }
+            for (var, bad, good) in [
+                ("CRMSYNC__API__HEADER_READ_TIMEOUT_SECS", "0", "10"),
+                ("CRMSYNC__INGRESS__BODY_READ_TIMEOUT_SECS", "3601", "30"),
+                ("CRMSYNC__API__MAX_CONNECTIONS", "0", "10"),
+                ("CRMSYNC__INGRESS__PUBLIC_URL", "hooks.example.com", ""),
+                (
+                    "CRMSYNC__INGRESS__PUBLIC_URL",
+                    "https://hooks.example.com/?a=1",
+                    "",
+                ),
+            ] {
+                jail.set_env(var, bad);
+                let err = load(jail, None).err().unwrap_or_default();
+                assert!(err.contains(var), "{var}={bad}: {err}");
+                jail.set_env(var, good);
+            }
+            jail.set_env("CRMSYNC__INGRESS__PUBLIC_URL", "https://hooks.example.com/");
+            assert!(load(jail, None)?.ingress.public_url.is_some());
             Ok(())
         });
     }

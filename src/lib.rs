@@ -28,6 +28,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod http_server;
 pub mod ingress;
 pub mod jobs;
 pub mod providers;

@@ -96,8 +96,12 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
         .await
         .with_context(|| format!("failed to listen on {}", args.ingress_listen))?;
     let ingress_addr = listener.local_addr()?;
-    let ingress_app = ingress.router(settings.ingress.max_body_bytes);
-    tokio::spawn(async move { axum::serve(listener, ingress_app).await.ok() });
+    let ingress_app = ingress.router(settings.ingress.max_body_bytes, ingress_addr)?;
+    let _ingress_server = crate::http_server::spawn(
+        listener,
+        ingress_app,
+        crate::http_server::ServerLimits::ingress(&settings.ingress),
+    );
     sandbox
         .subscribe_everything(&format!("http://{ingress_addr}/webhooks/hubspot"))
         .map_err(|e| anyhow::anyhow!("sandbox webhook subscription failed: {e:?}"))?;
@@ -110,7 +114,11 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
     let api_app = app::api(&settings, store.clone(), deps.queue.clone())
         .await?
         .router();
-    tokio::spawn(async move { axum::serve(api_listener, api_app).await.ok() });
+    let _api_server = crate::http_server::spawn(
+        api_listener,
+        api_app,
+        crate::http_server::ServerLimits::api(&settings.api),
+    );
 
     say!("crmsync dev");
     say!(

@@ -482,17 +482,26 @@ pub async fn serve_ingress(listen: Option<String>) -> anyhow::Result<()> {
         settings.ingress.listen = listen;
     }
     let _telemetry = crate::telemetry::init(&settings.telemetry, "crmsync-ingress");
-    let queue = crate::queue::Queue::connect(&settings, &app::store_dir(&settings)).await?;
-    let ingress = app::ingress(&settings, queue.clone()).await?;
-    let metrics = crate::telemetry::serve(&settings.telemetry.listen, "ingress").await?;
     let listener = tokio::net::TcpListener::bind(&settings.ingress.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.ingress.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, metrics = %metrics, "crmsync-ingress started");
+    let bound = listener.local_addr()?;
+    // Before anything else: without a public URL off loopback, no genuine
+    // signature could ever verify.
+    crate::ingress::signed_base(settings.ingress.public_url.as_deref(), bound)?;
+    let queue = crate::queue::Queue::connect(&settings, &app::store_dir(&settings)).await?;
+    let ingress = app::ingress(&settings, queue.clone()).await?;
+    let router = ingress.router(settings.ingress.max_body_bytes, bound)?;
+    let metrics = crate::telemetry::serve(&settings.telemetry.listen, "ingress").await?;
+    tracing::info!(listen = %bound, metrics = %metrics, "crmsync-ingress started");
     let (_stop, mut shutdown) = shutdown_signal();
-    axum::serve(listener, ingress.router(settings.ingress.max_body_bytes))
-        .with_graceful_shutdown(async move { stopped(&mut shutdown).await })
-        .await?;
+    crate::http_server::serve(
+        listener,
+        router,
+        crate::http_server::ServerLimits::ingress(&settings.ingress),
+        async move { stopped(&mut shutdown).await },
+    )
+    .await?;
     queue.close().await;
     Ok(())
 }
@@ -513,9 +522,13 @@ pub async fn serve_api(listen: Option<String>) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, metrics = %metrics, "crmsync-api started");
     let (_stop, mut shutdown) = shutdown_signal();
     let api = app::api(&settings, store, queue.clone()).await?;
-    axum::serve(listener, api.router())
-        .with_graceful_shutdown(async move { stopped(&mut shutdown).await })
-        .await?;
+    crate::http_server::serve(
+        listener,
+        api.router(),
+        crate::http_server::ServerLimits::api(&settings.api),
+        async move { stopped(&mut shutdown).await },
+    )
+    .await?;
     queue.close().await;
     Ok(())
 }

@@ -6,8 +6,17 @@
 //!
 //! Answers: 204 accepted (also for events of unknown portals, which are
 //! counted: HubSpot must not retry them forever); 401 bad, missing or stale
-//! signature; 400 malformed body; 413 too large; 503 when Redis or the queue
-//! is down (HubSpot retries).
+//! signature; 400 malformed body, or more than [`MAX_ACCOUNTS_PER_DELIVERY`]
+//! accounts in one delivery; 413 too large; 503 when Redis or the queue is
+//! down (HubSpot retries). Every error is `application/problem+json`.
+//!
+//! Work before authentication is bounded: the app secret is tried first
+//! (one HMAC over the body, no parsing, no lookup); only when it fails does
+//! ingress parse the body's `portalId`s, refusing more than the cap before
+//! any lookup, and a connection's own (private-app) secret is tried only for
+//! a delivery naming one account — a private app lives in one account. An
+//! unsigned request thus costs O(body) CPU and at most two route round
+//! trips, whatever it lists.
 
 pub mod intake;
 pub mod routes;
@@ -33,7 +42,9 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use stats::{WebhookCounts, WebhookStats};
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the webhook handler needs.
 #[derive(Clone)]
@@ -42,9 +53,14 @@ pub struct Ingress {
     own_app: Option<u64>,
     key: Option<Arc<KeyRing>>,
     public_url: Option<Arc<str>>,
+    /// The scheme and authority HubSpot's v3 signature covers; set by
+    /// [`Ingress::router`] from `public_url` or the bound address.
+    signed_base: Arc<str>,
     allow_legacy: bool,
     routes: Routes,
     known: KnownRoutes,
+    /// Round trips to the route store (not cache hits), ever.
+    lookups: Arc<AtomicU64>,
     dedupe: Dedupe,
     stats: WebhookStats,
     queue: Queue,
@@ -57,6 +73,39 @@ type KnownRoutes = Arc<std::sync::Mutex<HashMap<u64, (Vec<Route>, std::time::Ins
 
 /// How long ingress trusts a route it looked up.
 const ROUTE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many accounts [`KnownRoutes`] holds before it drops its stale
+/// entries (and, when all are fresh, everything): memory stays bounded and
+/// each insert costs amortised O(1), not a scan of the map.
+const KNOWN_ROUTES_MAX: usize = 10_000;
+
+/// The most distinct accounts (`portalId`s) one delivery may name. HubSpot
+/// sends at most 100 events per request, so a genuine delivery never names
+/// more; refusing more before any lookup bounds what a forged one costs.
+pub const MAX_ACCOUNTS_PER_DELIVERY: usize = 100;
+
+/// The base of the URL HubSpot's v3 signature covers: `public_url` when set
+/// (the only source behind a proxy); else, on a loopback listener, the bound
+/// address over http. Never the request's `Host` header: a client chooses
+/// it, and a signature made for another URL must not verify. A non-loopback
+/// listener without `public_url` is a start-up error.
+pub fn signed_base(
+    public_url: Option<&str>,
+    bound: SocketAddr,
+) -> Result<String, crate::config::ConfigError> {
+    match public_url {
+        Some(url) => Ok(url.trim_end_matches('/').to_string()),
+        None if bound.ip().is_loopback() => Ok(format!("http://{bound}")),
+        None => Err(crate::config::ConfigError::Value {
+            key: "CRMSYNC__INGRESS__PUBLIC_URL",
+            message: format!(
+                "must be set when ingress listens on {bound}, which is not a loopback address: \
+                 HubSpot's v3 signature covers the URL it called (e.g. https://hooks.example.com), \
+                 which ingress cannot learn from the request"
+            ),
+        }),
+    }
+}
 
 impl Ingress {
     /// Builds the ingress from settings. The app secret
@@ -90,23 +139,57 @@ impl Ingress {
                 .public_url
                 .as_deref()
                 .map(|u| Arc::from(u.trim_end_matches('/'))),
+            signed_base: Arc::from(""),
             allow_legacy: settings.ingress.allow_legacy_signatures,
             routes,
             known: KnownRoutes::default(),
+            lookups: Arc::default(),
             dedupe,
             stats,
             queue,
         })
     }
 
-    /// The axum app: `POST /webhooks/hubspot`, `GET /health`, `GET /ready`.
-    pub fn router(self, max_body: usize) -> Router {
-        Router::new()
-            .route("/webhooks/hubspot", post(hubspot))
+    /// The axum app for a listener bound to `bound`: `POST
+    /// /webhooks/hubspot`, `GET /health`, `GET /ready`; anything else is a
+    /// problem+json 404 or 405. Fails when no signed URL can be known (see
+    /// [`signed_base`]).
+    pub fn router(
+        mut self,
+        max_body: usize,
+        bound: SocketAddr,
+    ) -> Result<Router, crate::config::ConfigError> {
+        self.signed_base = Arc::from(signed_base(self.public_url.as_deref(), bound)?);
+        Ok(Router::new()
+            .route(
+                "/webhooks/hubspot",
+                post(hubspot).fallback(|| async {
+                    (
+                        [("allow", "POST")],
+                        problem(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "webhooks are delivered with POST",
+                        ),
+                    )
+                }),
+            )
             .route("/health", get(|| async { "ok" }))
             .route("/ready", get(ready))
+            .fallback(|uri: Uri| async move {
+                problem(
+                    StatusCode::NOT_FOUND,
+                    &format!("no such endpoint: {}", uri.path()),
+                )
+            })
             .layer(DefaultBodyLimit::max(max_body))
-            .with_state(self)
+            .with_state(self))
+    }
+
+    /// How many round trips this ingress has made to the route store
+    /// (Redis, or the embedded store) to look routes up, cache hits not
+    /// counted: what deliveries cost beyond their bodies.
+    pub fn route_lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
     }
 }
 
@@ -125,15 +208,9 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// The URL HubSpot called, as its v3 signature covers it.
-fn called_url(ingress: &Ingress, headers: &HeaderMap, uri: &Uri) -> String {
+fn called_url(ingress: &Ingress, uri: &Uri) -> String {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    match &ingress.public_url {
-        Some(base) => format!("{base}{path}"),
-        None => format!(
-            "http://{}{path}",
-            header(headers, "host").unwrap_or_default()
-        ),
-    }
+    format!("{}{path}", ingress.signed_base)
 }
 
 /// Which CRM object an event is about.
@@ -179,57 +256,95 @@ impl Signer {
 /// The routes of each account a delivery names, looked up once each.
 type RouteCache = BTreeMap<u64, Vec<Route>>;
 
-async fn routes_of(
+/// Puts the routes of `accounts` into `cache`: from the last second's
+/// lookups unless `fresh`, the others in one round trip.
+async fn prefetch(
     ingress: &Ingress,
     cache: &mut RouteCache,
-    account: u64,
+    accounts: &[u64],
     fresh: bool,
-) -> Result<Vec<Route>, String> {
-    if let Some(found) = cache.get(&account) {
-        return Ok(found.clone());
-    }
+) -> Result<(), String> {
     let now = std::time::Instant::now();
-    let known = ingress
-        .known
-        .lock()
-        .ok()
-        .filter(|_| !fresh)
-        .and_then(|known| {
-            known
-                .get(&account)
-                .filter(|(_, at)| now.duration_since(*at) < ROUTE_TTL)
-                .map(|(routes, _)| routes.clone())
-        });
-    let found = match known {
-        Some(found) => found,
-        None => {
-            let found = ingress.routes.lookup("hubspot", account).await?;
-            if let Ok(mut known) = ingress.known.lock() {
-                if known.len() > 10_000 {
-                    known.retain(|_, (_, at)| now.duration_since(*at) < ROUTE_TTL);
-                }
-                known.insert(account, (found.clone(), now));
+    let mut missing = Vec::new();
+    {
+        let known = ingress.known.lock().ok().filter(|_| !fresh);
+        for &account in accounts {
+            if cache.contains_key(&account) {
+                continue;
             }
-            found
+            let hit = known.as_ref().and_then(|known| {
+                known
+                    .get(&account)
+                    .filter(|(_, at)| now.duration_since(*at) < ROUTE_TTL)
+                    .map(|(routes, _)| routes.clone())
+            });
+            match hit {
+                Some(routes) => {
+                    cache.insert(account, routes);
+                }
+                None => missing.push(account),
+            }
         }
-    };
-    cache.insert(account, found.clone());
-    Ok(found)
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    ingress.lookups.fetch_add(1, Ordering::Relaxed);
+    let found = ingress.routes.lookup_many("hubspot", &missing).await?;
+    if let Ok(mut known) = ingress.known.lock() {
+        if known.len() + missing.len() > KNOWN_ROUTES_MAX {
+            known.retain(|_, (_, at)| now.duration_since(*at) < ROUTE_TTL);
+            if known.len() + missing.len() > KNOWN_ROUTES_MAX {
+                known.clear();
+            }
+        }
+        for (account, routes) in missing.iter().zip(&found) {
+            known.insert(*account, (routes.clone(), now));
+        }
+    }
+    cache.extend(missing.into_iter().zip(found));
+    Ok(())
 }
 
-/// The accounts an (unverified) body claims, to find their own secrets.
-fn claimed_accounts(body: &[u8]) -> Vec<u64> {
+/// What an unverified body claims about its accounts.
+enum Claimed {
+    /// Its distinct `portalId`s (none when it is not an event array).
+    Accounts(Vec<u64>),
+    /// More distinct accounts than [`MAX_ACCOUNTS_PER_DELIVERY`].
+    TooMany(usize),
+}
+
+/// The distinct accounts a body names: one linear parse, no lookup.
+fn claimed_accounts(body: &[u8]) -> Claimed {
     #[derive(serde::Deserialize)]
     struct Claim {
         #[serde(rename = "portalId")]
         portal_id: u64,
     }
-    let mut accounts: Vec<u64> = serde_json::from_slice::<Vec<Claim>>(body)
-        .map(|c| c.into_iter().map(|c| c.portal_id).collect())
-        .unwrap_or_default();
+    let claims = serde_json::from_slice::<Vec<Claim>>(body).unwrap_or_default();
+    distinct(claims.iter().map(|c| c.portal_id))
+}
+
+fn distinct(accounts: impl Iterator<Item = u64>) -> Claimed {
+    let set: std::collections::HashSet<u64> = accounts.collect();
+    if set.len() > MAX_ACCOUNTS_PER_DELIVERY {
+        return Claimed::TooMany(set.len());
+    }
+    let mut accounts: Vec<u64> = set.into_iter().collect();
     accounts.sort_unstable();
-    accounts.dedup();
-    accounts
+    Claimed::Accounts(accounts)
+}
+
+fn too_many_accounts(n: usize) -> Response {
+    metrics::counter!("crmsync_webhook_requests_total", "outcome" => "too_many_accounts")
+        .increment(1);
+    problem(
+        StatusCode::BAD_REQUEST,
+        &format!(
+            "a delivery may name at most {MAX_ACCOUNTS_PER_DELIVERY} accounts (portalId); \
+             this one names {n}"
+        ),
+    )
 }
 
 #[tracing::instrument(name = "webhook.request", skip_all, fields(provider = "hubspot"))]
@@ -245,7 +360,7 @@ async fn hubspot(
         legacy: header(&headers, "x-hubspot-signature"),
         legacy_version: header(&headers, "x-hubspot-signature-version"),
     };
-    let url = called_url(&ingress, &headers, &uri);
+    let url = called_url(&ingress, &uri);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let verify = |secret: &[u8]| {
         webhook::verify_batch(
@@ -259,19 +374,27 @@ async fn hubspot(
         )
     };
     let mut cache = RouteCache::new();
+    // The app secret first: one HMAC over the body, nothing parsed or
+    // looked up before it verifies.
     let mut outcome = Err(WebhookError::MissingSignature);
     if let Some(secret) = &ingress.secret {
         outcome = verify(secret.expose_secret().as_bytes()).map(|(_, b)| (Signer::App, b));
     }
+    let mut claimed = None;
     if matches!(
         outcome,
         Err(WebhookError::Mismatch | WebhookError::MissingSignature)
     ) {
-        match own_secret(&ingress, &mut cache, &body, &verify).await {
+        let accounts = match claimed_accounts(&body) {
+            Claimed::Accounts(accounts) => accounts,
+            Claimed::TooMany(n) => return too_many_accounts(n),
+        };
+        match own_secret(&ingress, &mut cache, &accounts, &verify).await {
             Ok(Some(found)) => outcome = Ok(found),
             Ok(None) => {}
             Err(e) => return unavailable(&e),
         }
+        claimed = Some(accounts);
     }
     let (signer, events) = match outcome {
         Ok((signer, batch)) => (signer, batch.into_inner()),
@@ -287,11 +410,22 @@ async fn hubspot(
             metrics::counter!("crmsync_webhook_requests_total", "outcome" => "rejected")
                 .increment(1);
             tracing::warn!(error = %e, "webhook rejected");
-            count_rejected(&ingress, &mut cache, &body).await;
+            let accounts = match claimed {
+                Some(accounts) => accounts,
+                None => match claimed_accounts(&body) {
+                    Claimed::Accounts(accounts) => accounts,
+                    Claimed::TooMany(n) => return too_many_accounts(n),
+                },
+            };
+            count_rejected(&ingress, &mut cache, &accounts).await;
             return problem(StatusCode::UNAUTHORIZED, &e.to_string());
         }
     };
-    match accept(&ingress, &mut cache, &signer, events).await {
+    let accounts = match distinct(events.iter().map(|e| e.portal_id)) {
+        Claimed::Accounts(accounts) => accounts,
+        Claimed::TooMany(n) => return too_many_accounts(n),
+    };
+    match accept(&ingress, &mut cache, &signer, &accounts, events).await {
         Ok(()) => {
             metrics::counter!("crmsync_webhook_requests_total", "outcome" => "accepted")
                 .increment(1);
@@ -321,50 +455,53 @@ type Verify<'a> = dyn Fn(
     > + Sync
     + 'a;
 
-/// Tries the own secrets of the connections the body names.
+/// Tries the own secrets of the connections of the one account the body
+/// names: a private app is installed in one account, so a delivery naming
+/// several cannot be signed by one, and costs no lookup.
 async fn own_secret(
     ingress: &Ingress,
     cache: &mut RouteCache,
-    body: &[u8],
+    accounts: &[u64],
     verify: &Verify<'_>,
 ) -> Result<Option<(Signer, webhook::Verified<Vec<WebhookEvent>>)>, String> {
-    let Some(key) = &ingress.key else {
+    let (Some(key), [account]) = (&ingress.key, accounts) else {
         return Ok(None);
     };
     // Fresh routes: a secret set a moment ago must already verify.
-    for account in claimed_accounts(body) {
-        for route in routes_of(ingress, cache, account, true).await? {
-            let Some(sealed) = &route.sealed_secret else {
+    prefetch(ingress, cache, &[*account], true).await?;
+    for route in cache.get(account).into_iter().flatten() {
+        let Some(sealed) = &route.sealed_secret else {
+            continue;
+        };
+        let secret = match crate::store::open_webhook_secret(
+            key,
+            route.tenant,
+            route.connection,
+            sealed,
+        ) {
+            Ok(secret) => secret,
+            Err(e) => {
+                tracing::error!(connection.id = %route.connection, error = %e, "cannot open the connection's webhook secret");
                 continue;
-            };
-            let secret = match crate::store::open_webhook_secret(
-                key,
-                route.tenant,
-                route.connection,
-                sealed,
-            ) {
-                Ok(secret) => secret,
-                Err(e) => {
-                    tracing::error!(connection.id = %route.connection, error = %e, "cannot open the connection's webhook secret");
-                    continue;
-                }
-            };
-            if let Ok((_, batch)) = verify(secret.expose_secret().as_bytes()) {
-                return Ok(Some((Signer::Connection(route.connection), batch)));
             }
+        };
+        if let Ok((_, batch)) = verify(secret.expose_secret().as_bytes()) {
+            return Ok(Some((Signer::Connection(route.connection), batch)));
         }
     }
     Ok(None)
 }
 
-/// Counts a refused delivery against the connections its body names.
-async fn count_rejected(ingress: &Ingress, cache: &mut RouteCache, body: &[u8]) {
+/// Counts a refused delivery against the connections of the (at most
+/// [`MAX_ACCOUNTS_PER_DELIVERY`]) accounts its body names: one round trip.
+async fn count_rejected(ingress: &Ingress, cache: &mut RouteCache, accounts: &[u64]) {
+    if prefetch(ingress, cache, accounts, false).await.is_err() {
+        return;
+    }
     let mut deltas: HashMap<ConnectionId, WebhookCounts> = HashMap::new();
-    for account in claimed_accounts(body) {
-        if let Ok(routes) = routes_of(ingress, cache, account, false).await {
-            for route in routes {
-                deltas.entry(route.connection).or_default().rejected += 1;
-            }
+    for account in accounts {
+        for route in cache.get(account).into_iter().flatten() {
+            deltas.entry(route.connection).or_default().rejected += 1;
         }
     }
     ingress.stats.add(&deltas).await;
@@ -377,8 +514,10 @@ async fn accept(
     ingress: &Ingress,
     cache: &mut RouteCache,
     signer: &Signer,
+    accounts: &[u64],
     events: Vec<WebhookEvent>,
 ) -> Result<(), String> {
+    prefetch(ingress, cache, accounts, false).await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut destinations: Vec<Destination> = Vec::new();
     let mut index: BTreeMap<(ConnectionId, CrmObject), usize> = BTreeMap::new();
@@ -390,8 +529,8 @@ async fn accept(
             continue;
         };
         let mut reached = Vec::new();
-        for route in routes_of(ingress, cache, event.portal_id, false).await? {
-            if !signer.serves(&route) {
+        for route in cache.get(&event.portal_id).into_iter().flatten() {
+            if !signer.serves(route) {
                 continue;
             }
             let next = destinations.len();
@@ -501,4 +640,56 @@ fn delivery_id(events: &[&WebhookEvent]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signed_url_is_the_public_url_or_a_loopback_address_never_anything_else() {
+        let at = |s: &str| {
+            s.parse::<SocketAddr>()
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+        };
+        assert_eq!(
+            signed_base(Some("https://hooks.example.com/"), at("0.0.0.0:8081")).ok(),
+            Some("https://hooks.example.com".to_string())
+        );
+        assert_eq!(
+            signed_base(None, at("127.0.0.1:8081")).ok(),
+            Some("http://127.0.0.1:8081".to_string())
+        );
+        assert_eq!(
+            signed_base(None, at("[::1]:8081")).ok(),
+            Some("http://[::1]:8081".to_string())
+        );
+        for open in ["0.0.0.0:8081", "[::]:8081", "10.1.2.3:8081"] {
+            let err = signed_base(None, at(open))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("CRMSYNC__INGRESS__PUBLIC_URL"),
+                "{open}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn more_distinct_accounts_than_the_cap_are_counted_not_looked_up() {
+        let body = serde_json::to_vec(
+            &(0..=MAX_ACCOUNTS_PER_DELIVERY as u64)
+                .map(|p| serde_json::json!({"portalId": p}))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        assert!(matches!(
+            claimed_accounts(&body),
+            Claimed::TooMany(n) if n == MAX_ACCOUNTS_PER_DELIVERY + 1
+        ));
+        let repeated = br#"[{"portalId":7},{"portalId":7},{"portalId":3}]"#;
+        assert!(matches!(claimed_accounts(repeated), Claimed::Accounts(a) if a == vec![3, 7]));
+        assert!(matches!(claimed_accounts(b"not json"), Claimed::Accounts(a) if a.is_empty()));
+    }
 }

@@ -18,7 +18,6 @@ use crate::domain::{ConnectionId, ConnectionStatus, TenantId};
 use crate::store::{ConnectionRow, Store};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -113,20 +112,43 @@ pub enum Routes {
 impl Routes {
     /// The routes (active and paused connections) of `account`.
     pub async fn lookup(&self, provider: &str, account: u64) -> Result<Vec<Route>, String> {
+        let mut found = self.lookup_many(provider, &[account]).await?;
+        Ok(found.pop().unwrap_or_default())
+    }
+
+    /// The routes of each of `accounts`, in order, in one round trip (one
+    /// Redis pipeline, or one pass over the store's connections): a delivery
+    /// naming many accounts costs one lookup, not one per account.
+    pub async fn lookup_many(
+        &self,
+        provider: &str,
+        accounts: &[u64],
+    ) -> Result<Vec<Vec<Route>>, String> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
         match self {
             Routes::Redis { conn, namespace } => {
+                let mut pipe = redis::pipe();
+                for account in accounts {
+                    pipe.hgetall(format!("{namespace}:routes:{provider}:{account}"));
+                }
                 let mut conn = conn.clone();
-                let map: HashMap<String, String> = conn
-                    .hgetall(format!("{namespace}:routes:{provider}:{account}"))
+                let maps: Vec<HashMap<String, String>> = pipe
+                    .query_async(&mut conn)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(map
+                Ok(maps
                     .iter()
-                    .filter_map(|(c, v)| Route::from_published(c, v))
+                    .map(|map| {
+                        map.iter()
+                            .filter_map(|(c, v)| Route::from_published(c, v))
+                            .collect()
+                    })
                     .collect())
             }
             Routes::Store(store) => {
-                let mut out = Vec::new();
+                let mut by_account: HashMap<String, Vec<Route>> = HashMap::new();
                 for (tenant, id) in store
                     .connection_directory()
                     .await
@@ -137,13 +159,18 @@ impl Routes {
                         .await
                         .map_err(|e| e.to_string())?;
                     if row.provider.as_str() == provider
-                        && row.external_account_id == account.to_string()
                         && let Some(route) = Route::of(&row)
                     {
-                        out.push(route);
+                        by_account
+                            .entry(row.external_account_id.clone())
+                            .or_default()
+                            .push(route);
                     }
                 }
-                Ok(out)
+                Ok(accounts
+                    .iter()
+                    .map(|a| by_account.remove(&a.to_string()).unwrap_or_default())
+                    .collect())
             }
         }
     }

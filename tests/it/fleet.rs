@@ -565,9 +565,16 @@ impl Fleet {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = ingress.router(self.settings.ingress.max_body_bytes);
-        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        let bound = listener.local_addr().expect("addr");
+        let base = format!("http://{bound}");
+        let app = ingress
+            .router(self.settings.ingress.max_body_bytes, bound)
+            .expect("ingress router");
+        crmsync::http_server::spawn(
+            listener,
+            app,
+            crmsync::http_server::ServerLimits::ingress(&self.settings.ingress),
+        );
         if subscribe {
             self.sandbox
                 .sandbox
@@ -758,7 +765,11 @@ impl Fleet {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, api.router()).await.ok() });
+        crmsync::http_server::spawn(
+            listener,
+            api.router(),
+            crmsync::http_server::ServerLimits::api(&self.settings.api),
+        );
         format!("http://{addr}")
     }
 
