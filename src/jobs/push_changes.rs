@@ -299,6 +299,14 @@ impl Push<'_> {
                 .flat_map(|(_, p)| p.outbox_ids.iter().copied())
                 .collect();
             deps.store.complete_outbox(job.tenant, &settled).await?;
+            let settled_records: Vec<RecordId> = by_record
+                .keys()
+                .filter(|record| !done.contains(record))
+                .copied()
+                .collect();
+            deps.store
+                .settle_parked_pushes((job.tenant, job.connection), &settled_records)
+                .await?;
             written += pushed.len();
             deps.store
                 .complete_pushes(job.tenant, job.connection, object, &pushed)

@@ -258,6 +258,21 @@ impl Store {
         tx.commit().await
     }
 
+    /// Ends the parking of records a push found nothing to write for (the
+    /// CRM holds their values already): their parked rows are done.
+    pub async fn settle_parked_pushes(
+        &self,
+        (tenant, connection): (TenantId, ConnectionId),
+        records: &[RecordId],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin(tenant).await?;
+        resolve_pushed(&mut tx, (tenant, connection), records, Utc::now()).await?;
+        tx.commit().await
+    }
+
     /// Puts a parked record's outbox rows back in the push queue (a replay
     /// of its `push_record` dead letter). Returns how many.
     pub async fn unpark_pushes(

@@ -288,3 +288,43 @@ on_both_backends! {
         fleet.finish().await;
     }
 }
+
+on_both_backends! {
+    async fn a_platform_edit_of_a_record_whose_crm_copy_is_parked_waits_and_goes_out_once_the_crm_copy_is_fixed(backend) {
+        let mut fleet = Fleet::start(backend, 2).await;
+        fleet.start_workers_for(&[JobKind::FullSync]);
+        fleet.full_sync().await;
+        let api = fleet.start_api_client().await;
+        let people = contacts(&fleet).await;
+        let (crm_id, email) = &people[0];
+        crm_edit(&fleet, crm_id, json!({"firstname": "Bad\u{0}Name"})).await;
+        fleet.delta_sync().await;
+        // The platform edits the company meanwhile: the push cannot merge
+        // with a CRM copy the platform refuses, so it waits, parked too.
+        let (record, _) = fleet.lead_by_email(email).await.expect("its lead");
+        let (status, body, _) = api
+            .send(Method::PATCH, &format!("/v1/leads/{record}"), Some(json!({"company": "Platform Co"})))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(push(&fleet).await, 0);
+        let parked = open_parked(&fleet.store, fleet.tenant).await;
+        assert!(
+            parked.iter().any(|d| d.job_kind == "push_record" && d.error.contains("CRM record is parked")),
+            "{parked:?}"
+        );
+        let company = |fleet_contacts: &std::collections::BTreeMap<String, Value>| {
+            fleet_contacts[crm_id.as_str()]["company"].as_str().map(str::to_string)
+        };
+        assert_ne!(company(&fleet.sandbox_contacts().await).as_deref(), Some("Platform Co"));
+
+        // The CRM user fixes the name: the read applies it and queues the
+        // platform's company again, the push writes it, both parkings end.
+        crm_edit(&fleet, crm_id, json!({"firstname": "Fixed"})).await;
+        fleet.delta_sync().await;
+        assert_eq!(push(&fleet).await, 1);
+        assert_eq!(company(&fleet.sandbox_contacts().await).as_deref(), Some("Platform Co"));
+        assert_eq!(lead(&fleet, email).await.get(CanonicalField::FirstName), Some("Fixed"));
+        assert!(open_parked(&fleet.store, fleet.tenant).await.is_empty());
+        fleet.finish().await;
+    }
+}
