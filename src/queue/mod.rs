@@ -118,13 +118,13 @@ impl Queue {
             QueueBackend::Sqlite => {
                 let path = store_dir.join(&settings.queue.sqlite_path);
                 let url = format!("sqlite://{}", path.display());
-                // One connection: every worker polls this file every few
-                // milliseconds, and with several connections their writes met
-                // SQLite's busy handler, which sleeps in steps of up to 100 ms
-                // (a push enqueued behind a poll waited up to a second). One
-                // connection queues them in the pool instead, in order, with
-                // no sleep: p99 of a sparse write's push fell from 107 ms to
-                // 42 ms and its max from 620 ms to 46 ms under load.
+                // One connection: every worker's poll is a write to this
+                // file, and SQLite has one writer anyway. With several
+                // connections the losers wait in SQLite's busy handler, which
+                // sleeps in steps of up to 100 ms; one connection queues them
+                // in the pool instead, in order, with no sleep. (What kept
+                // pushes waiting most was the poll rate: see `queue.
+                // poll_interval_ms` in the README.)
                 let pool = crate::store::open_sqlite(&url, 1)
                     .await
                     .map_err(|e| QueueError::Sqlite(e.to_string()))?;
