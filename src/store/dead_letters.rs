@@ -67,7 +67,7 @@ impl ReplayedBy {
 }
 
 #[derive(sqlx::FromRow)]
-struct DeadLetterSql {
+pub(super) struct DeadLetterSql {
     id: uuid::Uuid,
     connection_id: uuid::Uuid,
     job_kind: String,
@@ -103,7 +103,7 @@ impl From<DeadLetterSql> for DeadLetter {
     }
 }
 
-const SELECT: &str = "SELECT id, connection_id, job_kind, job, error, attempts, failed_at, replayed_at, replayed_by, redrives, crm_object, crm_id, record_id FROM dead_letters";
+pub(super) const SELECT: &str = "SELECT id, connection_id, job_kind, job, error, attempts, failed_at, replayed_at, replayed_by, redrives, crm_object, crm_id, record_id FROM dead_letters";
 
 impl Store {
     /// Keeps a job that failed for good; its re-drive count is the job's

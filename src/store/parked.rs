@@ -58,34 +58,8 @@ pub(crate) async fn park_pulled(
         let job = serde_json::json!({
             "tenant": tenant, "connection": connection, "object": object, "crmId": r.crm_id,
         });
-        let updated = on_db!(tx, |c| {
-            sqlx::query(
-                "UPDATE dead_letters SET error = $1, failed_at = $2, attempts = attempts + 1
-                  WHERE tenant_id = $3 AND connection_id = $4 AND crm_object = $5 AND crm_id = $6
-                    AND job_kind = 'pull_record' AND replayed_at IS NULL",
-            )
-            .bind(&r.reason)
-            .bind(now)
-            .bind(tenant.0)
-            .bind(connection.0)
-            .bind(object.as_str())
-            .bind(r.crm_id.as_str())
-            .execute(c)
-            .await
-            .map(|d| d.rows_affected())
-        })?;
-        if updated == 0 {
-            insert(
-                tx,
-                (tenant, connection),
-                PULL_RECORD,
-                &job,
-                &r.reason,
-                (Some(object), Some(&r.crm_id), None),
-                now,
-            )
-            .await?;
-        }
+        let key = Parked::Crm(object, &r.crm_id);
+        park(tx, (tenant, connection), key, &job, &r.reason, now).await?;
     }
     Ok(())
 }
@@ -159,16 +133,53 @@ pub(crate) async fn resolve_pushed(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn insert(
+/// What a parked dead letter names: a CRM record, or a platform record.
+#[derive(Clone, Copy)]
+enum Parked<'a> {
+    Crm(CrmObject, &'a CrmId),
+    Record(CrmObject, RecordId),
+}
+
+/// Parks one record: its open dead letter of the kind takes the new reason,
+/// time and one more attempt; without one, a new dead letter is made.
+async fn park(
     tx: &mut Tx,
     (tenant, connection): (TenantId, ConnectionId),
-    kind: &str,
+    parked: Parked<'_>,
     job: &serde_json::Value,
     reason: &str,
-    (object, crm_id, record): (Option<CrmObject>, Option<&CrmId>, Option<RecordId>),
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let (kind, object, crm_id, record) = match parked {
+        Parked::Crm(object, id) => (PULL_RECORD, object, Some(id.as_str()), None),
+        Parked::Record(object, id) => (PUSH_RECORD, object, None, Some(id.0)),
+    };
+    let key = if crm_id.is_some() {
+        "crm_id"
+    } else {
+        "record_id"
+    };
+    let update = format!(
+        "UPDATE dead_letters SET error = $1, failed_at = $2, attempts = attempts + 1
+          WHERE tenant_id = $3 AND connection_id = $4 AND crm_object = $5 AND {key} = $6
+            AND job_kind = $7 AND replayed_at IS NULL"
+    );
+    let updated = on_db!(tx, |c| {
+        let query = sqlx::query(sqlx::AssertSqlSafe(update.clone()))
+            .bind(reason)
+            .bind(now)
+            .bind(tenant.0)
+            .bind(connection.0)
+            .bind(object.as_str());
+        let query = match (crm_id, record) {
+            (Some(id), _) => query.bind(id),
+            (None, id) => query.bind(id),
+        };
+        query.bind(kind).execute(c).await.map(|d| d.rows_affected())
+    })?;
+    if updated > 0 {
+        return Ok(());
+    }
     on_db!(tx, |c| {
         sqlx::query(
             "INSERT INTO dead_letters (id, tenant_id, connection_id, job_kind, job, error, attempts, failed_at, redrives, crm_object, crm_id, record_id)
@@ -181,14 +192,37 @@ async fn insert(
         .bind(Json(job))
         .bind(reason)
         .bind(now)
-        .bind(object.map(CrmObject::as_str))
-        .bind(crm_id.map(CrmId::as_str))
-        .bind(record.map(|r| r.0))
+        .bind(object.as_str())
+        .bind(crm_id)
+        .bind(record)
         .execute(c)
         .await
         .map(|_| ())
-    })
-    .map_err(StoreError::from)
+    })?;
+    Ok(())
+}
+
+/// Ends the parking of a record deleted on the platform: nothing of it is
+/// left to push, on any connection.
+pub(crate) async fn resolve_deleted(
+    tx: &mut Tx,
+    tenant: TenantId,
+    record: RecordId,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    on_db!(tx, |c| {
+        sqlx::query(
+            "UPDATE dead_letters SET replayed_at = $1, replayed_by = 'fixed'
+              WHERE tenant_id = $2 AND record_id = $3 AND job_kind = 'push_record' AND replayed_at IS NULL",
+        )
+        .bind(now)
+        .bind(tenant.0)
+        .bind(record.0)
+        .execute(c)
+        .await
+        .map(|_| ())
+    })?;
+    Ok(())
 }
 
 impl Store {
@@ -224,36 +258,11 @@ impl Store {
                     query.execute(c).await.map(|_| ())
                 })?;
             }
-            let updated = on_db!(&mut tx, |c| {
-                sqlx::query(
-                    "UPDATE dead_letters SET error = $1, failed_at = $2, attempts = attempts + 1
-                      WHERE tenant_id = $3 AND connection_id = $4 AND record_id = $5
-                        AND job_kind = 'push_record' AND replayed_at IS NULL",
-                )
-                .bind(&r.reason)
-                .bind(now)
-                .bind(tenant.0)
-                .bind(connection.0)
-                .bind(r.record.0)
-                .execute(c)
-                .await
-                .map(|d| d.rows_affected())
-            })?;
-            if updated == 0 {
-                let job = serde_json::json!({
-                    "tenant": tenant, "connection": connection, "object": object, "record": r.record,
-                });
-                insert(
-                    &mut tx,
-                    (tenant, connection),
-                    PUSH_RECORD,
-                    &job,
-                    &r.reason,
-                    (Some(object), None, Some(r.record)),
-                    now,
-                )
-                .await?;
-            }
+            let job = serde_json::json!({
+                "tenant": tenant, "connection": connection, "object": object, "record": r.record,
+            });
+            let key = Parked::Record(object, r.record);
+            park(&mut tx, (tenant, connection), key, &job, &r.reason, now).await?;
         }
         tx.commit().await
     }
@@ -305,31 +314,27 @@ impl Store {
         tenant: TenantId,
         record: RecordId,
     ) -> Result<Vec<super::DeadLetter>, StoreError> {
+        use super::dead_letters::{DeadLetterSql, SELECT};
+        let sql = format!(
+            "{SELECT} WHERE tenant_id = $1 AND replayed_at IS NULL AND (
+                 (job_kind = 'push_record' AND record_id = $2)
+              OR (job_kind = 'pull_record' AND EXISTS (
+                     SELECT 1 FROM record_links l
+                      WHERE l.tenant_id = dead_letters.tenant_id AND l.connection_id = dead_letters.connection_id
+                        AND l.crm_object = dead_letters.crm_object AND l.crm_id = dead_letters.crm_id
+                        AND l.record_id = $2)))
+             ORDER BY id"
+        );
         let mut tx = self.begin(tenant).await?;
-        let ids: Vec<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
-            sqlx::query_as(
-                "SELECT d.id FROM dead_letters d
-                  WHERE d.tenant_id = $1 AND d.replayed_at IS NULL AND d.job_kind = 'push_record' AND d.record_id = $2
-                 UNION
-                 SELECT d.id FROM dead_letters d JOIN record_links l
-                     ON l.tenant_id = d.tenant_id AND l.connection_id = d.connection_id
-                    AND l.crm_object = d.crm_object AND l.crm_id = d.crm_id
-                  WHERE d.tenant_id = $1 AND d.replayed_at IS NULL AND d.job_kind = 'pull_record' AND l.record_id = $2",
-            )
-            .bind(tenant.0)
-            .bind(record.0)
-            .fetch_all(c)
-            .await
+        let rows: Vec<DeadLetterSql> = on_db!(&mut tx, |c| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(tenant.0)
+                .bind(record.0)
+                .fetch_all(c)
+                .await
         })?;
         tx.commit().await?;
-        let mut parked = Vec::with_capacity(ids.len());
-        for (id,) in ids {
-            if let Some(dead) = self.open_dead_letter(tenant, id).await? {
-                parked.push(dead);
-            }
-        }
-        parked.sort_by_key(|d| d.id);
-        Ok(parked)
+        Ok(rows.into_iter().map(super::DeadLetter::from).collect())
     }
 
     /// Open parked records per connection of a tenant (connections with

@@ -348,18 +348,7 @@ impl Store {
         .map(|_| ())
         })?;
         // Nothing of a deleted record is left to push: its parking ends.
-        on_db!(&mut tx, |c| {
-            sqlx::query(
-                "UPDATE dead_letters SET replayed_at = $1, replayed_by = 'fixed'
-                  WHERE tenant_id = $2 AND record_id = $3 AND job_kind = 'push_record' AND replayed_at IS NULL",
-            )
-            .bind(now)
-            .bind(tenant.0)
-            .bind(id.0)
-            .execute(c)
-            .await
-            .map(|_| ())
-        })?;
+        super::parked::resolve_deleted(&mut tx, tenant, id, now).await?;
         let linked: Vec<(uuid::Uuid, String)> = on_db!(&mut tx, |c| {
             sqlx::query_as(
             "SELECT DISTINCT l.connection_id, c.status FROM record_links l JOIN connections c ON c.id = l.connection_id AND c.tenant_id = l.tenant_id
