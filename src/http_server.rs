@@ -237,14 +237,20 @@ async fn as_problem(response: Response<Body>, path: &str) -> Response<Body> {
     Response::from_parts(parts, problem.into_body())
 }
 
-/// An RFC 9457 problem document.
-fn problem(status: StatusCode, detail: &str) -> Response<Body> {
-    let body = serde_json::json!({
+/// The body of an RFC 9457 problem document: the one shape of every error
+/// either server answers (the api adds `errors` to it).
+pub(crate) fn problem_body(status: StatusCode, detail: &str) -> serde_json::Value {
+    serde_json::json!({
         "type": "about:blank",
-        "title": status.canonical_reason(),
+        "title": status.canonical_reason().unwrap_or("error"),
         "status": status.as_u16(),
         "detail": detail,
-    });
+    })
+}
+
+/// An RFC 9457 problem document.
+fn problem(status: StatusCode, detail: &str) -> Response<Body> {
+    let body = problem_body(status, detail);
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -258,12 +264,10 @@ fn problem(status: StatusCode, detail: &str) -> Response<Body> {
 /// client to hang up (closing with its request unread would reset the
 /// connection and could lose the answer).
 async fn refuse(mut stream: TcpStream) {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": "Service Unavailable",
-        "status": 503,
-        "detail": "too many connections; retry shortly",
-    })
+    let body = problem_body(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many connections; retry shortly",
+    )
     .to_string();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\

@@ -200,12 +200,7 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
+        let mut body = crate::http_server::problem_body(self.status, &self.detail);
         if !self.errors.is_empty() {
             body["errors"] = json!(self.errors);
         }

@@ -227,7 +227,7 @@ fn object_of(event: &WebhookEvent) -> Option<CrmObject> {
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response {
-    let body = serde_json::json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail});
+    let body = crate::http_server::problem_body(status, detail);
     (
         status,
         [("content-type", "application/problem+json")],
