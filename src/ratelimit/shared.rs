@@ -15,6 +15,11 @@
 //! a start and keeps the start time in `{namespace}:redis-started`, a key
 //! that a restart loses with everything else. A Redis up for longer than a
 //! window costs nothing; the day counts a restart loses are not recovered.
+//!
+//! Redis reports its uptime as whole seconds between two whole-second
+//! clocks, so it may say 1 s for 0.1 s of uptime: the start is taken one
+//! second later than reported ([`started_from_uptime`]), never earlier
+//! than the true start.
 
 use super::BudgetError;
 use chrono::{DateTime, TimeZone, Utc};
@@ -32,7 +37,7 @@ local function num(x) return string.format('%.0f', x) end
 local started = tonumber(redis.call('GET', KEYS[2]))
 if not started then
   local up = string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')
-  started = now - (tonumber(up) or 0) * 1000000
+  started = now - math.max((tonumber(up) or 0) - 1, 0) * 1000000
   redis.call('SET', KEYS[2], num(started))
 end
 cool = math.max(cool, started + tonumber(ARGV[6]))
@@ -75,6 +80,15 @@ pub(super) enum Taken {
         /// Until the next slot could be taken.
         wait: Duration,
     },
+}
+
+/// When Redis started, in microseconds, from its clock `now_micros` and its
+/// `uptime_in_seconds`: never before the true start. Redis computes that
+/// uptime as the whole seconds of now minus the whole seconds of its start,
+/// which overstates the true uptime by up to a second; the script above
+/// makes the same estimate.
+fn started_from_uptime(now_micros: u64, uptime_secs: u64) -> u64 {
+    now_micros.saturating_sub(uptime_secs.saturating_sub(1) * 1_000_000)
 }
 
 /// The Redis all budgets of a fleet live in.
@@ -236,7 +250,7 @@ pub async fn status(
                 .find_map(|line| line.strip_prefix("uptime_in_seconds:"))
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .unwrap_or(0);
-            now.saturating_sub(uptime * 1_000_000) as f64
+            started_from_uptime(now, uptime) as f64
         }
     };
     let restart_pause = started + window.as_micros() as f64;
@@ -259,4 +273,35 @@ pub async fn status(
             _ => 0,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::started_from_uptime;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the fractions of the start and of now, the estimate is
+        /// never before the true start (a budget never reopens early after a
+        /// restart) and at most two seconds after it.
+        #[test]
+        fn the_start_taken_from_a_whole_second_uptime_is_never_early(
+            start in 1_000_000_000_000_000u64..2_000_000_000_000_000,
+            up in 0u64..10_000_000,
+        ) {
+            let now = start + up;
+            let reported = now / 1_000_000 - start / 1_000_000;
+            let estimate = started_from_uptime(now, reported);
+            prop_assert!(estimate >= start, "{estimate} < {start}");
+            prop_assert!(estimate < start + 2_000_000);
+        }
+    }
+
+    #[test]
+    fn an_uptime_of_one_second_may_be_a_tenth_of_one() {
+        // Started at 10.9 s, asked at 11.0 s: Redis says 1 s.
+        assert_eq!(started_from_uptime(11_000_000, 1), 11_000_000);
+        assert_eq!(started_from_uptime(11_000_000, 0), 11_000_000);
+        assert_eq!(started_from_uptime(20_000_000, 5), 16_000_000);
+    }
 }

@@ -305,8 +305,10 @@ async fn after_redis_restarts_empty_no_budget_admits_a_request_for_one_window() 
     let budget = before.get("hubspot:1:burst", budget_spec);
     let _ = budget.acquire(Priority::Interactive).await;
 
-    private.restart_empty();
+    // Taken before the restart: Redis starts somewhere inside
+    // `restart_empty`, so a window from here is never more than the hold.
     let restarted = std::time::Instant::now();
+    private.restart_empty();
     let operators_view = redis::Client::open(url.as_str())
         .expect("url")
         .get_connection_manager()
@@ -327,5 +329,6 @@ async fn after_redis_restarts_empty_no_budget_admits_a_request_for_one_window() 
         held >= window - Duration::from_millis(200),
         "admitted {held:?} after Redis restarted empty; the CRM's window is {window:?}"
     );
-    assert!(held < window + Duration::from_secs(2), "held for {held:?}");
+    // Redis's whole-second uptime may add up to two seconds to the hold.
+    assert!(held < window + Duration::from_secs(3), "held for {held:?}");
 }
