@@ -10,9 +10,7 @@ use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, Rec
 use crate::jobs::DeltaSyncJob;
 use crate::providers::error::ProviderError;
 use crate::providers::hubspot::HubspotClient;
-use crate::store::{
-    ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping, Resolution,
-};
+use crate::store::{ConnectionRow, Credentials, NewConnection, ObjectMapping, Resolution};
 use crate::sync::ConflictStrategy;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -239,7 +237,7 @@ pub(super) async fn create_connection(
     }
     let claimed_portal = number("portalId", input.portal_id, |p| p > 0)?;
     let token = SecretString::from(token.trim().to_string());
-    let mut settings = ConnectionSettings::default_for(provider);
+    let mut settings = crate::providers::default_settings(provider);
     settings.strategy = strategy(input.strategy.as_deref(), settings.strategy)?;
     if let Some(mappings) = input.objects {
         settings.objects = objects(mappings)?;

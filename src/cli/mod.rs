@@ -16,7 +16,7 @@ use crate::app;
 use crate::config::Settings;
 use crate::domain::{ConnectionId, ProviderKind, TenantId};
 use crate::providers::hubspot::HubspotClient;
-use crate::store::{ConnectionSettings, Credentials, NewConnection, Store};
+use crate::store::{Credentials, NewConnection, Store};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
@@ -343,7 +343,7 @@ pub async fn connect_hubspot_token(
             provider: ProviderKind::Hubspot,
             external_account_id: portal.to_string(),
             credentials,
-            settings: ConnectionSettings::default_for(ProviderKind::Hubspot),
+            settings: crate::providers::default_settings(ProviderKind::Hubspot),
             delta_interval_secs: settings.sync.delta_interval_secs,
         })
         .await?;

@@ -23,10 +23,10 @@ pub mod routes;
 pub mod stats;
 
 use crate::config::Settings;
-use crate::domain::{ConnectionId, CrmObject};
+use crate::domain::{ConnectionId, CrmId, CrmObject, TenantId};
 use crate::jobs::ProcessWebhookJob;
 use crate::providers::hubspot::webhook::{
-    self, SignatureHeaders, WebhookError, WebhookEvent, coalesce,
+    self, Coalesced, SignatureHeaders, WebhookError, WebhookEvent, coalesce,
 };
 use crate::queue::Queue;
 use crate::secrets::KeyRing;
@@ -604,7 +604,7 @@ async fn accept(
         }
         let job = ProcessWebhookJob {
             traceparent: crate::telemetry::current_traceparent(),
-            ..ProcessWebhookJob::from_coalesced(
+            ..job_from_coalesced(
                 destination.tenant,
                 destination.connection,
                 destination.object,
@@ -640,6 +640,41 @@ fn delivery_id(events: &[&WebhookEvent]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Builds the job for one connection from coalesced events.
+fn job_from_coalesced(
+    tenant: TenantId,
+    connection: ConnectionId,
+    object: CrmObject,
+    coalesced: &Coalesced,
+    delivery: String,
+) -> ProcessWebhookJob {
+    let ids = |set: &std::collections::BTreeSet<u64>| {
+        set.iter().map(|id| CrmId(id.to_string())).collect()
+    };
+    ProcessWebhookJob {
+        tenant,
+        connection,
+        object,
+        changed: ids(&coalesced.changed),
+        deleted: ids(&coalesced.deleted),
+        erased: ids(&coalesced.erased),
+        merged: coalesced
+            .merged_into
+            .iter()
+            .map(|(from, to)| (CrmId(from.to_string()), CrmId(to.to_string())))
+            .collect(),
+        echoed: coalesced
+            .echoed
+            .iter()
+            .map(|(id, at)| (CrmId(id.to_string()), *at))
+            .collect(),
+        delivery,
+        attempt: 0,
+        redrives: 0,
+        traceparent: None,
+    }
 }
 
 #[cfg(test)]

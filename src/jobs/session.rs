@@ -8,8 +8,8 @@
 //! new token. So 50 jobs finding the token expired make one refresh call.
 
 use super::{Deps, JobError};
-use crate::domain::{ConnectionStatus, ProviderKind};
-use crate::providers::ProviderError;
+use crate::domain::ConnectionStatus;
+use crate::providers::{Provider, ProviderError};
 use crate::store::{ConnectionRow, Credentials};
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
@@ -28,6 +28,8 @@ pub struct Session {
     /// The connection.
     pub connection: ConnectionRow,
     token: SecretString,
+    /// The connection's CRM (see `jobs::crm` for the calls).
+    pub(super) provider: Provider,
 }
 
 impl Session {
@@ -50,10 +52,16 @@ impl Session {
                 }
             }
         };
-        Ok(Self { connection, token })
+        let provider = deps.providers.get(connection.provider);
+        Ok(Self {
+            connection,
+            token,
+            provider,
+        })
     }
 
-    /// The CRM account id (HubSpot portal id), which keys the rate budgets.
+    /// The CRM account id (a HubSpot portal id, say), which keys the rate
+    /// budgets.
     pub fn account(&self) -> &str {
         &self.connection.external_account_id
     }
@@ -92,29 +100,6 @@ impl Session {
             other => Ok(other?),
         }
     }
-}
-
-/// Calls a provider with the session's token; on a 401 refreshes once and
-/// calls again (a macro, not a closure, so the futures stay plainly `Send`).
-#[macro_export]
-macro_rules! with_auth {
-    ($session:expr, $deps:expr, |$token:ident| $call:expr) => {{
-        let first = {
-            let $token = $session.token();
-            $call.await
-        };
-        match first {
-            Err($crate::providers::ProviderError::Unauthorized(refused)) => {
-                $session.reauthorize($deps, refused).await?;
-                let retried = {
-                    let $token = $session.token();
-                    $call.await
-                };
-                $session.after_retry($deps, retried).await
-            }
-            other => other.map_err($crate::jobs::JobError::from),
-        }
-    }};
 }
 
 /// Nothing runs for a connection that is not active: why, for the run.
@@ -210,9 +195,11 @@ async fn refresh_now(deps: &Deps, connection: &ConnectionRow) -> Result<SecretSt
         )));
     };
     let refresh_token = &refresh_token;
-    let fresh = match connection.provider {
-        ProviderKind::Hubspot => deps.hubspot.refresh(refresh_token).await,
-    };
+    let fresh = deps
+        .providers
+        .get(connection.provider)
+        .refresh(refresh_token)
+        .await;
     match fresh {
         Ok(tokens) => {
             let expires_at =

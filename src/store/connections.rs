@@ -65,7 +65,7 @@ pub struct ObjectMapping {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionSettings {
-    /// Synced objects (default: HubSpot contacts → platform leads).
+    /// Synced objects (each provider's default: `providers::default_settings`).
     pub objects: Vec<ObjectMapping>,
     /// How conflicts are settled.
     #[serde(default)]
@@ -73,19 +73,6 @@ pub struct ConnectionSettings {
 }
 
 impl ConnectionSettings {
-    /// The default mapping for a provider (`ARCHITECTURE.md`).
-    pub fn default_for(provider: ProviderKind) -> Self {
-        match provider {
-            ProviderKind::Hubspot => Self {
-                objects: vec![ObjectMapping {
-                    crm_object: CrmObject::Contacts,
-                    record_kind: RecordKind::Lead,
-                }],
-                strategy: ConflictStrategy::NewestWins,
-            },
-        }
-    }
-
     /// The platform kind `object` maps to, if it is synced.
     pub fn kind_of(&self, object: CrmObject) -> Option<RecordKind> {
         self.objects
