@@ -23,13 +23,12 @@ pub mod routes;
 pub mod stats;
 
 use crate::config::Settings;
-use crate::domain::{ConnectionId, CrmId, CrmObject, TenantId};
+use crate::domain::{ConnectionId, CrmObject, TenantId};
 use crate::jobs::ProcessWebhookJob;
-use crate::providers::hubspot::webhook::{
-    self, Coalesced, SignatureHeaders, WebhookError, WebhookEvent, coalesce,
-};
+use crate::providers::hubspot::webhook::{self, SignatureHeaders, WebhookError, WebhookEvent};
 use crate::queue::Queue;
 use crate::secrets::KeyRing;
+use crate::sync::events::{Coalesced, Event, coalesce};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -211,19 +210,6 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 fn called_url(ingress: &Ingress, uri: &Uri) -> String {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     format!("{}{path}", ingress.signed_base)
-}
-
-/// Which CRM object an event is about.
-fn object_of(event: &WebhookEvent) -> Option<CrmObject> {
-    match event.subscription_type.split('.').next() {
-        Some("contact") => Some(CrmObject::Contacts),
-        Some("object") => match event.object_type_id.as_deref() {
-            Some("0-1") => Some(CrmObject::Contacts),
-            Some("0-136") => Some(CrmObject::Leads),
-            _ => None,
-        },
-        _ => None,
-    }
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response {
@@ -522,14 +508,15 @@ async fn accept(
     let mut destinations: Vec<Destination> = Vec::new();
     let mut index: BTreeMap<(ConnectionId, CrmObject), usize> = BTreeMap::new();
     let mut arrivals: Vec<Arrival> = Vec::with_capacity(events.len());
-    let mut routed: Vec<WebhookEvent> = Vec::with_capacity(events.len());
-    for event in events {
-        let Some(object) = object_of(&event) else {
+    let mut routed: Vec<Event> = Vec::with_capacity(events.len());
+    for hubspot_event in events {
+        let Some(event) = hubspot_event.to_event(ingress.own_app) else {
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "ignored").increment(1);
             continue;
         };
+        let object = event.object;
         let mut reached = Vec::new();
-        for route in cache.get(&event.portal_id).into_iter().flatten() {
+        for route in cache.get(&hubspot_event.portal_id).into_iter().flatten() {
             if !signer.serves(route) {
                 continue;
             }
@@ -551,9 +538,9 @@ async fn accept(
             continue;
         }
         arrivals.push(Arrival {
-            dedupe_key: event.dedupe_key(),
-            occurred_at_ms: event.occurred_at,
-            record: event.changed_record(ingress.own_app),
+            dedupe_key: event.dedupe_key.clone(),
+            occurred_at_ms: event.occurred_at_ms,
+            record: event.changed_record().cloned(),
             destinations: reached,
         });
         routed.push(event);
@@ -569,7 +556,7 @@ async fn accept(
         now_ms,
     )
     .await?;
-    let mut groups: Vec<Vec<&WebhookEvent>> = vec![Vec::new(); destinations.len()];
+    let mut groups: Vec<Vec<&Event>> = vec![Vec::new(); destinations.len()];
     let mut duplicates = 0;
     for ((event, arrival), first) in routed.iter().zip(&arrivals).zip(&intake.first) {
         if !first {
@@ -592,11 +579,8 @@ async fn accept(
         }
         metrics::counter!("crmsync_webhook_events_total", "outcome" => "accepted")
             .increment(events.len() as u64);
-        let coalesced = coalesce(events.iter().copied(), ingress.own_app);
-        let only_changes = coalesced.deleted.is_empty()
-            && coalesced.erased.is_empty()
-            && coalesced.merged_into.is_empty()
-            && coalesced.echoed.is_empty();
+        let coalesced = coalesce(events.iter().copied());
+        let only_changes = coalesced.only_changes();
         // Nothing to read or apply (association changes, say), or only
         // records that the waiting job will claim: no job of its own.
         if only_changes && (*job_waiting || coalesced.changed.is_empty()) {
@@ -608,7 +592,7 @@ async fn accept(
                 destination.tenant,
                 destination.connection,
                 destination.object,
-                &coalesced,
+                coalesced,
                 delivery_id(&events),
             )
         };
@@ -630,10 +614,10 @@ async fn accept(
 }
 
 /// Names a delivery's events for one connection (the job's idempotency key).
-fn delivery_id(events: &[&WebhookEvent]) -> String {
+fn delivery_id(events: &[&Event]) -> String {
     let mut hasher = Sha256::new();
     for e in events {
-        hasher.update(e.dedupe_key().as_bytes());
+        hasher.update(e.dedupe_key.as_bytes());
         hasher.update(b"\n");
     }
     hasher.finalize()[..12]
@@ -647,29 +631,18 @@ fn job_from_coalesced(
     tenant: TenantId,
     connection: ConnectionId,
     object: CrmObject,
-    coalesced: &Coalesced,
+    coalesced: Coalesced,
     delivery: String,
 ) -> ProcessWebhookJob {
-    let ids = |set: &std::collections::BTreeSet<u64>| {
-        set.iter().map(|id| CrmId(id.to_string())).collect()
-    };
     ProcessWebhookJob {
         tenant,
         connection,
         object,
-        changed: ids(&coalesced.changed),
-        deleted: ids(&coalesced.deleted),
-        erased: ids(&coalesced.erased),
-        merged: coalesced
-            .merged_into
-            .iter()
-            .map(|(from, to)| (CrmId(from.to_string()), CrmId(to.to_string())))
-            .collect(),
-        echoed: coalesced
-            .echoed
-            .iter()
-            .map(|(id, at)| (CrmId(id.to_string()), *at))
-            .collect(),
+        changed: coalesced.changed.into_iter().collect(),
+        deleted: coalesced.deleted.into_iter().collect(),
+        erased: coalesced.erased.into_iter().collect(),
+        merged: coalesced.merged_into.into_iter().collect(),
+        echoed: coalesced.echoed.into_iter().collect(),
         delivery,
         attempt: 0,
         redrives: 0,
