@@ -326,10 +326,10 @@ pub async fn connect_hubspot_token(
     credentials: Credentials,
     portal_id: Option<u64>,
 ) -> anyhow::Result<(ConnectionId, u64)> {
-    let token = match &credentials {
-        Credentials::PrivateAppToken { token } => token.clone(),
-        Credentials::OAuth { access_token, .. } => access_token.clone(),
-    };
+    let token = credentials
+        .bearer()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("HubSpot is connected with a token or OAuth"))?;
     let portal = match portal_id {
         Some(p) => p,
         None => HubspotClient::new(settings.hubspot.clone(), Arc::default())?

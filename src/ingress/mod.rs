@@ -23,11 +23,12 @@ pub mod routes;
 pub mod stats;
 
 use crate::config::Settings;
-use crate::domain::{ConnectionId, CrmObject, TenantId};
+use crate::domain::{ConnectionId, CrmObject, TenantId, WebhookCredentialKind};
 use crate::jobs::ProcessWebhookJob;
 use crate::providers::hubspot::webhook::{self, SignatureHeaders, WebhookError, WebhookEvent};
 use crate::queue::Queue;
 use crate::secrets::KeyRing;
+use crate::store::WebhookCredential;
 use crate::sync::events::{Coalesced, Event, coalesce};
 use axum::Router;
 use axum::body::Bytes;
@@ -233,7 +234,7 @@ enum Signer {
 impl Signer {
     fn serves(&self, route: &Route) -> bool {
         match self {
-            Signer::App => route.sealed_secret.is_none(),
+            Signer::App => route.sealed_credential.is_none(),
             Signer::Connection(id) => route.connection == *id,
         }
     }
@@ -456,16 +457,18 @@ async fn own_secret(
     // Fresh routes: a secret set a moment ago must already verify.
     prefetch(ingress, cache, &[*account], true).await?;
     for route in cache.get(account).into_iter().flatten() {
-        let Some(sealed) = &route.sealed_secret else {
+        let Some((kind @ WebhookCredentialKind::HmacSecret, sealed)) = &route.sealed_credential
+        else {
             continue;
         };
-        let secret = match crate::store::open_webhook_secret(
+        let secret = match crate::store::open_webhook_credential(
             key,
-            route.tenant,
-            route.connection,
+            (route.tenant, route.connection),
+            *kind,
             sealed,
         ) {
-            Ok(secret) => secret,
+            Ok(WebhookCredential::HmacSecret(secret)) => secret,
+            Ok(_) => continue,
             Err(e) => {
                 tracing::error!(connection.id = %route.connection, error = %e, "cannot open the connection's webhook secret");
                 continue;

@@ -215,9 +215,12 @@ async fn pull(
     };
     let until = Utc::now() - seconds(sync.guard_secs);
     let window_start = cursor.modified_at - seconds(sync.overlap_secs);
-    let position = match start {
-        Some(r) => r.position,
-        None => session.provider().feed_since(window_start),
+    // A retry resumes its window; a new delta starts where the feed's own
+    // position stands, or (a feed read by time) `overlap` before the cursor.
+    let position = match (start, cursor.position) {
+        (Some(r), _) => r.position,
+        (None, Some(position)) => position,
+        (None, None) => session.provider().feed_since(window_start),
     };
     let limits = FeedLimits {
         page_size: sync.delta_page_size,
@@ -283,13 +286,7 @@ async fn pull(
     // its end (records that show up late there are re-read by the overlap),
     // so the lag reported is the sync's real delay, not the age of the last
     // change.
-    let end = page_write(
-        Vec::new(),
-        Some(Cursor {
-            modified_at: until,
-            crm_id: CrmId("0".into()),
-        }),
-    );
+    let end = page_write(Vec::new(), Some(Cursor::at(until, CrmId("0".into()))));
     super::change_times::apply_checked(session, deps, end).await?;
     Ok(Progress::Caught)
 }

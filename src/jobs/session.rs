@@ -38,19 +38,14 @@ impl Session {
         if connection.status != ConnectionStatus::Active {
             return Err(not_active(&connection));
         }
-        let token = match deps.store.credentials(&connection)? {
-            Credentials::PrivateAppToken { token } => token,
-            Credentials::OAuth {
-                access_token,
-                expires_at,
-                ..
-            } => {
-                if expires_at - REFRESH_MARGIN <= Utc::now() {
-                    refresh(deps, &connection, None).await?
-                } else {
-                    access_token
-                }
+        let credentials = deps.store.credentials(&connection)?;
+        let token = match (credentials.bearer(), credentials.expires_at()) {
+            (Some(token), None) => token.clone(),
+            (Some(token), Some(expires_at)) if expires_at - REFRESH_MARGIN > Utc::now() => {
+                token.clone()
             }
+            // Expired, about to, or never minted.
+            _ => refresh(deps, &connection, None).await?,
         };
         let provider = deps.providers.get(connection.provider);
         Ok(Self {
@@ -76,11 +71,11 @@ impl Session {
     /// `needs_reauth` and returns the final error.
     pub async fn reauthorize(&mut self, deps: &Deps, refused: String) -> Result<(), JobError> {
         match deps.store.credentials(&self.connection)? {
-            Credentials::OAuth { .. } => {
+            Credentials::OAuth { .. } | Credentials::ClientCredentials { .. } => {
                 self.token = refresh(deps, &self.connection, Some(&self.token)).await?;
                 Ok(())
             }
-            Credentials::PrivateAppToken { .. } => {
+            Credentials::PrivateAppToken { .. } | Credentials::ApiToken { .. } => {
                 Err(needs_reauth(deps, &self.connection, &refused).await)
             }
         }
@@ -167,15 +162,13 @@ async fn stored_fresh_token(
     if row.status != ConnectionStatus::Active {
         return Err(not_active(&row));
     }
-    Ok(match deps.store.credentials(&row)? {
-        Credentials::OAuth {
-            access_token,
-            expires_at,
-            ..
-        } if expires_at - REFRESH_MARGIN > Utc::now()
-            && refused.is_none_or(|r| r.expose_secret() != access_token.expose_secret()) =>
+    let credentials = deps.store.credentials(&row)?;
+    Ok(match (credentials.bearer(), credentials.expires_at()) {
+        (Some(token), Some(expires_at))
+            if expires_at - REFRESH_MARGIN > Utc::now()
+                && refused.is_none_or(|r| r.expose_secret() != token.expose_secret()) =>
         {
-            Some(access_token)
+            Some(token.clone())
         }
         _ => None,
     })
@@ -188,26 +181,46 @@ async fn refresh_now(deps: &Deps, connection: &ConnectionRow) -> Result<SecretSt
         .store
         .connection(connection.tenant, connection.id)
         .await?;
-    let Credentials::OAuth { refresh_token, .. } = deps.store.credentials(&row)? else {
-        return Err(JobError::Permanent(format!(
-            "connection {} has no OAuth refresh token",
-            connection.id
-        )));
+    let provider = deps.providers.get(connection.provider);
+    let stored = deps.store.credentials(&row)?;
+    let fresh = match &stored {
+        Credentials::OAuth { refresh_token, .. } => provider.refresh(refresh_token).await,
+        Credentials::ClientCredentials {
+            client_id,
+            client_secret,
+            ..
+        } => {
+            provider
+                .mint(row.instance_url.as_deref(), client_id, client_secret)
+                .await
+        }
+        Credentials::PrivateAppToken { .. } | Credentials::ApiToken { .. } => {
+            return Err(JobError::Permanent(format!(
+                "connection {} has a token that cannot be refreshed",
+                connection.id
+            )));
+        }
     };
-    let refresh_token = &refresh_token;
-    let fresh = deps
-        .providers
-        .get(connection.provider)
-        .refresh(refresh_token)
-        .await;
     match fresh {
         Ok(tokens) => {
             let expires_at =
                 Utc::now() + chrono::Duration::from_std(tokens.expires_in).unwrap_or_default();
-            let credentials = Credentials::OAuth {
-                access_token: tokens.access_token.clone(),
-                refresh_token: tokens.refresh_token,
-                expires_at,
+            let credentials = match stored {
+                Credentials::ClientCredentials {
+                    client_id,
+                    client_secret,
+                    ..
+                } => Credentials::ClientCredentials {
+                    client_id,
+                    client_secret,
+                    access_token: Some(tokens.access_token.clone()),
+                    expires_at: Some(expires_at),
+                },
+                _ => Credentials::OAuth {
+                    access_token: tokens.access_token.clone(),
+                    refresh_token: tokens.refresh_token,
+                    expires_at,
+                },
             };
             deps.store
                 .update_credentials(connection, &credentials)

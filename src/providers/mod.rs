@@ -116,6 +116,24 @@ impl Provider {
         }
     }
 
+    /// A new access token for server-to-server client credentials (at the
+    /// account's `instance`, where the CRM has them).
+    pub async fn mint(
+        &self,
+        _instance: Option<&str>,
+        _client_id: &str,
+        _client_secret: &SecretString,
+    ) -> Result<RefreshedTokens, ProviderError> {
+        match self {
+            // Refused as a credential error, so the connection asks to be
+            // connected again, with a kind HubSpot takes.
+            Provider::Hubspot(_) => Err(ProviderError::Unauthorized(
+                "HubSpot has no client-credentials grant; connect with OAuth or a private-app token"
+                    .into(),
+            )),
+        }
+    }
+
     /// One page of every record of `object`, from `after`.
     pub async fn list_page(
         &self,

@@ -2,11 +2,11 @@
 //! records, change-feed positions the core stores but never reads, writes
 //! and their results. Nothing here is one CRM's shape.
 
+pub use crate::domain::FeedPosition;
 use crate::domain::{CrmId, CrmObject, Cursor};
 use crate::sync::Incoming;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -81,12 +81,6 @@ impl ReservedRead {
         Self(())
     }
 }
-
-/// Where a change feed stands, as its adapter serialises it: the core keeps
-/// it (in a resumed job) and hands it back, but never looks inside.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(transparent)]
-pub struct FeedPosition(pub serde_json::Map<String, Value>);
 
 /// A change-feed read in progress within one job run: the durable position
 /// plus what only this run can use (a page token, records read so far).

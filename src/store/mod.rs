@@ -18,7 +18,7 @@ mod tenants;
 pub use conflicts::{ConflictRow, FieldChange, Resolution};
 pub use connections::{
     ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping,
-    open_webhook_secret,
+    WebhookCredential, open_webhook_credential,
 };
 pub use dead_letters::{DeadLetter, ReplayedBy};
 pub use health::HealthCheck;

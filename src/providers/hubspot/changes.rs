@@ -160,10 +160,7 @@ impl HubspotClient {
         };
         Ok(ChangePage {
             records: page.records,
-            cursor: Some(Cursor {
-                modified_at: last_at,
-                crm_id: last_id,
-            }),
+            cursor: Some(Cursor::at(last_at, last_id)),
             resume: Some(resume.encode()),
             next,
         })
