@@ -4,6 +4,7 @@
 mod client;
 mod leads;
 pub mod mapping;
+pub mod oauth;
 pub mod subscriptions;
 pub mod webhook;
 
