@@ -304,7 +304,7 @@ pub(super) async fn callback(
             .map(|(_, v)| v.as_str())
     };
     let Some(state) = get("state").filter(|s| !s.is_empty()) else {
-        let detail = match get("error") {
+        let detail = match get("error").filter(|e| !e.is_empty()) {
             Some(error) => format!("is required (the CRM answered error={error})"),
             None => "is required".into(),
         };
@@ -335,7 +335,7 @@ pub(super) async fn callback(
             return Err(Problem::field("state", "is unknown (or was deleted)"));
         }
     };
-    if let Some(error) = get("error") {
+    if let Some(error) = get("error").filter(|e| !e.is_empty()) {
         metrics::counter!("crmsync_oauth_callbacks_total", "outcome" => "crm_error").increment(1);
         return Ok(send_error(&redirect, error_code(error)));
     }

@@ -29,6 +29,7 @@ mod hubspot_client;
 mod hubspot_leads;
 mod key_rotation;
 mod lost_edit;
+mod oauth_connect;
 mod periodic;
 mod push;
 mod push_latency;
