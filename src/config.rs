@@ -454,7 +454,10 @@ impl Settings {
         }
         for (key, url) in [
             ("CRMSYNC__HUBSPOT__API_BASE_URL", &self.hubspot.api_base_url),
-            ("CRMSYNC__HUBSPOT__AUTHORIZE_URL", &self.hubspot.authorize_url),
+            (
+                "CRMSYNC__HUBSPOT__AUTHORIZE_URL",
+                &self.hubspot.authorize_url,
+            ),
         ] {
             if !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err(value(key, format!("expected an http(s) URL, got {url:?}")));
@@ -908,6 +911,47 @@ mod tests {
             }
             jail.set_env("CRMSYNC__INGRESS__PUBLIC_URL", "https://hooks.example.com/");
             assert!(load(jail, None)?.ingress.public_url.is_some());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn oauth_connect_keys_default_off_and_refuse_urls_with_a_query_or_no_scheme() {
+        Jail::expect_with(|jail| {
+            let s = load(jail, None)?;
+            assert_eq!(s.api.public_url, None);
+            assert!(s.api.oauth_redirect_allow.is_empty());
+            assert_eq!(
+                s.hubspot.authorize_url,
+                "https://app.hubspot.com/oauth/authorize"
+            );
+            for (var, bad, good) in [
+                ("CRMSYNC__API__PUBLIC_URL", "api.example.com", ""),
+                ("CRMSYNC__API__PUBLIC_URL", "https://api.example.com/#x", ""),
+                (
+                    "CRMSYNC__API__OAUTH_REDIRECT_ALLOW",
+                    "[\"https://app.example.com/?tab=1\"]",
+                    "[]",
+                ),
+                (
+                    "CRMSYNC__HUBSPOT__AUTHORIZE_URL",
+                    "app.hubspot.com",
+                    "https://x",
+                ),
+            ] {
+                jail.set_env(var, bad);
+                let err = load(jail, None).err().unwrap_or_default();
+                assert!(err.contains(var), "{var}={bad}: {err}");
+                jail.set_env(var, good);
+            }
+            jail.set_env("CRMSYNC__API__PUBLIC_URL", "https://api.example.com");
+            jail.set_env(
+                "CRMSYNC__API__OAUTH_REDIRECT_ALLOW",
+                "[\"https://app.example.com/settings\", \"http://localhost:3000\"]",
+            );
+            let s = load(jail, None)?;
+            assert_eq!(s.api.public_url.as_deref(), Some("https://api.example.com"));
+            assert_eq!(s.api.oauth_redirect_allow.len(), 2);
             Ok(())
         });
     }

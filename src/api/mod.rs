@@ -28,8 +28,8 @@ mod operator;
 
 pub use auth::{AUTH_CHECKS_BURST, AUTH_CHECKS_PER_SEC, TOKEN_TTL, Tenant};
 pub use input::MAX_BODY_BYTES;
-pub use oauth::Clock;
 use input::{Params, json_object, list_limit};
+pub use oauth::Clock;
 
 /// Shared state of the API.
 #[derive(Clone)]

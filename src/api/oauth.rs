@@ -260,8 +260,11 @@ fn send_back(redirect: &str, pairs: &[(&str, &str)]) -> Response {
     };
     url.query_pairs_mut().extend_pairs(pairs);
     let Ok(location) = HeaderValue::from_str(url.as_str()) else {
-        return Problem::new(StatusCode::BAD_REQUEST, "the redirectUri is not a header value")
-            .into_response();
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "the redirectUri is not a header value",
+        )
+        .into_response();
     };
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
@@ -293,10 +296,9 @@ pub(super) async fn callback(
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
     let provider = provider(&segment)?;
-    let pairs: Vec<(String, String)> =
-        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
     let get = |key: &str| {
         pairs
             .iter()
@@ -310,13 +312,12 @@ pub(super) async fn callback(
         };
         return Err(Problem::field("state", detail));
     };
-    let (claims, signer) =
-        Claims::verify(state, &keys(&api, STATE_KEY_PURPOSE)?).map_err(|e| {
-            tracing::warn!(error = %e, "OAuth callback with a state crmsync did not issue");
-            metrics::counter!("crmsync_oauth_callbacks_total", "outcome" => "forged_state")
-                .increment(1);
-            Problem::field("state", format!("is invalid: {e}"))
-        })?;
+    let (claims, signer) = Claims::verify(state, &keys(&api, STATE_KEY_PURPOSE)?).map_err(|e| {
+        tracing::warn!(error = %e, "OAuth callback with a state crmsync did not issue");
+        metrics::counter!("crmsync_oauth_callbacks_total", "outcome" => "forged_state")
+            .increment(1);
+        Problem::field("state", format!("is invalid: {e}"))
+    })?;
     let now = api.clock.now();
     // Used, expired, or issued for another CRM than this callback's: the
     // conditional update matches none of them, and uses nothing.
@@ -407,7 +408,9 @@ async fn connect(
         .await
         .map_err(store_failed)?;
     super::operator::publish_routes(api).await;
-    if !existed && let Err(e) = crate::jobs::full_sync::start(&api.store, &api.queue, tenant, id).await {
+    if !existed
+        && let Err(e) = crate::jobs::full_sync::start(&api.store, &api.queue, tenant, id).await
+    {
         // The connection exists; its scheduled delta or a manual sync starts it.
         tracing::warn!(error = %e, connection.id = %id, "first full sync not queued");
     }
@@ -428,7 +431,8 @@ mod tests {
     }
 
     fn refused_field(r: Result<Url, Problem>) -> Option<String> {
-        r.err().and_then(|p| p.errors.first().map(|e| e.field.clone()))
+        r.err()
+            .and_then(|p| p.errors.first().map(|e| e.field.clone()))
     }
 
     #[test]
@@ -486,10 +490,15 @@ mod tests {
 
     #[test]
     fn sending_back_keeps_the_redirect_query_and_adds_the_outcome() {
-        let r = send_back("https://app.example.com/done?x=1", &[("connectionId", "abc")]);
+        let r = send_back(
+            "https://app.example.com/done?x=1",
+            &[("connectionId", "abc")],
+        );
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         assert_eq!(
-            r.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()),
+            r.headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok()),
             Some("https://app.example.com/done?x=1&connectionId=abc")
         );
     }

@@ -68,9 +68,14 @@ impl OAuthApi {
     }
 
     /// `GET /v1/oauth/{provider}/authorize` as `token`'s tenant.
-    async fn authorize_as(&self, token: &str, provider: &str, redirect: &str) -> (StatusCode, Value) {
-        let mut url = Url::parse(&format!("{}/v1/oauth/{provider}/authorize", self.base))
-            .expect("url");
+    async fn authorize_as(
+        &self,
+        token: &str,
+        provider: &str,
+        redirect: &str,
+    ) -> (StatusCode, Value) {
+        let mut url =
+            Url::parse(&format!("{}/v1/oauth/{provider}/authorize", self.base)).expect("url");
         url.query_pairs_mut().append_pair("redirectUri", redirect);
         let response = self
             .http
@@ -113,7 +118,12 @@ impl OAuthApi {
     /// The browser arrives at the callback; returns the status and where
     /// it is sent on (a redirect's query parameters), or the problem body.
     async fn arrive(&self, callback: &Url) -> (StatusCode, Option<Url>, Value) {
-        let response = self.http.get(callback.clone()).send().await.expect("callback");
+        let response = self
+            .http
+            .get(callback.clone())
+            .send()
+            .await
+            .expect("callback");
         let status = response.status();
         let to = location(&response).map(|l| Url::parse(l).expect("redirect url"));
         (status, to, response.json().await.unwrap_or(Value::Null))
@@ -366,7 +376,12 @@ async fn authorize_refuses_bad_redirects_unknown_crms_strangers_and_a_missing_pu
     assert_eq!(status, StatusCode::OK, "under the allow-list: {body}");
     let (status, body) = api.authorize_as(&api.token, "salesforce", BACK).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(body["detail"].as_str().is_some_and(|d| d.contains("hubspot")), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("hubspot")),
+        "{body}"
+    );
     let (status, _) = api.authorize_as("cst_nobody", "hubspot", BACK).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
@@ -374,7 +389,9 @@ async fn authorize_refuses_bad_redirects_unknown_crms_strangers_and_a_missing_pu
     let (status, body) = unset.authorize_as(&unset.token, "hubspot", BACK).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(
-        body["detail"].as_str().is_some_and(|d| d.contains("CRMSYNC__API__PUBLIC_URL")),
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("CRMSYNC__API__PUBLIC_URL")),
         "{body}"
     );
     fleet.finish().await;

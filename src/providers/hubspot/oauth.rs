@@ -59,7 +59,11 @@ pub fn authorize_url(
             .append_pair("code_challenge", challenge)
             .append_pair("code_challenge_method", "S256");
     }
-    let separator = if authorize_base.contains('?') { '&' } else { '?' };
+    let separator = if authorize_base.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     format!("{authorize_base}{separator}{}", query.finish())
 }
 
