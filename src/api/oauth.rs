@@ -388,7 +388,10 @@ async fn connect(
                 "invalid_grant"
             }
         })?;
-    let existed = api
+    // A live connection to the account is re-authorised and keeps its
+    // cursors; a new one (or a deleted one brought back: the list leaves
+    // those out) starts with a full sync.
+    let live = api
         .store
         .list_connections(tenant)
         .await
@@ -408,8 +411,7 @@ async fn connect(
         .await
         .map_err(store_failed)?;
     super::operator::publish_routes(api).await;
-    if !existed
-        && let Err(e) = crate::jobs::full_sync::start(&api.store, &api.queue, tenant, id).await
+    if !live && let Err(e) = crate::jobs::full_sync::start(&api.store, &api.queue, tenant, id).await
     {
         // The connection exists; its scheduled delta or a manual sync starts it.
         tracing::warn!(error = %e, connection.id = %id, "first full sync not queued");

@@ -396,3 +396,42 @@ async fn authorize_refuses_bad_redirects_unknown_crms_strangers_and_a_missing_pu
     );
     fleet.finish().await;
 }
+
+on_both_backends! {
+    async fn a_state_is_used_once_across_api_processes_racing_for_it(backend) {
+        let fleet = Fleet::start(backend, 0).await;
+        let first = OAuthApi::start(&fleet, |_| {}).await;
+        let second = OAuthApi::start(&fleet, |_| {}).await;
+        // (The tenant's token is the one issued last: the second's.)
+        let callback = second.consent(&second.install_url(BACK).await, Some(901)).await;
+        // The same callback, four times at each of two api processes at once.
+        let mut at_first = callback.clone();
+        at_first
+            .set_port(Url::parse(&first.base).expect("url").port())
+            .expect("port");
+        let arrivals = (0..8).map(|i| {
+            let (api, url) = if i % 2 == 0 {
+                (&first, &at_first)
+            } else {
+                (&second, &callback)
+            };
+            api.arrive(url)
+        });
+        let landed: Vec<Url> = futures::future::join_all(arrivals)
+            .await
+            .into_iter()
+            .map(|(status, to, body)| {
+                assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+                to.expect("redirect")
+            })
+            .collect();
+        let connected = landed.iter().filter(|to| param(to, "connectionId").is_some()).count();
+        let refused = landed
+            .iter()
+            .filter(|to| param(to, "error").as_deref() == Some("invalid_state"))
+            .count();
+        assert_eq!((connected, refused), (1, 7), "{landed:?}");
+        assert_eq!(connection_count(&fleet, fleet.tenant).await, 2);
+        fleet.finish().await;
+    }
+}
