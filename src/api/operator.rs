@@ -134,7 +134,7 @@ async fn current(
 
 /// Re-publishes ingress routes after a change (not fatal: the scheduler
 /// re-publishes every minute).
-async fn publish_routes(api: &Api) {
+pub(super) async fn publish_routes(api: &Api) {
     if let Some(conn) = &api.redis
         && let Err(e) =
             crate::ingress::routes::publish(&api.store, conn, &api.settings.queue.namespace).await
@@ -835,6 +835,8 @@ mod openapi_tests {
         ("/v1/dead-letters", &["get"]),
         ("/v1/dead-letters/replay", &["post"]),
         ("/v1/dead-letters/{id}/replay", &["post"]),
+        ("/v1/oauth/{provider}/authorize", &["get"]),
+        ("/oauth/{provider}/callback", &["get"]),
         ("/openapi.json", &["get"]),
         ("/health", &["get"]),
     ];

@@ -116,6 +116,65 @@ impl Provider {
         }
     }
 
+    /// Why OAuth connect cannot start (the app's client id or secret is not
+    /// configured: the message names the keys), or `Ok`.
+    pub fn oauth_ready(&self) -> Result<(), String> {
+        match self {
+            Provider::Hubspot(c) => match (c.oauth_client_id(), c.has_client_secret()) {
+                (Some(_), true) => Ok(()),
+                _ => Err(
+                    "OAuth connect to HubSpot needs the app's CRMSYNC__HUBSPOT__CLIENT_ID \
+                          and CRMSYNC__HUBSPOT__CLIENT_SECRET"
+                        .into(),
+                ),
+            },
+        }
+    }
+
+    /// Whether the CRM's consent page takes a PKCE challenge.
+    pub fn uses_pkce(&self) -> bool {
+        match self {
+            Provider::Hubspot(_) => hubspot::oauth::PKCE,
+        }
+    }
+
+    /// The CRM's consent page for crmsync's app, sending the user back to
+    /// `callback` with `state` (and the PKCE `challenge`, if it takes one).
+    pub fn authorize_url(&self, callback: &str, state: &str, challenge: Option<&str>) -> String {
+        match self {
+            Provider::Hubspot(c) => hubspot::oauth::authorize_url(
+                c.oauth_authorize_base(),
+                c.oauth_client_id().unwrap_or_default(),
+                callback,
+                state,
+                challenge,
+            ),
+        }
+    }
+
+    /// Exchanges an authorization code: the account it is for, as the
+    /// connection stores it, and the tokens.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        callback: &str,
+        verifier: Option<&str>,
+    ) -> Result<(String, RefreshedTokens), ProviderError> {
+        match self {
+            Provider::Hubspot(c) => {
+                let got = c.exchange_code(code, callback, verifier).await?;
+                Ok((
+                    got.portal_id.to_string(),
+                    RefreshedTokens {
+                        access_token: got.access_token,
+                        refresh_token: got.refresh_token,
+                        expires_in: got.expires_in,
+                    },
+                ))
+            }
+        }
+    }
+
     /// A new access token for server-to-server client credentials (at the
     /// account's `instance`, where the CRM has them).
     pub async fn mint(

@@ -30,6 +30,7 @@ mod hubspot_leads;
 mod key_rotation;
 mod lost_edit;
 mod migrations;
+mod oauth_connect;
 mod periodic;
 mod push;
 mod push_latency;

@@ -5,6 +5,7 @@ pub(crate) mod changes;
 mod client;
 mod leads;
 pub mod mapping;
+pub mod oauth;
 pub mod subscriptions;
 pub mod webhook;
 
