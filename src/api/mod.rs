@@ -353,7 +353,7 @@ fn render(view: &RecordView) -> Value {
         .iter()
         .map(|l| LinkOut {
             connection_id: l.connection,
-            provider: "hubspot",
+            provider: l.provider.as_str(),
             crm_id: l.crm_id.clone(),
             sync_status: if l.unlinked {
                 "unlinked"
@@ -542,14 +542,14 @@ async fn list(
     if params.include_crm_leads == Some(false) {
         origin = Some(Origin::Platform);
     }
-    if let Some(provider) = params.provider.as_deref()
-        && provider != "hubspot"
-    {
-        return Err(Problem::field(
-            "provider",
-            format!("{provider:?} is not one of: hubspot"),
-        ));
-    }
+    let provider = match params.provider.as_deref() {
+        Some(provider) => Some(
+            provider
+                .parse::<crate::domain::ProviderKind>()
+                .map_err(|e| Problem::field("provider", e.to_string()))?,
+        ),
+        None => None,
+    };
     let connection = match params.connection_id.as_deref() {
         Some(c) => Some(
             c.parse::<ConnectionId>()
@@ -586,6 +586,7 @@ async fn list(
             None => None,
         };
     let query = RecordQuery {
+        provider,
         origin,
         status: params.status,
         updated_since,

@@ -9,7 +9,6 @@ use crate::domain::validate::{DELTA_INTERVAL_SECS, check_text};
 use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordId, RunId};
 use crate::jobs::DeltaSyncJob;
 use crate::providers::error::ProviderError;
-use crate::providers::hubspot::HubspotClient;
 use crate::store::{ConnectionRow, Credentials, NewConnection, ObjectMapping, Resolution};
 use crate::sync::ConflictStrategy;
 use axum::extract::{Path, State};
@@ -246,26 +245,27 @@ pub(super) async fn create_connection(
         input.delta_interval_secs,
         api.settings.sync.delta_interval_secs,
     )?;
-    // The token must work, and it names its portal.
-    let client = HubspotClient::new(api.settings.hubspot.clone(), Arc::default())
-        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let portal = match client.portal_id(&token).await {
+    // The token must work, and it names its account.
+    let crm = crate::providers::Providers::new(&api.settings, Arc::default())
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .get(provider);
+    let portal = match crm.identify(None, &token).await {
         Ok(portal) => portal,
         Err(ProviderError::Unauthorized(why)) => {
             return Err(Problem::field(
                 "privateAppToken",
-                format!("was refused by HubSpot: {why}"),
+                format!("was refused by the CRM: {why}"),
             ));
         }
         Err(e) => {
             return Err(Problem::new(
                 StatusCode::BAD_GATEWAY,
-                format!("could not check the token with HubSpot: {e}"),
+                format!("could not check the token with the CRM: {e}"),
             ));
         }
     };
     if let Some(claimed) = claimed_portal
-        && claimed != portal
+        && claimed.to_string() != portal
     {
         return Err(Problem::field(
             "portalId",
@@ -277,7 +277,7 @@ pub(super) async fn create_connection(
         .upsert_connection(NewConnection {
             tenant,
             provider,
-            external_account_id: portal.to_string(),
+            external_account_id: portal,
             credentials: Credentials::PrivateAppToken { token },
             settings: settings.clone(),
             delta_interval_secs,

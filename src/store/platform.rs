@@ -39,6 +39,8 @@ pub struct RecordView {
 /// Filters and paging of [`Store::list_records`].
 #[derive(Debug, Clone, Default)]
 pub struct RecordQuery {
+    /// Only records linked to a connection of this CRM.
+    pub provider: Option<crate::domain::ProviderKind>,
     /// Only this origin.
     pub origin: Option<Origin>,
     /// Only this status.
@@ -62,6 +64,8 @@ pub struct RecordQuery {
 pub struct LinkView {
     /// The connection.
     pub connection: ConnectionId,
+    /// Its CRM.
+    pub provider: crate::domain::ProviderKind,
     /// The CRM id.
     pub crm_id: String,
     /// When the CRM deleted it, if it did.
@@ -156,6 +160,7 @@ type LinkRow = (
     String,
     Option<DateTime<Utc>>,
     DateTime<Utc>,
+    String,
     String,
 );
 
@@ -427,6 +432,8 @@ impl Store {
                 AND ($5 IS NULL OR r.updated_at >= $5)
                 AND ($6 IS NULL OR EXISTS (SELECT 1 FROM record_links l WHERE l.tenant_id = r.tenant_id AND l.record_id = r.id AND l.connection_id = $6))
                 AND ($7 IS NULL OR ({column}, r.id) {cmp} ($7, $8))
+                AND ($10 IS NULL OR EXISTS (SELECT 1 FROM record_links l JOIN connections c ON c.id = l.connection_id AND c.tenant_id = l.tenant_id
+                                             WHERE l.tenant_id = r.tenant_id AND l.record_id = r.id AND c.provider = $10))
               ORDER BY {column} {order}, r.id {order} LIMIT $9"
         );
         let (after_at, after_id) = match query.after {
@@ -445,6 +452,7 @@ impl Store {
         .bind(after_at)
         .bind(after_id)
         .bind(query.limit)
+        .bind(query.provider.map(crate::domain::ProviderKind::as_str))
         .fetch_all(c)
         .await)?;
         let views = with_links(&mut tx, tenant, rows).await?;
@@ -799,7 +807,7 @@ async fn with_links(
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT l.record_id, l.connection_id, l.crm_id, l.crm_deleted_at, l.updated_at, c.status
+        "SELECT l.record_id, l.connection_id, l.crm_id, l.crm_deleted_at, l.updated_at, c.status, c.provider
            FROM record_links l JOIN connections c ON c.id = l.connection_id AND c.tenant_id = l.tenant_id
           WHERE l.tenant_id = $1 AND l.record_id IN ({}) ORDER BY l.created_at",
         super::in_list(2, rows.len())
@@ -813,9 +821,12 @@ async fn with_links(
     })?;
     let mut by_record: std::collections::HashMap<uuid::Uuid, Vec<LinkView>> =
         std::collections::HashMap::new();
-    for (record, connection, crm_id, crm_deleted_at, updated_at, status) in links {
+    for (record, connection, crm_id, crm_deleted_at, updated_at, status, provider) in links {
         by_record.entry(record).or_default().push(LinkView {
             connection: ConnectionId(connection),
+            provider: provider
+                .parse()
+                .map_err(|e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string()))?,
             crm_id,
             crm_deleted_at,
             unlinked: status == "deleted",

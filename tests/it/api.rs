@@ -43,6 +43,13 @@ on_both_backends! {
         };
         assert_eq!(linked["links"][0]["connectionId"], connection.to_string());
         assert_eq!(linked["links"][0]["syncStatus"], "synced");
+        assert_eq!(linked["links"][0]["provider"], "hubspot");
+        // Filtered by CRM: linked records only; an unknown CRM is named.
+        let (_, by_crm, _) = api.send(reqwest::Method::GET, "/v1/leads?provider=hubspot", None).await;
+        assert_eq!(by_crm["data"].as_array().map(|d| d.iter().any(|l| l["id"] == id.as_str())), Some(true), "{by_crm}");
+        let (status, problem, _) = api.send(reqwest::Method::GET, "/v1/leads?provider=acme-crm", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert!(problem["errors"][0]["detail"].as_str().is_some_and(|d| d.contains("hubspot")), "{problem}");
         let crm_ids = fleet.store.linked_crm_ids(acme.id, connection, CrmObject::Contacts).await.expect("links");
         assert_eq!(crm_ids.len(), 1, "exactly one CRM record for the lead");
         let in_hubspot = fleet.sandbox_contacts().await;
