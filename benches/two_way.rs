@@ -42,7 +42,7 @@ use common::{db_url, drop_database, postgres_database};
 use crmsync::config::{QueueBackend, Settings};
 use crmsync::domain::{ConnectionId, RecordKind, RunStatus, TenantId};
 use crmsync::jobs::{Deps, JobKind};
-use crmsync::providers::hubspot::HubspotClient;
+use crmsync::providers::Providers;
 use crmsync::queue::{Queue, WorkerSpec, run_workers};
 use crmsync::ratelimit::{Budgets, Waits};
 use crmsync::sandbox::hubspot::state::lock;
@@ -228,10 +228,10 @@ impl Ctx {
         settings.queue.namespace = format!("{}-{name}", self.settings.queue.namespace);
         lock(&self.namespaces).push(settings.queue.namespace.clone());
         let queue = Queue::connect(&settings, &crmsync::app::store_dir(&settings)).await?;
-        let hubspot = HubspotClient::new(settings.hubspot.clone(), self.budgets.clone())?;
+        let providers = Providers::new(&settings, self.budgets.clone())?;
         let deps = Deps {
             store: self.store.clone(),
-            hubspot,
+            providers,
             queue: queue.clone(),
             settings: Arc::new(settings.clone()),
         };

@@ -3,7 +3,7 @@
 
 use crate::config::Settings;
 use crate::jobs::Deps;
-use crate::providers::hubspot::HubspotClient;
+use crate::providers::Providers;
 use crate::queue::Queue;
 use crate::ratelimit::{Budgets, Waits, shared::SharedStore};
 use crate::secrets::{EncryptionKey, KeyRing};
@@ -131,10 +131,10 @@ pub async fn deps(settings: &Settings, store: Store) -> anyhow::Result<Deps> {
         Some(conn) => Budgets::shared(SharedStore::new(conn, &settings.queue.namespace), waits),
         None => Budgets::local(waits),
     };
-    let hubspot = HubspotClient::new(settings.hubspot.clone(), Arc::new(budgets))?;
+    let providers = Providers::new(settings, Arc::new(budgets))?;
     Ok(Deps {
         store,
-        hubspot,
+        providers,
         queue,
         settings: Arc::new(settings.clone()),
     })

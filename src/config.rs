@@ -170,6 +170,10 @@ impl SecretsSettings {
 pub struct HubspotSettings {
     /// API base URL; the sandbox in tests and `dev`.
     pub api_base_url: String,
+    /// Where OAuth connect sends the user to consent (HubSpot's install
+    /// page, `https://app.hubspot.com/oauth/authorize`; the sandbox's
+    /// `/oauth/authorize` in tests).
+    pub authorize_url: String,
     /// Our public app's id (echo markers, webhooks).
     pub app_id: Option<u64>,
     /// Our public app's OAuth client id.
@@ -270,6 +274,16 @@ pub struct ApiSettings {
     pub body_read_timeout_secs: u64,
     /// Connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// The api's public URL (`https://api.example.com`, no query): the
+    /// base of its OAuth callback, `{public_url}/oauth/{provider}/callback`,
+    /// which the CRM redirects to. OAuth connect is refused without it.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Where OAuth connect may send users back to: a `redirectUri` must be
+    /// under one of these URLs (same scheme, host and port; path at or
+    /// below the entry's). Empty: any absolute http(s) URL.
+    #[serde(default)]
+    pub oauth_redirect_allow: Vec<String>,
 }
 
 /// The longest header or body read timeout accepted, in seconds: a client
@@ -402,6 +416,12 @@ impl Settings {
         if blank(&self.ingress.public_url) {
             self.ingress.public_url = None;
         }
+        if blank(&self.api.public_url) {
+            self.api.public_url = None;
+        }
+        self.api
+            .oauth_redirect_allow
+            .retain(|entry| !entry.trim().is_empty());
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -432,16 +452,16 @@ impl Settings {
                 "is redis but CRMSYNC__REDIS__URL is not set".into(),
             ));
         }
-        if !self.hubspot.api_base_url.starts_with("http://")
-            && !self.hubspot.api_base_url.starts_with("https://")
-        {
-            return Err(value(
-                "CRMSYNC__HUBSPOT__API_BASE_URL",
-                format!(
-                    "expected an http(s) URL, got {:?}",
-                    self.hubspot.api_base_url
-                ),
-            ));
+        for (key, url) in [
+            ("CRMSYNC__HUBSPOT__API_BASE_URL", &self.hubspot.api_base_url),
+            (
+                "CRMSYNC__HUBSPOT__AUTHORIZE_URL",
+                &self.hubspot.authorize_url,
+            ),
+        ] {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(value(key, format!("expected an http(s) URL, got {url:?}")));
+            }
         }
         let positive: [(&'static str, u64); 9] = [
             (
@@ -614,18 +634,40 @@ impl Settings {
                 ));
             }
         }
-        if let Some(url) = &self.ingress.public_url {
-            let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
-            if !matches!(scheme, "http" | "https")
-                || rest.trim_end_matches('/').is_empty()
-                || rest.contains(['?', '#'])
-                || url.chars().any(char::is_whitespace)
+        let public_urls = [
+            (
+                "CRMSYNC__INGRESS__PUBLIC_URL",
+                &self.ingress.public_url,
+                "HubSpot calls",
+                "https://hooks.example.com",
+            ),
+            (
+                "CRMSYNC__API__PUBLIC_URL",
+                &self.api.public_url,
+                "users and CRMs reach the api at",
+                "https://api.example.com",
+            ),
+        ];
+        for (key, url, what, example) in public_urls {
+            if let Some(url) = url
+                && !is_base_url(url)
             {
                 return Err(value(
-                    "CRMSYNC__INGRESS__PUBLIC_URL",
+                    key,
                     format!(
-                        "expected the http(s) URL HubSpot calls, without query or fragment \
-                         (e.g. https://hooks.example.com), got {url:?}"
+                        "expected the http(s) URL {what}, without query or fragment \
+                         (e.g. {example}), got {url:?}"
+                    ),
+                ));
+            }
+        }
+        for entry in &self.api.oauth_redirect_allow {
+            if !is_base_url(entry) {
+                return Err(value(
+                    "CRMSYNC__API__OAUTH_REDIRECT_ALLOW",
+                    format!(
+                        "each entry must be an http(s) URL without query or fragment \
+                         (e.g. https://app.example.com/settings), got {entry:?}"
                     ),
                 ));
             }
@@ -673,6 +715,15 @@ impl Settings {
     pub fn is_embedded(&self) -> bool {
         self.database.url.starts_with("sqlite:")
     }
+}
+
+/// An absolute http(s) URL with a host and no query or fragment.
+fn is_base_url(url: &str) -> bool {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
+    matches!(scheme, "http" | "https")
+        && !rest.trim_end_matches('/').is_empty()
+        && !rest.contains(['?', '#'])
+        && !url.chars().any(char::is_whitespace)
 }
 
 fn value(key: &'static str, message: String) -> ConfigError {
@@ -860,6 +911,47 @@ mod tests {
             }
             jail.set_env("CRMSYNC__INGRESS__PUBLIC_URL", "https://hooks.example.com/");
             assert!(load(jail, None)?.ingress.public_url.is_some());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn oauth_connect_keys_default_off_and_refuse_urls_with_a_query_or_no_scheme() {
+        Jail::expect_with(|jail| {
+            let s = load(jail, None)?;
+            assert_eq!(s.api.public_url, None);
+            assert!(s.api.oauth_redirect_allow.is_empty());
+            assert_eq!(
+                s.hubspot.authorize_url,
+                "https://app.hubspot.com/oauth/authorize"
+            );
+            for (var, bad, good) in [
+                ("CRMSYNC__API__PUBLIC_URL", "api.example.com", ""),
+                ("CRMSYNC__API__PUBLIC_URL", "https://api.example.com/#x", ""),
+                (
+                    "CRMSYNC__API__OAUTH_REDIRECT_ALLOW",
+                    "[\"https://app.example.com/?tab=1\"]",
+                    "[]",
+                ),
+                (
+                    "CRMSYNC__HUBSPOT__AUTHORIZE_URL",
+                    "app.hubspot.com",
+                    "https://x",
+                ),
+            ] {
+                jail.set_env(var, bad);
+                let err = load(jail, None).err().unwrap_or_default();
+                assert!(err.contains(var), "{var}={bad}: {err}");
+                jail.set_env(var, good);
+            }
+            jail.set_env("CRMSYNC__API__PUBLIC_URL", "https://api.example.com");
+            jail.set_env(
+                "CRMSYNC__API__OAUTH_REDIRECT_ALLOW",
+                "[\"https://app.example.com/settings\", \"http://localhost:3000\"]",
+            );
+            let s = load(jail, None)?;
+            assert_eq!(s.api.public_url.as_deref(), Some("https://api.example.com"));
+            assert_eq!(s.api.oauth_redirect_allow.len(), 2);
             Ok(())
         });
     }

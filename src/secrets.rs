@@ -30,9 +30,11 @@ pub enum SecretsError {
     Random(String),
 }
 
-/// The AEAD key; `Debug` never shows it.
+/// The AEAD key, and the root other keys are derived from (never the key
+/// itself: a MAC key must not double as the cipher key); `Debug` shows
+/// neither.
 #[derive(Clone)]
-pub struct EncryptionKey(XChaCha20Poly1305);
+pub struct EncryptionKey(XChaCha20Poly1305, [u8; 32]);
 
 impl fmt::Debug for EncryptionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -49,9 +51,17 @@ impl EncryptionKey {
         if bytes.len() != 32 {
             return Err(SecretsError::BadKey(format!("got {} bytes", bytes.len())));
         }
+        let root = hmac_sha256(&bytes, b"crmsync:derived-keys:v1");
         XChaCha20Poly1305::new_from_slice(&bytes)
-            .map(Self)
+            .map(|cipher| Self(cipher, root))
             .map_err(|e| SecretsError::BadKey(e.to_string()))
+    }
+
+    /// A 32-byte key for one `purpose` (such as signing OAuth states),
+    /// derived from this key: the same configuration serves every use, and
+    /// no derived key reveals the encryption key or another purpose's key.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        hmac_sha256(&self.1, purpose.as_bytes())
     }
 
     /// A fresh random key in its configured (base64) form.
@@ -101,6 +111,18 @@ impl EncryptionKey {
     }
 }
 
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
+    match <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(message);
+            mac.finalize().into_bytes().into()
+        }
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    }
+}
+
 /// The current key, which seals, and the previous ones, which only open.
 #[derive(Clone, Debug)]
 pub struct KeyRing {
@@ -146,6 +168,16 @@ impl KeyRing {
     pub fn open(&self, sealed: &[u8], row_binding: &[u8]) -> Result<Vec<u8>, SecretsError> {
         self.open_telling(sealed, row_binding)
             .map(|(plain, _)| plain)
+    }
+
+    /// The `purpose` key of each key of the ring, the current key's first:
+    /// what the current key signs, and what any of them verifies while a
+    /// rotation is under way.
+    pub fn derived_keys(&self, purpose: &str) -> Vec<[u8; 32]> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|key| key.derive(purpose))
+            .collect()
     }
 
     /// Opens and tells whether the current key sealed it (`false`: a
@@ -222,6 +254,21 @@ mod tests {
         // A list with a bad key names no key material.
         let bad = KeyRing::parse(&new, Some(&SecretString::from("not-a-key")));
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose_and_by_key_and_the_current_comes_first() {
+        let (old, new) = (
+            EncryptionKey::generate().unwrap_or_else(|_| unreachable!()),
+            EncryptionKey::generate().unwrap_or_else(|_| unreachable!()),
+        );
+        let ring = KeyRing::parse(&new, Some(&old)).unwrap_or_else(|_| unreachable!());
+        let states = ring.derived_keys("oauth-state");
+        assert_eq!(states.len(), 2);
+        assert_ne!(states[0], states[1]);
+        assert_ne!(states[0], ring.derived_keys("other")[0]);
+        let again = KeyRing::parse(&new, None).unwrap_or_else(|_| unreachable!());
+        assert_eq!(again.derived_keys("oauth-state"), vec![states[0]]);
     }
 
     #[test]

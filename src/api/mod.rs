@@ -23,11 +23,13 @@ use serde_json::{Value, json};
 
 mod auth;
 mod input;
+mod oauth;
 mod operator;
 
 pub use auth::{AUTH_CHECKS_BURST, AUTH_CHECKS_PER_SEC, TOKEN_TTL, Tenant};
 pub use input::MAX_BODY_BYTES;
 use input::{Params, json_object, list_limit};
+pub use oauth::Clock;
 
 /// Shared state of the API.
 #[derive(Clone)]
@@ -40,6 +42,8 @@ pub struct Api {
     /// Verified tokens (a busy client costs one lookup per [`TOKEN_TTL`])
     /// and the per-address budget of token checks.
     auth: std::sync::Arc<auth::Auth>,
+    /// When OAuth states expire is read from this (tests move it).
+    clock: Clock,
 }
 
 impl Api {
@@ -60,7 +64,13 @@ impl Api {
             stats,
             redis,
             auth: Default::default(),
+            clock: Clock::default(),
         }
+    }
+
+    /// The same api reading time from `clock` (OAuth state expiry).
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
     }
 
     /// The axum app.
@@ -116,6 +126,8 @@ impl Api {
                 "/v1/dead-letters/{id}/replay",
                 post(operator::replay_dead_letter),
             )
+            .route("/v1/oauth/{provider}/authorize", get(oauth::authorize))
+            .route("/oauth/{provider}/callback", get(oauth::callback))
             .route("/openapi.json", get(openapi))
             .route("/health", get(|| async { "ok" }))
             .fallback(input::not_found)

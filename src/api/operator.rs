@@ -10,9 +10,7 @@ use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, Rec
 use crate::jobs::DeltaSyncJob;
 use crate::providers::error::ProviderError;
 use crate::providers::hubspot::HubspotClient;
-use crate::store::{
-    ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping, Resolution,
-};
+use crate::store::{ConnectionRow, Credentials, NewConnection, ObjectMapping, Resolution};
 use crate::sync::ConflictStrategy;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -136,7 +134,7 @@ async fn current(
 
 /// Re-publishes ingress routes after a change (not fatal: the scheduler
 /// re-publishes every minute).
-async fn publish_routes(api: &Api) {
+pub(super) async fn publish_routes(api: &Api) {
     if let Some(conn) = &api.redis
         && let Err(e) =
             crate::ingress::routes::publish(&api.store, conn, &api.settings.queue.namespace).await
@@ -239,7 +237,7 @@ pub(super) async fn create_connection(
     }
     let claimed_portal = number("portalId", input.portal_id, |p| p > 0)?;
     let token = SecretString::from(token.trim().to_string());
-    let mut settings = ConnectionSettings::default_for(provider);
+    let mut settings = crate::providers::default_settings(provider);
     settings.strategy = strategy(input.strategy.as_deref(), settings.strategy)?;
     if let Some(mappings) = input.objects {
         settings.objects = objects(mappings)?;
@@ -837,6 +835,8 @@ mod openapi_tests {
         ("/v1/dead-letters", &["get"]),
         ("/v1/dead-letters/replay", &["post"]),
         ("/v1/dead-letters/{id}/replay", &["post"]),
+        ("/v1/oauth/{provider}/authorize", &["get"]),
+        ("/oauth/{provider}/callback", &["get"]),
         ("/openapi.json", &["get"]),
         ("/health", &["get"]),
     ];

@@ -16,7 +16,7 @@ use crate::app;
 use crate::config::Settings;
 use crate::domain::{ConnectionId, ProviderKind, TenantId};
 use crate::providers::hubspot::HubspotClient;
-use crate::store::{ConnectionSettings, Credentials, NewConnection, Store};
+use crate::store::{Credentials, NewConnection, Store};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
@@ -326,10 +326,10 @@ pub async fn connect_hubspot_token(
     credentials: Credentials,
     portal_id: Option<u64>,
 ) -> anyhow::Result<(ConnectionId, u64)> {
-    let token = match &credentials {
-        Credentials::PrivateAppToken { token } => token.clone(),
-        Credentials::OAuth { access_token, .. } => access_token.clone(),
-    };
+    let token = credentials
+        .bearer()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("HubSpot is connected with a token or OAuth"))?;
     let portal = match portal_id {
         Some(p) => p,
         None => HubspotClient::new(settings.hubspot.clone(), Arc::default())?
@@ -343,7 +343,7 @@ pub async fn connect_hubspot_token(
             provider: ProviderKind::Hubspot,
             external_account_id: portal.to_string(),
             credentials,
-            settings: ConnectionSettings::default_for(ProviderKind::Hubspot),
+            settings: crate::providers::default_settings(ProviderKind::Hubspot),
             delta_interval_secs: settings.sync.delta_interval_secs,
         })
         .await?;

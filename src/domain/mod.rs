@@ -67,6 +67,17 @@ closed_set!(
 );
 
 closed_set!(
+    /// How a connection's own webhooks are verified; stored in the clear
+    /// beside the sealed value (the kind is no secret): an HMAC signing
+    /// secret (HubSpot private apps), Basic credentials crmsync chose
+    /// (Pipedrive), a token echoed in each notification (Zoho channels), a
+    /// key sent in a header (Dynamics service endpoints).
+    WebhookCredentialKind, "webhook credential kind" {
+        HmacSecret => "hmac_secret", Basic => "basic", ChannelToken => "channel_token", Key => "key"
+    }
+);
+
+closed_set!(
     /// What a platform record is: the platform has leads and contacts.
     RecordKind, "record kind" { Lead => "lead", Contact => "contact" }
 );
@@ -119,14 +130,42 @@ closed_set!(
     }
 );
 
-/// The delta cursor: the last CRM change applied, as (modified time, CRM id),
-/// so equal timestamps at a page boundary are not skipped or re-counted.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// Where a change feed stands, as its adapter serialises it (a delta
+/// token, a replay id, a window): the core stores it and hands it back, but
+/// never looks inside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct FeedPosition(pub serde_json::Map<String, serde_json::Value>);
+
+/// The delta cursor of a connection's `changes` feed: the last CRM change
+/// applied, as (modified time, CRM id) — the watermark it moves forward by
+/// (never back) and the sync's lag is reported from — and, for feeds that
+/// resume from a token rather than a time, the adapter's position there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
     /// The CRM's last-modified time of the last applied record.
     pub modified_at: chrono::DateTime<chrono::Utc>,
     /// The CRM id of that record, compared numerically where ids are numbers.
     pub crm_id: CrmId,
+    /// The feed's own position after that record, if it keeps one.
+    #[serde(default)]
+    pub position: Option<FeedPosition>,
+}
+
+impl Cursor {
+    /// A watermark without a position of the feed's own.
+    pub fn at(modified_at: chrono::DateTime<chrono::Utc>, crm_id: CrmId) -> Self {
+        Self {
+            modified_at,
+            crm_id,
+            position: None,
+        }
+    }
+
+    /// Whether `self` stands at or past `other` (the watermark decides).
+    pub fn reaches(&self, other: &Cursor) -> bool {
+        (&self.modified_at, &self.crm_id) >= (&other.modified_at, &other.crm_id)
+    }
 }
 
 #[cfg(test)]

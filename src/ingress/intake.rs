@@ -118,7 +118,7 @@ pub struct Arrival {
     /// When it occurred (epoch ms): which dedupe bucket holds its key.
     pub occurred_at_ms: i64,
     /// The record it asks to read, if any.
-    pub record: Option<u64>,
+    pub record: Option<crate::domain::CrmId>,
     /// Indexes into the delivery's destinations.
     pub destinations: Vec<usize>,
 }
@@ -182,7 +182,7 @@ pub async fn record(
                 invocation
                     .arg(bucket)
                     .arg(&a.dedupe_key)
-                    .arg(a.record.map(|r| r.to_string()).unwrap_or_default())
+                    .arg(a.record.as_ref().map(|r| r.as_str()).unwrap_or_default())
                     .arg(a.destinations.len());
                 for d in &a.destinations {
                     invocation.arg(d + 1);

@@ -23,13 +23,13 @@ pub mod routes;
 pub mod stats;
 
 use crate::config::Settings;
-use crate::domain::{ConnectionId, CrmObject};
+use crate::domain::{ConnectionId, CrmObject, TenantId, WebhookCredentialKind};
 use crate::jobs::ProcessWebhookJob;
-use crate::providers::hubspot::webhook::{
-    self, SignatureHeaders, WebhookError, WebhookEvent, coalesce,
-};
+use crate::providers::hubspot::webhook::{self, SignatureHeaders, WebhookError, WebhookEvent};
 use crate::queue::Queue;
 use crate::secrets::KeyRing;
+use crate::store::WebhookCredential;
+use crate::sync::events::{Coalesced, Event, coalesce};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -213,19 +213,6 @@ fn called_url(ingress: &Ingress, uri: &Uri) -> String {
     format!("{}{path}", ingress.signed_base)
 }
 
-/// Which CRM object an event is about.
-fn object_of(event: &WebhookEvent) -> Option<CrmObject> {
-    match event.subscription_type.split('.').next() {
-        Some("contact") => Some(CrmObject::Contacts),
-        Some("object") => match event.object_type_id.as_deref() {
-            Some("0-1") => Some(CrmObject::Contacts),
-            Some("0-136") => Some(CrmObject::Leads),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 fn problem(status: StatusCode, detail: &str) -> Response {
     let body = crate::http_server::problem_body(status, detail);
     (
@@ -247,7 +234,7 @@ enum Signer {
 impl Signer {
     fn serves(&self, route: &Route) -> bool {
         match self {
-            Signer::App => route.sealed_secret.is_none(),
+            Signer::App => route.sealed_credential.is_none(),
             Signer::Connection(id) => route.connection == *id,
         }
     }
@@ -470,16 +457,18 @@ async fn own_secret(
     // Fresh routes: a secret set a moment ago must already verify.
     prefetch(ingress, cache, &[*account], true).await?;
     for route in cache.get(account).into_iter().flatten() {
-        let Some(sealed) = &route.sealed_secret else {
+        let Some((kind @ WebhookCredentialKind::HmacSecret, sealed)) = &route.sealed_credential
+        else {
             continue;
         };
-        let secret = match crate::store::open_webhook_secret(
+        let secret = match crate::store::open_webhook_credential(
             key,
-            route.tenant,
-            route.connection,
+            (route.tenant, route.connection),
+            *kind,
             sealed,
         ) {
-            Ok(secret) => secret,
+            Ok(WebhookCredential::HmacSecret(secret)) => secret,
+            Ok(_) => continue,
             Err(e) => {
                 tracing::error!(connection.id = %route.connection, error = %e, "cannot open the connection's webhook secret");
                 continue;
@@ -522,14 +511,15 @@ async fn accept(
     let mut destinations: Vec<Destination> = Vec::new();
     let mut index: BTreeMap<(ConnectionId, CrmObject), usize> = BTreeMap::new();
     let mut arrivals: Vec<Arrival> = Vec::with_capacity(events.len());
-    let mut routed: Vec<WebhookEvent> = Vec::with_capacity(events.len());
-    for event in events {
-        let Some(object) = object_of(&event) else {
+    let mut routed: Vec<Event> = Vec::with_capacity(events.len());
+    for hubspot_event in events {
+        let Some(event) = hubspot_event.to_event(ingress.own_app) else {
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "ignored").increment(1);
             continue;
         };
+        let object = event.object;
         let mut reached = Vec::new();
-        for route in cache.get(&event.portal_id).into_iter().flatten() {
+        for route in cache.get(&hubspot_event.portal_id).into_iter().flatten() {
             if !signer.serves(route) {
                 continue;
             }
@@ -551,9 +541,9 @@ async fn accept(
             continue;
         }
         arrivals.push(Arrival {
-            dedupe_key: event.dedupe_key(),
-            occurred_at_ms: event.occurred_at,
-            record: event.changed_record(ingress.own_app),
+            dedupe_key: event.dedupe_key.clone(),
+            occurred_at_ms: event.occurred_at_ms,
+            record: event.changed_record().cloned(),
             destinations: reached,
         });
         routed.push(event);
@@ -569,7 +559,7 @@ async fn accept(
         now_ms,
     )
     .await?;
-    let mut groups: Vec<Vec<&WebhookEvent>> = vec![Vec::new(); destinations.len()];
+    let mut groups: Vec<Vec<&Event>> = vec![Vec::new(); destinations.len()];
     let mut duplicates = 0;
     for ((event, arrival), first) in routed.iter().zip(&arrivals).zip(&intake.first) {
         if !first {
@@ -592,11 +582,8 @@ async fn accept(
         }
         metrics::counter!("crmsync_webhook_events_total", "outcome" => "accepted")
             .increment(events.len() as u64);
-        let coalesced = coalesce(events.iter().copied(), ingress.own_app);
-        let only_changes = coalesced.deleted.is_empty()
-            && coalesced.erased.is_empty()
-            && coalesced.merged_into.is_empty()
-            && coalesced.echoed.is_empty();
+        let coalesced = coalesce(events.iter().copied());
+        let only_changes = coalesced.only_changes();
         // Nothing to read or apply (association changes, say), or only
         // records that the waiting job will claim: no job of its own.
         if only_changes && (*job_waiting || coalesced.changed.is_empty()) {
@@ -604,11 +591,11 @@ async fn accept(
         }
         let job = ProcessWebhookJob {
             traceparent: crate::telemetry::current_traceparent(),
-            ..ProcessWebhookJob::from_coalesced(
+            ..job_from_coalesced(
                 destination.tenant,
                 destination.connection,
                 destination.object,
-                &coalesced,
+                coalesced,
                 delivery_id(&events),
             )
         };
@@ -630,16 +617,40 @@ async fn accept(
 }
 
 /// Names a delivery's events for one connection (the job's idempotency key).
-fn delivery_id(events: &[&WebhookEvent]) -> String {
+fn delivery_id(events: &[&Event]) -> String {
     let mut hasher = Sha256::new();
     for e in events {
-        hasher.update(e.dedupe_key().as_bytes());
+        hasher.update(e.dedupe_key.as_bytes());
         hasher.update(b"\n");
     }
     hasher.finalize()[..12]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Builds the job for one connection from coalesced events.
+fn job_from_coalesced(
+    tenant: TenantId,
+    connection: ConnectionId,
+    object: CrmObject,
+    coalesced: Coalesced,
+    delivery: String,
+) -> ProcessWebhookJob {
+    ProcessWebhookJob {
+        tenant,
+        connection,
+        object,
+        changed: coalesced.changed.into_iter().collect(),
+        deleted: coalesced.deleted.into_iter().collect(),
+        erased: coalesced.erased.into_iter().collect(),
+        merged: coalesced.merged_into.into_iter().collect(),
+        echoed: coalesced.echoed.into_iter().collect(),
+        delivery,
+        attempt: 0,
+        redrives: 0,
+        traceparent: None,
+    }
 }
 
 #[cfg(test)]

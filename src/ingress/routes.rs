@@ -3,8 +3,9 @@
 //!
 //! Redis keys (under the queue namespace):
 //! - `{ns}:routes:{provider}:{account}` — hash `connection id → route JSON`
-//!   (`{"tenant", "paused", "secret"}`; the secret is the connection's own
-//!   webhook secret, still sealed), rebuilt by [`publish`] (the api and CLI
+//!   (`{"tenant", "paused", "secret", "secretKind"}`; the secret is the
+//!   connection's own webhook credential, still sealed, and its kind —
+//!   routes published before kinds existed hold HMAC secrets), rebuilt by [`publish`] (the api and CLI
 //!   when connections change, the scheduler every minute: Redis may lose it,
 //!   the database is the truth);
 //! - `{ns}:webhook-seen:{hour}` — a hash of the dedupe keys of events that
@@ -14,7 +15,7 @@
 //! The embedded mode (`crmsync dev`, SQLite) reads routes from the store and
 //! keeps dedupe keys in memory: it is one process.
 
-use crate::domain::{ConnectionId, ConnectionStatus, TenantId};
+use crate::domain::{ConnectionId, ConnectionStatus, TenantId, WebhookCredentialKind};
 use crate::store::{ConnectionRow, Store};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -36,8 +37,9 @@ pub struct Route {
     /// Paused (or waiting for re-authorisation): events are counted and
     /// dropped.
     pub paused: bool,
-    /// The connection's own webhook secret, sealed (a private app's).
-    pub sealed_secret: Option<Vec<u8>>,
+    /// The connection's own webhook credential (a HubSpot private app's
+    /// secret, say), sealed, and its kind.
+    pub sealed_credential: Option<(WebhookCredentialKind, Vec<u8>)>,
 }
 
 /// A route as published in Redis.
@@ -48,6 +50,8 @@ struct Published {
     paused: bool,
     #[serde(default)]
     secret: Option<String>,
+    #[serde(default, rename = "secretKind")]
+    secret_kind: Option<String>,
 }
 
 impl Route {
@@ -61,7 +65,9 @@ impl Route {
             tenant: row.tenant,
             connection: row.id,
             paused,
-            sealed_secret: row.sealed_webhook_secret().map(<[u8]>::to_vec),
+            sealed_credential: row
+                .sealed_webhook_credential()
+                .map(|(kind, sealed)| (kind, sealed.to_vec())),
         })
     }
 
@@ -69,7 +75,14 @@ impl Route {
         serde_json::to_string(&Published {
             tenant: self.tenant,
             paused: self.paused,
-            secret: self.sealed_secret.as_ref().map(|s| STANDARD.encode(s)),
+            secret: self
+                .sealed_credential
+                .as_ref()
+                .map(|(_, s)| STANDARD.encode(s)),
+            secret_kind: self
+                .sealed_credential
+                .as_ref()
+                .map(|(kind, _)| kind.as_str().to_string()),
         })
         .unwrap_or_default()
     }
@@ -82,7 +95,7 @@ impl Route {
                 tenant,
                 connection,
                 paused: false,
-                sealed_secret: None,
+                sealed_credential: None,
             });
         }
         let p: Published = serde_json::from_str(value).ok()?;
@@ -90,7 +103,13 @@ impl Route {
             tenant: p.tenant,
             connection,
             paused: p.paused,
-            sealed_secret: p.secret.and_then(|s| STANDARD.decode(s).ok()),
+            sealed_credential: p.secret.and_then(|s| {
+                let kind = match p.secret_kind {
+                    Some(kind) => kind.parse().ok()?,
+                    None => WebhookCredentialKind::HmacSecret,
+                };
+                Some((kind, STANDARD.decode(s).ok()?))
+            }),
         })
     }
 }

@@ -103,7 +103,8 @@ fn park_invalid(write: &mut PageWrite) {
 }
 
 /// `records`, with the contested ones replaced by reads that carry
-/// per-field change times.
+/// per-field change times (where the CRM keeps them: otherwise the merge
+/// compares the record's modified time).
 pub(crate) async fn with_change_times(
     session: &mut Session,
     deps: &Deps,
@@ -111,7 +112,7 @@ pub(crate) async fn with_change_times(
     object: CrmObject,
     records: Vec<Incoming>,
 ) -> Result<Vec<Incoming>, JobError> {
-    if records.is_empty() {
+    if records.is_empty() || !session.provider().capabilities().field_times {
         return Ok(records);
     }
     let contested = deps
@@ -130,13 +131,10 @@ pub(crate) async fn reread_with_history(
     mut records: Vec<Incoming>,
     contested: &[CrmId],
 ) -> Result<Vec<Incoming>, JobError> {
-    if contested.is_empty() {
+    if contested.is_empty() || !session.provider().capabilities().field_times {
         return Ok(records);
     }
-    let account = session.account().to_string();
-    let detailed = crate::with_auth!(session, deps, |token| deps
-        .hubspot
-        .batch_read(&account, token, object, contested, true, None))?;
+    let detailed = session.read(deps, object, contested, true, None).await?;
     let mut detailed: BTreeMap<CrmId, Incoming> = detailed
         .into_iter()
         .map(|r| (r.crm_id.clone(), r))

@@ -1,17 +1,14 @@
 //! `DeltaSync`: pulls records changed since the cursor (`SYNC_ALGORITHMS.md`
-//! §1). The window starts `overlap` before the cursor (the search index shows
-//! changes late) and ends `guard` before now; it is read ascending by modified
-//! time, and each page commits with the cursor of its last record.
-//!
-//! A search query pages through at most `search_result_cap` results. Before
-//! that, the window restarts at the last timestamp seen; if one timestamp
-//! alone fills the cap, that instant is paged by id instead and the window
-//! continues just after it. Nothing is skipped; re-read records are counted
-//! unchanged and write nothing.
+//! §1). The window starts `overlap` before the cursor (a CRM's change feed
+//! may show changes late) and ends `guard` before now; the provider's change
+//! feed reads it page by page (how — a capped search narrowed by time and
+//! id, a modified-since query, a delta token — is the adapter's), and each
+//! page commits with the cursor of its last record. Re-read records are
+//! counted unchanged and write nothing.
 
 use super::{Deps, JobError, Session};
 use crate::domain::{ConnectionId, CrmId, CrmObject, Cursor, RunId, RunKind, RunStatus, TenantId};
-use crate::providers::hubspot::ChangeQuery;
+use crate::providers::{FeedLimits, FeedPosition, FeedRead};
 use crate::store::{ConnectionRow, PageWrite};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -46,10 +43,10 @@ pub struct DeltaSyncJob {
 pub struct DeltaResume {
     /// The object being read.
     pub object: CrmObject,
-    /// The window's lower bound so far.
-    pub since: DateTime<Utc>,
-    /// The crowded instant being paged by id, and the last id read there.
-    pub instant: Option<(DateTime<Utc>, CrmId)>,
+    /// Where its change feed stands (the adapter's, opaque here; for
+    /// HubSpot `since` and `instant`, beside `object` in the job's JSON).
+    #[serde(flatten)]
+    pub position: FeedPosition,
 }
 
 impl DeltaSyncJob {
@@ -216,14 +213,20 @@ async fn pull(
             connection.id
         )));
     };
-    let account = connection.external_account_id.clone();
     let until = Utc::now() - seconds(sync.guard_secs);
-    let (mut since, mut instant) = match start {
-        Some(r) => (r.since, r.instant),
-        None => (cursor.modified_at - seconds(sync.overlap_secs), None),
+    let window_start = cursor.modified_at - seconds(sync.overlap_secs);
+    // A retry resumes its window; a new delta starts where the feed's own
+    // position stands, or (a feed read by time) `overlap` before the cursor.
+    let position = match (start, cursor.position) {
+        (Some(r), _) => r.position,
+        (None, Some(position)) => position,
+        (None, None) => session.provider().feed_since(window_start),
     };
-    let window_start = since;
-    let limit = sync.delta_page_size;
+    let limits = FeedLimits {
+        page_size: sync.delta_page_size,
+        result_cap: sync.search_result_cap,
+        until,
+    };
     // Every write of this pull: the page's records and the cursor after them.
     let page_write = |items: Vec<crate::sync::Incoming>, cursor: Option<Cursor>| PageWrite {
         tenant: connection.tenant,
@@ -245,125 +248,45 @@ async fn pull(
     // last page applied, so every job run makes progress.
     let mut resume = DeltaResume {
         object,
-        since,
-        instant: instant.clone(),
+        position: position.clone(),
     };
     progress.resume = Some(resume.clone());
-    'windows: while since <= until {
-        let query = match &instant {
-            Some((at, after_id)) => ChangeQuery::Instant {
-                at: *at,
-                after_id: after_id.clone(),
-            },
-            None => ChangeQuery::Window { since, until },
-        };
-        let mut offset: Option<String> = None;
-        let mut seen: u32 = 0;
-        loop {
-            if std::time::Instant::now() >= deadline {
-                return Ok(Progress::MoreToRead(resume));
-            }
-            let after = offset.clone();
-            let page = crate::with_auth!(session, deps, |token| deps.hubspot.search_changes(
-                &account,
-                token,
-                object,
-                &query,
-                after.as_deref(),
-                limit
-            ))?;
-            seen += u32::try_from(page.scanned).unwrap_or(u32::MAX);
-            // The feed's own position (a lead's, not its contact's time).
-            let last = page.last_position.clone();
-            let records = super::change_times::with_change_times(
-                session,
-                deps,
-                (connection.tenant, connection.id),
-                object,
-                page.records,
-            )
-            .await?;
-            let write = page_write(
-                records,
-                last.clone().map(|(modified_at, crm_id)| Cursor {
-                    modified_at,
-                    crm_id,
-                }),
-            );
-            let outcome = super::change_times::apply_checked(session, deps, write).await?;
-            crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
-            if let Some((last_at, last_id)) = &last {
-                resume = match &query {
-                    ChangeQuery::Instant { at, .. } => DeltaResume {
-                        object,
-                        since,
-                        instant: Some((*at, last_id.clone())),
-                    },
-                    // Progress within one timestamp can only be kept by id.
-                    ChangeQuery::Window { .. } if *last_at == since => DeltaResume {
-                        object,
-                        since,
-                        instant: Some((since, CrmId("0".into()))),
-                    },
-                    ChangeQuery::Window { .. } => DeltaResume {
-                        object,
-                        since: *last_at,
-                        instant: None,
-                    },
-                };
-                progress.resume = Some(resume.clone());
-                progress.pages_applied += 1;
-            }
-            let Some((last_at, last_id)) = last else {
-                if let ChangeQuery::Instant { at, .. } = &query {
-                    since = *at + chrono::Duration::milliseconds(1);
-                    instant = None;
-                    continue 'windows;
-                }
-                break 'windows;
-            };
-            match (&page.next, &query) {
-                (None, ChangeQuery::Instant { at, .. }) => {
-                    // The crowded instant is done; go on just after it.
-                    since = *at + chrono::Duration::milliseconds(1);
-                    instant = None;
-                    continue 'windows;
-                }
-                (None, ChangeQuery::Window { .. }) => break 'windows,
-                (Some(next), _) if seen + limit <= sync.search_result_cap => {
-                    offset = Some(next.clone())
-                }
-                (Some(_), ChangeQuery::Instant { at, .. }) => {
-                    instant = Some((*at, last_id));
-                    continue 'windows;
-                }
-                (Some(_), ChangeQuery::Window { .. }) => {
-                    if last_at == since {
-                        // One timestamp fills the whole cap: page it by id,
-                        // from the start (ties need not have come in id order).
-                        instant = Some((last_at, CrmId("0".into())));
-                    } else {
-                        since = last_at;
-                    }
-                    continue 'windows;
-                }
-            }
+    let mut read = session
+        .provider()
+        .open_feed(&position, until)
+        .map_err(JobError::from)?;
+    while let Some(at) = read {
+        if std::time::Instant::now() >= deadline {
+            return Ok(Progress::MoreToRead(resume));
         }
+        let page = session.change_page(deps, object, &at, limits).await?;
+        let records = super::change_times::with_change_times(
+            session,
+            deps,
+            (connection.tenant, connection.id),
+            object,
+            page.records,
+        )
+        .await?;
+        let outcome =
+            super::change_times::apply_checked(session, deps, page_write(records, page.cursor))
+                .await?;
+        crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
+        if let Some(position) = page.resume {
+            resume = DeltaResume { object, position };
+            progress.resume = Some(resume.clone());
+            progress.pages_applied += 1;
+        }
+        read = page.next;
     }
-    if object == CrmObject::Leads {
-        leads_of_changed_contacts(deps, session, &page_write, window_start, until).await?;
+    if let Some(persons) = session.provider().capabilities().person_of(object) {
+        leads_of_changed_persons(deps, session, persons, &page_write, window_start, limits).await?;
     }
     // The whole window up to `until` has been read: the cursor may stand at
     // its end (records that show up late there are re-read by the overlap),
     // so the lag reported is the sync's real delay, not the age of the last
     // change.
-    let end = page_write(
-        Vec::new(),
-        Some(Cursor {
-            modified_at: until,
-            crm_id: CrmId("0".into()),
-        }),
-    );
+    let end = page_write(Vec::new(), Some(Cursor::at(until, CrmId("0".into()))));
     super::change_times::apply_checked(session, deps, end).await?;
     Ok(Progress::Caught)
 }
@@ -372,68 +295,45 @@ fn seconds(s: u64) -> chrono::Duration {
     chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
 }
 
-/// A HubSpot lead's person lives on its contact, and a contact's edit leaves
-/// the lead's modified time alone, so the leads feed cannot show it: after
-/// the feed, the contacts changed in the same window are searched and their
-/// leads read again (with their contacts) and applied like any page — the
-/// unchanged ones write nothing. A window with more changed contacts than
-/// one search can page restarts at the last time seen.
-async fn leads_of_changed_contacts(
+/// A lead whose person lives on another object (HubSpot Leads → Contacts)
+/// does not change its modified time when its person is edited, so the
+/// leads feed cannot show that edit: after the feed, the persons changed in
+/// the same window are read through their own feed and their leads read
+/// again (with their persons) and applied like any page — the unchanged
+/// ones write nothing. No cursor moves: the window is the leads'.
+async fn leads_of_changed_persons(
     deps: &Deps,
     session: &mut Session,
+    persons: CrmObject,
     page_write: &impl Fn(Vec<crate::sync::Incoming>, Option<Cursor>) -> PageWrite,
-    mut since: DateTime<Utc>,
-    until: DateTime<Utc>,
+    since: DateTime<Utc>,
+    limits: FeedLimits,
 ) -> Result<(), JobError> {
-    let sync = &deps.settings.sync;
-    let limit = sync.delta_page_size;
-    let account = session.account().to_string();
-    loop {
-        let query = ChangeQuery::Window { since, until };
-        let mut offset: Option<String> = None;
-        let mut seen: u32 = 0;
-        let mut last_at = None;
-        loop {
-            let after = offset.clone();
-            let page = crate::with_auth!(session, deps, |token| deps.hubspot.search_changes(
-                &account,
-                token,
-                CrmObject::Contacts,
-                &query,
-                after.as_deref(),
-                limit
-            ))?;
-            seen += u32::try_from(page.scanned).unwrap_or(u32::MAX);
-            let contacts: Vec<CrmId> = page.records.iter().map(|r| r.crm_id.clone()).collect();
-            if !contacts.is_empty() {
-                let records = crate::with_auth!(session, deps, |token| deps
-                    .hubspot
-                    .read_leads_of_contacts(&account, token, &contacts, false, None))?;
-                let mut write = page_write(Vec::new(), None);
-                write.items = super::change_times::with_change_times(
-                    session,
-                    deps,
-                    (write.tenant, write.connection),
-                    CrmObject::Leads,
-                    records,
-                )
+    let position = session.provider().feed_since(since);
+    let mut read: Option<FeedRead> = session
+        .provider()
+        .open_feed(&position, limits.until)
+        .map_err(JobError::from)?;
+    while let Some(at) = read {
+        let page = session.change_page(deps, persons, &at, limits).await?;
+        let changed: Vec<CrmId> = page.records.iter().map(|r| r.crm_id.clone()).collect();
+        if !changed.is_empty() {
+            let records = session
+                .read_leads_of_persons(deps, &changed, false, None)
                 .await?;
-                let outcome = super::change_times::apply_checked(session, deps, write).await?;
-                crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
-            }
-            last_at = page.last_position.map(|(at, _)| at).or(last_at);
-            match page.next {
-                None => return Ok(()),
-                Some(next) if seen + limit <= sync.search_result_cap => offset = Some(next),
-                Some(_) => break,
-            }
+            let mut write = page_write(Vec::new(), None);
+            write.items = super::change_times::with_change_times(
+                session,
+                deps,
+                (write.tenant, write.connection),
+                write.object,
+                records,
+            )
+            .await?;
+            let outcome = super::change_times::apply_checked(session, deps, write).await?;
+            crate::telemetry::record_page("delta_sync", outcome.as_ref().map(|o| o.counts));
         }
-        match last_at {
-            Some(at) if at > since => since = at,
-            _ => {
-                tracing::warn!(%since, "more changed contacts at one instant than a search can page: run `crmsync sync CONNECTION --full` to bring their leads");
-                return Ok(());
-            }
-        }
+        read = page.next;
     }
+    Ok(())
 }

@@ -186,24 +186,19 @@ async fn sweep_object(
             connection.id
         )));
     };
-    let account = session.account().to_string();
     let page_size = deps.settings.sync.full_page_size;
     let share = deps.settings.sync.detect_conflicts_budget_share;
     // Free slots only: webhook follow-ups, pushes and deltas go first.
-    let hubspot = deps.hubspot.background();
-    let requests = crate::providers::hubspot::HubspotClient::list_page_requests(object, page_size);
+    session.in_background();
+    let requests = session.provider().list_page_requests(object, page_size);
     loop {
         // On top of background priority, the sweep's own pace: at most
         // `share` of the account's rate, whatever else is idle.
-        deps.hubspot.pace_share(&account, share, requests).await?;
+        session.pace_share(share, requests).await?;
         let after = checkpoint.page_token.clone();
-        let page = crate::with_auth!(session, deps, |token| hubspot.list_page(
-            &account,
-            token,
-            object,
-            after.as_deref(),
-            page_size
-        ))?;
+        let page = session
+            .list_page(deps, object, after.as_deref(), page_size)
+            .await?;
         // Every record listed counts as seen, mapped or not (a lead without
         // a live contact is still there).
         let seen: Vec<CrmId> = page.listed;

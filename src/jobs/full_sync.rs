@@ -94,18 +94,13 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
     let strategy = connection.settings.strategy;
     let provider = connection.provider;
     let mut session = Session::open(deps, connection).await?;
-    let account = session.account().to_string();
     let page_size = deps.settings.sync.full_page_size;
     let after = run.page_token.clone();
     // Pages take only free budget slots: webhook follow-ups and pushes first.
-    let hubspot = deps.hubspot.background();
-    let page = crate::with_auth!(session, deps, |token| hubspot.list_page(
-        &account,
-        token,
-        job.object,
-        after.as_deref(),
-        page_size
-    ))?;
+    session.in_background();
+    let page = session
+        .list_page(deps, job.object, after.as_deref(), page_size)
+        .await?;
     let finishes = page.next.is_none();
     let records = super::change_times::with_change_times(
         &mut session,

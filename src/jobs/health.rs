@@ -23,14 +23,12 @@ pub async fn check(
     let outcome = async {
         let mut session = Session::open(deps, connection).await?;
         let account = session.account().to_string();
-        let portal = crate::with_auth!(session, deps, |token| deps
-            .hubspot
-            .check_account(&account, token))?;
-        if portal.to_string() == account {
+        let found = session.identify(deps).await?;
+        if found == account {
             Ok(())
         } else {
             Err(JobError::Permanent(format!(
-                "the token belongs to portal {portal}, not {account}"
+                "the token belongs to account {found}, not {account}"
             )))
         }
     }

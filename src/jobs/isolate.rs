@@ -9,7 +9,7 @@
 //! is refused" is the CRM's, and [`is_refusal`] names them.
 
 use super::{Deps, JobError, Session};
-use crate::providers::ProviderError;
+use crate::providers::{Provider, ProviderError};
 use secrecy::SecretString;
 use std::future::Future;
 
@@ -36,8 +36,9 @@ pub(crate) fn is_refusal(error: &ProviderError) -> Option<&str> {
     }
 }
 
-/// Sends `inputs` through `call` (one CRM call per batch), isolating the
-/// inputs the CRM refuses by splitting refused batches in halves.
+/// Sends `inputs` through `call` (one CRM call per batch, given the
+/// provider, the account and a token), isolating the inputs the CRM refuses
+/// by splitting refused batches in halves.
 pub(crate) async fn isolating<T, R, F, Fut>(
     session: &mut Session,
     deps: &Deps,
@@ -46,7 +47,7 @@ pub(crate) async fn isolating<T, R, F, Fut>(
 ) -> Result<Isolated<T, R>, JobError>
 where
     T: Clone,
-    F: Fn(SecretString, Vec<T>) -> Fut,
+    F: Fn(Provider, String, SecretString, Vec<T>) -> Fut,
     Fut: Future<Output = Result<Vec<R>, ProviderError>>,
 {
     let mut out = Isolated {
@@ -59,10 +60,14 @@ where
         if batch.is_empty() {
             continue;
         }
-        let attempt = crate::with_auth!(session, deps, |token| refusal_as_value(call(
-            token.clone(),
-            batch.clone()
-        )))?;
+        let attempt = super::crm::authed!(session, deps, |provider, account, token| {
+            refusal_as_value(call(
+                provider.clone(),
+                account.to_string(),
+                token.clone(),
+                batch.clone(),
+            ))
+        })?;
         match attempt {
             Ok(results) => out.written.extend(results),
             Err(reason) if batch.len() == 1 => {

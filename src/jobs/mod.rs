@@ -4,6 +4,7 @@
 
 mod change_times;
 pub mod cleanup_logs;
+mod crm;
 pub mod delta_sync;
 pub mod detect_conflicts;
 pub mod full_sync;
@@ -30,8 +31,7 @@ pub use retry_failed::RetryFailedJob;
 pub use session::Session;
 
 use crate::config::Settings;
-use crate::providers::ProviderError;
-use crate::providers::hubspot::HubspotClient;
+use crate::providers::{ProviderError, Providers};
 use crate::queue::{Queue, QueueError};
 use crate::store::{Store, StoreError};
 use std::sync::Arc;
@@ -182,8 +182,8 @@ impl From<QueueError> for JobError {
 pub struct Deps {
     /// State.
     pub store: Store,
-    /// HubSpot API.
-    pub hubspot: HubspotClient,
+    /// The CRM adapters.
+    pub providers: Providers,
     /// Where follow-up jobs go.
     pub queue: Queue,
     /// Settings in effect.

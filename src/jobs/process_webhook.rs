@@ -8,15 +8,9 @@
 
 use super::{Deps, JobError, Session};
 use crate::domain::{ConnectionId, CrmId, CrmObject, RunKind, RunStatus, TenantId};
-use crate::providers::hubspot::webhook::Coalesced;
 use crate::store::PageWrite;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-
-/// HubSpot's batch read takes at most 100 ids…
-const BATCH: usize = 100;
-/// …and 50 with property history.
-const HISTORY_BATCH: usize = 50;
 
 /// The coalesced meaning of one webhook delivery for one connection and object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,39 +49,6 @@ pub struct ProcessWebhookJob {
 }
 
 impl ProcessWebhookJob {
-    /// Builds the job for one connection from coalesced events.
-    pub fn from_coalesced(
-        tenant: TenantId,
-        connection: ConnectionId,
-        object: CrmObject,
-        coalesced: &Coalesced,
-        delivery: String,
-    ) -> Self {
-        let ids = |set: &BTreeSet<u64>| set.iter().map(|id| CrmId(id.to_string())).collect();
-        Self {
-            tenant,
-            connection,
-            object,
-            changed: ids(&coalesced.changed),
-            deleted: ids(&coalesced.deleted),
-            erased: ids(&coalesced.erased),
-            merged: coalesced
-                .merged_into
-                .iter()
-                .map(|(from, to)| (CrmId(from.to_string()), CrmId(to.to_string())))
-                .collect(),
-            echoed: coalesced
-                .echoed
-                .iter()
-                .map(|(id, at)| (CrmId(id.to_string()), *at))
-                .collect(),
-            delivery,
-            attempt: 0,
-            redrives: 0,
-            traceparent: None,
-        }
-    }
-
     /// A job that only reads records waiting in the set (`queue::pending`).
     pub fn waiting_records(tenant: TenantId, connection: ConnectionId, object: CrmObject) -> Self {
         Self {
@@ -124,11 +85,13 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         .await?;
     let connection = deps.store.connection(job.tenant, job.connection).await?;
     let direct = connection.settings.kind_of(job.object);
-    // A HubSpot lead's person lives on its contact: where leads are synced,
-    // a contact's change is a change of its leads.
-    let via_contacts = (job.object == CrmObject::Contacts)
-        .then(|| connection.settings.kind_of(CrmObject::Leads))
-        .flatten();
+    let capabilities = deps.providers.get(connection.provider).capabilities();
+    // A lead whose person lives on another object (HubSpot's on its
+    // contact): where leads are synced, a person's change is a change of
+    // its leads.
+    let leads_object = capabilities.leads_with_person_on(job.object);
+    let via_contacts =
+        leads_object.and_then(|leads| Some((leads, connection.settings.kind_of(leads)?)));
     if direct.is_none() && via_contacts.is_none() {
         // Events for an object this connection does not sync: nothing to do.
         return Ok(());
@@ -141,7 +104,6 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     let with_history = strategy == crate::sync::ConflictStrategy::NewestWins;
     let provider = connection.provider;
     let mut session = Session::open(deps, connection).await?;
-    let account = session.account().to_string();
     let store = &deps.store;
     let direct_events: &[(CrmId, CrmId)] = if direct.is_some() { &job.merged } else { &[] };
     for (from, to) in direct_events {
@@ -149,10 +111,10 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
             .remap_link(job.tenant, job.connection, job.object, from, to)
             .await?;
     }
-    if via_contacts.is_some() {
-        // A contact erased for privacy was the person of its leads.
+    if let Some((leads, _)) = via_contacts {
+        // A person erased for privacy was the person of its leads.
         store
-            .erase_records_of_persons(job.tenant, job.connection, CrmObject::Leads, &job.erased)
+            .erase_records_of_persons(job.tenant, job.connection, leads, &job.erased)
             .await?;
     }
     if direct.is_some() {
@@ -181,7 +143,11 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     // A claim is what one call reads: a job reads its claim in one call at
     // its budget slot and releases it well before the next slot, so jobs
     // waiting for later slots do not claim (and read) the same records.
-    let cap = if with_history { HISTORY_BATCH } else { BATCH };
+    let cap = if with_history {
+        capabilities.history_batch_size
+    } else {
+        capabilities.batch_size
+    };
     let waiting = deps
         .queue
         .claim_pending(job.connection, job.object, &job.changed, cap)
@@ -191,7 +157,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
     }
     // Wait for the budget first, then claim what is waiting *now*: changes
     // that arrived meanwhile ride along instead of costing a call each.
-    let mut reserved = Some(deps.hubspot.reserve_read(&account).await?);
+    let mut reserved = Some(session.reserve_read().await?);
     let mut claim = deps
         .queue
         .claim_pending(job.connection, job.object, &job.changed, cap)
@@ -214,7 +180,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         .await?;
     let mut pushes = 0;
     let outcome = async {
-        if let Some(kind) = via_contacts {
+        if let Some((leads, kind)) = via_contacts {
             let changed: Vec<CrmId> = claim
                 .ids
                 .iter()
@@ -233,6 +199,7 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
                 deps,
                 &mut session,
                 LeadsWrite {
+                    object: leads,
                     kind,
                     run: run.id,
                     with_history,
@@ -246,15 +213,10 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
         let Some(kind) = direct else {
             return Ok(());
         };
-        for ids in claim.ids.chunks(BATCH) {
-            let records = crate::with_auth!(session, deps, |token| deps.hubspot.batch_read(
-                &account,
-                token,
-                job.object,
-                ids,
-                with_history,
-                reserved.take()
-            ))?;
+        for ids in claim.ids.chunks(capabilities.batch_size) {
+            let records = session
+                .read(deps, job.object, ids, with_history, reserved.take())
+                .await?;
             let records = if with_history {
                 records
             } else {
@@ -343,6 +305,8 @@ pub async fn run(job: &ProcessWebhookJob, deps: &Deps) -> Result<(), JobError> {
 
 /// How the leads a contact change touches are written.
 struct LeadsWrite {
+    /// The leads object.
+    object: CrmObject,
     kind: crate::domain::RecordKind,
     run: crate::domain::RunId,
     with_history: bool,
@@ -357,19 +321,14 @@ async fn leads_of_changed_contacts(
     session: &mut Session,
     write: LeadsWrite,
     contacts: &[CrmId],
-    mut reserved: Option<crate::providers::hubspot::ReservedRead>,
+    reserved: Option<crate::providers::ReservedRead>,
 ) -> Result<i64, JobError> {
     if contacts.is_empty() {
         return Ok(0);
     }
-    let account = session.account().to_string();
-    let records = crate::with_auth!(session, deps, |token| deps.hubspot.read_leads_of_contacts(
-        &account,
-        token,
-        contacts,
-        write.with_history,
-        reserved.take()
-    ))?;
+    let records = session
+        .read_leads_of_persons(deps, contacts, write.with_history, reserved)
+        .await?;
     let records = if write.with_history {
         records
     } else {
@@ -377,7 +336,7 @@ async fn leads_of_changed_contacts(
             session,
             deps,
             (job.tenant, job.connection),
-            CrmObject::Leads,
+            write.object,
             records,
         )
         .await?
@@ -386,7 +345,7 @@ async fn leads_of_changed_contacts(
         tenant: job.tenant,
         connection: job.connection,
         provider: session.connection.provider,
-        object: CrmObject::Leads,
+        object: write.object,
         kind: write.kind,
         strategy: write.strategy,
         items: records,

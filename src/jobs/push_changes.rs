@@ -24,14 +24,11 @@ use crate::domain::{
     CanonicalField, ConnectionId, CrmId, CrmObject, RecordFields, RecordId, RecordKind, RunKind,
     RunStatus, TenantId,
 };
-use crate::providers::hubspot::{Update, Upserted, mapping};
+use crate::providers::{Update, Upserted};
 use crate::store::{PageWrite, PushTarget, PushedRecord, RefusedPush, RefusedRecord};
 use crate::sync::ConflictStrategy;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// HubSpot's batch endpoints take at most 100 records.
-const BATCH: i64 = 100;
 
 /// Push a connection's pending platform changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +167,11 @@ struct Pending {
 }
 
 impl Push<'_> {
+    /// Outbox rows per batch: what one of the CRM's batch writes takes.
+    fn batch_size(&self) -> i64 {
+        i64::try_from(self.session.provider().capabilities().batch_size).unwrap_or(100)
+    }
+
     /// Archives the CRM records of platform deletes.
     async fn deletes(
         &mut self,
@@ -177,21 +179,19 @@ impl Push<'_> {
         deadline: std::time::Instant,
     ) -> Result<usize, JobError> {
         let (job, deps) = (self.job, self.deps);
-        let account = self.session.account().to_string();
+        let batch = self.batch_size();
         let mut archived = 0;
         loop {
             let pending = deps
                 .store
-                .pending_deletes(job.tenant, job.connection, object, BATCH)
+                .pending_deletes(job.tenant, job.connection, object, batch)
                 .await?;
             if pending.is_empty() || std::time::Instant::now() >= deadline {
                 return Ok(archived);
             }
             let ids: Vec<CrmId> = pending.iter().filter_map(|d| d.crm_id.clone()).collect();
             if !ids.is_empty() {
-                crate::with_auth!(self.session, deps, |token| deps
-                    .hubspot
-                    .batch_archive(&account, token, object, &ids))?;
+                self.session.archive(deps, object, &ids).await?;
             }
             deps.store
                 .complete_deletes(job.tenant, job.connection, object, &pending)
@@ -209,30 +209,28 @@ impl Push<'_> {
         deadline: std::time::Instant,
     ) -> Result<usize, JobError> {
         let (job, deps) = (self.job, self.deps);
-        let account = self.session.account().to_string();
+        let batch = self.batch_size();
         let mut written = 0;
         loop {
             let pending = deps
                 .store
-                .pending_pushes(job.tenant, job.connection, object, BATCH)
+                .pending_pushes(job.tenant, job.connection, object, batch)
                 .await?;
             if pending.is_empty() || std::time::Instant::now() >= deadline {
                 return Ok(written);
             }
             if self.ensured.insert(object) {
-                crate::with_auth!(self.session, deps, |token| deps
-                    .hubspot
-                    .ensure_properties(&account, token, object))?;
+                self.session.ensure_fields(deps, object).await?;
             }
             // Linked records are read first. Wait for that read's budget
             // slot, then take what is pending *now*: changes made while the
             // budget paced us ride in this cycle instead of waiting a whole
             // cycle (at 200 changes/s that is ~90 ms of every change's wait).
             let (pending, reserved) = if pending.iter().any(|p| p.crm_id.is_some()) {
-                let reserved = deps.hubspot.reserve_read(&account).await?;
+                let reserved = self.session.reserve_read().await?;
                 let fresh = deps
                     .store
-                    .pending_pushes(job.tenant, job.connection, object, BATCH)
+                    .pending_pushes(job.tenant, job.connection, object, batch)
                     .await?;
                 (fresh, Some(reserved))
             } else {
@@ -311,7 +309,7 @@ impl Push<'_> {
             deps.store
                 .complete_pushes(job.tenant, job.connection, object, &pushed)
                 .await?;
-            metrics::counter!("crmsync_pushed_records_total", "provider" => "hubspot")
+            metrics::counter!("crmsync_pushed_records_total", "provider" => self.provider.as_str())
                 .increment(pushed.len() as u64);
         }
     }
@@ -324,7 +322,7 @@ impl Push<'_> {
         kind: RecordKind,
         run: crate::domain::RunId,
         by_record: &BTreeMap<RecordId, Pending>,
-        mut reserved: Option<crate::providers::hubspot::ReservedRead>,
+        reserved: Option<crate::providers::ReservedRead>,
     ) -> Result<(Vec<PushTarget>, Vec<RefusedRecord>), JobError> {
         let (job, deps) = (self.job, self.deps);
         let linked: Vec<CrmId> = by_record
@@ -334,15 +332,10 @@ impl Push<'_> {
         if linked.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let account = self.session.account().to_string();
-        let mut current = crate::with_auth!(self.session, deps, |token| deps.hubspot.batch_read(
-            &account,
-            token,
-            object,
-            &linked,
-            false,
-            reserved.take()
-        ))?;
+        let mut current = self
+            .session
+            .read(deps, object, &linked, false, reserved)
+            .await?;
         // Where both sides changed a field differently, the merge needs
         // property history (`change_times`): those few are read again (50
         // per call), the rest cost one call per 100.
@@ -412,7 +405,7 @@ impl Push<'_> {
         targets: &[PushTarget],
     ) -> Result<(Vec<PushedRecord>, Vec<RefusedPush>), JobError> {
         let deps = self.deps;
-        let account = self.session.account().to_string();
+        let provider = self.session.provider().clone();
         let mut pushed = Vec::new();
         let mut refused = Vec::new();
         let mut updated_at = BTreeMap::new();
@@ -422,7 +415,7 @@ impl Push<'_> {
             .map(|t| Update {
                 crm_id: t.crm_id.clone(),
                 person: t.person_crm_id.clone(),
-                properties: mapping::patch_properties(object, &t.current, &t.target),
+                properties: provider.values_to_patch(object, &t.current, &t.target),
             })
             .filter(|u| !u.properties.is_empty())
             .collect();
@@ -439,16 +432,15 @@ impl Push<'_> {
                     chrono::Utc::now() + chrono::Duration::seconds(60),
                 )
                 .await?;
-            let isolated =
-                super::isolate::isolating(&mut self.session, deps, updates, |token, batch| {
-                    let account = &account;
-                    async move {
-                        deps.hubspot
-                            .batch_update(account, &token, object, &batch)
-                            .await
-                    }
-                })
-                .await?;
+            let isolated = super::isolate::isolating(
+                &mut self.session,
+                deps,
+                updates,
+                |provider, account, token, batch| async move {
+                    provider.update(&account, &token, object, &batch).await
+                },
+            )
+            .await?;
             updated_at = isolated.written.into_iter().collect();
             for (update, reason) in isolated.refused {
                 if let Some(t) = targets.iter().find(|t| t.crm_id == update.crm_id)
@@ -474,8 +466,8 @@ impl Push<'_> {
                 outbox_ids: pending.outbox_ids.clone(),
                 record: t.record,
                 crm_id: t.crm_id.clone(),
-                pushed: mapping::round_trip(object, &t.target),
-                base: base_after_push(object, t),
+                pushed: provider.round_trip(object, &t.target),
+                base: base_after_push(&provider.round_trip(object, &t.target), t),
                 written: written_fields(t),
                 crm_modified_at: updated_at.get(&t.crm_id).copied(),
                 version: t.version,
@@ -486,25 +478,25 @@ impl Push<'_> {
             .iter()
             .filter(|(_, p)| p.crm_id.is_none())
             .map(|(record, p)| {
-                let mut properties = mapping::to_properties(object, &p.fields);
-                properties.insert(mapping::SOURCE_SYSTEM_PROPERTY.into(), "platform".into());
-                (record.to_string(), properties)
+                (
+                    record.to_string(),
+                    provider.values_to_create(object, &p.fields),
+                )
             })
             .collect();
         if upserts.is_empty() {
             return Ok((pushed, refused));
         }
         let upserting = upserts.len();
-        let isolated =
-            super::isolate::isolating(&mut self.session, deps, upserts, |token, batch| {
-                let account = &account;
-                async move {
-                    deps.hubspot
-                        .batch_upsert(account, &token, object, &batch)
-                        .await
-                }
-            })
-            .await?;
+        let isolated = super::isolate::isolating(
+            &mut self.session,
+            deps,
+            upserts,
+            |provider, account, token, batch| async move {
+                provider.upsert(&account, &token, object, &batch).await
+            },
+        )
+        .await?;
         for ((ours, _), reason) in &isolated.refused {
             let Some((record, p)) = by_record.iter().find(|(r, _)| r.to_string() == *ours) else {
                 continue;
@@ -525,7 +517,7 @@ impl Push<'_> {
             let Some(upserted) = crm_ids.get(&record.to_string()) else {
                 continue;
             };
-            let written = mapping::round_trip(object, &p.fields);
+            let written = provider.round_trip(object, &p.fields);
             pushed.push(PushedRecord {
                 outbox_ids: p.outbox_ids.clone(),
                 record: *record,
@@ -548,12 +540,12 @@ impl Push<'_> {
     }
 }
 
-/// The link's base after a push: the fields written take what was written;
-/// the others keep the merge's base — what the CRM held, or, for a field
-/// held in a `manual` conflict, the base it had (so the conflict is still
-/// seen as one until an operator resolves it).
-fn base_after_push(object: CrmObject, t: &PushTarget) -> RecordFields {
-    let written = mapping::round_trip(object, &t.target);
+/// The link's base after a push: the fields written take what was written
+/// (`written`: the target as the CRM reads it back); the others keep the
+/// merge's base — what the CRM held, or, for a field held in a `manual`
+/// conflict, the base it had (so the conflict is still seen as one until an
+/// operator resolves it).
+fn base_after_push(written: &RecordFields, t: &PushTarget) -> RecordFields {
     let mut base = t.base.clone();
     for field in written_fields(t) {
         base.set(field, written.get(field).unwrap_or(""));
@@ -598,25 +590,21 @@ mod tests {
         // The merge's base is what the CRM held; the push writes the
         // platform's company: from now on that is what both sides share, so
         // a later platform edit of it is a platform change, not a conflict.
-        let pushed = base_after_push(
-            CrmObject::Contacts,
-            &target(
-                fields("Old", "CTO"),
-                fields("New", "CTO"),
-                fields("Old", "CTO"),
-            ),
+        let t = target(
+            fields("Old", "CTO"),
+            fields("New", "CTO"),
+            fields("Old", "CTO"),
         );
+        let pushed = base_after_push(&t.target, &t);
         assert_eq!(pushed, fields("New", "CTO"));
         // A field held in a `manual` conflict is not written and keeps the
         // base it had.
-        let held = base_after_push(
-            CrmObject::Contacts,
-            &target(
-                fields("Crm", "CTO"),
-                fields("Crm", "CTO"),
-                fields("Base", "CTO"),
-            ),
+        let t = target(
+            fields("Crm", "CTO"),
+            fields("Crm", "CTO"),
+            fields("Base", "CTO"),
         );
+        let held = base_after_push(&t.target, &t);
         assert_eq!(held.get(CanonicalField::Company), Some("Base"));
     }
 
@@ -633,8 +621,8 @@ mod tests {
             outbox_ids: Vec::new(),
             record: t.record,
             crm_id: t.crm_id.clone(),
-            pushed: mapping::round_trip(CrmObject::Contacts, &t.target),
-            base: base_after_push(CrmObject::Contacts, &t),
+            pushed: t.target.clone(),
+            base: base_after_push(&t.target, &t),
             written: written_fields(&t),
             crm_modified_at: None,
             version: 1,

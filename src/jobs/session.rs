@@ -8,8 +8,8 @@
 //! new token. So 50 jobs finding the token expired make one refresh call.
 
 use super::{Deps, JobError};
-use crate::domain::{ConnectionStatus, ProviderKind};
-use crate::providers::ProviderError;
+use crate::domain::ConnectionStatus;
+use crate::providers::{Provider, ProviderError};
 use crate::store::{ConnectionRow, Credentials};
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
@@ -28,6 +28,8 @@ pub struct Session {
     /// The connection.
     pub connection: ConnectionRow,
     token: SecretString,
+    /// The connection's CRM (see `jobs::crm` for the calls).
+    pub(super) provider: Provider,
 }
 
 impl Session {
@@ -36,24 +38,25 @@ impl Session {
         if connection.status != ConnectionStatus::Active {
             return Err(not_active(&connection));
         }
-        let token = match deps.store.credentials(&connection)? {
-            Credentials::PrivateAppToken { token } => token,
-            Credentials::OAuth {
-                access_token,
-                expires_at,
-                ..
-            } => {
-                if expires_at - REFRESH_MARGIN <= Utc::now() {
-                    refresh(deps, &connection, None).await?
-                } else {
-                    access_token
-                }
+        let credentials = deps.store.credentials(&connection)?;
+        let token = match (credentials.bearer(), credentials.expires_at()) {
+            (Some(token), None) => token.clone(),
+            (Some(token), Some(expires_at)) if expires_at - REFRESH_MARGIN > Utc::now() => {
+                token.clone()
             }
+            // Expired, about to, or never minted.
+            _ => refresh(deps, &connection, None).await?,
         };
-        Ok(Self { connection, token })
+        let provider = deps.providers.get(connection.provider);
+        Ok(Self {
+            connection,
+            token,
+            provider,
+        })
     }
 
-    /// The CRM account id (HubSpot portal id), which keys the rate budgets.
+    /// The CRM account id (a HubSpot portal id, say), which keys the rate
+    /// budgets.
     pub fn account(&self) -> &str {
         &self.connection.external_account_id
     }
@@ -68,11 +71,11 @@ impl Session {
     /// `needs_reauth` and returns the final error.
     pub async fn reauthorize(&mut self, deps: &Deps, refused: String) -> Result<(), JobError> {
         match deps.store.credentials(&self.connection)? {
-            Credentials::OAuth { .. } => {
+            Credentials::OAuth { .. } | Credentials::ClientCredentials { .. } => {
                 self.token = refresh(deps, &self.connection, Some(&self.token)).await?;
                 Ok(())
             }
-            Credentials::PrivateAppToken { .. } => {
+            Credentials::PrivateAppToken { .. } | Credentials::ApiToken { .. } => {
                 Err(needs_reauth(deps, &self.connection, &refused).await)
             }
         }
@@ -92,29 +95,6 @@ impl Session {
             other => Ok(other?),
         }
     }
-}
-
-/// Calls a provider with the session's token; on a 401 refreshes once and
-/// calls again (a macro, not a closure, so the futures stay plainly `Send`).
-#[macro_export]
-macro_rules! with_auth {
-    ($session:expr, $deps:expr, |$token:ident| $call:expr) => {{
-        let first = {
-            let $token = $session.token();
-            $call.await
-        };
-        match first {
-            Err($crate::providers::ProviderError::Unauthorized(refused)) => {
-                $session.reauthorize($deps, refused).await?;
-                let retried = {
-                    let $token = $session.token();
-                    $call.await
-                };
-                $session.after_retry($deps, retried).await
-            }
-            other => other.map_err($crate::jobs::JobError::from),
-        }
-    }};
 }
 
 /// Nothing runs for a connection that is not active: why, for the run.
@@ -182,15 +162,13 @@ async fn stored_fresh_token(
     if row.status != ConnectionStatus::Active {
         return Err(not_active(&row));
     }
-    Ok(match deps.store.credentials(&row)? {
-        Credentials::OAuth {
-            access_token,
-            expires_at,
-            ..
-        } if expires_at - REFRESH_MARGIN > Utc::now()
-            && refused.is_none_or(|r| r.expose_secret() != access_token.expose_secret()) =>
+    let credentials = deps.store.credentials(&row)?;
+    Ok(match (credentials.bearer(), credentials.expires_at()) {
+        (Some(token), Some(expires_at))
+            if expires_at - REFRESH_MARGIN > Utc::now()
+                && refused.is_none_or(|r| r.expose_secret() != token.expose_secret()) =>
         {
-            Some(access_token)
+            Some(token.clone())
         }
         _ => None,
     })
@@ -203,24 +181,46 @@ async fn refresh_now(deps: &Deps, connection: &ConnectionRow) -> Result<SecretSt
         .store
         .connection(connection.tenant, connection.id)
         .await?;
-    let Credentials::OAuth { refresh_token, .. } = deps.store.credentials(&row)? else {
-        return Err(JobError::Permanent(format!(
-            "connection {} has no OAuth refresh token",
-            connection.id
-        )));
-    };
-    let refresh_token = &refresh_token;
-    let fresh = match connection.provider {
-        ProviderKind::Hubspot => deps.hubspot.refresh(refresh_token).await,
+    let provider = deps.providers.get(connection.provider);
+    let stored = deps.store.credentials(&row)?;
+    let fresh = match &stored {
+        Credentials::OAuth { refresh_token, .. } => provider.refresh(refresh_token).await,
+        Credentials::ClientCredentials {
+            client_id,
+            client_secret,
+            ..
+        } => {
+            provider
+                .mint(row.instance_url.as_deref(), client_id, client_secret)
+                .await
+        }
+        Credentials::PrivateAppToken { .. } | Credentials::ApiToken { .. } => {
+            return Err(JobError::Permanent(format!(
+                "connection {} has a token that cannot be refreshed",
+                connection.id
+            )));
+        }
     };
     match fresh {
         Ok(tokens) => {
             let expires_at =
                 Utc::now() + chrono::Duration::from_std(tokens.expires_in).unwrap_or_default();
-            let credentials = Credentials::OAuth {
-                access_token: tokens.access_token.clone(),
-                refresh_token: tokens.refresh_token,
-                expires_at,
+            let credentials = match stored {
+                Credentials::ClientCredentials {
+                    client_id,
+                    client_secret,
+                    ..
+                } => Credentials::ClientCredentials {
+                    client_id,
+                    client_secret,
+                    access_token: Some(tokens.access_token.clone()),
+                    expires_at: Some(expires_at),
+                },
+                _ => Credentials::OAuth {
+                    access_token: tokens.access_token.clone(),
+                    refresh_token: tokens.refresh_token,
+                    expires_at,
+                },
             };
             deps.store
                 .update_credentials(connection, &credentials)

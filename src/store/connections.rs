@@ -5,6 +5,7 @@ use super::{Db, Store, StoreError, on_db};
 use crate::domain::validate::DELTA_INTERVAL_SECS;
 use crate::domain::{
     ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordKind, TenantId,
+    WebhookCredentialKind,
 };
 use crate::sync::ConflictStrategy;
 use chrono::{DateTime, Utc};
@@ -34,10 +35,64 @@ pub enum Credentials {
         /// When the access token expires.
         expires_at: DateTime<Utc>,
     },
+    /// An API token sent as is (Pipedrive's `x-api-token`): no expiry, no
+    /// refresh.
+    ApiToken {
+        /// The token.
+        #[serde(serialize_with = "expose")]
+        token: SecretString,
+    },
+    /// Server-to-server client credentials (Dynamics against the
+    /// customer's Entra tenant): no refresh token; a new access token is
+    /// minted when the last one expires.
+    ClientCredentials {
+        /// The application (client) id.
+        client_id: String,
+        /// The client secret.
+        #[serde(serialize_with = "expose")]
+        client_secret: SecretString,
+        /// The last token minted, if any.
+        #[serde(default, serialize_with = "expose_some")]
+        access_token: Option<SecretString>,
+        /// When it expires.
+        #[serde(default)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+}
+
+impl Credentials {
+    /// The token to send now, if the credentials hold one (an OAuth or
+    /// minted token may have expired: the session checks).
+    pub fn bearer(&self) -> Option<&SecretString> {
+        match self {
+            Credentials::PrivateAppToken { token } | Credentials::ApiToken { token } => Some(token),
+            Credentials::OAuth { access_token, .. } => Some(access_token),
+            Credentials::ClientCredentials { access_token, .. } => access_token.as_ref(),
+        }
+    }
+
+    /// When the token to send expires (`None`: never, or none held yet).
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Credentials::OAuth { expires_at, .. } => Some(*expires_at),
+            Credentials::ClientCredentials { expires_at, .. } => *expires_at,
+            Credentials::PrivateAppToken { .. } | Credentials::ApiToken { .. } => None,
+        }
+    }
 }
 
 fn expose<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(secret.expose_secret())
+}
+
+fn expose_some<S: serde::Serializer>(
+    secret: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => s.serialize_some(secret.expose_secret()),
+        None => s.serialize_none(),
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -46,6 +101,10 @@ impl std::fmt::Debug for Credentials {
             Credentials::PrivateAppToken { .. } => f.write_str("PrivateAppToken(***)"),
             Credentials::OAuth { expires_at, .. } => {
                 write!(f, "OAuth(***, expires_at: {expires_at})")
+            }
+            Credentials::ApiToken { .. } => f.write_str("ApiToken(***)"),
+            Credentials::ClientCredentials { client_id, .. } => {
+                write!(f, "ClientCredentials({client_id}, ***)")
             }
         }
     }
@@ -65,7 +124,7 @@ pub struct ObjectMapping {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionSettings {
-    /// Synced objects (default: HubSpot contacts → platform leads).
+    /// Synced objects (each provider's default: `providers::default_settings`).
     pub objects: Vec<ObjectMapping>,
     /// How conflicts are settled.
     #[serde(default)]
@@ -73,19 +132,6 @@ pub struct ConnectionSettings {
 }
 
 impl ConnectionSettings {
-    /// The default mapping for a provider (`ARCHITECTURE.md`).
-    pub fn default_for(provider: ProviderKind) -> Self {
-        match provider {
-            ProviderKind::Hubspot => Self {
-                objects: vec![ObjectMapping {
-                    crm_object: CrmObject::Contacts,
-                    record_kind: RecordKind::Lead,
-                }],
-                strategy: ConflictStrategy::NewestWins,
-            },
-        }
-    }
-
     /// The platform kind `object` maps to, if it is synced.
     pub fn kind_of(&self, object: CrmObject) -> Option<RecordKind> {
         self.objects
@@ -135,26 +181,45 @@ pub struct ConnectionRow {
     pub created_at: DateTime<Utc>,
     /// Last change of its settings, status or credentials.
     pub updated_at: DateTime<Utc>,
+    /// Where the account lives when the CRM has instances (Salesforce's
+    /// `instance_url`, Zoho's `api_domain`, a Dynamics org URL).
+    pub instance_url: Option<String>,
+    /// crmsync's own identity in the account (an integration user, an app
+    /// id): what marks a change as our echo.
+    pub own_identity: Option<String>,
+    /// What the adapter keeps about the account (field keys, the schema it
+    /// ensured); a JSON object.
+    pub provider_state: serde_json::Value,
+    /// The CRM-side webhook subscription (channel id, expiry, webhook id);
+    /// a JSON object.
+    pub subscription: serde_json::Value,
     sealed: Vec<u8>,
-    sealed_webhook_secret: Option<Vec<u8>>,
+    webhook_credential: Option<(WebhookCredentialKind, Vec<u8>)>,
 }
 
-type ConnectionTuple = (
-    uuid::Uuid,
-    uuid::Uuid,
-    String,
-    String,
-    Json<ConnectionSettings>,
-    String,
-    Option<String>,
-    i64,
-    Vec<u8>,
-    Option<Vec<u8>>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
+/// A `connections` row as read.
+#[derive(sqlx::FromRow)]
+struct ConnectionRecord {
+    id: uuid::Uuid,
+    tenant_id: uuid::Uuid,
+    provider: String,
+    external_account_id: String,
+    settings: Json<ConnectionSettings>,
+    status: String,
+    status_reason: Option<String>,
+    delta_interval_secs: i64,
+    credentials: Vec<u8>,
+    webhook_credential: Option<Vec<u8>>,
+    webhook_credential_kind: Option<String>,
+    instance_url: Option<String>,
+    own_identity: Option<String>,
+    provider_state: Json<serde_json::Value>,
+    subscription: Json<serde_json::Value>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
 
-const SELECT: &str = "SELECT id, tenant_id, provider, external_account_id, settings, status, status_reason, delta_interval_secs, credentials, webhook_secret, created_at, updated_at FROM connections";
+const SELECT: &str = "SELECT id, tenant_id, provider, external_account_id, settings, status, status_reason, delta_interval_secs, credentials, webhook_credential, webhook_credential_kind, instance_url, own_identity, provider_state, subscription, created_at, updated_at FROM connections";
 
 pub(super) fn webhook_binding(tenant: TenantId, id: ConnectionId) -> Vec<u8> {
     format!("crmsync:webhook-secret:{tenant}:{id}").into_bytes()
@@ -164,21 +229,29 @@ pub(super) fn binding(tenant: TenantId, id: ConnectionId) -> Vec<u8> {
     format!("crmsync:connection:{tenant}:{id}").into_bytes()
 }
 
-fn row(t: ConnectionTuple) -> Result<ConnectionRow, StoreError> {
+fn row(t: ConnectionRecord) -> Result<ConnectionRow, StoreError> {
     let corrupt = |e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string());
+    let webhook_credential = match (t.webhook_credential_kind, t.webhook_credential) {
+        (Some(kind), Some(sealed)) => Some((kind.parse().map_err(corrupt)?, sealed)),
+        _ => None,
+    };
     Ok(ConnectionRow {
-        id: ConnectionId(t.0),
-        tenant: TenantId(t.1),
-        provider: t.2.parse().map_err(corrupt)?,
-        external_account_id: t.3,
-        settings: t.4.0,
-        status: t.5.parse().map_err(corrupt)?,
-        status_reason: t.6,
-        delta_interval_secs: u64::try_from(t.7).unwrap_or(60),
-        sealed: t.8,
-        sealed_webhook_secret: t.9,
-        created_at: t.10,
-        updated_at: t.11,
+        id: ConnectionId(t.id),
+        tenant: TenantId(t.tenant_id),
+        provider: t.provider.parse().map_err(corrupt)?,
+        external_account_id: t.external_account_id,
+        settings: t.settings.0,
+        status: t.status.parse().map_err(corrupt)?,
+        status_reason: t.status_reason,
+        delta_interval_secs: u64::try_from(t.delta_interval_secs).unwrap_or(60),
+        instance_url: t.instance_url,
+        own_identity: t.own_identity,
+        provider_state: t.provider_state.0,
+        subscription: t.subscription.0,
+        sealed: t.credentials,
+        webhook_credential,
+        created_at: t.created_at,
+        updated_at: t.updated_at,
     })
 }
 
@@ -266,7 +339,7 @@ impl Store {
         id: ConnectionId,
     ) -> Result<ConnectionRow, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let found: Option<ConnectionTuple> = on_db!(&mut tx, |c| sqlx::query_as(
+        let found: Option<ConnectionRecord> = on_db!(&mut tx, |c| sqlx::query_as(
             sqlx::AssertSqlSafe(format!("{SELECT} WHERE tenant_id = $1 AND id = $2"))
         )
         .bind(tenant.0)
@@ -277,16 +350,21 @@ impl Store {
         row(found.ok_or_else(|| StoreError::NotFound(format!("connection {id}")))?)
     }
 
-    /// Opens a connection's own webhook secret, if it has one.
-    pub fn webhook_secret(
+    /// Opens a connection's own webhook credential, if it has one.
+    pub fn webhook_credential(
         &self,
         connection: &ConnectionRow,
-    ) -> Result<Option<SecretString>, StoreError> {
+    ) -> Result<Option<WebhookCredential>, StoreError> {
         connection
-            .sealed_webhook_secret
-            .as_deref()
-            .map(|sealed| {
-                open_webhook_secret(self.key()?, connection.tenant, connection.id, sealed)
+            .webhook_credential
+            .as_ref()
+            .map(|(kind, sealed)| {
+                open_webhook_credential(
+                    self.key()?,
+                    (connection.tenant, connection.id),
+                    *kind,
+                    sealed,
+                )
             })
             .transpose()
     }
@@ -306,7 +384,7 @@ impl Store {
         tenant: TenantId,
     ) -> Result<Vec<ConnectionRow>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let rows: Vec<ConnectionTuple> =
+        let rows: Vec<ConnectionRecord> =
             on_db!(&mut tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "{SELECT} WHERE tenant_id = $1 AND status <> 'deleted' ORDER BY created_at, id"
             )))
@@ -357,7 +435,8 @@ impl Store {
         on_db!(&mut tx, |c| {
             sqlx::query(
             "UPDATE connections SET status = 'deleted', status_reason = 'deleted by an operator', credentials = $1,
-                    webhook_secret = NULL, next_delta_at = NULL, updated_at = $2
+                    webhook_credential = NULL, webhook_credential_kind = NULL, subscription = '{}',
+                    next_delta_at = NULL, updated_at = $2
               WHERE tenant_id = $3 AND id = $4"
         )
         .bind(Vec::<u8>::new())
@@ -381,28 +460,45 @@ impl Store {
         tx.commit().await
     }
 
-    /// Sets (or, with `None`, clears) the secret that signs this
-    /// connection's webhooks (a customer's private app has its own), sealed
-    /// like the credentials.
+    /// Sets (or, with `None`, clears) the HMAC secret that signs this
+    /// connection's webhooks (a customer's HubSpot private app has its own).
     pub async fn set_webhook_secret(
         &self,
         tenant: TenantId,
         id: ConnectionId,
         secret: Option<&SecretString>,
     ) -> Result<(), StoreError> {
-        let sealed = match secret {
-            Some(s) => Some(
-                self.key()?
-                    .seal(s.expose_secret().as_bytes(), &webhook_binding(tenant, id))?,
+        let credential = secret.map(|s| WebhookCredential::HmacSecret(s.clone()));
+        self.set_webhook_credential(tenant, id, credential.as_ref())
+            .await
+    }
+
+    /// Sets (or, with `None`, clears) what verifies this connection's own
+    /// webhooks, sealed like the credentials; its kind is kept beside it.
+    pub async fn set_webhook_credential(
+        &self,
+        tenant: TenantId,
+        id: ConnectionId,
+        credential: Option<&WebhookCredential>,
+    ) -> Result<(), StoreError> {
+        let (kind, sealed) = match credential {
+            Some(c) => (
+                Some(c.kind().as_str()),
+                Some(
+                    self.key()?
+                        .seal(&c.plaintext()?, &webhook_binding(tenant, id))?,
+                ),
             ),
-            None => None,
+            None => (None, None),
         };
         let mut tx = self.begin(tenant).await?;
         on_db!(&mut tx, |c| {
             sqlx::query(
-            "UPDATE connections SET webhook_secret = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4"
+            "UPDATE connections SET webhook_credential = $1, webhook_credential_kind = $2, updated_at = $3
+              WHERE tenant_id = $4 AND id = $5"
         )
         .bind(&sealed)
+        .bind(kind)
         .bind(Utc::now())
         .bind(tenant.0)
         .bind(id.0)
@@ -570,27 +666,109 @@ impl Store {
 }
 
 impl ConnectionRow {
-    /// The sealed webhook secret, as published to Redis for ingress (which
-    /// opens it with the same key and the route's ids).
-    pub fn sealed_webhook_secret(&self) -> Option<&[u8]> {
-        self.sealed_webhook_secret.as_deref()
+    /// The sealed webhook credential and its kind, as published to Redis
+    /// for ingress (which opens it with the same key and the route's ids).
+    pub fn sealed_webhook_credential(&self) -> Option<(WebhookCredentialKind, &[u8])> {
+        self.webhook_credential
+            .as_ref()
+            .map(|(kind, sealed)| (*kind, sealed.as_slice()))
     }
 
-    /// Whether it has its own webhook secret.
+    /// Whether it has its own webhook secret (an HMAC secret).
     pub fn has_webhook_secret(&self) -> bool {
-        self.sealed_webhook_secret.is_some()
+        matches!(
+            self.webhook_credential,
+            Some((WebhookCredentialKind::HmacSecret, _))
+        )
     }
 }
 
-/// Opens a sealed webhook secret of connection `id` of `tenant`.
-pub fn open_webhook_secret(
+/// Opens the sealed webhook credential of connection `id` of `tenant`.
+pub fn open_webhook_credential(
     key: &crate::secrets::KeyRing,
-    tenant: TenantId,
-    id: ConnectionId,
+    (tenant, id): (TenantId, ConnectionId),
+    kind: WebhookCredentialKind,
     sealed: &[u8],
-) -> Result<SecretString, StoreError> {
+) -> Result<WebhookCredential, StoreError> {
     let plain = key.open(sealed, &webhook_binding(tenant, id))?;
-    String::from_utf8(plain)
-        .map(SecretString::from)
-        .map_err(|_| StoreError::Corrupt("webhook secret is not UTF-8".into()))
+    WebhookCredential::from_plaintext(kind, plain)
+}
+
+/// What verifies a connection's own webhooks. `Debug` shows no secret.
+#[derive(Clone)]
+pub enum WebhookCredential {
+    /// An HMAC signing secret.
+    HmacSecret(SecretString),
+    /// HTTP Basic credentials.
+    Basic {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: SecretString,
+    },
+    /// A token the CRM echoes in each notification.
+    ChannelToken(SecretString),
+    /// A key the CRM sends in a header.
+    Key(SecretString),
+}
+
+impl std::fmt::Debug for WebhookCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WebhookCredential({}, ***)", self.kind().as_str())
+    }
+}
+
+/// The sealed form of Basic credentials.
+#[derive(Serialize, Deserialize)]
+struct BasicPlain {
+    user: String,
+    password: String,
+}
+
+impl WebhookCredential {
+    /// Its kind.
+    pub fn kind(&self) -> WebhookCredentialKind {
+        match self {
+            WebhookCredential::HmacSecret(_) => WebhookCredentialKind::HmacSecret,
+            WebhookCredential::Basic { .. } => WebhookCredentialKind::Basic,
+            WebhookCredential::ChannelToken(_) => WebhookCredentialKind::ChannelToken,
+            WebhookCredential::Key(_) => WebhookCredentialKind::Key,
+        }
+    }
+
+    /// What is sealed: the secret itself (as HMAC secrets always were), or
+    /// JSON for Basic credentials.
+    fn plaintext(&self) -> Result<Vec<u8>, StoreError> {
+        match self {
+            WebhookCredential::HmacSecret(s)
+            | WebhookCredential::ChannelToken(s)
+            | WebhookCredential::Key(s) => Ok(s.expose_secret().as_bytes().to_vec()),
+            WebhookCredential::Basic { user, password } => serde_json::to_vec(&BasicPlain {
+                user: user.clone(),
+                password: password.expose_secret().to_string(),
+            })
+            .map_err(|e| StoreError::Invalid(e.to_string())),
+        }
+    }
+
+    fn from_plaintext(kind: WebhookCredentialKind, plain: Vec<u8>) -> Result<Self, StoreError> {
+        let text = || {
+            String::from_utf8(plain.clone())
+                .map(SecretString::from)
+                .map_err(|_| StoreError::Corrupt("webhook credential is not UTF-8".into()))
+        };
+        Ok(match kind {
+            WebhookCredentialKind::HmacSecret => WebhookCredential::HmacSecret(text()?),
+            WebhookCredentialKind::ChannelToken => WebhookCredential::ChannelToken(text()?),
+            WebhookCredentialKind::Key => WebhookCredential::Key(text()?),
+            WebhookCredentialKind::Basic => {
+                let basic: BasicPlain = serde_json::from_slice(&plain)
+                    .map_err(|e| StoreError::Corrupt(format!("webhook credential: {e}")))?;
+                WebhookCredential::Basic {
+                    user: basic.user,
+                    password: SecretString::from(basic.password),
+                }
+            }
+        })
+    }
 }

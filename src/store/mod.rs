@@ -6,6 +6,7 @@ mod conflicts;
 mod connections;
 mod dead_letters;
 mod health;
+mod oauth_states;
 mod parked;
 mod platform;
 mod records;
@@ -18,10 +19,11 @@ mod tenants;
 pub use conflicts::{ConflictRow, FieldChange, Resolution};
 pub use connections::{
     ConnectionRow, ConnectionSettings, Credentials, NewConnection, ObjectMapping,
-    open_webhook_secret,
+    WebhookCredential, open_webhook_credential,
 };
 pub use dead_letters::{DeadLetter, ReplayedBy};
 pub use health::HealthCheck;
+pub use oauth_states::{Consumed, NewOAuthState};
 pub use parked::{PULL_RECORD, PUSH_RECORD, RefusedPush, RefusedRecord};
 pub use platform::{LinkView, PendingDelete, PendingPush, PushedRecord, RecordQuery, RecordView};
 pub use records::{PageApplied, PageOutcome, PageWrite, PushTarget};

@@ -46,7 +46,7 @@ impl Store {
         let mut tx = self.begin(tenant).await?;
         let rows: Vec<SealedRow> = on_db!(&mut tx, |c| {
             sqlx::query_as(
-            "SELECT id, credentials, webhook_secret FROM connections WHERE tenant_id = $1 ORDER BY id"
+            "SELECT id, credentials, webhook_credential FROM connections WHERE tenant_id = $1 ORDER BY id"
         )
         .bind(tenant.0)
         .fetch_all(c)
@@ -63,7 +63,7 @@ impl Store {
                     binding(tenant, connection),
                 ),
                 (
-                    "webhook_secret",
+                    "webhook_credential",
                     webhook_secret,
                     webhook_binding(tenant, connection),
                 ),

@@ -3,9 +3,12 @@
 //! counts) and delta cursors.
 
 use super::{Store, StoreError, Tx, on_db};
-use crate::domain::{ConnectionId, CrmId, CrmObject, Cursor, RunId, RunKind, RunStatus, TenantId};
+use crate::domain::{
+    ConnectionId, CrmId, CrmObject, Cursor, FeedPosition, RunId, RunKind, RunStatus, TenantId,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::types::Json;
 
 /// One sync run as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -168,8 +171,8 @@ impl Store {
         if kind == RunKind::FullSync {
             on_db!(&mut tx, |c| {
                 sqlx::query(
-                "INSERT INTO sync_cursors (tenant_id, connection_id, crm_object, modified_at, crm_id, updated_at)
-                 VALUES ($1, $2, $3, $4, '0', $4) ON CONFLICT (connection_id, crm_object) DO NOTHING"
+                "INSERT INTO sync_cursors (tenant_id, connection_id, crm_object, feed, modified_at, crm_id, updated_at)
+                 VALUES ($1, $2, $3, 'changes', $4, '0', $4) ON CONFLICT (connection_id, crm_object, feed) DO NOTHING"
             )
             .bind(tenant.0)
             .bind(connection.0)
@@ -397,18 +400,19 @@ impl Store {
         connection: ConnectionId,
     ) -> Result<Vec<(CrmObject, Cursor)>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let rows: Vec<(String, DateTime<Utc>, String)> = on_db!(&mut tx, |c| {
+        let rows: Vec<CursorRow> = on_db!(&mut tx, |c| {
             sqlx::query_as(
-            "SELECT crm_object, modified_at, crm_id FROM sync_cursors WHERE tenant_id = $1 AND connection_id = $2 ORDER BY crm_object"
-        )
-        .bind(tenant.0)
-        .bind(connection.0)
-        .fetch_all(c)
-        .await
+                "SELECT crm_object, modified_at, crm_id, position FROM sync_cursors
+              WHERE tenant_id = $1 AND connection_id = $2 AND feed = 'changes' ORDER BY crm_object",
+            )
+            .bind(tenant.0)
+            .bind(connection.0)
+            .fetch_all(c)
+            .await
         })?;
         tx.commit().await?;
         rows.into_iter()
-            .map(|(o, modified_at, id)| {
+            .map(|(o, modified_at, id, position)| {
                 let object = o
                     .parse()
                     .map_err(|e: crate::domain::UnknownName| StoreError::Corrupt(e.to_string()))?;
@@ -417,6 +421,7 @@ impl Store {
                     Cursor {
                         modified_at,
                         crm_id: CrmId(id),
+                        position: position.map(|p| p.0),
                     },
                 ))
             })
@@ -487,6 +492,9 @@ pub(super) async fn add_counts(
     Ok(())
 }
 
+/// A `sync_cursors` row as read: object, watermark, position.
+type CursorRow = (String, DateTime<Utc>, String, Option<Json<FeedPosition>>);
+
 /// Moves the cursor forward to `to` if it is past the stored one; never back.
 pub(super) async fn advance_cursor(
     tx: &mut Tx,
@@ -501,7 +509,8 @@ pub(super) async fn advance_cursor(
     };
     let current: Option<(DateTime<Utc>, String)> = on_db!(tx, |c| {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT modified_at, crm_id FROM sync_cursors WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3{lock}"
+        "SELECT modified_at, crm_id FROM sync_cursors
+          WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3 AND feed = 'changes'{lock}"
     )))
     .bind(tenant.0)
     .bind(connection.0)
@@ -510,26 +519,25 @@ pub(super) async fn advance_cursor(
     .await
     })?;
     if let Some((modified_at, id)) = current
-        && (Cursor {
-            modified_at,
-            crm_id: CrmId(id),
-        }) >= *to
+        && Cursor::at(modified_at, CrmId(id)).reaches(to)
     {
         return Ok(());
     }
     let now = Utc::now();
     on_db!(tx, |c| {
         sqlx::query(
-        "INSERT INTO sync_cursors (tenant_id, connection_id, crm_object, modified_at, crm_id, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (connection_id, crm_object) DO UPDATE
-            SET modified_at = excluded.modified_at, crm_id = excluded.crm_id, updated_at = excluded.updated_at"
+        "INSERT INTO sync_cursors (tenant_id, connection_id, crm_object, feed, modified_at, crm_id, position, updated_at)
+         VALUES ($1, $2, $3, 'changes', $4, $5, $6, $7)
+         ON CONFLICT (connection_id, crm_object, feed) DO UPDATE
+            SET modified_at = excluded.modified_at, crm_id = excluded.crm_id,
+                position = excluded.position, updated_at = excluded.updated_at"
     )
     .bind(tenant.0)
     .bind(connection.0)
     .bind(object.as_str())
     .bind(to.modified_at)
     .bind(to.crm_id.as_str())
+    .bind(to.position.as_ref().map(Json))
     .bind(now)
     .execute(c)
     .await

@@ -1,6 +1,7 @@
 //! The pure core: what to do with a CRM record that arrives (from a full page,
 //! a delta page or, later, a webhook). No I/O here; the store applies it.
 
+pub mod events;
 pub mod merge;
 
 use crate::domain::{CanonicalField, CrmId, RecordFields, RecordId};

@@ -65,7 +65,7 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
-fn with_database(url: &str, db: &str, user: Option<&str>) -> String {
+pub(crate) fn with_database(url: &str, db: &str, user: Option<&str>) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
     let (auth_host, _) = rest.split_once('/').unwrap_or((rest, ""));
     let host = auth_host.rsplit_once('@').map_or(auth_host, |(_, h)| h);

@@ -204,7 +204,7 @@ on_both_backends! {
         .await;
         let token = secrecy::SecretString::from(crate::support::TOKEN);
         let portal = PORTAL.to_string();
-        let hubspot = &fleet.deps.hubspot;
+        let hubspot = &fleet.deps.providers.hubspot;
         hubspot.ensure_properties(&portal, &token, CrmObject::Leads).await.expect("properties");
         let existing_email = fleet.sandbox_contacts().await.values().next().expect("seeded")["email"].as_str().expect("email").to_lowercase();
         // One person HubSpot already knows (by email), one without an email.
@@ -262,7 +262,7 @@ async fn a_lead_whose_contact_is_gone_is_left_out_not_wiped() {
     let read = |lead: String| {
         let token = token.clone();
         let portal = portal.clone();
-        let hubspot = fleet.deps.hubspot.clone();
+        let hubspot = fleet.deps.providers.hubspot.clone();
         async move {
             hubspot
                 .batch_read(

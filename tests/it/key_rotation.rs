@@ -6,7 +6,7 @@
 use crate::fleet::{Fleet, on_both_backends};
 use crate::support::TOKEN;
 use crmsync::secrets::EncryptionKey;
-use crmsync::store::Credentials;
+use crmsync::store::WebhookCredential;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use std::process::Output;
@@ -60,14 +60,14 @@ async fn open_with(
         .credentials(&row)
         .map_err(|e| e.to_string())
         .and_then(|c| {
-            let token = match c {
-                Credentials::PrivateAppToken { token } => token.expose_secret().to_string(),
-                Credentials::OAuth { access_token, .. } => access_token.expose_secret().to_string(),
+            let token = c
+                .bearer()
+                .map(|t| t.expose_secret().to_string())
+                .unwrap_or_default();
+            let secret = match store.webhook_credential(&row).map_err(|e| e.to_string())? {
+                Some(WebhookCredential::HmacSecret(s)) => Some(s.expose_secret().to_string()),
+                _ => None,
             };
-            let secret = store
-                .webhook_secret(&row)
-                .map_err(|e| e.to_string())?
-                .map(|s| s.expose_secret().to_string());
             Ok((token, secret.unwrap_or_default()))
         });
     store.close().await;

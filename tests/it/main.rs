@@ -29,6 +29,8 @@ mod hubspot_client;
 mod hubspot_leads;
 mod key_rotation;
 mod lost_edit;
+mod migrations;
+mod oauth_connect;
 mod periodic;
 mod push;
 mod push_latency;

@@ -6,6 +6,7 @@ use super::mapping::{self, HsObject};
 use crate::config::HubspotSettings;
 use crate::domain::{CrmId, CrmObject};
 use crate::providers::error::ProviderError;
+pub use crate::providers::types::{Page, RefreshedTokens, ReservedRead, Update, Upserted};
 use crate::ratelimit::{Budget, BudgetError, BudgetSpec, Budgets, Priority, WindowLimit};
 use crate::sync::Incoming;
 use chrono::{DateTime, Utc};
@@ -15,27 +16,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// One page of records and the token for the next.
-#[derive(Debug, Clone)]
-pub struct Page {
-    /// Mapped records.
-    pub records: Vec<Incoming>,
-    /// The token for the next page; `None` at the end.
-    pub next: Option<String>,
-    /// Where the page ends in the feed it was read from: the last record's
-    /// own modified time and id, as the search sorted it. (A lead read with
-    /// its contact may count as modified later than its place in the leads
-    /// feed; a cursor must follow the feed.)
-    pub last_position: Option<(DateTime<Utc>, CrmId)>,
-    /// How many records the CRM returned (leads without a contact are read
-    /// but left out of `records`).
-    pub scanned: usize,
-    /// The ids of every record the CRM returned, mapped or not: a sweep that
-    /// concludes deletions from what the list did not show must not take a
-    /// lead left out of `records` for a deleted one.
-    pub listed: Vec<CrmId>,
-}
 
 /// A search for records changed in a window, ascending by modified time
 /// (ties by id), or — to page one crowded instant — by id at one timestamp.
@@ -55,17 +35,6 @@ pub enum ChangeQuery {
         /// Only ids above this one.
         after_id: CrmId,
     },
-}
-
-/// Tokens from an OAuth refresh.
-#[derive(Debug, Clone)]
-pub struct RefreshedTokens {
-    /// New access token.
-    pub access_token: SecretString,
-    /// New (or the same) refresh token.
-    pub refresh_token: SecretString,
-    /// Lifetime of the access token.
-    pub expires_in: Duration,
 }
 
 /// A HubSpot API client for one deployment (shared by all connections).
@@ -100,38 +69,6 @@ impl From<BudgetError> for ProviderError {
         }
     }
 }
-
-/// A record written by [`HubspotClient::batch_upsert`].
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Upserted {
-    /// Our record id (the upsert key).
-    pub ours: String,
-    /// The CRM record's id.
-    pub crm_id: CrmId,
-    /// For a HubSpot lead: the contact holding its person.
-    pub person: Option<CrmId>,
-    /// When HubSpot says it stored this write (`updatedAt`), when it said:
-    /// booked as the link's CRM time, so that a read taken before the write
-    /// (a retried upsert's first attempt, say) is stale and cannot put
-    /// older values back.
-    pub updated_at: Option<DateTime<Utc>>,
-}
-
-/// A patch of one linked record for [`HubspotClient::batch_update`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Update {
-    /// The record's CRM id.
-    pub crm_id: CrmId,
-    /// For a HubSpot lead, the contact holding its person when known (from
-    /// the read just before): saves looking it up.
-    pub person: Option<CrmId>,
-    /// The properties to write.
-    pub properties: serde_json::Map<String, Value>,
-}
-
-/// A budget slot taken for one call ([`HubspotClient::reserve_read`]).
-#[derive(Debug)]
-pub struct ReservedRead(());
 
 /// The rolling window of HubSpot's burst limit (`TEN_SECONDLY_ROLLING`).
 pub const BURST_WINDOW: Duration = Duration::from_secs(10);
@@ -403,7 +340,7 @@ impl HubspotClient {
     pub async fn reserve_read(&self, portal: &str) -> Result<ReservedRead, ProviderError> {
         let pacer = self.burst_budget(portal);
         pacer.budget.acquire(pacer.priority).await?;
-        Ok(ReservedRead(()))
+        Ok(ReservedRead::new())
     }
 
     /// Current state of up to 100 records by id (missing ids are left out).
@@ -466,15 +403,15 @@ impl HubspotClient {
         };
         let mut out = Vec::with_capacity(read.keys.len());
         for keys in read.keys.chunks(chunk) {
+            // HubSpot's document lists `propertiesWithHistory` as required:
+            // sent empty when no history is wanted.
             let mut body = json!({
                 "inputs": keys.iter().map(|k| json!({"id": k})).collect::<Vec<_>>(),
                 "properties": read.properties,
+                "propertiesWithHistory": read.history,
             });
             if let Some(id_property) = read.id_property {
                 body["idProperty"] = json!(id_property);
-            }
-            if !read.history.is_empty() {
-                body["propertiesWithHistory"] = json!(read.history);
             }
             let request = self
                 .http

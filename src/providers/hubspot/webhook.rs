@@ -11,6 +11,8 @@
 //!
 //! Every comparison is constant-time.
 
+use crate::domain::{CrmId, CrmObject};
+use crate::sync::events::{Change, Event};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{KeyInit, Mac};
@@ -302,26 +304,6 @@ pub fn verify_batch(
     Ok((version, Verified(events)))
 }
 
-/// What a batch of events means per record, after ordering by `occurredAt`:
-/// the current state is fetched (never taken from an event's value), so only
-/// "changed, deleted, erased or merged" matters, and reordering or duplicate
-/// delivery cannot change the outcome.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Coalesced {
-    /// Records to fetch and merge (created, changed or restored).
-    pub changed: std::collections::BTreeSet<u64>,
-    /// Records deleted (archived) in the CRM.
-    pub deleted: std::collections::BTreeSet<u64>,
-    /// Records erased for privacy (GDPR): personal fields must go.
-    pub erased: std::collections::BTreeSet<u64>,
-    /// Merged-away record → the record that survives it.
-    pub merged_into: std::collections::BTreeMap<u64, u64>,
-    /// Records whose every change in the delivery is our own app's write
-    /// (`changeSource = INTEGRATION`, `sourceId` = our app id) → the latest
-    /// such change's time: an echo, fetched only if that write is not booked.
-    pub echoed: std::collections::BTreeMap<u64, i64>,
-}
-
 impl WebhookEvent {
     /// Whether the event reports a write made by app `own_app`.
     pub fn made_by(&self, own_app: Option<u64>) -> bool {
@@ -335,97 +317,59 @@ impl WebhookEvent {
         }
     }
 
-    /// The record this event asks to read, if any: a change by anyone but
-    /// our own app, or a merge's survivor. Ingress marks it as waiting
-    /// before it knows how the whole delivery coalesces, so it must cover
-    /// every record [`coalesce`] can put in `changed` (a property test pins
-    /// that); marking more only costs a read that finds the record gone.
-    pub fn changed_record(&self, own_app: Option<u64>) -> Option<u64> {
-        match self.subscription_type.rsplit('.').next().unwrap_or("") {
-            "creation" | "propertyChange" | "restore" if !self.made_by(own_app) => {
-                Some(self.object_id)
-            }
-            "merge" => Some(
-                self.new_object_id
-                    .or(self.primary_object_id)
-                    .unwrap_or(self.object_id),
-            ),
+    /// Which CRM object the event is about (`None`: one crmsync does not
+    /// sync).
+    pub fn object(&self) -> Option<CrmObject> {
+        match self.subscription_type.split('.').next() {
+            Some("contact") => Some(CrmObject::Contacts),
+            Some("object") => match self.object_type_id.as_deref() {
+                Some("0-1") => Some(CrmObject::Contacts),
+                Some("0-136") => Some(CrmObject::Leads),
+                _ => None,
+            },
             _ => None,
         }
     }
-}
 
-/// Coalesces events for one object type per record (see [`Coalesced`]).
-pub fn coalesce<'a>(
-    events: impl IntoIterator<Item = &'a WebhookEvent>,
-    own_app: Option<u64>,
-) -> Coalesced {
-    let mut ordered: Vec<&WebhookEvent> = events.into_iter().collect();
-    // occurredAt first; ties broken by a stable key so duplicates and any
-    // delivery order give the same sequence.
-    ordered.sort_by(|a, b| {
-        a.occurred_at
-            .cmp(&b.occurred_at)
-            .then_with(|| a.dedupe_key().cmp(&b.dedupe_key()))
-            .then_with(|| a.subscription_type.cmp(&b.subscription_type))
-    });
-    let mut out = Coalesced::default();
-    for event in ordered {
-        let kind = event.subscription_type.rsplit('.').next().unwrap_or("");
-        let id = event.object_id;
-        match kind {
-            // Our own write come back: remembered apart (see `echoed`).
-            "creation" | "propertyChange" | "restore" if event.made_by(own_app) => {
-                let at = out.echoed.entry(id).or_insert(event.occurred_at);
-                *at = (*at).max(event.occurred_at);
-            }
-            // An erased record never comes back.
-            "creation" | "propertyChange" | "restore" if !out.erased.contains(&id) => {
-                out.deleted.remove(&id);
-                out.changed.insert(id);
-            }
-            "deletion" => {
-                out.changed.remove(&id);
-                out.deleted.insert(id);
-            }
-            "privacyDeletion" => {
-                out.changed.remove(&id);
-                out.deleted.remove(&id);
-                out.erased.insert(id);
-            }
-            "merge" => {
-                let survivor = event
-                    .new_object_id
-                    .or(event.primary_object_id)
-                    .unwrap_or(id);
-                for merged in &event.merged_object_ids {
-                    if *merged != survivor {
-                        out.changed.remove(merged);
-                        out.merged_into.insert(*merged, survivor);
-                    }
-                }
-                out.changed.insert(survivor);
-            }
-            // associationChange and unknown kinds do not change mapped fields.
-            _ => {}
-        }
+    /// The event in the shape every CRM's events share; `None` for an
+    /// object crmsync does not sync. Our own app's creations, edits and
+    /// restores are marked `by_us` (`changeSource = INTEGRATION`,
+    /// `sourceId` = `own_app`); a merge's survivor is its new record, or
+    /// its primary.
+    pub fn to_event(&self, own_app: Option<u64>) -> Option<Event> {
+        let id = |n: u64| CrmId(n.to_string());
+        let change = match self.subscription_type.rsplit('.').next().unwrap_or("") {
+            "creation" | "propertyChange" | "restore" => Change::Changed,
+            "deletion" => Change::Deleted,
+            "privacyDeletion" => Change::Erased,
+            "merge" => Change::Merged {
+                absorbed: self.merged_object_ids.iter().copied().map(id).collect(),
+            },
+            // associationChange and unknown kinds change no mapped field.
+            _ => Change::Other,
+        };
+        let record = match change {
+            Change::Merged { .. } => self
+                .new_object_id
+                .or(self.primary_object_id)
+                .unwrap_or(self.object_id),
+            _ => self.object_id,
+        };
+        Some(Event {
+            object: self.object()?,
+            crm_id: id(record),
+            by_us: matches!(change, Change::Changed) && self.made_by(own_app),
+            change,
+            occurred_at_ms: self.occurred_at,
+            dedupe_key: self.dedupe_key(),
+        })
     }
-    // Anyone else's change, a deletion or an erasure decides those records.
-    let decided: std::collections::BTreeSet<u64> = out
-        .changed
-        .iter()
-        .chain(&out.deleted)
-        .chain(&out.erased)
-        .chain(out.merged_into.keys())
-        .copied()
-        .collect();
-    out.echoed.retain(|id, _| !decided.contains(id));
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::events::Coalesced;
     use proptest::prelude::*;
 
     const SECRET: &[u8] = b"yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy";
@@ -622,6 +566,16 @@ mod tests {
         ));
     }
 
+    fn id(n: u64) -> CrmId {
+        CrmId(n.to_string())
+    }
+
+    /// HubSpot's events as the core coalesces them.
+    fn coalesce(events: &[WebhookEvent], own_app: Option<u64>) -> Coalesced {
+        let events: Vec<Event> = events.iter().filter_map(|e| e.to_event(own_app)).collect();
+        crate::sync::events::coalesce(&events)
+    }
+
     fn event(kind: &str, object_id: u64, occurred_at: i64, event_id: u64) -> WebhookEvent {
         WebhookEvent {
             event_id,
@@ -652,9 +606,9 @@ mod tests {
             event("deletion", 2, 4, 4),
         ];
         let c = coalesce(&batch, None);
-        assert!(c.deleted.contains(&1) && !c.changed.contains(&1));
+        assert!(c.deleted.contains(&id(1)) && !c.changed.contains(&id(1)));
         assert!(
-            c.changed.contains(&2) && !c.deleted.contains(&2),
+            c.changed.contains(&id(2)) && !c.deleted.contains(&id(2)),
             "the change came after the deletion"
         );
         let erased = coalesce(
@@ -665,7 +619,7 @@ mod tests {
             None,
         );
         assert!(
-            erased.erased.contains(&3) && !erased.changed.contains(&3),
+            erased.erased.contains(&id(3)) && !erased.changed.contains(&id(3)),
             "an erased record never comes back"
         );
     }
@@ -677,32 +631,9 @@ mod tests {
         merge.merged_object_ids = vec![10, 11];
         merge.new_object_id = Some(12);
         let c = coalesce(&[event("propertyChange", 11, 0, 2), merge], None);
-        assert_eq!(c.merged_into.get(&11), Some(&12));
-        assert_eq!(c.merged_into.get(&10), Some(&12));
-        assert!(c.changed.contains(&12) && !c.changed.contains(&11));
-    }
-
-    fn any_event() -> impl Strategy<Value = WebhookEvent> {
-        let kind = prop_oneof![
-            Just("creation"),
-            Just("propertyChange"),
-            Just("deletion"),
-            Just("restore"),
-            Just("privacyDeletion"),
-            Just("merge")
-        ];
-        (kind, 1u64..6, 0i64..50, 0u64..1000, any::<bool>()).prop_map(|(k, id, at, eid, ours)| {
-            let mut e = event(k, id, at, eid);
-            if k == "merge" {
-                e.merged_object_ids = vec![id, id % 5 + 1];
-                e.primary_object_id = Some(id % 5 + 1);
-            }
-            if ours {
-                e.change_source = Some("INTEGRATION".into());
-                e.source_id = Some(OWN_APP.to_string());
-            }
-            e
-        })
+        assert_eq!(c.merged_into.get(&id(11)), Some(&id(12)));
+        assert_eq!(c.merged_into.get(&id(10)), Some(&id(12)));
+        assert!(c.changed.contains(&id(12)) && !c.changed.contains(&id(11)));
     }
 
     const OWN_APP: u64 = 54321;
@@ -730,11 +661,14 @@ mod tests {
             ],
             Some(OWN_APP),
         );
-        assert_eq!(c.echoed.get(&1), Some(&30), "the latest of our writes");
-        assert!(!c.changed.contains(&1));
-        assert!(c.changed.contains(&2), "another app's write is a change");
+        assert_eq!(c.echoed.get(&id(1)), Some(&30), "the latest of our writes");
+        assert!(!c.changed.contains(&id(1)));
         assert!(
-            c.changed.contains(&3) && !c.echoed.contains_key(&3),
+            c.changed.contains(&id(2)),
+            "another app's write is a change"
+        );
+        assert!(
+            c.changed.contains(&id(3)) && !c.echoed.contains_key(&id(3)),
             "a user edit alongside ours is fetched"
         );
         // Without our app id configured, nothing is an echo.
@@ -742,45 +676,37 @@ mod tests {
         assert!(plain.echoed.is_empty());
     }
 
+    #[test]
+    fn events_of_objects_crmsync_does_not_sync_are_left_out_and_associations_change_nothing() {
+        let mut company = event("creation", 1, 10, 1);
+        company.subscription_type = "company.creation".into();
+        assert_eq!(company.to_event(None), None);
+        let mut lead = event("creation", 2, 10, 2);
+        lead.subscription_type = "object.creation".into();
+        lead.object_type_id = Some("0-136".into());
+        assert_eq!(
+            lead.to_event(None).map(|e| e.object),
+            Some(CrmObject::Leads)
+        );
+        let association = event("associationChange", 3, 10, 3);
+        let mapped = association.to_event(None);
+        assert_eq!(mapped.as_ref().map(|e| &e.change), Some(&Change::Other));
+        assert_eq!(mapped.as_ref().and_then(Event::changed_record), None);
+        // Our own merge is still a merge: its survivor is read.
+        let mut merge = event("merge", 4, 10, 4);
+        merge.merged_object_ids = vec![4, 5];
+        merge.primary_object_id = Some(5);
+        merge.change_source = Some("INTEGRATION".into());
+        merge.source_id = Some(OWN_APP.to_string());
+        assert_eq!(
+            merge
+                .to_event(Some(OWN_APP))
+                .and_then(|e| e.changed_record().cloned()),
+            Some(id(5))
+        );
+    }
+
     proptest! {
-        #[test]
-        fn coalescing_ignores_delivery_order_and_duplicates(
-            events in proptest::collection::vec(any_event(), 0..30),
-            seed in any::<u64>(),
-            dup in any::<usize>(),
-        ) {
-            let expected = coalesce(&events, Some(OWN_APP));
-            let mut shuffled = events.clone();
-            // A deterministic shuffle from the seed, plus one duplicate delivery.
-            let n = shuffled.len();
-            for i in (1..n).rev() {
-                let j = (seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64) % (i as u64 + 1)) as usize;
-                shuffled.swap(i, j);
-            }
-            if n > 0 {
-                shuffled.push(events[dup % n].clone());
-            }
-            prop_assert_eq!(&coalesce(&shuffled, Some(OWN_APP)), &expected);
-            // A record is never both an echo and decided otherwise.
-            for id in expected.echoed.keys() {
-                prop_assert!(!expected.changed.contains(id) && !expected.deleted.contains(id) && !expected.erased.contains(id));
-            }
-        }
-
-        #[test]
-        fn every_record_to_read_was_marked_by_one_of_its_events(
-            events in proptest::collection::vec(any_event(), 0..30),
-            first in proptest::collection::vec(any::<bool>(), 30),
-        ) {
-            // Whatever subset of a delivery dedupe lets through, the records
-            // its job reads were each marked waiting by one of those events.
-            let kept: Vec<WebhookEvent> = events.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e.clone()).collect();
-            let marked: std::collections::BTreeSet<u64> = kept.iter().filter_map(|e| e.changed_record(Some(OWN_APP))).collect();
-            for id in &coalesce(&kept, Some(OWN_APP)).changed {
-                prop_assert!(marked.contains(id), "record {} is read but was never marked", id);
-            }
-        }
-
         #[test]
         fn v3_verifies_what_it_signs_and_no_one_byte_change(
             body in proptest::collection::vec(any::<u8>(), 0..300),
