@@ -316,15 +316,17 @@ impl HubspotClient {
                 "hs_object_id",
             ),
         };
-        let mut body = json!({
+        // The shapes HubSpot's search document gives
+        // (`PublicObjectSearchRequest`): `sorts` holds property names
+        // (ascending; a `-` prefix would sort descending), and `after` is
+        // required — "0" on the first page.
+        let body = json!({
             "filterGroups": [{"filters": filters}],
-            "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
+            "sorts": [sort],
             "properties": mapping::properties(object),
             "limit": limit,
+            "after": after.unwrap_or("0"),
         });
-        if let Some(after) = after {
-            body["after"] = json!(after);
-        }
         let request = self
             .http
             .post(self.url(&format!("/crm/v3/objects/{}/search", object.as_str())))
@@ -589,6 +591,7 @@ impl HubspotClient {
             "idProperty": mapping::RECORD_ID_PROPERTY,
             "inputs": inputs.iter().map(|(id, _)| json!({"id": id})).collect::<Vec<_>>(),
             "properties": [mapping::RECORD_ID_PROPERTY],
+            "propertiesWithHistory": [],
         });
         let request = self
             .http
