@@ -130,7 +130,12 @@ pub(super) async fn register(settings: &Settings, args: RegisterArgs) -> anyhow:
                 row.external_account_id,
                 row.tenant
             );
-            say!("    Target URL: {target}");
+            // The connection's own route: only its secret is tried there.
+            say!(
+                "    Target URL: {}/{}",
+                target.trim_end_matches('/'),
+                row.id
+            );
             say!("    Subscriptions:\n{}", describe(&subscriptions));
             if row.has_webhook_secret() {
                 say!("    Webhook secret: set");

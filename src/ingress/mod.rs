@@ -151,7 +151,9 @@ impl Ingress {
     }
 
     /// The axum app for a listener bound to `bound`: `POST
-    /// /webhooks/hubspot`, `GET /health`, `GET /ready`; anything else is a
+    /// /webhooks/hubspot` (the public app's deliveries for every account),
+    /// `POST /webhooks/{provider}/{connection}` (one connection's own),
+    /// `GET /health`, `GET /ready`; anything else is a
     /// problem+json 404 or 405. Fails when no signed URL can be known (see
     /// [`signed_base`]).
     pub fn router(
@@ -164,6 +166,18 @@ impl Ingress {
             .route(
                 "/webhooks/hubspot",
                 post(hubspot).fallback(|| async {
+                    (
+                        [("allow", "POST")],
+                        problem(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "webhooks are delivered with POST",
+                        ),
+                    )
+                }),
+            )
+            .route(
+                "/webhooks/{provider}/{connection}",
+                post(per_connection).fallback(|| async {
                     (
                         [("allow", "POST")],
                         problem(
@@ -332,6 +346,165 @@ fn too_many_accounts(n: usize) -> Response {
              this one names {n}"
         ),
     )
+}
+
+/// A delivery for one connection (`/webhooks/{provider}/{connection}`):
+/// the route names the connection, so exactly one credential verifies it —
+/// its own, or the app's when it has none — and nothing is tried in a loop.
+/// An unknown or deleted connection is answered 204 and counted: CRMs ban
+/// and then delete webhooks that keep failing, and there is nothing to
+/// retry.
+#[tracing::instrument(name = "webhook.request", skip_all, fields(provider = %provider, connection.id = %connection))]
+async fn per_connection(
+    State(ingress): State<Ingress>,
+    axum::extract::Path((provider, connection)): axum::extract::Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(kind) = provider.parse::<crate::domain::ProviderKind>() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("no webhooks for {provider:?}: {}", known_providers()),
+        );
+    };
+    let found = match connection.parse::<ConnectionId>() {
+        Ok(id) => ingress.routes.lookup_connection(kind.as_str(), id).await,
+        Err(_) => Ok(None),
+    };
+    ingress.lookups.fetch_add(1, Ordering::Relaxed);
+    let (account, route) = match found {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            metrics::counter!("crmsync_webhook_requests_total", "outcome" => "unknown_connection")
+                .increment(1);
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        Err(e) => return unavailable(&e),
+    };
+    match kind {
+        crate::domain::ProviderKind::Hubspot => {
+            hubspot_for_connection(&ingress, (account, route), &uri, &headers, &body).await
+        }
+    }
+}
+
+fn known_providers() -> String {
+    let known: Vec<&str> = crate::domain::ProviderKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    format!("known: {}", known.join(", "))
+}
+
+/// A HubSpot delivery on a connection's own route: verified with the
+/// connection's own secret (a private app's) or else the app secret; its
+/// events for any other portal are left out.
+async fn hubspot_for_connection(
+    ingress: &Ingress,
+    (account, route): (String, Route),
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let rejected = |why: String| async move {
+        metrics::counter!("crmsync_webhook_requests_total", "outcome" => "rejected").increment(1);
+        tracing::warn!(error = %why, "webhook rejected");
+        let mut deltas = HashMap::new();
+        deltas.insert(
+            route.connection,
+            WebhookCounts {
+                rejected: 1,
+                ..WebhookCounts::default()
+            },
+        );
+        ingress.stats.add(&deltas).await;
+        problem(StatusCode::UNAUTHORIZED, &why)
+    };
+    let secret = match (&route.sealed_credential, &ingress.key, &ingress.secret) {
+        (Some((kind @ WebhookCredentialKind::HmacSecret, sealed)), Some(key), _) => {
+            match crate::store::open_webhook_credential(
+                key,
+                (route.tenant, route.connection),
+                *kind,
+                sealed,
+            ) {
+                Ok(WebhookCredential::HmacSecret(secret)) => secret,
+                Ok(_) | Err(_) => {
+                    return rejected("the connection's webhook secret cannot be opened".into())
+                        .await;
+                }
+            }
+        }
+        (Some((WebhookCredentialKind::HmacSecret, _)), None, _) => {
+            return rejected(
+                "ingress has no encryption key to open the connection's webhook secret".into(),
+            )
+            .await;
+        }
+        (Some(_), _, _) => {
+            return rejected("the connection's webhook credential cannot verify HubSpot".into())
+                .await;
+        }
+        (None, _, Some(app)) => app.as_ref().clone(),
+        (None, _, None) => {
+            return rejected("no secret verifies this connection's webhooks".into()).await;
+        }
+    };
+    let signatures = SignatureHeaders {
+        v3: header(headers, "x-hubspot-signature-v3"),
+        timestamp: header(headers, "x-hubspot-request-timestamp"),
+        legacy: header(headers, "x-hubspot-signature"),
+        legacy_version: header(headers, "x-hubspot-signature-version"),
+    };
+    let verified = webhook::verify_batch(
+        secret.expose_secret().as_bytes(),
+        "POST",
+        &called_url(ingress, uri),
+        body,
+        &signatures,
+        chrono::Utc::now().timestamp_millis(),
+        ingress.allow_legacy,
+    );
+    let events = match verified {
+        Ok((_, batch)) => batch.into_inner(),
+        Err(WebhookError::Malformed(why)) => {
+            metrics::counter!("crmsync_webhook_requests_total", "outcome" => "malformed")
+                .increment(1);
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("malformed webhook body: {why}"),
+            );
+        }
+        Err(e) => return rejected(e.to_string()).await,
+    };
+    let Ok(portal) = account.parse::<u64>() else {
+        return unavailable("the connection's HubSpot account is not a portal id");
+    };
+    let (own, foreign): (Vec<WebhookEvent>, Vec<WebhookEvent>) =
+        events.into_iter().partition(|e| e.portal_id == portal);
+    if !foreign.is_empty() {
+        metrics::counter!("crmsync_webhook_events_total", "outcome" => "unknown_account")
+            .increment(foreign.len() as u64);
+    }
+    let mut cache = RouteCache::new();
+    cache.insert(portal, vec![route.clone()]);
+    match accept(
+        ingress,
+        &mut cache,
+        &Signer::Connection(route.connection),
+        &[portal],
+        own,
+    )
+    .await
+    {
+        Ok(()) => {
+            metrics::counter!("crmsync_webhook_requests_total", "outcome" => "accepted")
+                .increment(1);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => unavailable(&e),
+    }
 }
 
 #[tracing::instrument(name = "webhook.request", skip_all, fields(provider = "hubspot"))]

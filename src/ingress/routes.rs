@@ -8,6 +8,10 @@
 //!   routes published before kinds existed hold HMAC secrets), rebuilt by [`publish`] (the api and CLI
 //!   when connections change, the scheduler every minute: Redis may lose it,
 //!   the database is the truth);
+//! - `{ns}:connection-routes:{provider}` — hash `connection id → route
+//!   JSON` with the connection's `account` too: what the per-connection
+//!   webhook route (`/webhooks/{provider}/{connection}`) looks up, replaced
+//!   whole by [`publish`];
 //! - `{ns}:webhook-seen:{hour}` — a hash of the dedupe keys of events that
 //!   occurred in that hour (`HSETNX`), expiring 78 hours after the hour ends
 //!   (HubSpot retries for up to 24 hours; the design asks for at least 76).
@@ -52,6 +56,9 @@ struct Published {
     secret: Option<String>,
     #[serde(default, rename = "secretKind")]
     secret_kind: Option<String>,
+    /// The CRM account (in the per-connection hash only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
 }
 
 impl Route {
@@ -72,7 +79,12 @@ impl Route {
     }
 
     fn to_json(&self) -> String {
+        self.to_json_with(None)
+    }
+
+    fn to_json_with(&self, account: Option<&str>) -> String {
         serde_json::to_string(&Published {
+            account: account.map(str::to_string),
             tenant: self.tenant,
             paused: self.paused,
             secret: self
@@ -129,6 +141,47 @@ pub enum Routes {
 }
 
 impl Routes {
+    /// The route of one connection of `provider` and its CRM account;
+    /// `None` for a connection that does not exist or was deleted.
+    pub async fn lookup_connection(
+        &self,
+        provider: &str,
+        connection: ConnectionId,
+    ) -> Result<Option<(String, Route)>, String> {
+        match self {
+            Routes::Redis { conn, namespace } => {
+                let mut conn = conn.clone();
+                let value: Option<String> = redis::cmd("HGET")
+                    .arg(format!("{namespace}:connection-routes:{provider}"))
+                    .arg(connection.to_string())
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(value.and_then(|v| {
+                    let account = serde_json::from_str::<Published>(&v).ok()?.account?;
+                    Some((account, Route::from_published(&connection.to_string(), &v)?))
+                }))
+            }
+            Routes::Store(store) => {
+                let directory = store
+                    .connection_directory()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let Some((tenant, id)) = directory.into_iter().find(|(_, id)| *id == connection)
+                else {
+                    return Ok(None);
+                };
+                let row = store
+                    .connection(tenant, id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((row.provider.as_str() == provider)
+                    .then(|| Route::of(&row).map(|r| (row.external_account_id.clone(), r)))
+                    .flatten())
+            }
+        }
+    }
+
     /// The routes (active and paused connections) of `account`.
     pub async fn lookup(&self, provider: &str, account: u64) -> Result<Vec<Route>, String> {
         let mut found = self.lookup_many(provider, &[account]).await?;
@@ -203,6 +256,7 @@ pub async fn publish(
     namespace: &str,
 ) -> Result<usize, String> {
     let mut by_key: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut by_connection: HashMap<String, Vec<(String, String)>> = HashMap::new();
     let mut stale = Vec::new();
     for (tenant, id) in store
         .connection_directory()
@@ -218,12 +272,28 @@ pub async fn publish(
             row.provider, row.external_account_id
         );
         match Route::of(&row) {
-            Some(route) => by_key
-                .entry(key)
-                .or_default()
-                .push((id.to_string(), route.to_json())),
+            Some(route) => {
+                by_connection
+                    .entry(format!("{namespace}:connection-routes:{}", row.provider))
+                    .or_default()
+                    .push((
+                        id.to_string(),
+                        route.to_json_with(Some(&row.external_account_id)),
+                    ));
+                by_key
+                    .entry(key)
+                    .or_default()
+                    .push((id.to_string(), route.to_json()));
+            }
             None => stale.push(key),
         }
+    }
+    // Every provider's per-connection hash is replaced whole, so a deleted
+    // connection leaves it.
+    for provider in crate::domain::ProviderKind::ALL {
+        by_connection
+            .entry(format!("{namespace}:connection-routes:{provider}"))
+            .or_default();
     }
     let mut pipe = redis::pipe();
     pipe.atomic();
@@ -235,6 +305,12 @@ pub async fn publish(
         pipe.del(key).ignore();
         pipe.hset_multiple(key, entries).ignore();
         written += entries.len();
+    }
+    for (key, entries) in &by_connection {
+        pipe.del(key).ignore();
+        if !entries.is_empty() {
+            pipe.hset_multiple(key, entries).ignore();
+        }
     }
     let mut conn = conn.clone();
     pipe.query_async::<()>(&mut conn)

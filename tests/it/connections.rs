@@ -249,6 +249,77 @@ on_both_backends! {
 }
 
 on_both_backends! {
+    async fn a_connections_own_webhook_route_takes_only_what_its_credential_signs(backend) {
+        let mut fleet = Fleet::start(backend, 2).await;
+        fleet.start_workers();
+        fleet.full_sync().await;
+        let ingress = fleet.start_ingress(false).await;
+        let api = fleet.start_api_client().await;
+        let connection = fleet.connection.to_string();
+        let own = format!("{ingress}/webhooks/hubspot/{connection}");
+        let ids = fleet.store.linked_crm_ids(fleet.tenant, fleet.connection, CrmObject::Contacts).await.expect("ids");
+        let contact = ids[0].parse::<u64>().unwrap_or(0);
+        let now = chrono::Utc::now().timestamp_millis();
+        let batch = |first_event: u64, portal: u64| -> Vec<u8> {
+            serde_json::to_vec(&json!([0, 1].iter().map(|i| json!({
+                "eventId": first_event + i, "subscriptionId": 1, "portalId": portal, "appId": 54321, "occurredAt": now,
+                "subscriptionType": "contact.propertyChange", "attemptNumber": 0,
+                "objectId": contact, "propertyName": "firstname", "propertyValue": "X", "changeSource": "CRM_UI"
+            })).collect::<Vec<_>>())).expect("json")
+        };
+
+        // Without a secret of its own, the app's secret verifies its route;
+        // a signature made for the app-wide URL does not.
+        let body = batch(100, PORTAL);
+        assert_eq!(deliver(&own, &body, signed_headers(SECRET, &own, &body)).await, StatusCode::NO_CONTENT);
+        let app_wide = format!("{ingress}/webhooks/hubspot");
+        let body = batch(110, PORTAL);
+        assert_eq!(deliver(&own, &body, signed_headers(SECRET, &app_wide, &body)).await, StatusCode::UNAUTHORIZED);
+        let counted = stats(&api, &connection).await;
+        assert_eq!((counted["received"].as_u64(), counted["rejected"].as_u64()), (Some(2), Some(1)), "{counted}");
+
+        // With its own secret, that secret alone verifies it, and what it
+        // signs is read from the CRM.
+        let (status, patched, _) = api
+            .send(Method::PATCH, &format!("/v1/connections/{connection}"), Some(json!({"webhookSecret": "private-app-secret"})))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{patched}");
+        if fleet.backend == crate::fleet::Backend::Postgres {
+            crmsync::app::publish_routes(&fleet.settings, &fleet.store).await.expect("publish");
+        }
+        let email = fleet.sandbox_contacts().await[&ids[0]]["email"].as_str().expect("email").to_string();
+        edit_in_crm(&fleet, &ids[0], "Via-own-route").await;
+        let body = batch(200, PORTAL);
+        assert_eq!(deliver(&own, &body, signed_headers("private-app-secret", &own, &body)).await, StatusCode::NO_CONTENT);
+        wait_for("the edit read after the connection's own delivery", || async {
+            first_name_of(&fleet, fleet.tenant, &email).await.as_deref() == Some("Via-own-route")
+        })
+        .await;
+        let body = batch(300, PORTAL);
+        assert_eq!(deliver(&own, &body, signed_headers(SECRET, &own, &body)).await, StatusCode::UNAUTHORIZED);
+        // Events for another portal are left out.
+        let body = batch(400, PORTAL + 1);
+        assert_eq!(deliver(&own, &body, signed_headers("private-app-secret", &own, &body)).await, StatusCode::NO_CONTENT);
+        let counted = stats(&api, &connection).await;
+        assert_eq!((counted["received"].as_u64(), counted["rejected"].as_u64()), (Some(4), Some(2)), "{counted}");
+
+        // Unknown or unreadable connections get 204 (a CRM bans webhooks
+        // that keep failing); an unknown CRM is a 404; only POST delivers.
+        let unknown = format!("{ingress}/webhooks/hubspot/{}", crmsync::domain::ConnectionId::new());
+        assert_eq!(deliver(&unknown, &body, signed_headers(SECRET, &unknown, &body)).await, StatusCode::NO_CONTENT);
+        let garbage = format!("{ingress}/webhooks/hubspot/not-a-connection");
+        assert_eq!(deliver(&garbage, b"[]", vec![]).await, StatusCode::NO_CONTENT);
+        let other_crm = format!("{ingress}/webhooks/acme-crm/{connection}");
+        assert_eq!(deliver(&other_crm, b"[]", vec![]).await, StatusCode::NOT_FOUND);
+        let got = reqwest::get(&own).await.expect("get").status();
+        assert_eq!(got, StatusCode::METHOD_NOT_ALLOWED);
+        let counted = stats(&api, &connection).await;
+        assert_eq!(counted["received"].as_u64(), Some(4), "{counted}");
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
     async fn a_lead_deleted_through_the_api_is_archived_in_hubspot(backend) {
         let mut fleet = Fleet::start(backend, 3).await;
         fleet.start_workers();
