@@ -377,23 +377,47 @@ impl Store {
             .collect())
     }
 
-    /// CRM ids linked on a connection's object, for tests and reconciliation.
+    /// CRM ids linked on a connection's object, tombstones included, for
+    /// tests and reconciliation.
     pub async fn linked_crm_ids(
         &self,
         tenant: TenantId,
         connection: ConnectionId,
         object: CrmObject,
     ) -> Result<Vec<String>, StoreError> {
+        self.crm_ids(tenant, connection, object, "").await
+    }
+
+    /// CRM ids linked on a connection's object whose CRM record is not
+    /// deleted (no tombstone).
+    pub async fn live_crm_ids(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+    ) -> Result<Vec<String>, StoreError> {
+        self.crm_ids(tenant, connection, object, " AND crm_deleted_at IS NULL")
+            .await
+    }
+
+    async fn crm_ids(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        object: CrmObject,
+        live_only: &'static str,
+    ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin(tenant).await?;
+        let sql = format!(
+            "SELECT crm_id FROM record_links WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3{live_only}"
+        );
         let rows: Vec<(String,)> = on_db!(&mut tx, |c| {
-            sqlx::query_as(
-            "SELECT crm_id FROM record_links WHERE tenant_id = $1 AND connection_id = $2 AND crm_object = $3"
-        )
-        .bind(tenant.0)
-        .bind(connection.0)
-        .bind(object.as_str())
-        .fetch_all(c)
-        .await
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(tenant.0)
+                .bind(connection.0)
+                .bind(object.as_str())
+                .fetch_all(c)
+                .await
         })?;
         tx.commit().await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())

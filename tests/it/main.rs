@@ -19,6 +19,7 @@ mod sync_resume;
 
 mod api;
 mod cli;
+mod conformance;
 mod connections;
 mod convergence;
 mod crash_safety;
