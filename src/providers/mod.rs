@@ -4,5 +4,6 @@
 
 pub mod error;
 pub mod hubspot;
+pub mod throttle;
 
 pub use error::ProviderError;

@@ -209,7 +209,7 @@ impl HubspotClient {
                 window: BURST_WINDOW,
             },
             daily_limit: self.settings.requests_per_day,
-            share: self.settings.budget_share,
+            share: 1.0,
             kind: "burst",
         };
         Pacer {
@@ -248,7 +248,7 @@ impl HubspotClient {
             },
             // The burst budget counts the day's requests, these among them.
             daily_limit: 0,
-            share: self.settings.budget_share * share,
+            share,
             kind: "sweep",
         };
         let budget = self.budgets.get(&format!("hubspot:{portal}:sweep"), spec);
@@ -266,7 +266,7 @@ impl HubspotClient {
                 window: Duration::from_secs(1),
             },
             daily_limit: 0,
-            share: self.settings.budget_share,
+            share: 1.0,
             kind: "search",
         };
         Pacer {

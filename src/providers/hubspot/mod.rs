@@ -5,6 +5,7 @@ mod client;
 mod leads;
 pub mod mapping;
 pub mod subscriptions;
+pub mod throttle;
 pub mod webhook;
 
 pub use client::{
