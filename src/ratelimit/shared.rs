@@ -105,6 +105,10 @@ local cost = tonumber(A[7])
 local m = tonumber(A[8])
 local ru = tonumber(A[12])
 local iu = tonumber(A[14])
+-- Keys live two days after their last use, or two windows if longer.
+local keep = 172800000
+if daily > 0 then keep = math.max(keep, math.ceil(2 * tonumber(A[11]) / 1000)) end
+if ru > 0 then keep = math.max(keep, math.ceil(2 * tonumber(A[13]) / 1000)) end
 local function capped(k, usable)
   local c = f[k .. 'cap']
   if c and c < usable then return c end
@@ -170,6 +174,9 @@ if ru > 0 then
     end
     rlow = math.max(rlow, cutoff)
   end
+  -- What was forgotten stays forgotten, whether or not this call goes.
+  redis.call('HSET', KEYS[1], 'rsum', num(rsum), 'rlow', num(rlow), 'rhigh', num(rhigh), 'rw', num(rw))
+  redis.call('PEXPIRE', KEYS[1], keep)
   local cap = capped('r', ru)
   if cost > cap then return {0, rwin, 'costly'} end
   if rsum + cost > cap then
@@ -194,7 +201,6 @@ if iu > 0 then
 end
 -- Admitted: commit every limit at once.
 local set = {'day', num(day), 'count', num(count + cost)}
-local keep = 172800000
 if period > 0 then
   table.insert(set, 'tat')
   table.insert(set, num(start + cost * period))
@@ -204,12 +210,10 @@ if daily > 0 and fwin ~= 86400000000 then
   table.insert(set, num(fidx))
   table.insert(set, 'fcount')
   table.insert(set, num(fcount + cost))
-  keep = math.max(keep, math.ceil(2 * fwin / 1000))
 end
 if ru > 0 then
   local b = math.floor(start / rw)
   redis.call('HINCRBY', KEYS[3], num(b), cost)
-  keep = math.max(keep, math.ceil(2 * rwin / 1000))
   redis.call('PEXPIRE', KEYS[3], keep)
   for _, v in ipairs({'rsum', num(rsum + cost), 'rlow', num(rlow), 'rhigh', num(math.max(rhigh, b)), 'rw', num(rw)}) do
     table.insert(set, v)
@@ -452,12 +456,13 @@ pub struct BudgetStatus {
     pub waiting_until: Option<DateTime<Utc>>,
     /// Set during a cool-down after a 429.
     pub cool_down_until: Option<DateTime<Utc>>,
-    /// Requests this UTC day.
+    /// Units taken this UTC day (for HubSpot, requests), whatever the
+    /// budget's limits.
     pub requests_today: u64,
 }
 
-/// Reads budget `name`'s state (nothing is changed); `window` is the
-/// budget's, for the pause after a Redis start.
+/// Reads budget `name`'s state (nothing is changed); `window` is its pause
+/// after a Redis start (its pace window, or its lease if longer).
 pub async fn status(
     conn: &ConnectionManager,
     namespace: &str,

@@ -713,6 +713,46 @@ mod tests {
         assert_eq!(wait, period_for(2 * S, 20, 1));
     }
 
+    #[test]
+    fn a_refused_call_takes_nothing_from_any_limit() {
+        let mut rules = paced(10 * S, 100, 5);
+        rules.fixed = Some(CountRule {
+            window: DAY_MICROS,
+            usable: 1000,
+        });
+        rules.rolling = Some(CountRule {
+            window: 3600 * S,
+            usable: 1000,
+        });
+        rules.in_flight = Some(InFlightRule {
+            usable: 1,
+            lease: 30 * S,
+        });
+        let period = rules.pace.map(|p| p.period).unwrap_or_default();
+        let mut state = State::default();
+        assert_eq!(
+            state.take(&rules, EPOCH, 0, u64::MAX, 5, Some("a")),
+            Outcome::Admitted { wait: 0 }
+        );
+        // The lease is taken: the pace, the counts and the lease are untouched.
+        let later = EPOCH + 5 * period;
+        assert!(matches!(
+            state.take(&rules, later, 0, u64::MAX, 5, Some("b")),
+            Outcome::Refused {
+                reason: Reason::InFlight,
+                ..
+            }
+        ));
+        state.release("a");
+        assert_eq!(
+            state.take(&rules, later, 0, u64::MAX, 5, Some("c")),
+            Outcome::Admitted { wait: 0 }
+        );
+        assert_eq!(state.fixed_count, 10);
+        assert_eq!(state.rolling.sum, 10);
+        assert_eq!(state.tat, later + 5 * period);
+    }
+
     proptest! {
         /// Whatever the costs and arrivals, no window of the pace's length
         /// holds more units than its usable capacity, and calls of cost ≤ m

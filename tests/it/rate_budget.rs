@@ -430,6 +430,43 @@ async fn a_short_rolling_window_admits_again_once_its_units_have_left_it() {
     );
 }
 
+/// Units that left the window stay forgotten when the call that noticed
+/// is itself refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_window_forgets_old_units_even_for_a_refused_call() {
+    let ns = namespace();
+    let budgets = process(&ns, waiting(Duration::from_millis(100))).await;
+    let budget = budgets.get(
+        "zoho:1:credits",
+        plan(rolling(5, Duration::from_secs(2)), 1),
+    );
+    let take = |cost| {
+        let budget = budget.clone();
+        async move { budget.take(Priority::Interactive, cost).await }
+    };
+    let started = std::time::Instant::now();
+    let at = |ms: u64| Duration::from_millis(ms).saturating_sub(started.elapsed());
+    take(3).await.expect("room").release().await;
+    tokio::time::sleep(at(1_000)).await;
+    take(1).await.expect("room").release().await;
+    tokio::time::sleep(at(1_500)).await;
+    take(1).await.expect("room").release().await;
+    // The first 3 have left the window; 2 + 4 do not fit.
+    tokio::time::sleep(at(2_100)).await;
+    let retry = refused_for(take(4).await);
+    assert!(retry < Duration::from_secs(1), "{retry:?}");
+    // 2 + 3 do.
+    take(3)
+        .await
+        .expect("the room the first 3 left")
+        .release()
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2_900),
+        "within the window of the 1s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_flight_limit_holds_across_processes_and_a_returned_lease_frees_its_place() {
     let ns = namespace();
