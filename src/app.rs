@@ -124,9 +124,7 @@ pub async fn deps(settings: &Settings, store: Store) -> anyhow::Result<Deps> {
         .context("failed to connect to the queue")?;
     // One budget per CRM account for the whole fleet when there is a Redis;
     // this process's own otherwise (the embedded mode).
-    let waits = Waits {
-        max_wait: std::time::Duration::from_secs(settings.hubspot.budget_max_wait_secs),
-    };
+    let waits = Waits::from(&settings.budgets);
     let budgets = match redis(settings).await? {
         Some(conn) => Budgets::shared(SharedStore::new(conn, &settings.queue.namespace), waits),
         None => Budgets::local(waits),

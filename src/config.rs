@@ -27,6 +27,14 @@ const SECRET_KEYS: &[(&str, &str)] = &[
     ("hubspot", "developer_api_key"),
 ];
 
+/// Keys that were moved: a file or variable that still sets one stops the
+/// process with a message naming the key that replaced it (the new key's
+/// meaning and default are the old one's).
+const MOVED_KEYS: &[(&str, &str)] = &[
+    ("hubspot.budget_share", "budgets.share"),
+    ("hubspot.budget_max_wait_secs", "budgets.max_wait_secs"),
+];
+
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,6 +56,22 @@ pub enum ConfigError {
         env: String,
         /// The overlay file that was looked for.
         path: String,
+    },
+    /// A key that was moved is still set.
+    #[error(
+        "configuration error: {key} ({env}, set by {source_name}) was removed: set {new_key} ({new_env}) instead"
+    )]
+    Moved {
+        /// The old dotted key.
+        key: String,
+        /// Its environment-variable form.
+        env: String,
+        /// Where it was set (a file or the environment).
+        source_name: String,
+        /// The key that replaced it.
+        new_key: String,
+        /// The new key's environment-variable form.
+        new_env: String,
     },
     /// A secret was found in a file.
     #[error("configuration error: {key} must come from the environment ({env}), not from {file}")]
@@ -73,8 +97,10 @@ pub struct Settings {
     pub queue: QueueSettings,
     /// Keys for data at rest.
     pub secrets: SecretsSettings,
-    /// HubSpot endpoints, app credentials and rate budget.
+    /// HubSpot endpoints, app credentials and rate limits.
     pub hubspot: HubspotSettings,
+    /// How the fleet uses every CRM's rate budgets.
+    pub budgets: BudgetSettings,
     /// Delta and full sync tuning.
     pub sync: SyncSettings,
     /// Webhook ingress.
@@ -192,12 +218,21 @@ pub struct HubspotSettings {
     /// The account's daily budget: requests per UTC day (0: none, as for
     /// public OAuth apps).
     pub requests_per_day: u32,
-    /// Share of each budget crmsync may use (the rest is the customer's).
-    pub budget_share: f64,
-    /// The longest a job waits for a budget slot before it is rescheduled.
-    pub budget_max_wait_secs: u64,
     /// Per-request timeout, in seconds.
     pub request_timeout_secs: u64,
+}
+
+/// `[budgets]`: fleet-level knobs of every CRM's rate budgets
+/// ([`crate::ratelimit`]); each CRM's own limits stay in its section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSettings {
+    /// Share of each budget crmsync may use, in (0, 1] (the rest is the
+    /// customer's).
+    pub share: f64,
+    /// The longest a job waits for a budget slot before it is rescheduled,
+    /// in seconds.
+    pub max_wait_secs: u64,
 }
 
 /// `[sync]`.
@@ -396,6 +431,7 @@ impl Settings {
             .split("__")
             .filter_map(|k| Some(k.as_str().to_lowercase().into()));
         let figment = figment.merge(env);
+        moved_keys(&figment)?;
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         settings.normalise();
         settings.validate()?;
@@ -494,8 +530,8 @@ impl Settings {
                 self.hubspot.request_timeout_secs,
             ),
             (
-                "CRMSYNC__HUBSPOT__BUDGET_MAX_WAIT_SECS",
-                self.hubspot.budget_max_wait_secs,
+                "CRMSYNC__BUDGETS__MAX_WAIT_SECS",
+                self.budgets.max_wait_secs,
             ),
         ];
         for (key, v) in positive {
@@ -527,10 +563,10 @@ impl Settings {
                 ));
             }
         }
-        if !(self.hubspot.budget_share > 0.0 && self.hubspot.budget_share <= 1.0) {
+        if !(self.budgets.share > 0.0 && self.budgets.share <= 1.0) {
             return Err(value(
-                "CRMSYNC__HUBSPOT__BUDGET_SHARE",
-                format!("must be in (0, 1], got {}", self.hubspot.budget_share),
+                "CRMSYNC__BUDGETS__SHARE",
+                format!("must be in (0, 1], got {}", self.budgets.share),
             ));
         }
         let share = self.sync.detect_conflicts_budget_share;
@@ -726,6 +762,34 @@ fn is_base_url(url: &str) -> bool {
         && !url.chars().any(char::is_whitespace)
 }
 
+/// Refuses a configuration that still sets a moved key ([`MOVED_KEYS`]).
+fn moved_keys(figment: &Figment) -> Result<(), ConfigError> {
+    for (old, new) in MOVED_KEYS {
+        if figment.find_value(old).is_err() {
+            continue;
+        }
+        let source_name = figment.find_metadata(old).map_or_else(
+            || "the configuration".to_string(),
+            |m| match &m.source {
+                Some(source) => source.to_string(),
+                None => m.name.to_string(),
+            },
+        );
+        let dotted = |key: &str| {
+            let (section, name) = key.split_once('.').unwrap_or((key, ""));
+            env_var(section, name)
+        };
+        return Err(ConfigError::Moved {
+            key: (*old).to_string(),
+            env: dotted(old),
+            source_name,
+            new_key: (*new).to_string(),
+            new_env: dotted(new),
+        });
+    }
+    Ok(())
+}
+
 fn value(key: &'static str, message: String) -> ConfigError {
     ConfigError::Value { key, message }
 }
@@ -857,6 +921,74 @@ mod tests {
             }
             jail.set_env(var, "1");
             assert_eq!(load(jail, None)?.sync.detect_conflicts_budget_share, 1.0);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn budgets_default_and_refuse_a_share_outside_0_to_1_or_a_zero_wait() {
+        Jail::expect_with(|jail| {
+            let s = load(jail, None)?;
+            assert_eq!((s.budgets.share, s.budgets.max_wait_secs), (1.0, 5));
+            jail.set_env("CRMSYNC__BUDGETS__SHARE", "0.5");
+            jail.set_env("CRMSYNC__BUDGETS__MAX_WAIT_SECS", "7");
+            let s = load(jail, None)?;
+            assert_eq!((s.budgets.share, s.budgets.max_wait_secs), (0.5, 7));
+            for (var, bad, good) in [
+                ("CRMSYNC__BUDGETS__SHARE", "0", "1"),
+                ("CRMSYNC__BUDGETS__SHARE", "1.01", "1"),
+                ("CRMSYNC__BUDGETS__MAX_WAIT_SECS", "0", "5"),
+            ] {
+                jail.set_env(var, bad);
+                let err = load(jail, None).err().unwrap_or_default();
+                assert!(err.contains(var), "{var}={bad}: {err}");
+                jail.set_env(var, good);
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_moved_budget_key_in_the_environment_stops_naming_its_new_key() {
+        for (old, value, new) in [
+            (
+                "CRMSYNC__HUBSPOT__BUDGET_SHARE",
+                "0.5",
+                "budgets.share (CRMSYNC__BUDGETS__SHARE)",
+            ),
+            (
+                "CRMSYNC__HUBSPOT__BUDGET_MAX_WAIT_SECS",
+                "5",
+                "budgets.max_wait_secs (CRMSYNC__BUDGETS__MAX_WAIT_SECS)",
+            ),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(old, value);
+                let err = load(jail, None).err().unwrap_or_default();
+                assert!(err.contains(old), "{err}");
+                assert!(err.contains(&format!("set {new} instead")), "{err}");
+                assert!(err.contains("environment"), "names where: {err}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn a_moved_budget_key_in_a_file_stops_naming_the_file_and_its_new_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "old.toml",
+                "[hubspot]\nrequests_per_10s = 190\nbudget_max_wait_secs = 10\n",
+            )?;
+            let err = load(jail, Some("old")).err().unwrap_or_default();
+            assert!(err.contains("hubspot.budget_max_wait_secs"), "{err}");
+            assert!(err.contains("old.toml"), "{err}");
+            assert!(
+                err.contains("set budgets.max_wait_secs (CRMSYNC__BUDGETS__MAX_WAIT_SECS) instead"),
+                "{err}"
+            );
+            jail.create_file("new.toml", "[budgets]\nmax_wait_secs = 10\n")?;
+            assert_eq!(load(jail, Some("new"))?.budgets.max_wait_secs, 10);
             Ok(())
         });
     }

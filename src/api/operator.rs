@@ -109,7 +109,7 @@ async fn rate_budget(api: &Api, row: &ConnectionRow) -> Value {
         Ok(status) => json!({
             "requestsPer10s": hubspot.requests_per_10s,
             "requestsPerDay": hubspot.requests_per_day,
-            "share": hubspot.budget_share,
+            "share": api.settings.budgets.share,
             "requestsToday": status.requests_today,
             "waitingForQuotaUntil": status.waiting_until,
             "coolDownUntil": status.cool_down_until,

@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod hubspot;
+pub mod throttle;
 pub mod types;
 
 pub use error::ProviderError;

@@ -1,49 +1,157 @@
-//! Rate budgets per (provider, CRM account, kind of call), paced so that the
-//! CRM's rolling window is used to the last request and never exceeded — by
-//! the whole fleet, not by each process (`SYNC_ALGORITHMS.md` §7).
+//! Rate budgets per (provider, CRM account, kind of call), kept so that the
+//! CRM's limits are used to the last unit and never exceeded — by the whole
+//! fleet, not by each process (`SYNC_ALGORITHMS.md` §7).
 //!
-//! - **Pacing.** A rolling window of `L` requests per `W` admits GCRA traffic
-//!   with burst `b` and rate `r` only if `b + r·W ≤ L`; with `b = 1` the pace
-//!   is one request per `W / (L − 1)`, plus 1 % for arrival jitter, of the
-//!   share of `L` crmsync may use (the rest is the customer's).
-//! - **Fleet-wide.** With Redis, every process reserves its slot in one
-//!   atomic script on one key per budget ([`shared`]), on Redis's clock: the
-//!   slots of all processes together keep the pace. `governor` in front
-//!   smooths each process (on average never faster than the whole budget,
-//!   in bursts no longer than the slots one may reserve ahead); without
-//!   Redis (the embedded mode) it is the only limiter, with no burst.
-//! - **Cool-down.** A 429 sets a cool-down on the same key that every caller
-//!   honours before its next request.
-//! - **Daily budgets** count requests per UTC day on the same key.
+//! **One model for every CRM.** A budget is a set of limits a call draws
+//! from at once, each call costing `n` units (a HubSpot or Salesforce call
+//! 1, a Pipedrive list 10 tokens, a Zoho search 3 credits); an account has
+//! several budgets (burst, search, concurrency). The limits, any of which a
+//! budget may have ([`Limits`], the algorithm in [`window`]):
+//! - **a pace** over a window of any length (HubSpot's 10 s, Pipedrive's
+//!   2 s, Dynamics' 5 min): GCRA, one unit per `W·1.01 / (L − m)` of the
+//!   share of `L` crmsync may use, `m` being the largest cost the pace
+//!   lets through at once (1 for HubSpot: one request per `W / (L − 1)`,
+//!   plus 1 % for arrival jitter);
+//! - **a fixed-window count** (a UTC day for HubSpot's daily budget);
+//! - **a rolling-window count** (Salesforce's and Zoho's 24 h), in buckets;
+//! - **an in-flight limit** (Zoho, Dynamics): a lease per call that expires,
+//!   so a process that dies holding one cannot leak it.
+//!
+//! What a CRM says of its own limits ([`Report`]: `Sforce-Limit-Info`,
+//! `x-ms-ratelimit-*`, Pipedrive's `x-ratelimit-*`) lowers them, never above
+//! their configured size ([`Budget::learn`]).
+//!
+//! - **Fleet-wide.** With Redis, every process takes from one atomic script
+//!   on one key per budget ([`shared`]), on Redis's clock: the slots of all
+//!   processes together keep the pace. `governor` in front smooths each
+//!   process (on average never faster than the whole budget, in bursts no
+//!   longer than the slots one may reserve ahead); without Redis (the
+//!   embedded mode) the same algorithm runs in the process.
+//! - **Cool-down.** A throttle (whatever the CRM's reply: each adapter
+//!   classifies its own, see `providers::throttle`) sets a cool-down on the
+//!   budget's key that every caller honours before its next request.
+//! - **Share.** `budgets.share` of every limit is crmsync's; the rest is
+//!   left to the customer's own integrations.
 //! - **Priorities.** Interactive calls (webhook follow-ups, pushes) reserve a
-//!   slot up to `max_wait` ahead; background calls (full-sync pages) take
-//!   only the next free slot, so interactive work is served first.
+//!   slot up to `budgets.max_wait_secs` ahead; background calls (full-sync
+//!   pages) take only the next free slot, so interactive work is served
+//!   first.
 //! - **No parked workers.** A call whose slot is further away than
 //!   `max_wait` is refused with the wait ([`BudgetError::WaitTooLong`]); the
 //!   job is rescheduled then instead of holding a worker slot.
 
 pub mod shared;
+pub mod window;
+
+pub use window::{LimitKind, Report};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use window::{CountRule, InFlightRule, Outcome, PaceRule, Reason, Rules, micros, usable};
 
-/// A rolling-window limit as the CRM states it.
+/// A limit as the CRM states it: units (requests, tokens, credits) per
+/// window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WindowLimit {
-    /// Requests allowed per window.
+    /// Units allowed per window (for HubSpot, requests).
     pub requests: u32,
     /// The window.
     pub window: Duration,
 }
 
 impl WindowLimit {
-    /// The pacing period for this limit when we may use `share` of it.
+    /// The pacing period for this limit when we may use `share` of it, for
+    /// calls that cost 1.
     pub fn period(&self, share: f64) -> Duration {
-        let usable = ((f64::from(self.requests) * share).floor() as u32).max(2);
-        self.window.mul_f64(1.01) / (usable - 1)
+        self.paced(share, 1)
+    }
+
+    /// The pacing period when a call may cost up to `max_cost` at once: one
+    /// unit per `W·1.01 / (usable − max_cost)` (see [`window`]).
+    pub fn paced(&self, share: f64, max_cost: u32) -> Duration {
+        let usable = usable(self.requests, share, max_cost.saturating_add(1));
+        self.window.mul_f64(1.01) / (usable - max_cost)
+    }
+}
+
+/// A fleet-wide in-flight limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InFlightLimit {
+    /// Calls the CRM serves at once.
+    pub calls: u32,
+    /// How long a call's lease lives after its start: longer than the
+    /// request timeout, so that a live call never outlives its lease, and
+    /// as short as that allows, so that a dead process's lease frees soon.
+    pub lease: Duration,
+}
+
+/// Every limit of one budget; a call draws from all of them at once.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Limits {
+    /// Paced (GCRA) over its window.
+    pub pace: Option<WindowLimit>,
+    /// Counted per fixed window aligned on the Unix epoch (86,400 s: a UTC
+    /// day).
+    pub fixed: Option<WindowLimit>,
+    /// Counted over the rolling window.
+    pub rolling: Option<WindowLimit>,
+    /// Calls in flight at once.
+    pub in_flight: Option<InFlightLimit>,
+}
+
+/// What a budget is for and how big it is: the general shape every CRM's
+/// budgets take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetPlan {
+    /// Its limits.
+    pub limits: Limits,
+    /// The largest cost a call may have without waiting extra for its pace
+    /// (≥ 1; the adapter's costliest common call kind). A costlier call
+    /// waits out its excess; a call costing more than a whole count window
+    /// is refused ([`BudgetError::Unavailable`]).
+    pub max_cost: u32,
+    /// Share of every limit this kind of call may use, before
+    /// `budgets.share` (a sweep's part of the account's rate; 1.0 for most).
+    pub share: f64,
+    /// Label for metrics (`burst`, `search`).
+    pub kind: &'static str,
+}
+
+/// The common shape of HubSpot's budgets: one paced window and a UTC-day
+/// count, every call costing 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetSpec {
+    /// The rolling-window limit (paced).
+    pub limit: WindowLimit,
+    /// Requests per UTC day (0: none).
+    pub daily_limit: u32,
+    /// Share of both this kind of call may use, before `budgets.share`.
+    pub share: f64,
+    /// Label for metrics (`burst`, `search`).
+    pub kind: &'static str,
+}
+
+/// The length of a UTC day, HubSpot's daily window.
+pub const DAY: Duration = Duration::from_secs(86_400);
+
+impl From<BudgetSpec> for BudgetPlan {
+    fn from(spec: BudgetSpec) -> Self {
+        BudgetPlan {
+            limits: Limits {
+                pace: Some(spec.limit),
+                fixed: (spec.daily_limit > 0).then_some(WindowLimit {
+                    requests: spec.daily_limit,
+                    window: DAY,
+                }),
+                ..Limits::default()
+            },
+            max_cost: 1,
+            share: spec.share,
+            kind: spec.kind,
+        }
     }
 }
 
@@ -69,39 +177,137 @@ pub enum BudgetError {
         retry_after: Duration,
     },
     /// The shared budget (Redis) cannot be asked: rather than risk the
-    /// fleet exceeding it, the request waits for a retry.
+    /// fleet exceeding it, the request waits for a retry. (Also a call that
+    /// costs more than a whole window allows: it would never fit.)
     #[error("rate budget store unavailable: {0}")]
     Unavailable(String),
 }
 
-/// How long callers may wait for a slot.
+/// How this deployment uses its budgets (`[budgets]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Waits {
-    /// The longest wait for a slot before the job is rescheduled.
+    /// The longest wait for a slot before the job is rescheduled
+    /// (`budgets.max_wait_secs`).
     pub max_wait: Duration,
+    /// Share of every budget crmsync may use, in (0, 1]; the rest is the
+    /// customer's (`budgets.share`).
+    pub share: f64,
 }
 
 impl Default for Waits {
     fn default() -> Self {
         Self {
             max_wait: Duration::from_secs(5),
+            share: 1.0,
         }
     }
 }
 
-/// One budget: the in-process limiter, the local cool-down and day count,
-/// and, in a fleet, its shared key.
+impl From<&crate::config::BudgetSettings> for Waits {
+    fn from(settings: &crate::config::BudgetSettings) -> Self {
+        Self {
+            max_wait: Duration::from_secs(settings.max_wait_secs),
+            share: settings.share,
+        }
+    }
+}
+
+/// The shortest pause between two tries of a refused take, and the longest
+/// between two looks at a full in-flight limit (a lease may come back any
+/// moment; the oldest one's expiry is only the latest it frees).
+const MIN_POLL: Duration = Duration::from_millis(10);
+const MAX_POLL: Duration = Duration::from_millis(200);
+
+/// One budget: its limits at their usable size, the process's own state
+/// (the embedded mode's whole state; in a fleet, the smoothing limiter and
+/// a cached cool-down) and, in a fleet, its shared keys.
 #[derive(Debug)]
 pub struct Budget {
     name: String,
     kind: &'static str,
+    rules: Rules,
+    /// As configured, before the share: what the CRM's figures are held to.
+    limits: Limits,
+    share: f64,
+    /// The pace's period (zero without a pace).
     period: Duration,
-    daily_limit: u32,
-    local: DefaultDirectRateLimiter,
+    /// In a fleet: keeps this process to the budget's average rate.
+    smoother: Option<(DefaultDirectRateLimiter, u32)>,
     cooldown_until: Mutex<Option<Instant>>,
-    day: Mutex<(u64, u32)>,
-    shared: Option<shared::SharedBudget>,
+    state: Arc<Mutex<window::State>>,
+    shared: Option<Arc<shared::SharedBudget>>,
     waits: Waits,
+}
+
+/// Leave to send one call: holds its in-flight lease, if the budget has an
+/// in-flight limit, until [`Permit::release`] (or drop) gives it back.
+#[derive(Debug)]
+#[must_use = "dropping the permit ends the call's in-flight lease"]
+pub struct Permit {
+    lease: Option<(String, Releaser)>,
+}
+
+#[derive(Debug)]
+enum Releaser {
+    Local(Arc<Mutex<window::State>>),
+    Shared(Arc<shared::SharedBudget>),
+}
+
+impl Permit {
+    /// Gives the call's lease back now that its answer is in; without a
+    /// lease, nothing.
+    pub async fn release(mut self) {
+        if let Some((lease, releaser)) = self.lease.take() {
+            match releaser {
+                Releaser::Local(state) => {
+                    if let Ok(mut state) = state.lock() {
+                        state.release(&lease);
+                    }
+                }
+                Releaser::Shared(budget) => {
+                    if let Err(e) = budget.release(&lease).await {
+                        // It expires anyway.
+                        tracing::debug!(error = %e, "could not give an in-flight lease back");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Permit {
+    /// A permit dropped unreleased (an early return, a cancelled future)
+    /// gives its lease back in the background; a process that dies holding
+    /// one leaves it to expire.
+    fn drop(&mut self) {
+        let Some((lease, releaser)) = self.lease.take() else {
+            return;
+        };
+        match releaser {
+            Releaser::Local(state) => {
+                if let Ok(mut state) = state.lock() {
+                    state.release(&lease);
+                }
+            }
+            Releaser::Shared(budget) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = budget.release(&lease).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Now on the wall clock, µs since the epoch (the embedded mode's clock; a
+/// fleet's is Redis's).
+fn wall_micros() -> u64 {
+    micros(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 impl Budget {
@@ -119,13 +325,22 @@ impl Budget {
         &self.name
     }
 
-    /// Waits for this budget's next slot (after any cool-down), or says why
-    /// the request should not wait here.
+    /// Waits for this budget's next slot (after any cool-down) for a call
+    /// costing 1, or says why the request should not wait here. For budgets
+    /// without an in-flight limit; with one, see [`Self::take`].
     pub async fn acquire(&self, priority: Priority) -> Result<(), BudgetError> {
+        self.take(priority, 1).await.map(drop)
+    }
+
+    /// Waits until a call costing `cost` units may go (after any cool-down,
+    /// its pace slot, room in every count and, with an in-flight limit, a
+    /// lease), or says why it should not wait here. Hold the permit until
+    /// the call's answer is in.
+    pub async fn take(&self, priority: Priority, cost: u32) -> Result<Permit, BudgetError> {
         let started = Instant::now();
-        let outcome = self.acquire_inner(priority, started).await;
+        let outcome = self.take_inner(priority, cost.max(1), started).await;
         let label = match &outcome {
-            Ok(()) => "admitted",
+            Ok(_) => "admitted",
             Err(BudgetError::WaitTooLong { .. }) => "deferred",
             Err(BudgetError::Unavailable(_)) => "unavailable",
         };
@@ -138,7 +353,13 @@ impl Budget {
         outcome
     }
 
-    async fn acquire_inner(&self, priority: Priority, started: Instant) -> Result<(), BudgetError> {
+    async fn take_inner(
+        &self,
+        priority: Priority,
+        cost: u32,
+        started: Instant,
+    ) -> Result<Permit, BudgetError> {
+        let mut poll = MIN_POLL;
         loop {
             let until = self.cooldown_until.lock().map(|g| *g).unwrap_or(None);
             if let Some(until) = until {
@@ -148,38 +369,105 @@ impl Budget {
                 }
                 tokio::time::sleep(wait).await;
             }
-            self.local.until_ready().await;
-            let Some(shared) = &self.shared else {
-                return self.count_locally();
+            if let Some((smoother, burst)) = &self.smoother {
+                // Cells of the local limiter: at most its burst at once (a
+                // costlier call's excess waits in the shared pace).
+                let n = NonZeroU32::new(cost.min(*burst)).unwrap_or(NonZeroU32::MIN);
+                if smoother.until_n_ready(n).await.is_err() {
+                    smoother.until_ready().await;
+                }
+            }
+            let lease = self
+                .rules
+                .in_flight
+                .map(|_| uuid::Uuid::new_v4().simple().to_string());
+            let (outcome, permit) = match &self.shared {
+                Some(shared) => {
+                    let ahead = match priority {
+                        Priority::Interactive => {
+                            self.waits.max_wait.saturating_sub(started.elapsed())
+                        }
+                        // Only the next slot: interactive callers reserve ahead.
+                        Priority::Background => self.period,
+                    };
+                    let outcome = shared
+                        .take(ahead, cost, lease.as_deref().unwrap_or_default())
+                        .await?;
+                    let releaser = Releaser::Shared(shared.clone());
+                    (outcome, lease.map(|l| (l, releaser)))
+                }
+                None => {
+                    // Alone, a process waits for its pace slot however far
+                    // (as `governor` alone always did); counts and leases
+                    // refuse as in a fleet.
+                    let outcome = self
+                        .state
+                        .lock()
+                        .map_err(|_| BudgetError::Unavailable("budget state poisoned".into()))?
+                        .take(
+                            &self.rules,
+                            wall_micros(),
+                            0,
+                            u64::MAX,
+                            cost,
+                            lease.as_deref(),
+                        );
+                    let releaser = Releaser::Local(self.state.clone());
+                    (outcome, lease.map(|l| (l, releaser)))
+                }
             };
-            let ahead = match priority {
-                Priority::Interactive => self.waits.max_wait.saturating_sub(started.elapsed()),
-                // Only the next slot: interactive callers reserve ahead.
-                Priority::Background => self.period,
+            let permit = match outcome {
+                // Nothing was taken: there is no lease to give back.
+                Outcome::Refused { .. } => Permit { lease: None },
+                Outcome::Admitted { .. } => Permit { lease: permit },
             };
-            match shared.take(self.period, ahead, self.daily_limit).await? {
-                shared::Taken::Slot { wait } if wait.is_zero() => return Ok(()),
-                shared::Taken::Slot { wait } => {
-                    tokio::time::sleep(wait).await;
-                    // A 429 while we waited for the slot (here or in any
-                    // process) cools the budget down: honour it before
+            match outcome {
+                Outcome::Admitted { wait: 0 } => return Ok(permit),
+                Outcome::Admitted { wait } => {
+                    tokio::time::sleep(Duration::from_micros(wait)).await;
+                    // A throttle while we waited for the slot (here or in
+                    // any process) cools the budget down: honour it before
                     // sending, or the request lands inside the cool-down —
                     // then take a fresh slot, so that the fleet's waiting
                     // requests do not all go at once when it ends.
                     if self.honour_cool_down(started).await? {
+                        permit.release().await;
                         continue;
                     }
-                    return Ok(());
+                    return Ok(permit);
                 }
-                shared::Taken::Refused { wait } => {
+                Outcome::Refused {
+                    reason: Reason::Costly,
+                    ..
+                } => {
+                    return Err(BudgetError::Unavailable(format!(
+                        "a call costing {cost} does not fit in rate budget {}'s window",
+                        self.name
+                    )));
+                }
+                Outcome::Refused { wait, reason } => {
+                    let wait = Duration::from_micros(wait);
                     let left = self.waits.max_wait.saturating_sub(started.elapsed());
-                    if priority == Priority::Background && wait < left {
-                        // Try again when the slot frees up (others may
-                        // reserve it first: they are served before us).
-                        tokio::time::sleep(wait.max(self.period / 2)).await;
+                    let pause = match reason {
+                        // A lease may come back any moment.
+                        Reason::InFlight => {
+                            let pause = wait.min(poll);
+                            poll = (poll * 2).min(MAX_POLL);
+                            pause
+                        }
+                        // Others may reserve the freed slot first: they are
+                        // served before us.
+                        Reason::Pace => wait.max(self.period / 2),
+                        _ => wait.max(MIN_POLL),
+                    };
+                    if pause < left {
+                        tokio::time::sleep(pause).await;
                         continue;
                     }
-                    return Err(self.too_long(wait));
+                    return Err(self.too_long(match reason {
+                        Reason::InFlight => wait.min(Duration::from_secs(1)),
+                        _ => wait,
+                    }));
                 }
             }
         }
@@ -212,30 +500,6 @@ impl Budget {
         Ok(true)
     }
 
-    /// The embedded mode's day count (the fleet's is in Redis).
-    fn count_locally(&self) -> Result<(), BudgetError> {
-        if self.daily_limit == 0 {
-            return Ok(());
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let today = now.as_secs() / 86_400;
-        let mut day = self
-            .day
-            .lock()
-            .map_err(|_| BudgetError::Unavailable("day counter poisoned".into()))?;
-        if day.0 != today {
-            *day = (today, 0);
-        }
-        if day.1 >= self.daily_limit {
-            let midnight = Duration::from_secs((today + 1) * 86_400);
-            return Err(self.too_long(midnight.saturating_sub(now)));
-        }
-        day.1 += 1;
-        Ok(())
-    }
-
     fn too_long(&self, retry_after: Duration) -> BudgetError {
         BudgetError::WaitTooLong {
             budget: self.name.clone(),
@@ -244,7 +508,7 @@ impl Budget {
     }
 
     /// Makes every caller — in every process sharing the budget — wait
-    /// `for_` before the next request (after a 429).
+    /// `for_` before the next request (after a throttle).
     pub async fn cool_down(&self, for_: Duration) {
         if let Ok(mut guard) = self.cooldown_until.lock() {
             let until = Instant::now() + for_;
@@ -260,19 +524,47 @@ impl Budget {
             tracing::warn!(budget = %self.name, error = %e, "could not share a cool-down");
         }
     }
-}
 
-/// What a budget is for and how big it is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BudgetSpec {
-    /// The rolling-window limit.
-    pub limit: WindowLimit,
-    /// Requests per UTC day (0: none).
-    pub daily_limit: u32,
-    /// Share of both crmsync may use.
-    pub share: f64,
-    /// Label for metrics (`burst`, `search`).
-    pub kind: &'static str,
+    /// Tells the budget — in every process sharing it — what the CRM says
+    /// of one of its limits ("remaining `N` of `M`", from a response's
+    /// headers): the limit is lowered to `M` (never raised above its
+    /// configured size) and, until the CRM's window resets, at most `N`
+    /// less the customer's share is admitted ([`window::learn`]). Each
+    /// report replaces the last; a report on a limit the budget does not
+    /// have is ignored. The count is approximate by the calls in flight when
+    /// the CRM answered.
+    pub async fn learn(&self, report: Report) {
+        let configured = match report.limit {
+            LimitKind::Pace => self
+                .limits
+                .pace
+                .map(|l| (l.requests, self.rules.max_cost + 1)),
+            LimitKind::Fixed => self.limits.fixed.map(|l| (l.requests, 1)),
+            LimitKind::Rolling => self.limits.rolling.map(|l| (l.requests, 1)),
+            LimitKind::InFlight => self.limits.in_flight.map(|l| (l.calls, 1)),
+        };
+        let Some((configured, floor)) = configured else {
+            tracing::debug!(budget = %self.name, limit = ?report.limit, "a report on a limit the budget does not have");
+            return;
+        };
+        let learning = window::learn(configured, self.share, floor, &report);
+        let now = wall_micros();
+        let valid_for = report
+            .resets_in
+            .map_or_else(|| self.rules.default_validity(report.limit, now), micros);
+        match &self.shared {
+            Some(shared) => {
+                if let Err(e) = shared.learn(report.limit, learning, valid_for).await {
+                    tracing::warn!(budget = %self.name, error = %e, "could not share what the CRM reported");
+                }
+            }
+            None => {
+                if let Ok(mut state) = self.state.lock() {
+                    state.learn(report.limit, learning, now, valid_for);
+                }
+            }
+        }
+    }
 }
 
 /// Every budget of this process, keyed by provider, account and call kind;
@@ -302,36 +594,64 @@ impl Budgets {
         }
     }
 
-    /// The budget named `name`, created from `spec` on first use.
-    pub fn get(&self, name: &str, spec: BudgetSpec) -> Arc<Budget> {
+    /// The budget named `name`, created from `plan` on first use (a
+    /// [`BudgetSpec`] or a [`BudgetPlan`]).
+    pub fn get(&self, name: &str, plan: impl Into<BudgetPlan>) -> Arc<Budget> {
+        let plan = plan.into();
         let make = || {
-            let period = spec.limit.period(spec.share);
-            // Alone, the process paces exactly (burst 1). In a fleet the
-            // shared key paces; the local limiter keeps the process to the
-            // budget's rate on average but lets it reserve the slots that
-            // fit in `max_wait` at once (else its own callers would queue
-            // here, one period apart, before they could reserve ahead).
-            let burst = if self.shared.is_some() {
-                let ahead = self.waits.max_wait.as_secs_f64() / period.as_secs_f64();
-                (ahead.ceil() as u32).saturating_add(1)
-            } else {
-                1
+            let share = plan.share * self.waits.share;
+            let max_cost = plan.max_cost.max(1);
+            let limits = plan.limits;
+            let period = limits
+                .pace
+                .map_or(Duration::ZERO, |l| l.paced(share, max_cost));
+            let rules = Rules {
+                pace: limits.pace.map(|l| PaceRule {
+                    period: micros(period),
+                    window: micros(l.window),
+                    usable: usable(l.requests, share, max_cost + 1),
+                }),
+                fixed: limits.fixed.map(|l| CountRule {
+                    window: micros(l.window),
+                    usable: usable(l.requests, share, 1),
+                }),
+                rolling: limits.rolling.map(|l| CountRule {
+                    window: micros(l.window),
+                    usable: usable(l.requests, share, 1),
+                }),
+                in_flight: limits.in_flight.map(|l| InFlightRule {
+                    usable: usable(l.calls, share, 1),
+                    lease: micros(l.lease),
+                }),
+                max_cost,
             };
-            let quota = Quota::with_period(period)
-                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+            // In a fleet the shared key paces; the local limiter keeps the
+            // process to the budget's rate on average but lets it reserve
+            // the slots that fit in `max_wait` at once (else its own callers
+            // would queue here, one period apart, before they could reserve
+            // ahead).
+            let smoother = (self.shared.is_some() && limits.pace.is_some()).then(|| {
+                let ahead = self.waits.max_wait.as_secs_f64() / period.as_secs_f64();
+                let burst = (ahead.ceil() as u32).saturating_add(max_cost);
+                let quota = Quota::with_period(period)
+                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                    .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+                (RateLimiter::direct(quota), burst)
+            });
             Arc::new(Budget {
                 name: name.to_string(),
-                kind: spec.kind,
+                kind: plan.kind,
+                rules,
+                limits,
+                share,
                 period,
-                daily_limit: (f64::from(spec.daily_limit) * spec.share).floor() as u32,
-                local: RateLimiter::direct(quota),
+                smoother,
                 cooldown_until: Mutex::new(None),
-                day: Mutex::new((0, 0)),
+                state: Arc::default(),
                 shared: self
                     .shared
                     .as_ref()
-                    .map(|s| s.budget(name, spec.limit.window)),
+                    .map(|s| Arc::new(s.budget(name, rules))),
                 waits: self.waits,
             })
         };
@@ -396,6 +716,7 @@ mod tests {
     async fn a_cool_down_longer_than_the_wait_limit_reschedules_instead_of_waiting() {
         let budgets = Budgets::local(Waits {
             max_wait: Duration::from_secs(1),
+            ..Waits::default()
         });
         let budget = budgets.get("hubspot:1:burst", spec(0));
         budget.cool_down(Duration::from_secs(30)).await;

@@ -146,7 +146,7 @@ impl HubspotClient {
                 window: BURST_WINDOW,
             },
             daily_limit: self.settings.requests_per_day,
-            share: self.settings.budget_share,
+            share: 1.0,
             kind: "burst",
         };
         Pacer {
@@ -185,7 +185,7 @@ impl HubspotClient {
             },
             // The burst budget counts the day's requests, these among them.
             daily_limit: 0,
-            share: self.settings.budget_share * share,
+            share,
             kind: "sweep",
         };
         let budget = self.budgets.get(&format!("hubspot:{portal}:sweep"), spec);
@@ -203,7 +203,7 @@ impl HubspotClient {
                 window: Duration::from_secs(1),
             },
             daily_limit: 0,
-            share: self.settings.budget_share,
+            share: 1.0,
             kind: "search",
         };
         Pacer {
@@ -874,40 +874,7 @@ fn classify(
     message: String,
 ) -> ProviderError {
     match status.as_u16() {
-        429 => {
-            let policy = body
-                .get("policyName")
-                .and_then(Value::as_str)
-                .unwrap_or("UNKNOWN")
-                .to_string();
-            let header = |name: &str| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            };
-            // Retry-After if given; else the window the limit rolls over
-            // (X-HubSpot-RateLimit-Interval-Milliseconds), else the policy's.
-            let retry_after = header("retry-after")
-                .map(Duration::from_secs)
-                .or_else(|| {
-                    (policy == "TEN_SECONDLY_ROLLING")
-                        .then(|| {
-                            header("x-hubspot-ratelimit-interval-milliseconds")
-                                .map(Duration::from_millis)
-                        })
-                        .flatten()
-                })
-                .unwrap_or(match policy.as_str() {
-                    "DAILY" => Duration::from_secs(3600),
-                    "TEN_SECONDLY_ROLLING" => Duration::from_secs(10),
-                    _ => Duration::from_secs(1),
-                });
-            ProviderError::RateLimited {
-                retry_after,
-                policy,
-            }
-        }
+        429 => super::throttle::from_429(headers, body).into(),
         401 | 403 => ProviderError::Unauthorized(message),
         404 => ProviderError::NotFound(message),
         408 | 423 | 477 => ProviderError::Unavailable(format!("{status}: {message}")),

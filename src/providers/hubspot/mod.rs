@@ -7,6 +7,7 @@ mod leads;
 pub mod mapping;
 pub mod oauth;
 pub mod subscriptions;
+pub mod throttle;
 pub mod webhook;
 
 pub use client::{
