@@ -7,7 +7,11 @@
 //! independent readings of the same public documents catch each other's
 //! mistakes.
 
+pub mod crm;
 pub mod faults;
 pub mod hubspot;
+pub mod latency;
 pub mod rng;
 pub mod window;
+
+pub use crm::{Crm, CrmListError, parse_crm_list};

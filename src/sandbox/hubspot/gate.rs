@@ -157,6 +157,20 @@ pub async fn gate(
     response
 }
 
+/// The middleware for HubSpot's calls outside the CRM API (OAuth, the
+/// webhook management API): the per-call latency, no faults, no budget.
+pub async fn latency_only(
+    State(sandbox): State<Sandbox>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let delay = sandbox.state.faults.roll_latency();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    next.run(request).await
+}
+
 /// 401 without a valid token; faults; budgets; headers; cool-downs.
 async fn admit_and_run(
     sandbox: Sandbox,
@@ -208,9 +222,9 @@ async fn admit_and_run(
         }
     };
 
-    let (fault, latency_ms) = state.faults.roll_request();
-    if latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+    let (fault, latency) = state.faults.roll_request();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     match fault {
         RequestFault::None => {}

@@ -115,9 +115,13 @@ pub struct SandboxConfig {
     /// Share of API requests that hang (client timeout).
     #[arg(long, default_value_t = 0.0)]
     pub timeout_rate: f64,
-    /// Latency added to every API request, milliseconds.
+    /// Latency added to every API call (not to /_sandbox), milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Up to this many milliseconds more per call, uniformly drawn from the
+    /// seeded die (so a call never answers before --latency-ms).
+    #[arg(long, default_value_t = 0)]
+    pub latency_jitter_ms: u64,
     /// Share of webhook batches delivered twice.
     #[arg(long, default_value_t = 0.0)]
     pub webhook_duplicate_rate: f64,
@@ -155,6 +159,7 @@ impl SandboxConfig {
             rate_limit_rate: self.rate_limit_rate,
             timeout_rate: self.timeout_rate,
             latency_ms: self.latency_ms,
+            latency_jitter_ms: self.latency_jitter_ms,
             webhook_duplicate_rate: self.webhook_duplicate_rate,
             webhook_reorder_rate: self.webhook_reorder_rate,
             webhook_drop_rate: self.webhook_drop_rate,
@@ -428,7 +433,11 @@ impl Sandbox {
                 get(webhooks::get_subscription)
                     .patch(webhooks::patch_subscription)
                     .delete(webhooks::delete_subscription),
-            );
+            )
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                gate::latency_only,
+            ));
         let control = Router::new()
             .route("/_sandbox/health", get(control::health))
             .route("/_sandbox/reset", post(control::reset))
