@@ -12,6 +12,26 @@ pub mod faults;
 pub mod hubspot;
 pub mod latency;
 pub mod rng;
+pub mod webhook_delivery;
 pub mod window;
 
 pub use crm::{Crm, CrmListError, parse_crm_list};
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks a mutex, recovering from poisoning: a panicking handler must not take
+/// the whole sandbox down with it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Milliseconds since the epoch: the emulated CRMs' clock for event and
+/// record timestamps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

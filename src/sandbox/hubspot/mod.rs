@@ -41,7 +41,7 @@ use axum::routing::{get, patch, post};
 use crate::sandbox::faults::{FaultSettings, Faults};
 use error::ApiError;
 use state::{App, HubSpotState, Limits, RuntimeSettings, Tokens, lock};
-use webhooks::{WebhookSender, WebhookTuning};
+use webhooks::WebhookSender;
 
 /// Everything the sandbox starts with; the `crmsync-sandbox` flags fill it.
 #[derive(Debug, Clone, clap::Args)]
@@ -218,13 +218,12 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, String> {
         let faults = config.faults();
         faults.validate()?;
-        let tuning = WebhookTuning {
-            timeout: Duration::from_millis(config.webhook_timeout_ms),
-            max_retries: config.webhook_max_retries,
-            retry_base: Duration::from_millis(config.webhook_retry_base_ms),
-            retry_max: Duration::from_millis(config.webhook_retry_max_ms),
-            ..WebhookTuning::default()
-        };
+        let tuning = webhooks::tuning(
+            Duration::from_millis(config.webhook_timeout_ms),
+            config.webhook_max_retries,
+            Duration::from_millis(config.webhook_retry_base_ms),
+            Duration::from_millis(config.webhook_retry_max_ms),
+        );
         let state = HubSpotState {
             accounts: RwLock::new(BTreeMap::new()),
             apps: Mutex::new(BTreeMap::new()),
@@ -235,10 +234,11 @@ impl Sandbox {
             }),
             faults: Faults::new(faults, config.seed),
             default_limits: Mutex::new(config.limits()),
+            next_event_id: std::sync::atomic::AtomicU64::new(1),
         };
         let sandbox = Self {
             state: Arc::new(state),
-            webhooks: Arc::new(WebhookSender::new(tuning)),
+            webhooks: Arc::new(WebhookSender::new(tuning, webhooks::USER_AGENT)),
             config: Arc::new(config),
         };
         sandbox.reset()?;
