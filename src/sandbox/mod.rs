@@ -9,6 +9,7 @@
 
 pub mod crm;
 pub mod faults;
+pub mod gate;
 pub mod hubspot;
 pub mod latency;
 pub mod rng;

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::associations::Associations;
 use super::model::{ObjectStore, ObjectType};
 use crate::sandbox::faults::Faults;
+use crate::sandbox::gate::CoolDown;
 pub use crate::sandbox::webhook_delivery::WebhookCounters;
 use crate::sandbox::window::RollingWindow;
 
@@ -53,7 +54,7 @@ pub struct Budget {
     /// The cool-down the last 429 asked for, per budget (0: the 10-second
     /// window, 1: search): when it was answered and until when a client
     /// should send nothing more on that budget.
-    pub cool_downs: [Option<(Instant, Instant)>; 2],
+    pub cool_downs: [Option<CoolDown>; 2],
 }
 
 impl Budget {
@@ -77,9 +78,7 @@ impl Budget {
     }
 }
 
-/// How long after a 429 a request still counts as sent before the client
-/// could know (in flight, or admitted just before the answer arrived).
-pub const COOL_DOWN_GRACE: Duration = Duration::from_millis(500);
+pub use crate::sandbox::gate::COOL_DOWN_GRACE;
 
 /// Per-account counters, readable through the control API for assertions.
 #[derive(Debug, Default, Clone, Serialize)]
