@@ -12,6 +12,7 @@ pub mod faults;
 pub mod gate;
 pub mod hubspot;
 pub mod latency;
+pub mod people;
 pub mod rng;
 pub mod webhook_delivery;
 pub mod window;
