@@ -14,6 +14,8 @@ pub mod hubspot;
 pub mod latency;
 pub mod people;
 pub mod rng;
+pub mod search_lag;
+pub mod unique_index;
 pub mod webhook_delivery;
 pub mod window;
 
