@@ -10,6 +10,7 @@
 pub mod crm;
 pub mod faults;
 pub mod gate;
+pub mod history;
 pub mod hubspot;
 pub mod latency;
 pub mod people;

@@ -14,6 +14,7 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value, json};
 
 use super::error::PropertyFailure;
+use crate::sandbox::history::{self, FieldHistory};
 use crate::sandbox::search_lag::LaggingView;
 use crate::sandbox::unique_index::UniqueIndex;
 
@@ -389,29 +390,20 @@ impl Actor {
 }
 
 /// One entry of a property's history (`ValueWithTimestamp`).
-#[derive(Debug, Clone)]
-pub struct HistoryEntry {
-    /// The value set.
-    pub value: String,
-    /// When, epoch ms.
-    pub timestamp_ms: i64,
-    /// Who.
-    pub actor: Actor,
-}
+pub type HistoryEntry = history::Entry<Actor>;
 
-impl HistoryEntry {
-    fn to_json(&self) -> Value {
-        let mut entry = json!({
-            "value": self.value,
-            "timestamp": iso_ms(self.timestamp_ms),
-            "sourceType": self.actor.source_type(),
-            "sourceId": self.actor.source_id(),
-        });
-        if let Actor::User { user_id } = self.actor {
-            entry["updatedByUserId"] = json!(user_id);
-        }
-        entry
+/// A history entry in HubSpot's `ValueWithTimestamp` shape.
+fn history_json(entry: &HistoryEntry) -> Value {
+    let mut out = json!({
+        "value": entry.value,
+        "timestamp": iso_ms(entry.timestamp_ms),
+        "sourceType": entry.actor.source_type(),
+        "sourceId": entry.actor.source_id(),
+    });
+    if let Actor::User { user_id } = entry.actor {
+        out["updatedByUserId"] = json!(user_id);
     }
+    out
 }
 
 /// What search sees of a record: a copy taken when a write became indexed.
@@ -425,9 +417,6 @@ pub struct IndexedView {
     pub updated_ms: i64,
 }
 
-/// How many history entries a property keeps (HubSpot keeps more; tests need few).
-const HISTORY_CAP: usize = 20;
-
 /// One record with its current values and history.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
@@ -436,7 +425,7 @@ pub struct StoredObject {
     /// Current non-empty values, system properties included.
     pub values: BTreeMap<String, String>,
     /// Newest first.
-    pub history: HashMap<String, Vec<HistoryEntry>>,
+    pub history: FieldHistory<Actor>,
     /// Epoch ms.
     pub created_ms: i64,
     /// Epoch ms.
@@ -466,16 +455,7 @@ impl StoredObject {
 
     /// Sets (or, with "", clears) a value and records who did it in its history.
     fn set(&mut self, name: &str, value: &str, actor: Actor, now_ms: i64) {
-        let history = self.history.entry(name.to_string()).or_default();
-        history.insert(
-            0,
-            HistoryEntry {
-                value: value.to_string(),
-                timestamp_ms: now_ms,
-                actor,
-            },
-        );
-        history.truncate(HISTORY_CAP);
+        history::record(&mut self.history, name, value, actor, now_ms);
         if value.is_empty() {
             self.values.remove(name);
         } else {
@@ -517,7 +497,7 @@ impl StoredObject {
 }
 
 /// A record's history and the properties whose history was asked for.
-pub type HistoryRequest<'a> = (&'a HashMap<String, Vec<HistoryEntry>>, &'a [String]);
+pub type HistoryRequest<'a> = (&'a FieldHistory<Actor>, &'a [String]);
 
 /// Renders a record (live or indexed) in HubSpot's `SimplePublicObject` shape.
 #[allow(clippy::too_many_arguments)]
@@ -560,7 +540,7 @@ pub fn render(
         for name in wanted {
             let entries: Vec<Value> = all
                 .get(name)
-                .map(|h| h.iter().map(HistoryEntry::to_json).collect())
+                .map(|h| h.iter().map(history_json).collect())
                 .unwrap_or_default();
             map.insert(name.clone(), Value::Array(entries));
         }
