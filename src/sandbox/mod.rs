@@ -1,11 +1,20 @@
 //! Emulated CRMs: faithful stand-ins for each provider's public API, so that
 //! tests, benchmarks and `crmsync dev` exercise real HTTP without a real CRM.
 //!
-//! One folder per provider; what several providers need (deterministic
-//! randomness, fault knobs, rolling-window counters) lives beside them. The
-//! sandbox never imports the provider adapters and they never import it: two
-//! independent readings of the same public documents catch each other's
-//! mistakes.
+//! One folder per provider (`hubspot/`) with its routes, shapes, ids and
+//! rules; what every provider needs lives beside them:
+//! - `crm` — which CRMs a process serves (`crmsync-sandbox --crm`)
+//! - `gate` — latency, injected faults (with the CRM's own replies),
+//!   cool-downs; `latency` — the per-call delay rule; `faults` — the knobs
+//! - `webhook_delivery` — batching, concurrency, retries, faults; the CRM
+//!   supplies its envelope, auth and retry schedule
+//! - `history`, `unique_index`, `search_lag` — the record store's parts
+//! - `people` — seeded persons; `rng` — the seeded die; `window` — rolling
+//!   windows for budgets
+//!
+//! The sandbox never imports the provider adapters and they never import
+//! it: two independent readings of the same public documents catch each
+//! other's mistakes.
 
 pub mod crm;
 pub mod faults;

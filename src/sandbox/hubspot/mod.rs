@@ -7,11 +7,14 @@
 //!
 //! # Layout
 //! - `state` — apps, accounts, tokens, budgets, counters
-//! - `model` — records, properties, history, uniqueness, merges, search view
-//! - `gate` — auth, faults and rate limits in front of the CRM API
+//! - `model` — records, properties, merges, on the shared history, unique
+//!   index and search view (`crate::sandbox::{history, unique_index, search_lag}`)
+//! - `gate` — auth, rate limits, headers and 429 bodies in front of the CRM
+//!   API, on the shared `crate::sandbox::gate`
 //! - `objects`, `search`, `properties`, `oauth` — HubSpot's endpoints
 //! - `associations` — lead ↔ contact edges and the v4 batch read
-//! - `webhooks` — management API and the signed, retrying sender
+//! - `webhooks` — management API, events and their signed envelope for the
+//!   shared `crate::sandbox::webhook_delivery`
 //! - `signature` — v1/v2/v3 signing
 //! - `control` — `/_sandbox/...`; `seed` — deterministic data
 
