@@ -156,9 +156,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn same_seed_same_people() {
-        let mut a = SplitMix64::new(42);
-        let mut b = SplitMix64::new(42);
-        assert_eq!(contact_values(&mut a, 1), contact_values(&mut b, 1));
+    fn a_seeded_contact_is_its_person_plus_a_lead_status() {
+        let person = Person::draw(&mut SplitMix64::new(42), 3);
+        let contact = contact_values(&mut SplitMix64::new(42), 3);
+        assert_eq!(contact["email"], person.email);
+        assert_eq!(contact["firstname"], person.name.first);
+        assert_eq!(contact["company"], person.name.company);
+        assert_eq!(contact["phone"], person.phone);
+        assert!(STATUSES.contains(&contact["hs_lead_status"].as_str()));
     }
 }
