@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
+use super::latency::call_delay;
 use super::rng::SplitMix64;
+use std::time::Duration;
 
 /// The knobs, settable by flags at start-up and by the control API at run
 /// time. Rates are probabilities in `[0, 1]` applied per API request (or per
@@ -20,6 +22,9 @@ pub struct FaultSettings {
     pub timeout_rate: f64,
     /// Latency added to every API request, in milliseconds.
     pub latency_ms: u64,
+    /// Up to this many milliseconds more per request, drawn by the seeded
+    /// die (see [`super::latency`]).
+    pub latency_jitter_ms: u64,
     /// Share of webhook batches delivered twice.
     pub webhook_duplicate_rate: f64,
     /// Share of webhook batches whose events are shuffled and held back a little,
@@ -102,11 +107,11 @@ impl Faults {
         self.lock().0 = settings;
     }
 
-    /// Rolls for one API request.
-    pub fn roll_request(&self) -> (RequestFault, u64) {
+    /// Rolls for one API request: its fault and how long to wait before answering.
+    pub fn roll_request(&self) -> (RequestFault, Duration) {
         let mut guard = self.lock();
         let (settings, rng) = &mut *guard;
-        let latency = settings.latency_ms;
+        let latency = call_delay(settings.latency_ms, settings.latency_jitter_ms, rng);
         let fault = if settings.error_rate > 0.0 && rng.next_f64() < settings.error_rate {
             RequestFault::ServerError
         } else if settings.rate_limit_rate > 0.0 && rng.next_f64() < settings.rate_limit_rate {
@@ -117,6 +122,14 @@ impl Faults {
             RequestFault::None
         };
         (fault, latency)
+    }
+
+    /// The latency of one call that faults do not apply to (OAuth and
+    /// other calls outside the CRM API's gate).
+    pub fn roll_latency(&self) -> Duration {
+        let mut guard = self.lock();
+        let (settings, rng) = &mut *guard;
+        call_delay(settings.latency_ms, settings.latency_jitter_ms, rng)
     }
 
     /// Rolls for one webhook batch.

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod sandbox_cli;
 mod sandbox_hubspot_associations;
 mod sandbox_hubspot_auth;
 mod sandbox_hubspot_faults;
@@ -9,6 +10,7 @@ mod sandbox_hubspot_objects;
 mod sandbox_hubspot_ratelimit;
 mod sandbox_hubspot_search;
 mod sandbox_hubspot_webhooks;
+mod sandbox_latency;
 
 mod fleet;
 mod services;

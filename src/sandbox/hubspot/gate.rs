@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use super::Sandbox;
 use super::error::ApiError;
 use super::model::Actor;
-use super::state::{Account, Budget, COOL_DOWN_GRACE, Limits, TokenKind, lock};
+use super::state::{Account, Budget, Limits, TokenKind, lock};
 use crate::sandbox::faults::RequestFault;
+use crate::sandbox::gate::{CoolDown, GateReplies, delay, inject, status_class};
 use crate::sandbox::window::RollingWindow;
 
 /// The authenticated caller, handed to handlers through request extensions.
@@ -142,19 +143,51 @@ pub async fn gate(
         .and_then(|info| sandbox.state.account(info.portal_id));
     let response = admit_and_run(sandbox, matched, request, next).await;
     if let Some(account) = portal {
-        let class = match response.status().as_u16() {
-            429 => "429",
-            200..=299 => "2xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "other",
-        };
+        let class = status_class(response.status().as_u16());
         *lock(&account.counters)
             .responses
             .entry(class.into())
             .or_default() += 1;
     }
     response
+}
+
+/// HubSpot's answers to injected faults.
+struct HubSpotReplies;
+
+impl GateReplies for HubSpotReplies {
+    fn unavailable(&self) -> Response {
+        ApiError::unavailable().into_response()
+    }
+
+    /// A spurious throttle that says when to come back.
+    fn throttled(&self, retry_after: Duration) -> Response {
+        let mut response = ApiError::rate_limited("TEN_SECONDLY_ROLLING").into_response();
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(retry_after.as_secs()));
+        response
+    }
+
+    fn timed_out(&self) -> Response {
+        ApiError::new(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            "GATEWAY_TIMEOUT",
+            "timed out",
+        )
+        .into_response()
+    }
+}
+
+/// The middleware for HubSpot's calls outside the CRM API (OAuth, the
+/// webhook management API): the per-call latency, no faults, no budget.
+pub async fn latency_only(
+    State(sandbox): State<Sandbox>,
+    request: Request,
+    next: Next,
+) -> Response {
+    delay(&sandbox.state.faults).await;
+    next.run(request).await
 }
 
 /// 401 without a valid token; faults; budgets; headers; cool-downs.
@@ -194,8 +227,8 @@ async fn admit_and_run(
         .or_default() += 1;
     let budget_class = usize::from(is_search);
     let arrived = Instant::now();
-    let cooling = lock(&account.budget).cool_downs[budget_class]
-        .is_some_and(|(answered, until)| arrived >= answered + COOL_DOWN_GRACE && arrived < until);
+    let cooling =
+        lock(&account.budget).cool_downs[budget_class].is_some_and(|cool| cool.ignored_by(arrived));
     if cooling {
         let mut counters = lock(&account.counters);
         counters.requests_in_cool_down += 1;
@@ -203,45 +236,23 @@ async fn admit_and_run(
     }
     let cool_down = |policy: &str| {
         if let Some(wait) = cool_down_of(policy) {
-            let now = Instant::now();
-            lock(&account.budget).cool_downs[budget_class] = Some((now, now + wait));
+            lock(&account.budget).cool_downs[budget_class] =
+                Some(CoolDown::starting(Instant::now(), wait));
         }
     };
 
-    let (fault, latency_ms) = state.faults.roll_request();
-    if latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(latency_ms)).await;
-    }
-    match fault {
-        RequestFault::None => {}
-        RequestFault::ServerError => {
-            lock(&account.counters).faults_injected += 1;
-            return ApiError::unavailable().into_response();
+    if let Some((fault, answer)) = inject(&state.faults, &HubSpotReplies).await {
+        match fault {
+            RequestFault::RateLimited => {
+                *lock(&account.counters)
+                    .rate_limited
+                    .entry("INJECTED".into())
+                    .or_default() += 1;
+                cool_down("INJECTED");
+            }
+            _ => lock(&account.counters).faults_injected += 1,
         }
-        RequestFault::Timeout => {
-            lock(&account.counters).faults_injected += 1;
-            // Longer than any sane client timeout; the client gives up first.
-            tokio::time::sleep(Duration::from_secs(120)).await;
-            return ApiError::new(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                "GATEWAY_TIMEOUT",
-                "timed out",
-            )
-            .into_response();
-        }
-        RequestFault::RateLimited => {
-            *lock(&account.counters)
-                .rate_limited
-                .entry("INJECTED".into())
-                .or_default() += 1;
-            // A spurious throttle that says when to come back.
-            cool_down("INJECTED");
-            let mut response = ApiError::rate_limited("TEN_SECONDLY_ROLLING").into_response();
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            return response;
-        }
+        return answer;
     }
 
     let private_app = info.kind == TokenKind::PrivateApp;

@@ -7,11 +7,14 @@
 //!
 //! # Layout
 //! - `state` — apps, accounts, tokens, budgets, counters
-//! - `model` — records, properties, history, uniqueness, merges, search view
-//! - `gate` — auth, faults and rate limits in front of the CRM API
+//! - `model` — records, properties, merges, on the shared history, unique
+//!   index and search view (`crate::sandbox::{history, unique_index, search_lag}`)
+//! - `gate` — auth, rate limits, headers and 429 bodies in front of the CRM
+//!   API, on the shared `crate::sandbox::gate`
 //! - `objects`, `search`, `properties`, `oauth` — HubSpot's endpoints
 //! - `associations` — lead ↔ contact edges and the v4 batch read
-//! - `webhooks` — management API and the signed, retrying sender
+//! - `webhooks` — management API, events and their signed envelope for the
+//!   shared `crate::sandbox::webhook_delivery`
 //! - `signature` — v1/v2/v3 signing
 //! - `control` — `/_sandbox/...`; `seed` — deterministic data
 
@@ -41,7 +44,7 @@ use axum::routing::{get, patch, post};
 use crate::sandbox::faults::{FaultSettings, Faults};
 use error::ApiError;
 use state::{App, HubSpotState, Limits, RuntimeSettings, Tokens, lock};
-use webhooks::{WebhookSender, WebhookTuning};
+use webhooks::WebhookSender;
 
 /// Everything the sandbox starts with; the `crmsync-sandbox` flags fill it.
 #[derive(Debug, Clone, clap::Args)]
@@ -115,9 +118,13 @@ pub struct SandboxConfig {
     /// Share of API requests that hang (client timeout).
     #[arg(long, default_value_t = 0.0)]
     pub timeout_rate: f64,
-    /// Latency added to every API request, milliseconds.
+    /// Latency added to every API call (not to /_sandbox), milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Up to this many milliseconds more per call, uniformly drawn from the
+    /// seeded die (so a call never answers before --latency-ms).
+    #[arg(long, default_value_t = 0)]
+    pub latency_jitter_ms: u64,
     /// Share of webhook batches delivered twice.
     #[arg(long, default_value_t = 0.0)]
     pub webhook_duplicate_rate: f64,
@@ -155,6 +162,7 @@ impl SandboxConfig {
             rate_limit_rate: self.rate_limit_rate,
             timeout_rate: self.timeout_rate,
             latency_ms: self.latency_ms,
+            latency_jitter_ms: self.latency_jitter_ms,
             webhook_duplicate_rate: self.webhook_duplicate_rate,
             webhook_reorder_rate: self.webhook_reorder_rate,
             webhook_drop_rate: self.webhook_drop_rate,
@@ -213,13 +221,12 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, String> {
         let faults = config.faults();
         faults.validate()?;
-        let tuning = WebhookTuning {
-            timeout: Duration::from_millis(config.webhook_timeout_ms),
-            max_retries: config.webhook_max_retries,
-            retry_base: Duration::from_millis(config.webhook_retry_base_ms),
-            retry_max: Duration::from_millis(config.webhook_retry_max_ms),
-            ..WebhookTuning::default()
-        };
+        let tuning = webhooks::tuning(
+            Duration::from_millis(config.webhook_timeout_ms),
+            config.webhook_max_retries,
+            Duration::from_millis(config.webhook_retry_base_ms),
+            Duration::from_millis(config.webhook_retry_max_ms),
+        );
         let state = HubSpotState {
             accounts: RwLock::new(BTreeMap::new()),
             apps: Mutex::new(BTreeMap::new()),
@@ -230,10 +237,11 @@ impl Sandbox {
             }),
             faults: Faults::new(faults, config.seed),
             default_limits: Mutex::new(config.limits()),
+            next_event_id: std::sync::atomic::AtomicU64::new(1),
         };
         let sandbox = Self {
             state: Arc::new(state),
-            webhooks: Arc::new(WebhookSender::new(tuning)),
+            webhooks: Arc::new(WebhookSender::new(tuning, webhooks::USER_AGENT)),
             config: Arc::new(config),
         };
         sandbox.reset()?;
@@ -428,7 +436,11 @@ impl Sandbox {
                 get(webhooks::get_subscription)
                     .patch(webhooks::patch_subscription)
                     .delete(webhooks::delete_subscription),
-            );
+            )
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                gate::latency_only,
+            ));
         let control = Router::new()
             .route("/_sandbox/health", get(control::health))
             .route("/_sandbox/reset", post(control::reset))

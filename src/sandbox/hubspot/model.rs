@@ -6,7 +6,7 @@
 //! mutex. Each write returns the [`Change`]s it made so the webhook layer can
 //! emit events after the lock is released.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,9 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value, json};
 
 use super::error::PropertyFailure;
+use crate::sandbox::history::{self, FieldHistory};
+use crate::sandbox::search_lag::LaggingView;
+use crate::sandbox::unique_index::UniqueIndex;
 
 /// The CRM objects the sandbox serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -387,29 +390,20 @@ impl Actor {
 }
 
 /// One entry of a property's history (`ValueWithTimestamp`).
-#[derive(Debug, Clone)]
-pub struct HistoryEntry {
-    /// The value set.
-    pub value: String,
-    /// When, epoch ms.
-    pub timestamp_ms: i64,
-    /// Who.
-    pub actor: Actor,
-}
+pub type HistoryEntry = history::Entry<Actor>;
 
-impl HistoryEntry {
-    fn to_json(&self) -> Value {
-        let mut entry = json!({
-            "value": self.value,
-            "timestamp": iso_ms(self.timestamp_ms),
-            "sourceType": self.actor.source_type(),
-            "sourceId": self.actor.source_id(),
-        });
-        if let Actor::User { user_id } = self.actor {
-            entry["updatedByUserId"] = json!(user_id);
-        }
-        entry
+/// A history entry in HubSpot's `ValueWithTimestamp` shape.
+fn history_json(entry: &HistoryEntry) -> Value {
+    let mut out = json!({
+        "value": entry.value,
+        "timestamp": iso_ms(entry.timestamp_ms),
+        "sourceType": entry.actor.source_type(),
+        "sourceId": entry.actor.source_id(),
+    });
+    if let Actor::User { user_id } = entry.actor {
+        out["updatedByUserId"] = json!(user_id);
     }
+    out
 }
 
 /// What search sees of a record: a copy taken when a write became indexed.
@@ -423,9 +417,6 @@ pub struct IndexedView {
     pub updated_ms: i64,
 }
 
-/// How many history entries a property keeps (HubSpot keeps more; tests need few).
-const HISTORY_CAP: usize = 20;
-
 /// One record with its current values and history.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
@@ -434,15 +425,14 @@ pub struct StoredObject {
     /// Current non-empty values, system properties included.
     pub values: BTreeMap<String, String>,
     /// Newest first.
-    pub history: HashMap<String, Vec<HistoryEntry>>,
+    pub history: FieldHistory<Actor>,
     /// Epoch ms.
     pub created_ms: i64,
     /// Epoch ms.
     pub updated_ms: i64,
     /// Set while archived (restorable).
     pub archived_ms: Option<i64>,
-    indexed: Option<Arc<IndexedView>>,
-    pending_index: VecDeque<(Instant, Option<Arc<IndexedView>>)>,
+    search: LaggingView<IndexedView>,
 }
 
 impl StoredObject {
@@ -460,27 +450,12 @@ impl StoredObject {
     /// Queues the record's present state for the search index, visible after `lag`.
     fn reindex(&mut self, now: Instant, lag: Duration) {
         let view = self.view();
-        if lag.is_zero() {
-            self.pending_index.clear();
-            self.indexed = view;
-        } else {
-            self.promote(now);
-            self.pending_index.push_back((now + lag, view));
-        }
+        self.search.publish(now, lag, view);
     }
 
     /// Sets (or, with "", clears) a value and records who did it in its history.
     fn set(&mut self, name: &str, value: &str, actor: Actor, now_ms: i64) {
-        let history = self.history.entry(name.to_string()).or_default();
-        history.insert(
-            0,
-            HistoryEntry {
-                value: value.to_string(),
-                timestamp_ms: now_ms,
-                actor,
-            },
-        );
-        history.truncate(HISTORY_CAP);
+        history::record(&mut self.history, name, value, actor, now_ms);
         if value.is_empty() {
             self.values.remove(name);
         } else {
@@ -495,21 +470,9 @@ impl StoredObject {
             .insert(object.modified_property().into(), iso_ms(now_ms));
     }
 
-    fn promote(&mut self, now: Instant) {
-        while let Some((visible_at, _)) = self.pending_index.front() {
-            if *visible_at > now {
-                break;
-            }
-            if let Some((_, view)) = self.pending_index.pop_front() {
-                self.indexed = view;
-            }
-        }
-    }
-
     /// What search sees at `now`.
     pub fn search_view(&mut self, now: Instant) -> Option<Arc<IndexedView>> {
-        self.promote(now);
-        self.indexed.clone()
+        self.search.at(now)
     }
 
     /// The response JSON (`SimplePublicObject`): requested properties (null when
@@ -534,7 +497,7 @@ impl StoredObject {
 }
 
 /// A record's history and the properties whose history was asked for.
-pub type HistoryRequest<'a> = (&'a HashMap<String, Vec<HistoryEntry>>, &'a [String]);
+pub type HistoryRequest<'a> = (&'a FieldHistory<Actor>, &'a [String]);
 
 /// Renders a record (live or indexed) in HubSpot's `SimplePublicObject` shape.
 #[allow(clippy::too_many_arguments)]
@@ -577,7 +540,7 @@ pub fn render(
         for name in wanted {
             let entries: Vec<Value> = all
                 .get(name)
-                .map(|h| h.iter().map(HistoryEntry::to_json).collect())
+                .map(|h| h.iter().map(history_json).collect())
                 .unwrap_or_default();
             map.insert(name.clone(), Value::Array(entries));
         }
@@ -673,7 +636,7 @@ pub struct ObjectStore {
     /// Records by id, archived included.
     pub objects: BTreeMap<u64, StoredObject>,
     /// Unique property → normalised value → record id (live records only).
-    unique: HashMap<String, HashMap<String, u64>>,
+    unique: UniqueIndex<u64>,
     /// Absorbed id → survivor, so reads by an old id resolve (facts sheet §1.7:
     /// UNVERIFIED; we follow the common observation that they resolve).
     merged_into: HashMap<u64, u64>,
@@ -697,10 +660,10 @@ impl ObjectStore {
             .into_iter()
             .map(|d| (d.name.clone(), d))
             .collect();
-        let mut unique = HashMap::new();
+        let mut unique = UniqueIndex::new(normalise_unique);
         if object == ObjectType::Contacts {
             // HubSpot deduplicates contacts by email (409 "Contact already exists").
-            unique.insert("email".to_string(), HashMap::new());
+            unique.track("email", []);
         }
         Self {
             object,
@@ -714,7 +677,7 @@ impl ObjectStore {
 
     /// Whether `name` can serve as `idProperty` (email for contacts, or a property with unique values).
     pub fn is_id_property(&self, name: &str) -> bool {
-        name == "hs_object_id" || self.unique.contains_key(name)
+        name == "hs_object_id" || self.unique.tracks(name)
     }
 
     /// Adds a property definition; false when the name is taken.
@@ -723,13 +686,12 @@ impl ObjectStore {
             return false;
         }
         if def.has_unique_value {
-            let mut index = HashMap::new();
-            for obj in self.objects.values().filter(|o| o.archived_ms.is_none()) {
-                if let Some(v) = obj.values.get(&def.name) {
-                    index.insert(normalise_unique(&def.name, v), obj.id);
-                }
-            }
-            self.unique.insert(def.name.clone(), index);
+            let live = self
+                .objects
+                .values()
+                .filter(|o| o.archived_ms.is_none())
+                .map(|o| (o.id, &o.values));
+            self.unique.track(&def.name, live);
         }
         self.properties.insert(def.name.clone(), def);
         true
@@ -756,11 +718,7 @@ impl ObjectStore {
                 .ok()
                 .map(|id| self.resolve(id))
                 .filter(|id| self.objects.contains_key(id)),
-            Some(prop) => self
-                .unique
-                .get(prop)?
-                .get(&normalise_unique(prop, key))
-                .copied(),
+            Some(prop) => self.unique.holder(prop, key).copied(),
         }
     }
 
@@ -848,49 +806,26 @@ impl ObjectStore {
         values: &BTreeMap<String, String>,
         except: Option<u64>,
     ) -> Option<WriteError> {
-        for (property, value) in values {
-            if value.is_empty() {
-                continue;
-            }
-            if let Some(index) = self.unique.get(property)
-                && let Some(&holder) = index.get(&normalise_unique(property, value))
-                && Some(holder) != except
-            {
-                return Some(WriteError::Duplicate {
-                    property: property.clone(),
-                    value: value.clone(),
-                    existing_id: holder,
-                });
-            }
-        }
-        None
+        self.unique
+            .clash(values, except.as_ref())
+            .map(|clash| WriteError::Duplicate {
+                property: clash.property,
+                value: clash.value,
+                existing_id: clash.holder,
+            })
     }
 
     fn unindex_unique(&mut self, id: u64) {
-        let Some(obj) = self.objects.get(&id) else {
-            return;
-        };
-        for (property, index) in self.unique.iter_mut() {
-            if let Some(v) = obj.values.get(property) {
-                let key = normalise_unique(property, v);
-                if index.get(&key) == Some(&id) {
-                    index.remove(&key);
-                }
-            }
+        if let Some(obj) = self.objects.get(&id) {
+            self.unique.remove(&id, &obj.values);
         }
     }
 
     fn index_unique(&mut self, id: u64) {
-        let Some(obj) = self.objects.get(&id) else {
-            return;
-        };
-        if obj.archived_ms.is_some() {
-            return;
-        }
-        for (property, index) in self.unique.iter_mut() {
-            if let Some(v) = obj.values.get(property) {
-                index.insert(normalise_unique(property, v), id);
-            }
+        if let Some(obj) = self.objects.get(&id)
+            && obj.archived_ms.is_none()
+        {
+            self.unique.insert(&id, &obj.values);
         }
     }
 
@@ -914,8 +849,7 @@ impl ObjectStore {
             created_ms: now_ms,
             updated_ms: now_ms,
             archived_ms: None,
-            indexed: None,
-            pending_index: VecDeque::new(),
+            search: LaggingView::default(),
         };
         let mut set = Vec::new();
         for (name, value) in values {

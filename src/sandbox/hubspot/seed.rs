@@ -7,83 +7,9 @@ use std::time::Instant;
 use super::associations::LEAD_TO_PRIMARY_CONTACT;
 use super::model::{Actor, ObjectType};
 use super::state::{Account, lock, now_ms};
+use crate::sandbox::people::{Name, Person};
 use crate::sandbox::rng::SplitMix64;
 
-const FIRST: &[&str] = &[
-    "Ada",
-    "Alan",
-    "Grace",
-    "Linus",
-    "Margaret",
-    "Ken",
-    "Barbara",
-    "Dennis",
-    "Radia",
-    "Edsger",
-    "Frances",
-    "John",
-    "Katherine",
-    "Tim",
-    "Hedy",
-    "Donald",
-    "Annie",
-    "Niklaus",
-    "Sophie",
-    "Yukihiro",
-    "Zoë",
-    "José",
-    "Amélie",
-    "Chidi",
-];
-const LAST: &[&str] = &[
-    "Lovelace",
-    "Turing",
-    "Hopper",
-    "Torvalds",
-    "Hamilton",
-    "Thompson",
-    "Liskov",
-    "Ritchie",
-    "Perlman",
-    "Dijkstra",
-    "Allen",
-    "Backus",
-    "Johnson",
-    "Berners-Lee",
-    "Lamarr",
-    "Knuth",
-    "Easley",
-    "Wirth",
-    "Wilson",
-    "Matsumoto",
-    "O'Neil",
-    "Núñez",
-];
-const COMPANIES: &[&str] = &[
-    "Acme Corp",
-    "Globex",
-    "Initech",
-    "Umbrella",
-    "Hooli",
-    "Stark Industries",
-    "Wayne Enterprises",
-    "Wonka Industries",
-    "Cyberdyne",
-    "Soylent",
-    "Tyrell",
-    "Aperture Science",
-];
-const TITLES: &[&str] = &[
-    "CTO",
-    "VP Sales",
-    "Head of Marketing",
-    "Engineer",
-    "Product Manager",
-    "Founder",
-    "Office Manager",
-    "Data Analyst",
-    "Account Executive",
-];
 const STATUSES: &[&str] = &[
     "NEW",
     "OPEN",
@@ -95,44 +21,27 @@ const STATUSES: &[&str] = &[
     "BAD_TIMING",
 ];
 
-fn domain(company: &str) -> String {
-    let slug: String = company
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase();
-    format!("{slug}.example")
-}
-
 /// Values of the `n`-th seeded contact.
 pub fn contact_values(rng: &mut SplitMix64, n: u64) -> BTreeMap<String, String> {
-    let first = *rng.pick(FIRST);
-    let last = *rng.pick(LAST);
-    let company = *rng.pick(COMPANIES);
-    let local: String = format!("{first}.{last}")
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let person = Person::draw(rng, n);
     let mut v = BTreeMap::new();
-    v.insert("email".into(), format!("{local}.{n}@{}", domain(company)));
-    v.insert("firstname".into(), first.into());
-    v.insert("lastname".into(), last.into());
-    v.insert("company".into(), company.into());
-    v.insert("jobtitle".into(), (*rng.pick(TITLES)).into());
-    v.insert(
-        "phone".into(),
-        format!("+1 555 {:03} {:04}", rng.below(1000), rng.below(10_000)),
-    );
+    v.insert("email".into(), person.email);
+    v.insert("firstname".into(), person.name.first.into());
+    v.insert("lastname".into(), person.name.last.into());
+    v.insert("company".into(), person.name.company.into());
+    v.insert("jobtitle".into(), person.job_title.into());
+    v.insert("phone".into(), person.phone);
     v.insert("hs_lead_status".into(), (*rng.pick(STATUSES)).into());
     v
 }
 
 /// Values of the `n`-th seeded lead.
 pub fn lead_values(rng: &mut SplitMix64, n: u64) -> BTreeMap<String, String> {
-    let first = *rng.pick(FIRST);
-    let last = *rng.pick(LAST);
-    let company = *rng.pick(COMPANIES);
+    let Name {
+        first,
+        last,
+        company,
+    } = Name::draw(rng);
     let mut v = BTreeMap::new();
     v.insert(
         "hs_lead_name".into(),
@@ -247,9 +156,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn same_seed_same_people() {
-        let mut a = SplitMix64::new(42);
-        let mut b = SplitMix64::new(42);
-        assert_eq!(contact_values(&mut a, 1), contact_values(&mut b, 1));
+    fn a_seeded_contact_is_its_person_plus_a_lead_status() {
+        let person = Person::draw(&mut SplitMix64::new(42), 3);
+        let contact = contact_values(&mut SplitMix64::new(42), 3);
+        assert_eq!(contact["email"], person.email);
+        assert_eq!(contact["firstname"], person.name.first);
+        assert_eq!(contact["company"], person.name.company);
+        assert_eq!(contact["phone"], person.phone);
+        assert!(STATUSES.contains(&contact["hs_lead_status"].as_str()));
     }
 }

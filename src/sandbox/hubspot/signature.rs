@@ -94,14 +94,20 @@ mod tests {
         );
     }
 
+    /// The facts sheet's v3 example event (a first name with a non-ASCII letter).
+    const FACTS_SHEET_EVENTS: &str = r#"[{"eventId":1,"subscriptionId":12345,"portalId":62515,"occurredAt":1564113600000,"subscriptionType":"contact.propertyChange","attemptNumber":0,"objectId":123,"propertyName":"firstname","propertyValue":"Zoë","changeSource":"INTEGRATION","sourceId":"54321","appId":54321}]"#;
+
     #[test]
     fn facts_sheet_v3_vector_with_decoded_uri() {
-        let body = r#"[{"eventId":1,"subscriptionId":12345,"portalId":62515,"occurredAt":1564113600000,"subscriptionType":"contact.propertyChange","attemptNumber":0,"objectId":123,"propertyName":"firstname","propertyValue":"Zoë","changeSource":"INTEGRATION","sourceId":"54321","appId":54321}]"#;
-        let decoded = "https://example.com/hubspot/webhook?src=hs:app/v3&x=(a)&sp=a%20b";
-        assert_eq!(
-            v3(SECRET, "POST", decoded, body.as_bytes(), 1700000000000),
-            "otu9uGV5hSG3Ddxy0lTPyx7GNS9QIAtyfGRID+kaixM="
+        let signed_over = "https://example.com/hubspot/webhook?src=hs:app/v3&x=(a)&sp=a%20b";
+        let signature = v3(
+            SECRET,
+            "POST",
+            signed_over,
+            FACTS_SHEET_EVENTS.as_bytes(),
+            1_700_000_000_000,
         );
+        assert_eq!(signature, "otu9uGV5hSG3Ddxy0lTPyx7GNS9QIAtyfGRID+kaixM=");
     }
 
     proptest::proptest! {

@@ -3,7 +3,7 @@
 //! behind an `Arc`; each account has its own locks so accounts never contend.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -12,23 +12,11 @@ use serde_json::{Value, json};
 use super::associations::Associations;
 use super::model::{ObjectStore, ObjectType};
 use crate::sandbox::faults::Faults;
+use crate::sandbox::gate::CoolDown;
+pub use crate::sandbox::webhook_delivery::WebhookCounters;
 use crate::sandbox::window::RollingWindow;
 
-/// Locks a mutex, recovering from poisoning: a panicking handler must not take
-/// the whole sandbox down with it.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Milliseconds since the epoch, HubSpot's clock for `occurredAt` and timestamps.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::sandbox::{lock, now_ms};
 
 /// An account's request budgets (facts sheet §1.4).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,7 +54,7 @@ pub struct Budget {
     /// The cool-down the last 429 asked for, per budget (0: the 10-second
     /// window, 1: search): when it was answered and until when a client
     /// should send nothing more on that budget.
-    pub cool_downs: [Option<(Instant, Instant)>; 2],
+    pub cool_downs: [Option<CoolDown>; 2],
 }
 
 impl Budget {
@@ -90,9 +78,7 @@ impl Budget {
     }
 }
 
-/// How long after a 429 a request still counts as sent before the client
-/// could know (in flight, or admitted just before the answer arrived).
-pub const COOL_DOWN_GRACE: Duration = Duration::from_millis(500);
+pub use crate::sandbox::gate::COOL_DOWN_GRACE;
 
 /// Per-account counters, readable through the control API for assertions.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -120,32 +106,6 @@ pub struct Counters {
     pub app_unchanged_values: BTreeMap<String, u64>,
     /// Webhook delivery figures.
     pub webhooks: WebhookCounters,
-}
-
-/// What the webhook sender did for one account.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WebhookCounters {
-    /// Events generated (before batching).
-    pub events: u64,
-    /// HTTP requests sent (every attempt).
-    pub attempts: u64,
-    /// Batches acknowledged with a 2xx.
-    pub delivered_batches: u64,
-    /// Events in acknowledged batches.
-    pub delivered_events: u64,
-    /// Attempts that failed (non-2xx, timeout, connection error).
-    pub failed_attempts: u64,
-    /// Batches abandoned after the last retry.
-    pub abandoned_batches: u64,
-    /// Batches dropped by the fault knobs.
-    pub dropped_batches: u64,
-    /// Batches sent twice by the fault knobs.
-    pub duplicated_batches: u64,
-    /// Batches shuffled and delayed by the fault knobs.
-    pub reordered_batches: u64,
-    /// Events with no target URL to go to.
-    pub undeliverable_events: u64,
 }
 
 /// The mutable CRM data of one account.
@@ -474,6 +434,8 @@ pub struct HubSpotState {
     pub faults: Faults,
     /// Budgets given to accounts created later.
     pub default_limits: Mutex<Limits>,
+    /// The next webhook `eventId` (never reset, so ids stay unique across resets).
+    pub next_event_id: std::sync::atomic::AtomicU64,
 }
 
 impl HubSpotState {

@@ -5,9 +5,8 @@
 //! most `maxConcurrentRequests` in flight per account, a 5-second timeout,
 //! and up to 10 retries with growing delays, each attempt signed afresh.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -16,7 +15,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::{Semaphore, mpsc};
 
 use super::Sandbox;
 use super::error::{ApiError, standard_error};
@@ -24,7 +22,10 @@ use super::model::{Actor, Change, ObjectType, iso_ms};
 use super::objects::{parse_body, query_one, query_pairs};
 use super::signature;
 use super::state::{Account, App, Subscription, WebhookSettings, lock, now_ms};
-use crate::sandbox::rng::SplitMix64;
+use crate::sandbox::faults::Faults;
+use crate::sandbox::webhook_delivery::{
+    DeliveryTuning, Destination, RetrySchedule, WebhookCounters, WebhookEngine,
+};
 
 /// Most events in one delivery ("Each request can contain up to 100 events").
 pub const MAX_BATCH: usize = 100;
@@ -82,73 +83,89 @@ pub const EVENT_TYPES: &[&str] = &[
     "ticket.restore",
 ];
 
-/// How the sender behaves; HubSpot spreads 10 retries over 24 hours, the
-/// sandbox compresses that to `retry_base × 2^n` capped at `retry_max`.
-#[derive(Debug, Clone)]
-pub struct WebhookTuning {
-    /// Per-request timeout (HubSpot: 5 s).
-    pub timeout: Duration,
-    /// Retries after the first attempt (HubSpot: 10).
-    pub max_retries: u32,
-    /// First retry delay.
-    pub retry_base: Duration,
-    /// Longest retry delay.
-    pub retry_max: Duration,
-    /// How long events gather before a batch leaves.
-    pub batch_window: Duration,
+/// How HubSpot's sender behaves; HubSpot spreads 10 retries over 24 hours,
+/// the sandbox compresses that to `retry_base × 2^n` capped at `retry_max`,
+/// ±20 %.
+pub fn tuning(
+    timeout: Duration,
+    max_retries: u32,
+    retry_base: Duration,
+    retry_max: Duration,
+) -> DeliveryTuning {
+    DeliveryTuning {
+        timeout,
+        max_batch: MAX_BATCH,
+        batch_window: Duration::from_millis(25),
+        retries: RetrySchedule {
+            max_retries,
+            base: retry_base,
+            max: retry_max,
+            jitter: 0.2,
+        },
+    }
 }
 
-impl Default for WebhookTuning {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(5),
-            max_retries: 10,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
-            batch_window: Duration::from_millis(25),
+/// HubSpot's sender: the shared engine, one queue per (app, account).
+pub type WebhookSender = WebhookEngine<(u64, u64)>;
+
+/// The `User-Agent` HubSpot's webhook requests carry.
+pub const USER_AGENT: &str = "HubSpot Connect 2.0 (crmsync sandbox)";
+
+/// Where one (app, account)'s batches go: the app's target URL, as a JSON
+/// array signed v1 and v3 with the app's client secret, `attemptNumber`
+/// stamped on each event.
+struct AppTarget {
+    sandbox: Sandbox,
+    app_id: u64,
+    portal_id: u64,
+}
+
+impl Destination for AppTarget {
+    type Account = Account;
+
+    fn account(&self) -> Option<Arc<Account>> {
+        self.sandbox.state.account(self.portal_id)
+    }
+
+    fn count(&self, account: &Account, update: impl FnOnce(&mut WebhookCounters)) {
+        update(&mut lock(&account.counters).webhooks);
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.sandbox.state.faults
+    }
+
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        batch: &mut [Value],
+        attempt: u32,
+    ) -> Option<reqwest::RequestBuilder> {
+        let (url, secret) = lock(&self.sandbox.state.apps)
+            .get(&self.app_id)
+            .and_then(|a| {
+                a.settings
+                    .as_ref()
+                    .map(|s| (s.target_url.clone(), a.client_secret.clone()))
+            })?;
+        for event in batch.iter_mut() {
+            event["attemptNumber"] = json!(attempt);
         }
-    }
-}
-
-struct Dispatcher {
-    events: mpsc::UnboundedSender<Value>,
-}
-
-/// The sender: one batching queue per (app, account).
-pub struct WebhookSender {
-    client: reqwest::Client,
-    /// Delivery behaviour.
-    pub tuning: WebhookTuning,
-    queues: std::sync::Mutex<HashMap<(u64, u64), Dispatcher>>,
-    event_seq: AtomicU64,
-}
-
-impl std::fmt::Debug for WebhookSender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookSender")
-            .field("tuning", &self.tuning)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WebhookSender {
-    /// A sender with its own HTTP client.
-    pub fn new(tuning: WebhookTuning) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent("HubSpot Connect 2.0 (crmsync sandbox)")
-            .build()
-            .unwrap_or_default();
-        Self {
-            client,
-            tuning,
-            queues: std::sync::Mutex::new(HashMap::new()),
-            event_seq: AtomicU64::new(1),
-        }
-    }
-
-    /// Forgets the queues (settings changed or reset); in-flight batches finish.
-    pub fn reset_queues(&self) {
-        lock(&self.queues).clear();
+        let body = serde_json::to_vec(&batch).unwrap_or_default();
+        let timestamp = now_ms();
+        Some(
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-hubspot-signature", signature::v1(&secret, &body))
+                .header("x-hubspot-signature-version", "v1")
+                .header(
+                    "x-hubspot-signature-v3",
+                    signature::v3(&secret, "POST", &url, &body, timestamp),
+                )
+                .header("x-hubspot-request-timestamp", timestamp.to_string())
+                .body(body),
+        )
     }
 }
 
@@ -216,16 +233,14 @@ impl Sandbox {
                 .as_ref()
                 .map(|s| s.max_concurrent_requests)
                 .unwrap_or(10);
-            let mut queues = lock(&self.webhooks.queues);
-            let dispatcher = queues
-                .entry((app_id, account.portal_id))
-                .or_insert_with(|| {
-                    self.spawn_dispatcher(app_id, account.portal_id, max_concurrent)
+            let sandbox = self.clone();
+            let portal_id = account.portal_id;
+            self.webhooks
+                .enqueue((app_id, portal_id), max_concurrent, events, || AppTarget {
+                    sandbox,
+                    app_id,
+                    portal_id,
                 });
-            for event in events {
-                // A closed queue means its task ended with the runtime; nothing to deliver to.
-                let _ = dispatcher.events.send(event);
-            }
         }
     }
 
@@ -242,7 +257,7 @@ impl Sandbox {
         let mut push =
             |sub: &Subscription, action: &str, extra: Map<String, Value>, object_id: u64| {
                 let mut event = json!({
-                    "eventId": self.webhooks.event_seq.fetch_add(1, Ordering::Relaxed),
+                    "eventId": self.state.next_event_id.fetch_add(1, Ordering::Relaxed),
                     "subscriptionId": sub.id,
                     "portalId": portal_id,
                     "appId": app.app_id,
@@ -316,125 +331,6 @@ impl Sandbox {
             }
         }
         out
-    }
-
-    fn spawn_dispatcher(&self, app_id: u64, portal_id: u64, max_concurrent: u64) -> Dispatcher {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-        let sb = self.clone();
-        let permits = Arc::new(Semaphore::new(max_concurrent.max(1) as usize));
-        tokio::spawn(async move {
-            let window = sb.webhooks.tuning.batch_window;
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                let deadline = tokio::time::Instant::now() + window;
-                while batch.len() < MAX_BATCH {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(event)) => batch.push(event),
-                        _ => break,
-                    }
-                }
-                let sb = sb.clone();
-                let permits = permits.clone();
-                tokio::spawn(async move { sb.deliver(app_id, portal_id, batch, permits).await });
-            }
-        });
-        Dispatcher { events: tx }
-    }
-
-    async fn deliver(
-        &self,
-        app_id: u64,
-        portal_id: u64,
-        mut batch: Vec<Value>,
-        permits: Arc<Semaphore>,
-    ) {
-        let Some(account) = self.state.account(portal_id) else {
-            return;
-        };
-        let fault = self.state.faults.roll_delivery();
-        if fault.drop {
-            lock(&account.counters).webhooks.dropped_batches += 1;
-            return;
-        }
-        if fault.reorder {
-            lock(&account.counters).webhooks.reordered_batches += 1;
-            self.state.faults.shuffle(&mut batch);
-            let mut rng = SplitMix64::new(now_ms() as u64);
-            tokio::time::sleep(Duration::from_millis(50 + rng.below(450) as u64)).await;
-        }
-        if fault.duplicate {
-            lock(&account.counters).webhooks.duplicated_batches += 1;
-            let sb = self.clone();
-            let (copy, permits, account) = (batch.clone(), permits.clone(), account.clone());
-            tokio::spawn(async move {
-                sb.attempt_until_acknowledged(app_id, &account, copy, permits)
-                    .await
-            });
-        }
-        self.attempt_until_acknowledged(app_id, &account, batch, permits)
-            .await;
-    }
-
-    async fn attempt_until_acknowledged(
-        &self,
-        app_id: u64,
-        account: &Account,
-        mut batch: Vec<Value>,
-        permits: Arc<Semaphore>,
-    ) {
-        let tuning = &self.webhooks.tuning;
-        let mut rng = SplitMix64::new(now_ms() as u64 ^ app_id);
-        for attempt in 0..=tuning.max_retries {
-            let target = lock(&self.state.apps).get(&app_id).and_then(|a| {
-                a.settings
-                    .as_ref()
-                    .map(|s| (s.target_url.clone(), a.client_secret.clone()))
-            });
-            let Some((url, secret)) = target else {
-                lock(&account.counters).webhooks.undeliverable_events += batch.len() as u64;
-                return;
-            };
-            for event in &mut batch {
-                event["attemptNumber"] = json!(attempt);
-            }
-            let body = serde_json::to_vec(&batch).unwrap_or_default();
-            let timestamp = now_ms();
-            let request = self
-                .webhooks
-                .client
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("x-hubspot-signature", signature::v1(&secret, &body))
-                .header("x-hubspot-signature-version", "v1")
-                .header(
-                    "x-hubspot-signature-v3",
-                    signature::v3(&secret, "POST", &url, &body, timestamp),
-                )
-                .header("x-hubspot-request-timestamp", timestamp.to_string())
-                .timeout(tuning.timeout)
-                .body(body);
-            let outcome = {
-                let _permit = permits.acquire().await;
-                lock(&account.counters).webhooks.attempts += 1;
-                request.send().await
-            };
-            if outcome.as_ref().is_ok_and(|r| r.status().is_success()) {
-                let mut counters = lock(&account.counters);
-                counters.webhooks.delivered_batches += 1;
-                counters.webhooks.delivered_events += batch.len() as u64;
-                return;
-            }
-            lock(&account.counters).webhooks.failed_attempts += 1;
-            if attempt == tuning.max_retries {
-                break;
-            }
-            let exp = tuning.retry_base.saturating_mul(1u32 << attempt.min(16));
-            let delay = exp.min(tuning.retry_max);
-            // ±20% jitter, as HubSpot randomises its retry times.
-            let jitter = 0.8 + 0.4 * rng.next_f64();
-            tokio::time::sleep(delay.mul_f64(jitter)).await;
-        }
-        lock(&account.counters).webhooks.abandoned_batches += 1;
     }
 }
 
