@@ -163,29 +163,10 @@ impl Ingress {
     ) -> Result<Router, crate::config::ConfigError> {
         self.signed_base = Arc::from(signed_base(self.public_url.as_deref(), bound)?);
         Ok(Router::new()
-            .route(
-                "/webhooks/hubspot",
-                post(hubspot).fallback(|| async {
-                    (
-                        [("allow", "POST")],
-                        problem(
-                            StatusCode::METHOD_NOT_ALLOWED,
-                            "webhooks are delivered with POST",
-                        ),
-                    )
-                }),
-            )
+            .route("/webhooks/hubspot", post(hubspot).fallback(post_only))
             .route(
                 "/webhooks/{provider}/{connection}",
-                post(per_connection).fallback(|| async {
-                    (
-                        [("allow", "POST")],
-                        problem(
-                            StatusCode::METHOD_NOT_ALLOWED,
-                            "webhooks are delivered with POST",
-                        ),
-                    )
-                }),
+                post(per_connection).fallback(post_only),
             )
             .route("/health", get(|| async { "ok" }))
             .route("/ready", get(ready))
@@ -205,6 +186,18 @@ impl Ingress {
     pub fn route_lookups(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
     }
+}
+
+/// Any method but POST on a webhook route.
+async fn post_only() -> Response {
+    (
+        [("allow", "POST")],
+        problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "webhooks are delivered with POST",
+        ),
+    )
+        .into_response()
 }
 
 async fn ready(State(ingress): State<Ingress>) -> Response {

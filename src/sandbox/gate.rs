@@ -29,26 +29,31 @@ pub const HANG: Duration = Duration::from_secs(120);
 pub const INJECTED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Waits the call's latency, then rolls the fault dice: `None` to serve the
-/// call, or the injected fault with the CRM's answer to it (a hang has
-/// already waited [`HANG`]).
+/// call, or the CRM's answer to the injected fault (a hang has already
+/// waited [`HANG`]). `injected` hears of the fault *before* it is answered:
+/// a client gives up on a hang long before its answer, and the server then
+/// drops the call — whatever is counted after the hang is never counted.
 pub async fn inject(
     faults: &Faults,
     replies: &impl GateReplies,
-) -> Option<(RequestFault, Response)> {
+    injected: impl FnOnce(RequestFault),
+) -> Option<Response> {
     let (fault, latency) = faults.roll_request();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let answer = match fault {
-        RequestFault::None => return None,
-        RequestFault::ServerError => replies.unavailable(),
+    if fault == RequestFault::None {
+        return None;
+    }
+    injected(fault);
+    Some(match fault {
+        RequestFault::None | RequestFault::ServerError => replies.unavailable(),
         RequestFault::RateLimited => replies.throttled(INJECTED_RETRY_AFTER),
         RequestFault::Timeout => {
             tokio::time::sleep(HANG).await;
             replies.timed_out()
         }
-    };
-    Some((fault, answer))
+    })
 }
 
 /// Waits one call's latency, for calls outside the gated API (OAuth and
@@ -155,10 +160,40 @@ mod tests {
             },
             1,
         );
-        let (fault, answer) = inject(&faults, &Plain).await.unwrap();
-        assert_eq!(fault, RequestFault::RateLimited);
+        let mut seen = None;
+        let answer = inject(&faults, &Plain, |f| seen = Some(f)).await.unwrap();
+        assert_eq!(seen, Some(RequestFault::RateLimited));
         assert_eq!(answer.status(), 429);
         faults.set(FaultSettings::default());
-        assert!(inject(&faults, &Plain).await.is_none());
+        assert!(
+            inject(&faults, &Plain, |_| panic!("no fault"))
+                .await
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hang_is_counted_though_the_client_gives_up_before_its_answer() {
+        use super::super::faults::FaultSettings;
+        let faults = Faults::new(
+            FaultSettings {
+                timeout_rate: 1.0,
+                ..Default::default()
+            },
+            1,
+        );
+        let counted = std::sync::atomic::AtomicBool::new(false);
+        // The client's timeout drops the call mid-hang, as hyper does when
+        // the connection closes.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            inject(&faults, &Plain, |f| {
+                assert_eq!(f, RequestFault::Timeout);
+                counted.store(true, std::sync::atomic::Ordering::SeqCst);
+            }),
+        )
+        .await;
+        assert!(gave_up.is_err(), "a hang does not answer in time");
+        assert!(counted.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

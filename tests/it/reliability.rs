@@ -3,7 +3,8 @@
 //! in-process) on a Redis and a Postgres of its own, against the sandbox
 //! with faults on (5 % 5xx, 5 % 429, 1 % timeouts, duplicated and reordered
 //! webhooks), while 10,000 changes are made on both sides
-//! (`CRMSYNC_RELIABILITY_CHANGES` scales it). During the run workers are
+//! (`CRMSYNC_RELIABILITY_CHANGES` scales it; `CRMSYNC_RELIABILITY_PROVIDER`,
+//! default `hubspot`, picks the CRM). During the run workers are
 //! killed with SIGKILL at random and restarted, Redis is restarted (losing
 //! everything: it runs without persistence) and Postgres is restarted.
 //!
@@ -296,8 +297,22 @@ async fn manual_loses_nothing_under_kill_9_restarts_and_faults() {
     run_suite("manual", changes(2_000)).await;
 }
 
+/// `CRMSYNC_RELIABILITY_PROVIDER` (default `hubspot`): the CRM the suite
+/// runs against. An unknown name stops the run naming the known ones.
+fn provider() -> crmsync::domain::ProviderKind {
+    let name = std::env::var("CRMSYNC_RELIABILITY_PROVIDER").unwrap_or_else(|_| "hubspot".into());
+    name.parse()
+        .unwrap_or_else(|e| panic!("CRMSYNC_RELIABILITY_PROVIDER: {e}"))
+}
+
 async fn run_suite(strategy: &str, changes: usize) {
-    eprintln!("reliability suite: {changes} changes under {strategy}");
+    let provider = provider();
+    // The suite drives each CRM through its sandbox; a new provider adds
+    // its arm here (and in `conformance::crm::Crm`).
+    match provider {
+        crmsync::domain::ProviderKind::Hubspot => {}
+    }
+    eprintln!("reliability suite: {changes} changes under {strategy} against {provider}");
     let mut redis = PrivateRedis::start();
     let postgres = PrivatePostgres::start();
     let services = Services {

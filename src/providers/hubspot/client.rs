@@ -674,6 +674,17 @@ impl HubspotClient {
         Ok(updated)
     }
 
+    /// A POST of `form` (URL-encoded) to HubSpot's OAuth v3 token endpoint.
+    pub(super) fn token_request(&self, form: String) -> RequestBuilder {
+        self.http
+            .post(self.url("/oauth/v3/token"))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(form)
+    }
+
     /// Exchanges a refresh token (OAuth v3 token endpoint).
     pub async fn refresh(
         &self,
@@ -695,14 +706,7 @@ impl HubspotClient {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let request = self
-            .http
-            .post(self.url("/oauth/v3/token"))
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(body);
+        let request = self.token_request(body);
         #[derive(Deserialize)]
         struct TokenBody {
             access_token: String,

@@ -120,14 +120,7 @@ impl HubspotClient {
             }
             form.finish()
         };
-        let request = self
-            .http
-            .post(self.url("/oauth/v3/token"))
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(body);
+        let request = self.token_request(body);
         let tokens: TokenBody = send(request, None).await?;
         let access_token = SecretString::from(tokens.access_token);
         let portal_id = match tokens.hub_id {

@@ -113,7 +113,10 @@ pub fn add_private_app_token(sb: &Sandbox, portal_id: u64, token: String) -> Str
         TokenInfo {
             portal_id,
             app_id: sb.config.app_id,
-            scopes: DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
+            scopes: DEFAULT_SCOPES
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
             kind: TokenKind::PrivateApp,
         },
     );
@@ -208,9 +211,12 @@ pub async fn create_code(State(sb): State<Sandbox>, body: Bytes) -> Result<Respo
     let input: CodeInput = parse_body(&body)?;
     let portal_id = input.portal_id.unwrap_or(sb.config.portal_id);
     account(&sb, portal_id)?;
-    let scopes = input
-        .scopes
-        .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+    let scopes = input.scopes.unwrap_or_else(|| {
+        DEFAULT_SCOPES
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    });
     let code = oauth::authorize(
         &sb,
         portal_id,

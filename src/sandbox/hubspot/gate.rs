@@ -241,17 +241,17 @@ async fn admit_and_run(
         }
     };
 
-    if let Some((fault, answer)) = inject(&state.faults, &HubSpotReplies).await {
-        match fault {
-            RequestFault::RateLimited => {
-                *lock(&account.counters)
-                    .rate_limited
-                    .entry("INJECTED".into())
-                    .or_default() += 1;
-                cool_down("INJECTED");
-            }
-            _ => lock(&account.counters).faults_injected += 1,
+    let counted = |fault| match fault {
+        RequestFault::RateLimited => {
+            *lock(&account.counters)
+                .rate_limited
+                .entry("INJECTED".into())
+                .or_default() += 1;
+            cool_down("INJECTED");
         }
+        _ => lock(&account.counters).faults_injected += 1,
+    };
+    if let Some(answer) = inject(&state.faults, &HubSpotReplies, counted).await {
         return answer;
     }
 

@@ -21,14 +21,10 @@ use super::state::{AuthCode, RefreshGrant, TokenInfo, TokenKind, lock, now_ms};
 use crate::sandbox::rng::random_token;
 
 /// Scopes granted when a request names none.
-pub const DEFAULT_SCOPES: &[&str] = &[
-    "oauth",
-    "crm.objects.contacts.read",
-    "crm.objects.contacts.write",
-    "crm.objects.leads.read",
-    "crm.objects.leads.write",
-    "crm.schemas.contacts.write",
-];
+/// (HubSpot's space-separated `scope` form: the scopes crmsync's app asks
+/// for, so an install that names none works with it.)
+pub const DEFAULT_SCOPES: &str = "oauth crm.objects.contacts.read crm.objects.contacts.write \
+     crm.objects.leads.read crm.objects.leads.write crm.schemas.contacts.write";
 
 /// The token endpoint's own error shape (not the CRM `Error`): HTTP 400 with
 /// `status` such as `BAD_REFRESH_TOKEN` and the OAuth `error` code.
@@ -201,7 +197,12 @@ pub async fn authorize_page(State(sb): State<Sandbox>, RawQuery(q): RawQuery) ->
                 .map(String::from)
                 .collect()
         })
-        .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+        .unwrap_or_else(|| {
+            DEFAULT_SCOPES
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        });
     let code = authorize(&sb, portal_id, app.app_id, 1, &redirect, scopes);
     let mut target = format!(
         "{redirect}{}code={code}",
