@@ -255,6 +255,18 @@ impl Fleet {
     }
 
     /// Starts in-process workers for every job kind.
+    /// Rebuilds the fleet's settings and dependencies (before workers start).
+    pub async fn rewire(&mut self, change: impl FnOnce(&mut Settings)) {
+        let mut settings = self.settings.clone();
+        change(&mut settings);
+        let deps = crmsync::app::deps(&settings, self.store.clone())
+            .await
+            .expect("deps");
+        let old = std::mem::replace(&mut self.deps, deps);
+        old.queue.close().await;
+        self.settings = settings;
+    }
+
     pub fn start_workers(&mut self) {
         self.start_workers_for(JobKind::ALL);
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use crmsync::sandbox::hubspot::{Sandbox, SandboxConfig};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 pub const TOKEN: &str = "pat-na1-00000000-0000-4000-8000-000000000000";
@@ -33,6 +33,71 @@ pub struct Reply {
 }
 
 impl TestSandbox {
+    /// Tokens from the sandbox's OAuth flow for app `client_id`: a code
+    /// (the user's consent), then the `authorization_code` grant; answers
+    /// the access token, the refresh token and the access token's lifetime.
+    pub async fn oauth_tokens(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> (String, String, u64) {
+        let redirect = "https://platform.example/oauth/callback";
+        let code = self
+            .post_control("/_sandbox/oauth/codes", json!({"redirectUri": redirect}))
+            .await;
+        assert!(code.status.is_success(), "{:?}", code.body);
+        let code = code.body["code"].as_str().expect("code").to_string();
+        let body = self
+            .token_endpoint(
+                "/oauth/v3/token",
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("client_id", client_id),
+                    ("client_secret", client_secret),
+                    ("redirect_uri", redirect),
+                    ("code", &code),
+                ],
+            )
+            .await;
+        let text = |k: &str| {
+            body[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("{k}"))
+                .to_string()
+        };
+        (
+            text("access_token"),
+            text("refresh_token"),
+            body["expires_in"].as_u64().expect("expires_in"),
+        )
+    }
+
+    /// A form POST to the sandbox's OAuth endpoint at `path`; it must succeed.
+    pub async fn token_endpoint(&self, path: &str, form: &[(&str, &str)]) -> Value {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .form(form)
+            .send()
+            .await
+            .expect("token endpoint");
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    /// HubSpot expires `access_token` now (before its stated lifetime).
+    pub async fn expire_token(&self, access_token: &str) {
+        let reply = self
+            .post_control(
+                "/_sandbox/oauth/expire",
+                json!({"accessToken": access_token}),
+            )
+            .await;
+        assert!(reply.status.is_success(), "{:?}", reply.body);
+    }
+
     pub async fn start() -> Self {
         Self::with(SandboxConfig::for_tests()).await
     }

@@ -1,12 +1,11 @@
 //! Sync against an unreliable or unwilling CRM: 5xx answers and hanging
 //! requests are retried until every record lands exactly once; credentials
-//! the CRM refuses mark the connection `needs_reauth`; an expired OAuth
-//! access token is refreshed once, a revoked refresh token ends in
-//! `needs_reauth`.
+//! the CRM refuses mark the connection `needs_reauth`; fifty jobs needing a
+//! fresh OAuth token make one refresh. (An expired token refreshed and a
+//! revoked one ending in `needs_reauth` is a conformance scenario.)
 
 use crate::fleet::{Fleet, assert_mirrors_sandbox, on_both_backends};
 use crate::support::{PORTAL, TOKEN, TestSandbox};
-use crmsync::config::Settings;
 use crmsync::domain::{
     CanonicalField, ConnectionId, ConnectionStatus, RunId, RunKind, RunStatus, TenantId,
 };
@@ -18,18 +17,6 @@ use std::time::{Duration, Instant};
 
 const CLIENT_ID: &str = "sandbox-client-id";
 const CLIENT_SECRET: &str = "sandbox-client-secret";
-
-/// Rebuilds the fleet's settings and dependencies (before workers start).
-async fn rewire(fleet: &mut Fleet, change: impl FnOnce(&mut Settings)) {
-    let mut settings = fleet.settings.clone();
-    change(&mut settings);
-    let deps = crmsync::app::deps(&settings, fleet.store.clone())
-        .await
-        .expect("deps");
-    let old = std::mem::replace(&mut fleet.deps, deps);
-    old.queue.close().await;
-    fleet.settings = settings;
-}
 
 async fn set_faults(sandbox: &TestSandbox, faults: Value) {
     let reply = sandbox.put_control("/_sandbox/faults", faults).await;
@@ -120,7 +107,7 @@ on_both_backends! {
 on_both_backends! {
     async fn a_full_sync_through_requests_that_hang_times_them_out_and_lands_every_record(backend) {
         let mut fleet = Fleet::start(backend, 1_000).await;
-        rewire(&mut fleet, |s| s.hubspot.request_timeout_secs = 1).await;
+        fleet.rewire(|s| s.hubspot.request_timeout_secs = 1).await;
         fleet.start_workers();
         set_faults(&fleet.sandbox, json!({"timeoutRate": 0.2})).await;
         let run = fleet.start_full_sync().await;
@@ -177,8 +164,10 @@ on_both_backends! {
             if arrived == edited.len() && finished {
                 break;
             }
+            // A liveness bound, not a speed claim: alone this takes ~15 s;
+            // a loaded 2-core CI machine running the suite took 45.
             assert!(
-                started.elapsed() < Duration::from_secs(40),
+                started.elapsed() < Duration::from_secs(120),
                 "{arrived} of {} edits arrived; latest run {latest:?}",
                 edited.len()
             );
@@ -253,64 +242,6 @@ on_both_backends! {
     }
 }
 
-/// Tokens from the sandbox's OAuth flow: a code (the user's consent), then
-/// the `authorization_code` grant.
-async fn oauth_tokens(sandbox: &TestSandbox) -> (String, String, u64) {
-    let redirect = "https://platform.example/oauth/callback";
-    let code = sandbox
-        .post_control("/_sandbox/oauth/codes", json!({"redirectUri": redirect}))
-        .await;
-    assert!(code.status.is_success(), "{:?}", code.body);
-    let code = code.body["code"].as_str().expect("code").to_string();
-    let body = token_endpoint(
-        sandbox,
-        "/oauth/v3/token",
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", CLIENT_SECRET),
-            ("redirect_uri", redirect),
-            ("code", &code),
-        ],
-    )
-    .await;
-    (
-        body["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_string(),
-        body["refresh_token"]
-            .as_str()
-            .expect("refresh_token")
-            .to_string(),
-        body["expires_in"].as_u64().expect("expires_in"),
-    )
-}
-
-async fn token_endpoint(sandbox: &TestSandbox, path: &str, form: &[(&str, &str)]) -> Value {
-    let response = sandbox
-        .http
-        .post(format!("{}{path}", sandbox.base))
-        .form(form)
-        .send()
-        .await
-        .expect("token endpoint");
-    let status = response.status();
-    let body: Value = response.json().await.expect("JSON body");
-    assert!(status.is_success(), "{path}: {status} {body}");
-    body
-}
-
-async fn expire(sandbox: &TestSandbox, access_token: &str) {
-    let reply = sandbox
-        .post_control(
-            "/_sandbox/oauth/expire",
-            json!({"accessToken": access_token}),
-        )
-        .await;
-    assert!(reply.status.is_success(), "{:?}", reply.body);
-}
-
 fn oauth_parts(credentials: Credentials) -> (String, String) {
     match credentials {
         Credentials::OAuth {
@@ -326,76 +257,11 @@ fn oauth_parts(credentials: Credentials) -> (String, String) {
 }
 
 on_both_backends! {
-    async fn an_expired_oauth_token_is_refreshed_once_and_a_revoked_refresh_token_ends_in_needs_reauth(backend) {
-        let mut fleet = Fleet::start(backend, 250).await;
-        rewire(&mut fleet, |s| {
-            s.hubspot.client_id = Some(CLIENT_ID.into());
-            s.hubspot.client_secret = Some(SecretString::from(CLIENT_SECRET));
-        })
-        .await;
-        fleet.start_workers();
-        let (access, refresh, expires_in) = oauth_tokens(&fleet.sandbox).await;
-        let credentials = Credentials::OAuth {
-            access_token: SecretString::from(access.clone()),
-            refresh_token: SecretString::from(refresh.clone()),
-            expires_at: chrono::Utc::now() + chrono::Duration::seconds(expires_in as i64),
-        };
-        // The portal is read from HubSpot's account details with the OAuth token.
-        let (connection, portal) = crmsync::cli::connect_hubspot_token(
-            &fleet.settings,
-            &fleet.store,
-            fleet.tenant,
-            credentials,
-            None,
-        )
-        .await
-        .expect("connect with OAuth tokens");
-        assert_eq!((connection, portal), (fleet.connection, PORTAL));
-
-        // HubSpot expires the token before our stored expiry says so.
-        expire(&fleet.sandbox, &access).await;
-        assert_eq!(fleet.sandbox.status_with(&access).await, reqwest::StatusCode::UNAUTHORIZED);
-        let run = fleet.full_sync().await;
-        assert_eq!((run.processed, run.created, run.pages_done), (250, 250, 3), "{run:?}");
-        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
-        assert_eq!(row.status, ConnectionStatus::Active);
-        let (fresh, kept_refresh) = oauth_parts(fleet.store.credentials(&row).expect("credentials open"));
-        assert_ne!(fresh, access, "the refreshed access token is stored");
-        assert_eq!(kept_refresh, refresh, "HubSpot keeps the refresh token");
-        assert!(fleet.sandbox.status_with(&fresh).await.is_success(), "the stored token works");
-        // One refresh served every page: a second sync uses the stored token
-        // and needs none (the stored token is unchanged after it).
-        fleet.full_sync().await;
-        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
-        let (same, _) = oauth_parts(fleet.store.credentials(&row).expect("credentials open"));
-        assert_eq!(same, fresh, "no refresh while the token is valid");
-
-        // The customer uninstalls the app: the refresh token is revoked.
-        token_endpoint(
-            &fleet.sandbox,
-            "/oauth/v3/token/revoke",
-            &[("client_id", CLIENT_ID), ("client_secret", CLIENT_SECRET), ("token", &refresh)],
-        )
-        .await;
-        expire(&fleet.sandbox, &fresh).await;
-        let run = fleet.start_full_sync().await;
-        let failed = fleet.wait_run(run.id, Duration::from_secs(20)).await;
-        assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
-        let error = failed.error.clone().unwrap_or_default();
-        assert!(error.contains("re-authorisation"), "{error}");
-        let row = fleet.store.connection(fleet.tenant, fleet.connection).await.expect("connection");
-        assert_eq!(row.status, ConnectionStatus::NeedsReauth, "{:?}", row.status_reason);
-        assert_mirrors_sandbox(&fleet).await;
-        fleet.finish().await;
-    }
-}
-
-on_both_backends! {
     async fn a_delta_attempt_cut_off_at_the_job_timeout_does_not_leave_its_run_running(backend) {
         let mut fleet = Fleet::start(backend, 100).await;
         // Requests give up after the job does, so the job timeout (4 s) cuts
         // the attempt off while its request hangs.
-        rewire(&mut fleet, |s| s.hubspot.request_timeout_secs = 6).await;
+        fleet.rewire(|s| s.hubspot.request_timeout_secs = 6).await;
         let job_timeout = Duration::from_secs(fleet.settings.worker.job_timeout_secs);
         fleet.start_workers();
         fleet.full_sync().await;
@@ -447,12 +313,12 @@ on_both_backends! {
 on_both_backends! {
     async fn fifty_jobs_needing_a_fresh_token_at_once_make_one_refresh(backend) {
         let mut fleet = Fleet::start(backend, 0).await;
-        rewire(&mut fleet, |s| {
+        fleet.rewire(|s| {
             s.hubspot.client_id = Some(CLIENT_ID.into());
             s.hubspot.client_secret = Some(SecretString::from(CLIENT_SECRET));
         })
         .await;
-        let (access, refresh, _) = oauth_tokens(&fleet.sandbox).await;
+        let (access, refresh, _) = fleet.sandbox.oauth_tokens(CLIENT_ID, CLIENT_SECRET).await;
         // Stored as expired: every job opening a session must refresh first.
         let credentials = Credentials::OAuth {
             access_token: SecretString::from(access.clone()),

@@ -5,7 +5,9 @@
 
 use crate::fleet::Fleet;
 use crate::support::PORTAL;
+use crmsync::store::Credentials;
 use reqwest::Method;
+use secrecy::SecretString;
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -130,6 +132,78 @@ impl Crm {
                     })
                     .unwrap_or(0)
             }
+        }
+    }
+
+    /// The fleet's connection is (re)connected with OAuth tokens from the
+    /// CRM's own consent and token endpoints; answers (access, refresh).
+    /// Call before workers start (the fleet is rewired with the app's
+    /// client id and secret).
+    pub async fn connect_with_oauth(self, fleet: &mut Fleet) -> (String, String) {
+        match self {
+            Crm::Hubspot => {
+                let (id, secret) = ("sandbox-client-id", "sandbox-client-secret");
+                fleet
+                    .rewire(|s| {
+                        s.hubspot.client_id = Some(id.into());
+                        s.hubspot.client_secret = Some(SecretString::from(secret));
+                    })
+                    .await;
+                let (access, refresh, expires_in) = fleet.sandbox.oauth_tokens(id, secret).await;
+                let credentials = Credentials::OAuth {
+                    access_token: SecretString::from(access.clone()),
+                    refresh_token: SecretString::from(refresh.clone()),
+                    expires_at: chrono::Utc::now()
+                        + chrono::Duration::seconds(i64::try_from(expires_in).unwrap_or(0)),
+                };
+                let (connection, _) = crmsync::cli::connect_hubspot_token(
+                    &fleet.settings,
+                    &fleet.store,
+                    fleet.tenant,
+                    credentials,
+                    None,
+                )
+                .await
+                .expect("connect with OAuth tokens");
+                assert_eq!(
+                    connection, fleet.connection,
+                    "the same account, re-authorised"
+                );
+                (access, refresh)
+            }
+        }
+    }
+
+    /// The CRM expires an access token before its stated lifetime.
+    pub async fn expire(self, fleet: &Fleet, access_token: &str) {
+        match self {
+            Crm::Hubspot => fleet.sandbox.expire_token(access_token).await,
+        }
+    }
+
+    /// The customer revokes crmsync's access (uninstalls the app).
+    pub async fn revoke(self, fleet: &Fleet, refresh_token: &str) {
+        match self {
+            Crm::Hubspot => {
+                fleet
+                    .sandbox
+                    .token_endpoint(
+                        "/oauth/v3/token/revoke",
+                        &[
+                            ("client_id", "sandbox-client-id"),
+                            ("client_secret", "sandbox-client-secret"),
+                            ("token", refresh_token),
+                        ],
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Whether the CRM takes `token` now.
+    pub async fn takes(self, fleet: &Fleet, token: &str) -> bool {
+        match self {
+            Crm::Hubspot => fleet.sandbox.status_with(token).await.is_success(),
         }
     }
 }

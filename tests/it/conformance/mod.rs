@@ -38,4 +38,5 @@ conformance!(hubspot => super::super::crm::Crm::Hubspot;
     crm_changes_arrive_by_webhook_with_the_delta_off,
     crm_changes_arrive_by_delta_with_webhooks_off,
     platform_changes_reach_the_crm_without_echo_writes,
+    an_expired_token_is_refreshed_and_a_revoked_one_marks_needs_reauth,
 );

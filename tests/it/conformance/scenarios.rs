@@ -260,3 +260,58 @@ pub async fn platform_changes_reach_the_crm_without_echo_writes(crm: Crm, backen
     );
     fleet.finish().await;
 }
+
+/// The connection's status and the token it would send now.
+async fn status_and_token(fleet: &Fleet) -> (crmsync::domain::ConnectionStatus, Option<String>) {
+    use secrecy::ExposeSecret;
+    let row = fleet
+        .store
+        .connection(fleet.tenant, fleet.connection)
+        .await
+        .expect("connection");
+    let credentials = fleet.store.credentials(&row).expect("credentials open");
+    let token = credentials.bearer().map(|t| t.expose_secret().to_string());
+    (row.status, token)
+}
+
+/// An access token the CRM expired early is refreshed once and kept; a
+/// revoked grant fails the next run and marks the connection
+/// `needs_reauth`.
+pub async fn an_expired_token_is_refreshed_and_a_revoked_one_marks_needs_reauth(
+    crm: Crm,
+    backend: Backend,
+) {
+    use crmsync::domain::{ConnectionStatus, RunStatus};
+    let mut fleet = Fleet::start(backend, 250).await;
+    let (access, refresh) = crm.connect_with_oauth(&mut fleet).await;
+    fleet.start_workers();
+    crm.expire(&fleet, &access).await;
+    assert!(!crm.takes(&fleet, &access).await);
+    let run = fleet.full_sync().await;
+    assert_eq!((run.processed, run.created), (250, 250), "{run:?}");
+    let (status, fresh) = status_and_token(&fleet).await;
+    assert_eq!(status, ConnectionStatus::Active);
+    let fresh = fresh.expect("a token");
+    assert_ne!(fresh, access, "the refreshed token is stored");
+    assert!(crm.takes(&fleet, &fresh).await, "the stored token works");
+    // One refresh served every page; a second sync needs none.
+    fleet.full_sync().await;
+    assert_eq!(
+        status_and_token(&fleet).await.1.as_deref(),
+        Some(fresh.as_str())
+    );
+    assert_mirrors(crm, &fleet).await;
+
+    crm.revoke(&fleet, &refresh).await;
+    crm.expire(&fleet, &fresh).await;
+    let run = fleet.start_full_sync().await;
+    let failed = fleet
+        .wait_run(run.id, std::time::Duration::from_secs(20))
+        .await;
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    let error = failed.error.clone().unwrap_or_default();
+    assert!(error.contains("re-authorisation"), "{error}");
+    let (status, _) = status_and_token(&fleet).await;
+    assert_eq!(status, ConnectionStatus::NeedsReauth);
+    fleet.finish().await;
+}
