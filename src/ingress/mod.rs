@@ -188,6 +188,15 @@ impl Ingress {
     }
 }
 
+/// A verified body that is not an event batch.
+fn malformed(why: &str) -> Response {
+    metrics::counter!("crmsync_webhook_requests_total", "outcome" => "malformed").increment(1);
+    problem(
+        StatusCode::BAD_REQUEST,
+        &format!("malformed webhook body: {why}"),
+    )
+}
+
 /// Any method but POST on a webhook route.
 async fn post_only() -> Response {
     (
@@ -461,14 +470,7 @@ async fn hubspot_for_connection(
     );
     let events = match verified {
         Ok((_, batch)) => batch.into_inner(),
-        Err(WebhookError::Malformed(why)) => {
-            metrics::counter!("crmsync_webhook_requests_total", "outcome" => "malformed")
-                .increment(1);
-            return problem(
-                StatusCode::BAD_REQUEST,
-                &format!("malformed webhook body: {why}"),
-            );
-        }
+        Err(WebhookError::Malformed(why)) => return malformed(&why),
         Err(e) => return rejected(e.to_string()).await,
     };
     let Ok(portal) = account.parse::<u64>() else {
@@ -551,14 +553,7 @@ async fn hubspot(
     }
     let (signer, events) = match outcome {
         Ok((signer, batch)) => (signer, batch.into_inner()),
-        Err(WebhookError::Malformed(why)) => {
-            metrics::counter!("crmsync_webhook_requests_total", "outcome" => "malformed")
-                .increment(1);
-            return problem(
-                StatusCode::BAD_REQUEST,
-                &format!("malformed webhook body: {why}"),
-            );
-        }
+        Err(WebhookError::Malformed(why)) => return malformed(&why),
         Err(e) => {
             metrics::counter!("crmsync_webhook_requests_total", "outcome" => "rejected")
                 .increment(1);

@@ -66,6 +66,16 @@ impl Filled {
             .expect("seal")
     }
 
+    /// Runs the contract's migration on `url` and checks every row.
+    async fn migrate_and_check(&self, url: &str) {
+        Store::migrate(url).await.expect("the contract's migration");
+        let store = Store::open(url, 2, Some(self.ring.clone()))
+            .await
+            .expect("store");
+        self.check(&store).await;
+        store.close().await;
+    }
+
     /// Checks every row through the migrated store.
     async fn check(&self, store: &Store) {
         let row = store
@@ -189,14 +199,7 @@ async fn a_postgres_database_of_the_previous_schema_carries_over() {
         fill!(&mut conn, &filled);
         conn.close().await.ok();
     }
-    Store::migrate(&url)
-        .await
-        .expect("the contract's migration");
-    let store = Store::open(&url, 2, Some(filled.ring.clone()))
-        .await
-        .expect("store");
-    filled.check(&store).await;
-    store.close().await;
+    filled.migrate_and_check(&url).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
@@ -221,13 +224,6 @@ async fn a_sqlite_database_of_the_previous_schema_carries_over() {
         drop(conn);
         pool.close().await;
     }
-    Store::migrate(&url)
-        .await
-        .expect("the contract's migration");
-    let store = Store::open(&url, 2, Some(filled.ring.clone()))
-        .await
-        .expect("store");
-    filled.check(&store).await;
-    store.close().await;
+    filled.migrate_and_check(&url).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
