@@ -23,9 +23,12 @@ pub mod routes;
 pub mod stats;
 
 use crate::config::Settings;
+use crate::domain::ProviderKind;
 use crate::domain::{ConnectionId, CrmObject, TenantId, WebhookCredentialKind};
 use crate::jobs::ProcessWebhookJob;
-use crate::providers::hubspot::webhook::{self, SignatureHeaders, WebhookError, WebhookEvent};
+use crate::providers::intake::{
+    self as crm_webhooks, Delivered, Delivery, WebhookApp, WebhookError,
+};
 use crate::queue::Queue;
 use crate::secrets::KeyRing;
 use crate::store::WebhookCredential;
@@ -38,7 +41,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use intake::{Arrival, Destination};
 use routes::{Dedupe, Route, Routes};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use stats::{WebhookCounts, WebhookStats};
 use std::collections::{BTreeMap, HashMap};
@@ -49,11 +52,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// What the webhook handler needs.
 #[derive(Clone)]
 pub struct Ingress {
-    secret: Option<Arc<SecretString>>,
-    own_app: Option<u64>,
+    /// Each CRM's app-wide webhook settings.
+    apps: Arc<BTreeMap<ProviderKind, WebhookApp>>,
     key: Option<Arc<KeyRing>>,
     public_url: Option<Arc<str>>,
-    /// The scheme and authority HubSpot's v3 signature covers; set by
+    /// The scheme and authority a CRM's signature covers; set by
     /// [`Ingress::router`] from `public_url` or the bound address.
     signed_base: Arc<str>,
     allow_legacy: bool,
@@ -69,7 +72,8 @@ pub struct Ingress {
 /// Routes looked up in the last [`ROUTE_TTL`], per account: a busy account
 /// costs one lookup a second instead of one per delivery. A pause or a new
 /// secret takes effect within that second.
-type KnownRoutes = Arc<std::sync::Mutex<HashMap<u64, (Vec<Route>, std::time::Instant)>>>;
+type KnownRoutes =
+    Arc<std::sync::Mutex<HashMap<(ProviderKind, u64), (Vec<Route>, std::time::Instant)>>>;
 
 /// How long ingress trusts a route it looked up.
 const ROUTE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -100,7 +104,7 @@ pub fn signed_base(
             key: "CRMSYNC__INGRESS__PUBLIC_URL",
             message: format!(
                 "must be set when ingress listens on {bound}, which is not a loopback address: \
-                 HubSpot's v3 signature covers the URL it called (e.g. https://hooks.example.com), \
+                 a CRM's webhook signature covers the URL it called (e.g. https://hooks.example.com), \
                  which ingress cannot learn from the request"
             ),
         }),
@@ -121,18 +125,24 @@ impl Ingress {
         queue: Queue,
     ) -> Result<Self, String> {
         let key = settings.secrets.key_ring().map_err(|e| e.to_string())?;
-        let secret = settings.hubspot.client_secret.clone();
-        if secret.is_none() && key.is_none() {
-            return Err(
-                "neither CRMSYNC__HUBSPOT__CLIENT_SECRET (the app's webhook secret) nor \
-                 CRMSYNC__SECRETS__ENCRYPTION_KEY (to open private-app connections' own secrets) \
-                 is set: ingress could not verify any HubSpot signature"
-                    .into(),
-            );
+        let apps: BTreeMap<ProviderKind, WebhookApp> = ProviderKind::ALL
+            .iter()
+            .map(|kind| (*kind, crm_webhooks::webhook_app(*kind, settings)))
+            .collect();
+        if key.is_none() && apps.values().all(|app| app.secret.is_none()) {
+            let secrets: Vec<&str> = ProviderKind::ALL
+                .iter()
+                .map(|kind| crm_webhooks::webhook_secret_key(*kind))
+                .collect();
+            return Err(format!(
+                "neither an app's webhook secret ({}) nor \
+                 CRMSYNC__SECRETS__ENCRYPTION_KEY (to open connections' own secrets) \
+                 is set: ingress could not verify any webhook",
+                secrets.join(", ")
+            ));
         }
         Ok(Self {
-            secret: secret.map(Arc::new),
-            own_app: settings.hubspot.app_id,
+            apps: Arc::new(apps),
             key: key.map(Arc::new),
             public_url: settings
                 .ingress
@@ -163,7 +173,7 @@ impl Ingress {
     ) -> Result<Router, crate::config::ConfigError> {
         self.signed_base = Arc::from(signed_base(self.public_url.as_deref(), bound)?);
         Ok(Router::new()
-            .route("/webhooks/hubspot", post(hubspot).fallback(post_only))
+            .route("/webhooks/{provider}", post(app_wide).fallback(post_only))
             .route(
                 "/webhooks/{provider}/{connection}",
                 post(per_connection).fallback(post_only),
@@ -216,13 +226,6 @@ async fn ready(State(ingress): State<Ingress>) -> Response {
     }
 }
 
-fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 /// The URL HubSpot called, as its v3 signature covers it.
 fn called_url(ingress: &Ingress, uri: &Uri) -> String {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -256,8 +259,25 @@ impl Signer {
     }
 }
 
-/// The routes of each account a delivery names, looked up once each.
-type RouteCache = BTreeMap<u64, Vec<Route>>;
+/// The routes of each account of one CRM a delivery names, looked up once
+/// each.
+struct RouteCache {
+    kind: ProviderKind,
+    by_account: BTreeMap<u64, Vec<Route>>,
+}
+
+impl RouteCache {
+    fn new(kind: ProviderKind) -> Self {
+        Self {
+            kind,
+            by_account: BTreeMap::new(),
+        }
+    }
+
+    fn get(&self, account: &u64) -> Option<&Vec<Route>> {
+        self.by_account.get(account)
+    }
+}
 
 /// Puts the routes of `accounts` into `cache`: from the last second's
 /// lookups unless `fresh`, the others in one round trip.
@@ -272,18 +292,18 @@ async fn prefetch(
     {
         let known = ingress.known.lock().ok().filter(|_| !fresh);
         for &account in accounts {
-            if cache.contains_key(&account) {
+            if cache.by_account.contains_key(&account) {
                 continue;
             }
             let hit = known.as_ref().and_then(|known| {
                 known
-                    .get(&account)
+                    .get(&(cache.kind, account))
                     .filter(|(_, at)| now.duration_since(*at) < ROUTE_TTL)
                     .map(|(routes, _)| routes.clone())
             });
             match hit {
                 Some(routes) => {
-                    cache.insert(account, routes);
+                    cache.by_account.insert(account, routes);
                 }
                 None => missing.push(account),
             }
@@ -293,7 +313,10 @@ async fn prefetch(
         return Ok(());
     }
     ingress.lookups.fetch_add(1, Ordering::Relaxed);
-    let found = ingress.routes.lookup_many("hubspot", &missing).await?;
+    let found = ingress
+        .routes
+        .lookup_many(cache.kind.as_str(), &missing)
+        .await?;
     if let Ok(mut known) = ingress.known.lock() {
         if known.len() + missing.len() > KNOWN_ROUTES_MAX {
             known.retain(|_, (_, at)| now.duration_since(*at) < ROUTE_TTL);
@@ -302,10 +325,10 @@ async fn prefetch(
             }
         }
         for (account, routes) in missing.iter().zip(&found) {
-            known.insert(*account, (routes.clone(), now));
+            known.insert((cache.kind, *account), (routes.clone(), now));
         }
     }
-    cache.extend(missing.into_iter().zip(found));
+    cache.by_account.extend(missing.into_iter().zip(found));
     Ok(())
 }
 
@@ -317,15 +340,10 @@ enum Claimed {
     TooMany(usize),
 }
 
-/// The distinct accounts a body names: one linear parse, no lookup.
-fn claimed_accounts(body: &[u8]) -> Claimed {
-    #[derive(serde::Deserialize)]
-    struct Claim {
-        #[serde(rename = "portalId")]
-        portal_id: u64,
-    }
-    let claims = serde_json::from_slice::<Vec<Claim>>(body).unwrap_or_default();
-    distinct(claims.iter().map(|c| c.portal_id))
+/// The distinct accounts a body of `kind` names: one linear parse, no
+/// lookup.
+fn claimed_accounts(kind: ProviderKind, body: &[u8]) -> Claimed {
+    distinct(crm_webhooks::claimed_accounts(kind, body).into_iter())
 }
 
 fn distinct(accounts: impl Iterator<Item = u64>) -> Claimed {
@@ -384,11 +402,7 @@ async fn per_connection(
         }
         Err(e) => return unavailable(&e),
     };
-    match kind {
-        crate::domain::ProviderKind::Hubspot => {
-            hubspot_for_connection(&ingress, (account, route), &uri, &headers, &body).await
-        }
-    }
+    for_connection(&ingress, kind, (account, route), &uri, &headers, &body).await
 }
 
 fn known_providers() -> String {
@@ -399,11 +413,12 @@ fn known_providers() -> String {
     format!("known: {}", known.join(", "))
 }
 
-/// A HubSpot delivery on a connection's own route: verified with the
-/// connection's own secret (a private app's) or else the app secret; its
-/// events for any other portal are left out.
-async fn hubspot_for_connection(
+/// A delivery on a connection's own route: verified with the connection's
+/// own secret (a HubSpot private app's, say) or else the app's; its events
+/// for any other account are left out.
+async fn for_connection(
     ingress: &Ingress,
+    kind: ProviderKind,
     (account, route): (String, Route),
     uri: &Uri,
     headers: &HeaderMap,
@@ -423,7 +438,8 @@ async fn hubspot_for_connection(
         ingress.stats.add(&deltas).await;
         problem(StatusCode::UNAUTHORIZED, &why)
     };
-    let secret = match (&route.sealed_credential, &ingress.key, &ingress.secret) {
+    let app = ingress.apps.get(&kind).cloned().unwrap_or_default();
+    let secret = match (&route.sealed_credential, &ingress.key, &app.secret) {
         (Some((kind @ WebhookCredentialKind::HmacSecret, sealed)), Some(key), _) => {
             match crate::store::open_webhook_credential(
                 key,
@@ -445,45 +461,44 @@ async fn hubspot_for_connection(
             .await;
         }
         (Some(_), _, _) => {
-            return rejected("the connection's webhook credential cannot verify HubSpot".into())
-                .await;
+            return rejected(format!(
+                "the connection's webhook credential cannot verify {kind} deliveries"
+            ))
+            .await;
         }
-        (None, _, Some(app)) => app.as_ref().clone(),
+        (None, _, Some(app)) => app.clone(),
         (None, _, None) => {
             return rejected("no secret verifies this connection's webhooks".into()).await;
         }
     };
-    let signatures = SignatureHeaders {
-        v3: header(headers, "x-hubspot-signature-v3"),
-        timestamp: header(headers, "x-hubspot-request-timestamp"),
-        legacy: header(headers, "x-hubspot-signature"),
-        legacy_version: header(headers, "x-hubspot-signature-version"),
-    };
-    let verified = webhook::verify_batch(
+    let verified = crm_webhooks::verify(
+        kind,
         secret.expose_secret().as_bytes(),
-        "POST",
-        &called_url(ingress, uri),
-        body,
-        &signatures,
-        chrono::Utc::now().timestamp_millis(),
-        ingress.allow_legacy,
+        Delivery {
+            url: &called_url(ingress, uri),
+            body,
+            headers,
+            now_ms: chrono::Utc::now().timestamp_millis(),
+            allow_legacy: ingress.allow_legacy,
+        },
+        app.own_app,
     );
     let events = match verified {
-        Ok((_, batch)) => batch.into_inner(),
+        Ok(events) => events,
         Err(WebhookError::Malformed(why)) => return malformed(&why),
         Err(e) => return rejected(e.to_string()).await,
     };
     let Ok(portal) = account.parse::<u64>() else {
-        return unavailable("the connection's HubSpot account is not a portal id");
+        return unavailable("the connection's account id is not numeric");
     };
-    let (own, foreign): (Vec<WebhookEvent>, Vec<WebhookEvent>) =
-        events.into_iter().partition(|e| e.portal_id == portal);
+    let (own, foreign): (Vec<Delivered>, Vec<Delivered>) =
+        events.into_iter().partition(|e| e.account == portal);
     if !foreign.is_empty() {
         metrics::counter!("crmsync_webhook_events_total", "outcome" => "unknown_account")
             .increment(foreign.len() as u64);
     }
-    let mut cache = RouteCache::new();
-    cache.insert(portal, vec![route.clone()]);
+    let mut cache = RouteCache::new(kind);
+    cache.by_account.insert(portal, vec![route.clone()]);
     match accept(
         ingress,
         &mut cache,
@@ -502,45 +517,53 @@ async fn hubspot_for_connection(
     }
 }
 
-#[tracing::instrument(name = "webhook.request", skip_all, fields(provider = "hubspot"))]
-async fn hubspot(
+/// An app-wide delivery (`/webhooks/{provider}`: HubSpot's public app
+/// sends every account's events to one URL): the app's secret first, then
+/// the own secrets of the connections of the one account the body names.
+#[tracing::instrument(name = "webhook.request", skip_all, fields(provider = %provider))]
+async fn app_wide(
     State(ingress): State<Ingress>,
+    axum::extract::Path(provider): axum::extract::Path<String>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let signatures = SignatureHeaders {
-        v3: header(&headers, "x-hubspot-signature-v3"),
-        timestamp: header(&headers, "x-hubspot-request-timestamp"),
-        legacy: header(&headers, "x-hubspot-signature"),
-        legacy_version: header(&headers, "x-hubspot-signature-version"),
+    let Ok(kind) = provider.parse::<ProviderKind>() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("no webhooks for {provider:?}: {}", known_providers()),
+        );
     };
+    let app = ingress.apps.get(&kind).cloned().unwrap_or_default();
     let url = called_url(&ingress, &uri);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let verify = |secret: &[u8]| {
-        webhook::verify_batch(
+        crm_webhooks::verify(
+            kind,
             secret,
-            "POST",
-            &url,
-            &body,
-            &signatures,
-            now_ms,
-            ingress.allow_legacy,
+            Delivery {
+                url: &url,
+                body: &body,
+                headers: &headers,
+                now_ms,
+                allow_legacy: ingress.allow_legacy,
+            },
+            app.own_app,
         )
     };
-    let mut cache = RouteCache::new();
+    let mut cache = RouteCache::new(kind);
     // The app secret first: one HMAC over the body, nothing parsed or
     // looked up before it verifies.
     let mut outcome = Err(WebhookError::MissingSignature);
-    if let Some(secret) = &ingress.secret {
-        outcome = verify(secret.expose_secret().as_bytes()).map(|(_, b)| (Signer::App, b));
+    if let Some(secret) = &app.secret {
+        outcome = verify(secret.expose_secret().as_bytes()).map(|events| (Signer::App, events));
     }
     let mut claimed = None;
     if matches!(
         outcome,
         Err(WebhookError::Mismatch | WebhookError::MissingSignature)
     ) {
-        let accounts = match claimed_accounts(&body) {
+        let accounts = match claimed_accounts(kind, &body) {
             Claimed::Accounts(accounts) => accounts,
             Claimed::TooMany(n) => return too_many_accounts(n),
         };
@@ -552,7 +575,7 @@ async fn hubspot(
         claimed = Some(accounts);
     }
     let (signer, events) = match outcome {
-        Ok((signer, batch)) => (signer, batch.into_inner()),
+        Ok(found) => found,
         Err(WebhookError::Malformed(why)) => return malformed(&why),
         Err(e) => {
             metrics::counter!("crmsync_webhook_requests_total", "outcome" => "rejected")
@@ -560,7 +583,7 @@ async fn hubspot(
             tracing::warn!(error = %e, "webhook rejected");
             let accounts = match claimed {
                 Some(accounts) => accounts,
-                None => match claimed_accounts(&body) {
+                None => match claimed_accounts(kind, &body) {
                     Claimed::Accounts(accounts) => accounts,
                     Claimed::TooMany(n) => return too_many_accounts(n),
                 },
@@ -569,7 +592,7 @@ async fn hubspot(
             return problem(StatusCode::UNAUTHORIZED, &e.to_string());
         }
     };
-    let accounts = match distinct(events.iter().map(|e| e.portal_id)) {
+    let accounts = match distinct(events.iter().map(|e| e.account)) {
         Claimed::Accounts(accounts) => accounts,
         Claimed::TooMany(n) => return too_many_accounts(n),
     };
@@ -592,16 +615,7 @@ fn unavailable(e: &str) -> Response {
     )
 }
 
-type Verify<'a> = dyn Fn(
-        &[u8],
-    ) -> Result<
-        (
-            webhook::SignatureVersion,
-            webhook::Verified<Vec<WebhookEvent>>,
-        ),
-        WebhookError,
-    > + Sync
-    + 'a;
+type Verify<'a> = dyn Fn(&[u8]) -> Result<Vec<Delivered>, WebhookError> + Sync + 'a;
 
 /// Tries the own secrets of the connections of the one account the body
 /// names: a private app is installed in one account, so a delivery naming
@@ -611,7 +625,7 @@ async fn own_secret(
     cache: &mut RouteCache,
     accounts: &[u64],
     verify: &Verify<'_>,
-) -> Result<Option<(Signer, webhook::Verified<Vec<WebhookEvent>>)>, String> {
+) -> Result<Option<(Signer, Vec<Delivered>)>, String> {
     let (Some(key), [account]) = (&ingress.key, accounts) else {
         return Ok(None);
     };
@@ -635,8 +649,8 @@ async fn own_secret(
                 continue;
             }
         };
-        if let Ok((_, batch)) = verify(secret.expose_secret().as_bytes()) {
-            return Ok(Some((Signer::Connection(route.connection), batch)));
+        if let Ok(events) = verify(secret.expose_secret().as_bytes()) {
+            return Ok(Some((Signer::Connection(route.connection), events)));
         }
     }
     Ok(None)
@@ -665,7 +679,7 @@ async fn accept(
     cache: &mut RouteCache,
     signer: &Signer,
     accounts: &[u64],
-    events: Vec<WebhookEvent>,
+    events: Vec<Delivered>,
 ) -> Result<(), String> {
     prefetch(ingress, cache, accounts, false).await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -673,14 +687,14 @@ async fn accept(
     let mut index: BTreeMap<(ConnectionId, CrmObject), usize> = BTreeMap::new();
     let mut arrivals: Vec<Arrival> = Vec::with_capacity(events.len());
     let mut routed: Vec<Event> = Vec::with_capacity(events.len());
-    for hubspot_event in events {
-        let Some(event) = hubspot_event.to_event(ingress.own_app) else {
+    for delivered in events {
+        let Some(event) = delivered.event else {
             metrics::counter!("crmsync_webhook_events_total", "outcome" => "ignored").increment(1);
             continue;
         };
         let object = event.object;
         let mut reached = Vec::new();
-        for route in cache.get(&hubspot_event.portal_id).into_iter().flatten() {
+        for route in cache.get(&delivered.account).into_iter().flatten() {
             if !signer.serves(route) {
                 continue;
             }
@@ -856,12 +870,18 @@ mod tests {
                 .collect::<Vec<_>>(),
         )
         .unwrap_or_default();
+        // The bodies are the first provider's (HubSpot's) event shape.
+        let first = ProviderKind::ALL[0];
         assert!(matches!(
-            claimed_accounts(&body),
+            claimed_accounts(first, &body),
             Claimed::TooMany(n) if n == MAX_ACCOUNTS_PER_DELIVERY + 1
         ));
         let repeated = br#"[{"portalId":7},{"portalId":7},{"portalId":3}]"#;
-        assert!(matches!(claimed_accounts(repeated), Claimed::Accounts(a) if a == vec![3, 7]));
-        assert!(matches!(claimed_accounts(b"not json"), Claimed::Accounts(a) if a.is_empty()));
+        assert!(
+            matches!(claimed_accounts(first, repeated), Claimed::Accounts(a) if a == vec![3, 7])
+        );
+        assert!(
+            matches!(claimed_accounts(first, b"not json"), Claimed::Accounts(a) if a.is_empty())
+        );
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod hubspot;
+pub mod intake;
 pub mod throttle;
 pub mod types;
 
