@@ -44,6 +44,10 @@ pub struct Api {
     auth: std::sync::Arc<auth::Auth>,
     /// When OAuth states expire is read from this (tests move it).
     clock: Clock,
+    /// The CRM adapters (token checks, OAuth code exchange): built once, so
+    /// a request does not build an HTTP client; `Err` says why they could
+    /// not be built.
+    providers: Result<crate::providers::Providers, String>,
 }
 
 impl Api {
@@ -57,6 +61,8 @@ impl Api {
         stats: crate::ingress::stats::WebhookStats,
         redis: Option<redis::aio::ConnectionManager>,
     ) -> Self {
+        let providers = crate::providers::Providers::new(&settings, Default::default())
+            .map_err(|e| e.to_string());
         Self {
             store,
             queue,
@@ -65,7 +71,19 @@ impl Api {
             redis,
             auth: Default::default(),
             clock: Clock::default(),
+            providers,
         }
+    }
+
+    /// The adapter for `kind`, or a 503 saying why there is none.
+    fn provider(
+        &self,
+        kind: crate::domain::ProviderKind,
+    ) -> Result<crate::providers::Provider, Problem> {
+        self.providers
+            .as_ref()
+            .map(|p| p.get(kind))
+            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.clone()))
     }
 
     /// The same api reading time from `clock` (OAuth state expiry).

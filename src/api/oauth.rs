@@ -16,7 +16,7 @@ mod state;
 use super::input::Params;
 use super::{Api, Problem, Tenant};
 use crate::domain::ProviderKind;
-use crate::providers::{Provider, ProviderError, Providers};
+use crate::providers::{Provider, ProviderError};
 use crate::store::{Consumed, Credentials, NewConnection, NewOAuthState, StoreError};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -134,9 +134,7 @@ fn keys(api: &Api, purpose: &str) -> Result<Vec<[u8; 32]>, Problem> {
 /// configured.
 fn oauth_provider(api: &Api, provider: ProviderKind) -> Result<Provider, Problem> {
     let unavailable = |detail: String| Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail);
-    let crm = Providers::new(&api.settings, Arc::default())
-        .map_err(|e| unavailable(e.to_string()))?
-        .get(provider);
+    let crm = api.provider(provider)?;
     crm.oauth_ready().map_err(unavailable)?;
     Ok(crm)
 }

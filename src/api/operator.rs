@@ -20,7 +20,6 @@ use chrono::{DateTime, TimeZone, Utc};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
 
 fn parse_connection(id: &str) -> Result<ConnectionId, Problem> {
     id.parse()
@@ -246,9 +245,7 @@ pub(super) async fn create_connection(
         api.settings.sync.delta_interval_secs,
     )?;
     // The token must work, and it names its account.
-    let crm = crate::providers::Providers::new(&api.settings, Arc::default())
-        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .get(provider);
+    let crm = api.provider(provider)?;
     let portal = match crm.identify(None, &token).await {
         Ok(portal) => portal,
         Err(ProviderError::Unauthorized(why)) => {
