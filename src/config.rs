@@ -246,8 +246,14 @@ pub struct SyncSettings {
     /// How far behind now a delta stops, so the cursor never passes records
     /// the search index does not show yet.
     pub guard_secs: u64,
-    /// Records per full-sync page (HubSpot list: at most 100).
+    /// Records per full-sync page: a partition listed by id range reads up
+    /// to this many (HubSpot search: at most 200); a whole list up to what
+    /// the CRM lists per page (HubSpot: 100).
     pub full_page_size: u32,
+    /// Most partitions a full sync of one object is split into, each a
+    /// chain of pages of its own, so this many pages can be in flight at
+    /// once (1: one page at a time).
+    pub full_sync_partitions: u32,
     /// Records per delta search page (HubSpot search: at most 200).
     pub delta_page_size: u32,
     /// The search result cap after which a delta narrows its window.
@@ -576,10 +582,16 @@ impl Settings {
                 format!("must be in (0, 1], got {share}"),
             ));
         }
-        if !(1..=100).contains(&self.sync.full_page_size) {
+        if !(1..=200).contains(&self.sync.full_page_size) {
             return Err(value(
                 "CRMSYNC__SYNC__FULL_PAGE_SIZE",
-                "HubSpot lists at most 100 per page: use 1..=100".into(),
+                "HubSpot searches at most 200 per page: use 1..=200".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.sync.full_sync_partitions) {
+            return Err(value(
+                "CRMSYNC__SYNC__FULL_SYNC_PARTITIONS",
+                format!("use 1..=64, got {}", self.sync.full_sync_partitions),
             ));
         }
         if !(1..=200).contains(&self.sync.delta_page_size) {

@@ -20,7 +20,9 @@ struct Cli {
     /// health_check); default: all.
     #[arg(long, value_delimiter = ',')]
     jobs: Vec<String>,
-    /// Per-kind concurrency as STEM=N (repeat or comma-separate); default 1.
+    /// Per-kind concurrency as STEM=N (repeat or comma-separate); default 4
+    /// for full_sync (its pages mostly wait on the CRM, and a run's
+    /// partitions page side by side), 1 for the rest.
     #[arg(long, value_delimiter = ',')]
     concurrency: Vec<String>,
 }
@@ -38,7 +40,7 @@ fn specs(cli: &Cli) -> Result<Vec<WorkerSpec>, String> {
         .into_iter()
         .map(|kind| WorkerSpec {
             kind,
-            concurrency: 1,
+            concurrency: kind.default_concurrency(),
         })
         .collect();
     for item in &cli.concurrency {

@@ -148,7 +148,7 @@ pub(super) async fn run(mut settings: Settings, args: DevArgs) -> anyhow::Result
     let specs = [
         WorkerSpec {
             kind: JobKind::FullSync,
-            concurrency: 1,
+            concurrency: JobKind::FullSync.default_concurrency(),
         },
         WorkerSpec {
             kind: JobKind::DeltaSync,

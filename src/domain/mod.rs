@@ -168,6 +168,26 @@ impl Cursor {
     }
 }
 
+/// A part of an object's records that a full sync lists on its own, so
+/// that several of its pages are in flight at once (a CRM answers a list
+/// call in 150–400 ms; one page at a time would leave most of the budget
+/// unused). A CRM that can filter by id lists ranges of ids; one that cannot
+/// lists the whole object as one chain of pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Partition {
+    /// Every record, through the CRM's plain list.
+    Whole,
+    /// Records whose id is above `after` and at most `through`, in the
+    /// CRM's id order (an open bound is `None`): the last partition is open
+    /// upwards, so records created during the sync are listed too.
+    Ids {
+        /// Lower bound, exclusive.
+        after: Option<CrmId>,
+        /// Upper bound, inclusive.
+        through: Option<CrmId>,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 
 use super::{Deps, JobError, Session};
 use crate::domain::{CrmId, CrmObject};
-use crate::providers::{ChangePage, FeedLimits, FeedRead, Page, Provider, ReservedRead};
+use crate::providers::{ChangePage, FeedLimits, FeedRead, Page, Partition, Provider, ReservedRead};
 use crate::sync::Incoming;
 
 /// Calls the provider with the session's token; on a 401 refreshes once and
@@ -69,6 +69,31 @@ impl Session {
     ) -> Result<Page, JobError> {
         authed!(self, deps, |p, account, token| p
             .list_page(account, token, object, after, limit))
+    }
+
+    /// How a full sync of `object` splits (see [`Provider::partitions`]).
+    pub async fn partitions(
+        &mut self,
+        deps: &Deps,
+        object: CrmObject,
+        wanted: u32,
+        page: u32,
+    ) -> Result<Vec<Partition>, JobError> {
+        authed!(self, deps, |p, account, token| p
+            .partitions(account, token, object, wanted, page))
+    }
+
+    /// One page of one partition of `object`.
+    pub async fn partition_page(
+        &mut self,
+        deps: &Deps,
+        object: CrmObject,
+        partition: &Partition,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, JobError> {
+        authed!(self, deps, |p, account, token| p
+            .partition_page(account, token, object, partition, after, limit))
     }
 
     /// One page of `object`'s change feed.

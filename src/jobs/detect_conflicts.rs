@@ -221,9 +221,7 @@ async fn sweep_object(
             // The sweep's counts are its own (the periodic run records
             // them); a run id no row has makes the page add to none.
             run: RunId::new(),
-            page_number: None,
-            next_page_token: None,
-            finishes_run: false,
+            full_sync_page: None,
             queue_pushes: true,
             refused: Vec::new(),
             cursor: None,

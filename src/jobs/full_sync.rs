@@ -1,18 +1,29 @@
-//! `FullSync`: one page per job run, then the next page is enqueued, so no
-//! job runs long and a killed one re-runs within the orphan window.
+//! `FullSync`: a run lists its object in partitions (id ranges where the CRM
+//! can filter by id, else the whole list), each a chain of one page per job
+//! run, so several pages are in flight at once — a CRM answers a list call
+//! in 150–400 ms, and one page at a time would leave most of the budget
+//! unused — while no job runs long and a killed one re-runs within the
+//! orphan window.
 //!
-//! Exactly-once effect: the run row counts the pages applied (`pages_done`).
-//! Page `p` commits only while `pages_done = p` (in the same transaction as
-//! its records), so a re-run of a committed page writes nothing; it only makes
-//! sure page `p + 1` is queued (idempotency key `full_sync:{run}:{p+1}`), which
-//! heals a crash between the commit and the enqueue.
+//! The first job of a run (no partition) plans: it asks the provider how to
+//! split, stores the plan once (`store::partitions`), and enqueues each
+//! partition's next page; asked again (a restart, a re-drive) it only
+//! enqueues them again, which heals any chain a crash cut.
+//!
+//! Exactly-once effect: each partition counts the pages applied. Page `p`
+//! of a partition commits only while it has done `p` pages (in the same
+//! transaction as its records), so a re-run of a committed page writes
+//! nothing; it only makes sure page `p + 1` is queued (idempotency key
+//! `full_sync:{run}:p{partition}:{p+1}`), which heals a crash between the
+//! commit and the enqueue. The run succeeds with its last partition.
 
 use super::{Deps, JobError, Session};
 use crate::domain::{ConnectionId, CrmObject, RunId, RunKind, RunStatus, TenantId};
-use crate::store::PageWrite;
+use crate::store::{FullSyncPage, PageWrite, PartitionRow};
 use serde::{Deserialize, Serialize};
 
-/// One page of a full sync of one object.
+/// One page of a full sync of one object (or, without a partition, the
+/// run's plan).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FullSyncJob {
     /// Owner.
@@ -23,7 +34,12 @@ pub struct FullSyncJob {
     pub object: CrmObject,
     /// The run this page belongs to.
     pub run: RunId,
-    /// Page number, from 0.
+    /// The partition this page is of; `None`: plan the run's partitions
+    /// (or find its plan) and enqueue each one's next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    /// Page number within the partition, from 0 (a plan job: the run's
+    /// pages so far, which only keeps its idempotency key fresh).
     pub page: i64,
     /// Retry number of this page (0 on the first try).
     #[serde(default)]
@@ -40,12 +56,16 @@ pub struct FullSyncJob {
 impl FullSyncJob {
     /// The key that makes enqueueing the same page twice a no-op.
     pub fn idempotency_key(&self) -> String {
+        let page = match self.partition {
+            Some(partition) => format!("p{partition}:{}", self.page),
+            None => self.page.to_string(),
+        };
         if self.deferrals == 0 {
-            format!("full_sync:{}:{}:{}", self.run, self.page, self.attempt)
+            format!("full_sync:{}:{page}:{}", self.run, self.attempt)
         } else {
             format!(
-                "full_sync:{}:{}:{}:{}",
-                self.run, self.page, self.attempt, self.deferrals
+                "full_sync:{}:{page}:{}:{}",
+                self.run, self.attempt, self.deferrals
             )
         }
     }
@@ -59,25 +79,46 @@ impl FullSyncJob {
             ..self.clone()
         }
     }
+
+    /// The job for the next page of `partition`.
+    fn page_of(&self, partition: &PartitionRow) -> Self {
+        Self {
+            partition: Some(partition.number),
+            page: partition.pages_done,
+            attempt: 0,
+            deferrals: 0,
+            ..self.clone()
+        }
+    }
 }
 
-/// Runs one page.
+/// Runs one page, or plans the run.
 pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
     let run = deps.store.run(job.tenant, job.run).await?;
     if run.status != RunStatus::Running {
         return Ok(());
     }
-    if run.pages_done > job.page {
+    let Some(number) = job.partition else {
+        return plan(job, deps, run.pages_done).await;
+    };
+    let partitions = deps.store.run_partitions(job.tenant, job.run).await?;
+    let Some(partition) = partitions.iter().find(|p| p.number == number) else {
+        return Err(JobError::Permanent(format!(
+            "run {} has no partition {number}",
+            job.run
+        )));
+    };
+    if partition.finished || partition.pages_done > job.page {
         // Committed by an earlier attempt: make sure the chain goes on.
-        if run.pages_done == job.page + 1 {
+        if !partition.finished && partition.pages_done == job.page + 1 {
             deps.queue.push_full_sync(&job.next_page()).await?;
         }
         return Ok(());
     }
-    if run.pages_done < job.page {
+    if partition.pages_done < job.page {
         return Err(JobError::Transient {
             message: format!(
-                "page {} of run {} is not committed yet",
+                "page {} of partition {number} of run {} is not committed yet",
                 job.page - 1,
                 job.run
             ),
@@ -94,12 +135,16 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
     let strategy = connection.settings.strategy;
     let provider = connection.provider;
     let mut session = Session::open(deps, connection).await?;
-    let page_size = deps.settings.sync.full_page_size;
-    let after = run.page_token.clone();
     // Pages take only free budget slots: webhook follow-ups and pushes first.
     session.in_background();
     let page = session
-        .list_page(deps, job.object, after.as_deref(), page_size)
+        .partition_page(
+            deps,
+            job.object,
+            &partition.partition,
+            partition.page_token.as_deref(),
+            deps.settings.sync.full_page_size,
+        )
         .await?;
     let finishes = page.next.is_none();
     let records = super::change_times::with_change_times(
@@ -119,9 +164,12 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
         strategy,
         items: records,
         run: job.run,
-        page_number: Some(job.page),
-        next_page_token: page.next,
-        finishes_run: finishes,
+        full_sync_page: Some(FullSyncPage {
+            partition: number,
+            number: job.page,
+            next_token: page.next,
+            finishes_partition: finishes,
+        }),
         queue_pushes: true,
         refused: Vec::new(),
         cursor: None,
@@ -136,8 +184,45 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
     if outcome.is_some() && !finishes {
         deps.queue.push_full_sync(&job.next_page()).await?;
     }
-    if finishes && outcome.is_some() {
+    if outcome.as_ref().is_some_and(|o| o.finished_run) {
         tracing::info!(connection.id = %job.connection, run.id = %job.run, object = %job.object, "full sync finished");
+    }
+    Ok(())
+}
+
+/// Plans the run's partitions (once: a plan already stored is kept) and
+/// enqueues the next page of each unfinished one.
+async fn plan(job: &FullSyncJob, deps: &Deps, pages_done: i64) -> Result<(), JobError> {
+    let mut partitions = deps.store.run_partitions(job.tenant, job.run).await?;
+    if partitions.is_empty() {
+        let planned = if pages_done > 0 {
+            // A run that paged before partitions existed goes on from its
+            // own token (the store makes it one whole-list partition).
+            Vec::new()
+        } else {
+            let connection = deps.store.connection(job.tenant, job.connection).await?;
+            let mut session = Session::open(deps, connection).await?;
+            session.in_background();
+            let sync = &deps.settings.sync;
+            session
+                .partitions(
+                    deps,
+                    job.object,
+                    sync.full_sync_partitions,
+                    sync.full_page_size,
+                )
+                .await?
+        };
+        partitions = deps
+            .store
+            .plan_partitions(job.tenant, job.run, &planned)
+            .await?;
+        if !partitions.is_empty() {
+            tracing::info!(run.id = %job.run, object = %job.object, partitions = partitions.len(), "full sync planned");
+        }
+    }
+    for partition in partitions.iter().filter(|p| !p.finished) {
+        deps.queue.push_full_sync(&job.page_of(partition)).await?;
     }
     Ok(())
 }
@@ -156,7 +241,7 @@ pub async fn give_up(job: &FullSyncJob, deps: &Deps, error: &JobError) -> Result
 }
 
 /// Starts a full sync of every synced object of a connection (or joins the
-/// one already running) and enqueues the page each run is at: idempotent,
+/// one already running) and enqueues the pages each run is at: idempotent,
 /// so asking twice never runs two full syncs of one object.
 pub async fn start(
     store: &crate::store::Store,
@@ -190,11 +275,13 @@ pub async fn start_redriven(
                     .await?
             }
         };
+        // The plan job: it enqueues each partition's next page.
         let job = FullSyncJob {
             tenant,
             connection,
             object,
             run: run.id,
+            partition: None,
             page: run.pages_done,
             attempt: 0,
             deferrals: 0,

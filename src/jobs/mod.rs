@@ -97,6 +97,17 @@ impl JobKind {
         }
     }
 
+    /// Jobs of this kind a worker runs at once unless told otherwise.
+    /// Full-sync pages mostly wait on the CRM's answer (150–400 ms per list
+    /// call) and the budget, so four run at once: one worker keeps a run's
+    /// partitions in flight together. The rest run one at a time.
+    pub fn default_concurrency(self) -> usize {
+        match self {
+            JobKind::FullSync => 4,
+            _ => 1,
+        }
+    }
+
     /// Parses a stem, naming the known ones on error.
     pub fn from_stem(stem: &str) -> Result<Self, String> {
         Self::ALL

@@ -17,7 +17,7 @@ pub mod types;
 
 pub use error::ProviderError;
 pub use types::{
-    Capabilities, ChangePage, FeedLimits, FeedPosition, FeedRead, Page, RefreshedTokens,
+    Capabilities, ChangePage, FeedLimits, FeedPosition, FeedRead, Page, Partition, RefreshedTokens,
     ReservedRead, Update, Upserted,
 };
 
@@ -195,7 +195,8 @@ impl Provider {
         }
     }
 
-    /// One page of every record of `object`, from `after`.
+    /// One page of every record of `object`, from `after` (`limit` clamped
+    /// to the CRM's list page).
     pub async fn list_page(
         &self,
         account: &str,
@@ -204,8 +205,51 @@ impl Provider {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page, ProviderError> {
+        let limit = limit.clamp(1, self.capabilities().list_page_max);
         match self {
             Provider::Hubspot(c) => c.list_page(account, token, object, after, limit).await,
+        }
+    }
+
+    /// How a full sync of `object` splits into partitions listed side by
+    /// side: at most `wanted`, none smaller than about one `page`; one
+    /// [`Partition::Whole`] where the CRM cannot list by id range.
+    pub async fn partitions(
+        &self,
+        account: &str,
+        token: &SecretString,
+        object: CrmObject,
+        wanted: u32,
+        page: u32,
+    ) -> Result<Vec<Partition>, ProviderError> {
+        match self {
+            Provider::Hubspot(c) => c.partitions(account, token, object, wanted, page).await,
+        }
+    }
+
+    /// One page of `partition` of `object`, from `after` (a token an
+    /// earlier page of the same partition returned); `limit` is clamped to
+    /// what the CRM serves for that kind of page.
+    pub async fn partition_page(
+        &self,
+        account: &str,
+        token: &SecretString,
+        object: CrmObject,
+        partition: &Partition,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, ProviderError> {
+        let caps = self.capabilities();
+        let limit = match partition {
+            Partition::Whole => limit.min(caps.list_page_max),
+            Partition::Ids { .. } => limit.min(caps.partition_page_max),
+        }
+        .max(1);
+        match self {
+            Provider::Hubspot(c) => {
+                c.partition_page(account, token, object, partition, after, limit)
+                    .await
+            }
         }
     }
 
@@ -213,7 +257,10 @@ impl Provider {
     /// caller pacing its own share of the budget counts per page.
     pub fn list_page_requests(&self, object: CrmObject, limit: u32) -> u32 {
         match self {
-            Provider::Hubspot(_) => HubspotClient::list_page_requests(object, limit),
+            Provider::Hubspot(_) => HubspotClient::list_page_requests(
+                object,
+                limit.clamp(1, self.capabilities().list_page_max),
+            ),
         }
     }
 

@@ -2,8 +2,8 @@
 //! records, change-feed positions the core stores but never reads, writes
 //! and their results. Nothing here is one CRM's shape.
 
-pub use crate::domain::FeedPosition;
 use crate::domain::{CrmId, CrmObject, Cursor};
+pub use crate::domain::{FeedPosition, Partition};
 use crate::sync::Incoming;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
@@ -149,6 +149,11 @@ pub struct Capabilities {
     pub batch_size: usize,
     /// Most records one read with per-field change times takes.
     pub history_batch_size: usize,
+    /// Most records one page of the object's plain list holds (a
+    /// [`Partition::Ids`] page may hold more, up to the CRM's search limit).
+    pub list_page_max: u32,
+    /// Most records one [`Partition::Ids`] page holds.
+    pub partition_page_max: u32,
 }
 
 impl Capabilities {

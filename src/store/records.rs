@@ -35,13 +35,8 @@ pub struct PageWrite {
     pub items: Vec<Incoming>,
     /// The run the page belongs to.
     pub run: RunId,
-    /// Full sync: the page number this write is; it commits only while the
-    /// run has done exactly that many pages (a duplicate job does nothing).
-    pub page_number: Option<i64>,
-    /// Full sync: the provider's token for the page after this one.
-    pub next_page_token: Option<String>,
-    /// Whether this page ends the run.
-    pub finishes_run: bool,
+    /// Full sync: which page of which partition this write is.
+    pub full_sync_page: Option<FullSyncPage>,
     /// Delta: the cursor after this page (never moves back).
     pub cursor: Option<Cursor>,
     /// Whether a record the CRM is behind on goes to the outbox (a pull), or
@@ -51,6 +46,21 @@ pub struct PageWrite {
     /// Records left out of this page, parked with the page's commit
     /// (`store::parked`): the cursor moves past them.
     pub refused: Vec<super::RefusedRecord>,
+}
+
+/// A full-sync page's place in its run: it commits only while its partition
+/// has done exactly `number` pages (a duplicate job does nothing), and
+/// moves the partition on to `next_token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullSyncPage {
+    /// The partition (`store::partitions`).
+    pub partition: i32,
+    /// The page's number within its partition, from 0.
+    pub number: i64,
+    /// The provider's token for the partition's next page.
+    pub next_token: Option<String>,
+    /// Whether this is the partition's last page.
+    pub finishes_partition: bool,
 }
 
 /// A record the CRM must be brought to: the push side of a merge.
@@ -86,6 +96,8 @@ pub struct PageOutcome {
     pub targets: Vec<PushTarget>,
     /// Records parked with this page instead of applied.
     pub parked: Vec<super::RefusedRecord>,
+    /// Full sync: this page finished the run's last partition.
+    pub finished_run: bool,
 }
 
 /// What [`Store::apply_page`] did.
@@ -212,21 +224,32 @@ impl Store {
     /// again and retries).
     pub async fn apply_page(&self, page: &PageWrite) -> Result<PageApplied, StoreError> {
         let mut tx = self.begin(page.tenant).await?;
-        if let Some(number) = page.page_number {
-            // Claim the page; on Postgres this also locks the run row, so a
-            // concurrent duplicate waits here and then finds the page done.
-            let claimed: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
+        if let Some(place) = &page.full_sync_page {
+            // Lock the run row first (on Postgres; SQLite has one writer):
+            // the run's pages commit one at a time, so of two partitions
+            // finishing at once the second sees the first and ends the run.
+            // Then claim the page: a concurrent duplicate waits on the lock
+            // and then finds the page done.
+            let running: Option<(uuid::Uuid,)> = on_db!(&mut tx, |c| {
                 sqlx::query_as(
-                "UPDATE sync_runs SET updated_at = $1 WHERE tenant_id = $2 AND id = $3 AND pages_done = $4 AND status = 'running' RETURNING id"
+                "UPDATE sync_runs SET updated_at = $1 WHERE tenant_id = $2 AND id = $3 AND status = 'running' RETURNING id"
             )
             .bind(Utc::now())
             .bind(page.tenant.0)
             .bind(page.run.0)
-            .bind(number)
             .fetch_optional(c)
             .await
             })?;
-            if claimed.is_none() {
+            if running.is_none()
+                || !super::partitions::claim_page(
+                    &mut tx,
+                    page.tenant,
+                    page.run,
+                    place.partition,
+                    place.number,
+                )
+                .await?
+            {
                 return Ok(PageApplied::AlreadyApplied);
             }
         }
@@ -284,14 +307,27 @@ impl Store {
         // Parked records were read but not applied: the run counts them failed.
         counts.processed += page.refused.len() as i64;
         counts.failed += page.refused.len() as i64;
-        let page_state = page.page_number.map(|_| page.next_page_token.as_deref());
+        let finished_run = match &page.full_sync_page {
+            Some(place) => {
+                super::partitions::page_done(
+                    &mut tx,
+                    page.tenant,
+                    page.run,
+                    place.partition,
+                    place.next_token.as_deref(),
+                    place.finishes_partition,
+                )
+                .await?
+            }
+            None => false,
+        };
         add_counts(
             &mut tx,
             page.tenant,
             page.run,
             counts,
-            page_state,
-            page.finishes_run,
+            page.full_sync_page.is_some(),
+            finished_run,
         )
         .await?;
         let now = Utc::now();
@@ -304,6 +340,7 @@ impl Store {
         }
         tx.commit().await?;
         outcome.parked = page.refused.clone();
+        outcome.finished_run = finished_run;
         outcome.counts = counts;
         outcome.pushes = pushes;
         Ok(PageApplied::Applied(outcome))

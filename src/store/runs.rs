@@ -29,10 +29,11 @@ pub struct RunRow {
     pub kind: RunKind,
     /// Running, succeeded or failed.
     pub status: RunStatus,
-    /// The provider's token for the next full-sync page.
+    /// The provider's token for the next full-sync page, as a run kept it
+    /// before partitions (`store::partitions`); the partitions keep theirs.
     #[serde(skip)]
     pub page_token: Option<String>,
-    /// Pages applied so far; a page job whose number is below it is done.
+    /// Full-sync pages applied so far, over all its partitions.
     pub pages_done: i64,
     /// Records read.
     pub processed: i64,
@@ -449,38 +450,32 @@ impl Store {
     }
 }
 
-/// Adds counts to a run; optionally moves its page state and ends it.
+/// Adds counts to a run; optionally counts a full-sync page and ends it.
 pub(super) async fn add_counts(
     tx: &mut Tx,
     tenant: TenantId,
     id: RunId,
     n: RunUpdate,
-    page: Option<Option<&str>>,
+    counts_page: bool,
     finish: bool,
 ) -> Result<(), StoreError> {
     let now = Utc::now();
-    let (set_page, token) = match page {
-        Some(token) => (true, token),
-        None => (false, None),
-    };
     on_db!(tx, |c| {
         sqlx::query(
         "UPDATE sync_runs SET processed = processed + $1, created = created + $2, updated = updated + $3,
                 unchanged = unchanged + $4, failed = failed + $5,
-                page_token = CASE WHEN $6 THEN $7 ELSE page_token END,
                 pages_done = pages_done + CASE WHEN $6 THEN 1 ELSE 0 END,
-                status = CASE WHEN $8 THEN 'succeeded' ELSE status END,
-                finished_at = CASE WHEN $8 THEN $9 ELSE finished_at END,
-                updated_at = $9
-          WHERE tenant_id = $10 AND id = $11"
+                status = CASE WHEN $7 THEN 'succeeded' ELSE status END,
+                finished_at = CASE WHEN $7 THEN $8 ELSE finished_at END,
+                updated_at = $8
+          WHERE tenant_id = $9 AND id = $10"
     )
     .bind(n.processed)
     .bind(n.created)
     .bind(n.updated)
     .bind(n.unchanged)
     .bind(n.failed)
-    .bind(set_page)
-    .bind(token)
+    .bind(counts_page)
     .bind(finish)
     .bind(now)
     .bind(tenant.0)

@@ -95,8 +95,8 @@ on_both_backends! {
         assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
         assert!(injected > 0, "the sandbox failed no request: the test proves nothing");
         assert_eq!(
-            (done.processed, done.created, done.failed, done.pages_done),
-            (3_000, 3_000, 0, 30),
+            (done.processed, done.created, done.failed),
+            (3_000, 3_000, 0),
             "every page applied exactly once despite {injected} failed requests: {done:?}"
         );
         assert_mirrors_sandbox(&fleet).await;
@@ -117,8 +117,8 @@ on_both_backends! {
         assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
         assert!(injected > 0, "no request hung: the test proves nothing");
         assert_eq!(
-            (done.processed, done.created, done.failed, done.pages_done),
-            (1_000, 1_000, 0, 10),
+            (done.processed, done.created, done.failed),
+            (1_000, 1_000, 0),
             "{injected} hung requests: {done:?}"
         );
         assert_mirrors_sandbox(&fleet).await;

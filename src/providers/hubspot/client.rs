@@ -90,11 +90,24 @@ pub(super) struct ReadSpec<'a> {
     pub history: &'a [&'a str],
 }
 
+/// A list or search answer.
 #[derive(Deserialize)]
-struct ListBody {
+pub(super) struct ListBody {
     #[serde(default)]
     results: Vec<HsObject>,
     paging: Option<Paging>,
+}
+
+impl ListBody {
+    /// Whether the CRM says another page follows.
+    pub(super) fn has_next(&self) -> bool {
+        self.paging.as_ref().is_some_and(|p| p.next.is_some())
+    }
+
+    /// The last record's id.
+    pub(super) fn last_id(&self) -> Option<String> {
+        self.results.last().map(|o| o.id.clone())
+    }
 }
 
 #[derive(Deserialize)]
@@ -196,7 +209,7 @@ impl HubspotClient {
     }
 
     /// The account's search budget (HubSpot counts search apart).
-    fn search_budget(&self, portal: &str) -> Pacer {
+    pub(super) fn search_budget(&self, portal: &str) -> Pacer {
         let spec = BudgetSpec {
             limit: WindowLimit {
                 requests: self.settings.search_requests_per_second,
@@ -732,7 +745,7 @@ impl HubspotClient {
 
 impl HubspotClient {
     /// Maps a list or search reply (leads with their contacts).
-    async fn page(
+    pub(super) async fn page(
         &self,
         portal: &str,
         token: &SecretString,

@@ -6,6 +6,7 @@ mod client;
 mod leads;
 pub mod mapping;
 pub mod oauth;
+pub mod partitions;
 pub mod subscriptions;
 pub mod throttle;
 pub mod webhook;
@@ -23,6 +24,10 @@ pub const CAPABILITIES: crate::providers::Capabilities = crate::providers::Capab
     )),
     batch_size: 100,
     history_batch_size: 50,
+    // List endpoints: at most 100 (UNVERIFIED, CRM_API_FACTS §HubSpot);
+    // search: at most 200 [doc].
+    list_page_max: 100,
+    partition_page_max: 200,
 };
 
 /// HubSpot contacts → platform leads, newest field wins (HubSpot keeps
