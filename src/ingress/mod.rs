@@ -73,7 +73,7 @@ pub struct Ingress {
 /// costs one lookup a second instead of one per delivery. A pause or a new
 /// secret takes effect within that second.
 type KnownRoutes =
-    Arc<std::sync::Mutex<HashMap<(ProviderKind, u64), (Vec<Route>, std::time::Instant)>>>;
+    Arc<std::sync::Mutex<HashMap<(ProviderKind, String), (Vec<Route>, std::time::Instant)>>>;
 
 /// How long ingress trusts a route it looked up.
 const ROUTE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -263,7 +263,7 @@ impl Signer {
 /// each.
 struct RouteCache {
     kind: ProviderKind,
-    by_account: BTreeMap<u64, Vec<Route>>,
+    by_account: BTreeMap<String, Vec<Route>>,
 }
 
 impl RouteCache {
@@ -274,7 +274,7 @@ impl RouteCache {
         }
     }
 
-    fn get(&self, account: &u64) -> Option<&Vec<Route>> {
+    fn get(&self, account: &str) -> Option<&Vec<Route>> {
         self.by_account.get(account)
     }
 }
@@ -284,28 +284,28 @@ impl RouteCache {
 async fn prefetch(
     ingress: &Ingress,
     cache: &mut RouteCache,
-    accounts: &[u64],
+    accounts: &[String],
     fresh: bool,
 ) -> Result<(), String> {
     let now = std::time::Instant::now();
     let mut missing = Vec::new();
     {
         let known = ingress.known.lock().ok().filter(|_| !fresh);
-        for &account in accounts {
-            if cache.by_account.contains_key(&account) {
+        for account in accounts {
+            if cache.by_account.contains_key(account) {
                 continue;
             }
             let hit = known.as_ref().and_then(|known| {
                 known
-                    .get(&(cache.kind, account))
+                    .get(&(cache.kind, account.clone()))
                     .filter(|(_, at)| now.duration_since(*at) < ROUTE_TTL)
                     .map(|(routes, _)| routes.clone())
             });
             match hit {
                 Some(routes) => {
-                    cache.by_account.insert(account, routes);
+                    cache.by_account.insert(account.clone(), routes);
                 }
-                None => missing.push(account),
+                None => missing.push(account.clone()),
             }
         }
     }
@@ -325,7 +325,7 @@ async fn prefetch(
             }
         }
         for (account, routes) in missing.iter().zip(&found) {
-            known.insert((cache.kind, *account), (routes.clone(), now));
+            known.insert((cache.kind, account.clone()), (routes.clone(), now));
         }
     }
     cache.by_account.extend(missing.into_iter().zip(found));
@@ -335,7 +335,7 @@ async fn prefetch(
 /// What an unverified body claims about its accounts.
 enum Claimed {
     /// Its distinct `portalId`s (none when it is not an event array).
-    Accounts(Vec<u64>),
+    Accounts(Vec<String>),
     /// More distinct accounts than [`MAX_ACCOUNTS_PER_DELIVERY`].
     TooMany(usize),
 }
@@ -346,12 +346,12 @@ fn claimed_accounts(kind: ProviderKind, body: &[u8]) -> Claimed {
     distinct(crm_webhooks::claimed_accounts(kind, body).into_iter())
 }
 
-fn distinct(accounts: impl Iterator<Item = u64>) -> Claimed {
-    let set: std::collections::HashSet<u64> = accounts.collect();
+fn distinct(accounts: impl Iterator<Item = String>) -> Claimed {
+    let set: std::collections::HashSet<String> = accounts.collect();
     if set.len() > MAX_ACCOUNTS_PER_DELIVERY {
         return Claimed::TooMany(set.len());
     }
-    let mut accounts: Vec<u64> = set.into_iter().collect();
+    let mut accounts: Vec<String> = set.into_iter().collect();
     accounts.sort_unstable();
     Claimed::Accounts(accounts)
 }
@@ -488,22 +488,21 @@ async fn for_connection(
         Err(WebhookError::Malformed(why)) => return malformed(&why),
         Err(e) => return rejected(e.to_string()).await,
     };
-    let Ok(portal) = account.parse::<u64>() else {
-        return unavailable("the connection's account id is not numeric");
-    };
     let (own, foreign): (Vec<Delivered>, Vec<Delivered>) =
-        events.into_iter().partition(|e| e.account == portal);
+        events.into_iter().partition(|e| e.account == account);
     if !foreign.is_empty() {
         metrics::counter!("crmsync_webhook_events_total", "outcome" => "unknown_account")
             .increment(foreign.len() as u64);
     }
     let mut cache = RouteCache::new(kind);
-    cache.by_account.insert(portal, vec![route.clone()]);
+    cache
+        .by_account
+        .insert(account.clone(), vec![route.clone()]);
     match accept(
         ingress,
         &mut cache,
         &Signer::Connection(route.connection),
-        &[portal],
+        std::slice::from_ref(&account),
         own,
     )
     .await
@@ -592,7 +591,7 @@ async fn app_wide(
             return problem(StatusCode::UNAUTHORIZED, &e.to_string());
         }
     };
-    let accounts = match distinct(events.iter().map(|e| e.account)) {
+    let accounts = match distinct(events.iter().map(|e| e.account.clone())) {
         Claimed::Accounts(accounts) => accounts,
         Claimed::TooMany(n) => return too_many_accounts(n),
     };
@@ -623,14 +622,14 @@ type Verify<'a> = dyn Fn(&[u8]) -> Result<Vec<Delivered>, WebhookError> + Sync +
 async fn own_secret(
     ingress: &Ingress,
     cache: &mut RouteCache,
-    accounts: &[u64],
+    accounts: &[String],
     verify: &Verify<'_>,
 ) -> Result<Option<(Signer, Vec<Delivered>)>, String> {
     let (Some(key), [account]) = (&ingress.key, accounts) else {
         return Ok(None);
     };
     // Fresh routes: a secret set a moment ago must already verify.
-    prefetch(ingress, cache, &[*account], true).await?;
+    prefetch(ingress, cache, std::slice::from_ref(account), true).await?;
     for route in cache.get(account).into_iter().flatten() {
         let Some((kind @ WebhookCredentialKind::HmacSecret, sealed)) = &route.sealed_credential
         else {
@@ -658,7 +657,7 @@ async fn own_secret(
 
 /// Counts a refused delivery against the connections of the (at most
 /// [`MAX_ACCOUNTS_PER_DELIVERY`]) accounts its body names: one round trip.
-async fn count_rejected(ingress: &Ingress, cache: &mut RouteCache, accounts: &[u64]) {
+async fn count_rejected(ingress: &Ingress, cache: &mut RouteCache, accounts: &[String]) {
     if prefetch(ingress, cache, accounts, false).await.is_err() {
         return;
     }
@@ -678,7 +677,7 @@ async fn accept(
     ingress: &Ingress,
     cache: &mut RouteCache,
     signer: &Signer,
-    accounts: &[u64],
+    accounts: &[String],
     events: Vec<Delivered>,
 ) -> Result<(), String> {
     prefetch(ingress, cache, accounts, false).await?;
@@ -878,7 +877,7 @@ mod tests {
         ));
         let repeated = br#"[{"portalId":7},{"portalId":7},{"portalId":3}]"#;
         assert!(
-            matches!(claimed_accounts(first, repeated), Claimed::Accounts(a) if a == vec![3, 7])
+            matches!(claimed_accounts(first, repeated), Claimed::Accounts(a) if a == ["3", "7"])
         );
         assert!(
             matches!(claimed_accounts(first, b"not json"), Claimed::Accounts(a) if a.is_empty())

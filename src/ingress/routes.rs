@@ -183,8 +183,8 @@ impl Routes {
     }
 
     /// The routes (active and paused connections) of `account`.
-    pub async fn lookup(&self, provider: &str, account: u64) -> Result<Vec<Route>, String> {
-        let mut found = self.lookup_many(provider, &[account]).await?;
+    pub async fn lookup(&self, provider: &str, account: &str) -> Result<Vec<Route>, String> {
+        let mut found = self.lookup_many(provider, &[account.to_string()]).await?;
         Ok(found.pop().unwrap_or_default())
     }
 
@@ -194,7 +194,7 @@ impl Routes {
     pub async fn lookup_many(
         &self,
         provider: &str,
-        accounts: &[u64],
+        accounts: &[String],
     ) -> Result<Vec<Vec<Route>>, String> {
         if accounts.is_empty() {
             return Ok(Vec::new());
@@ -241,7 +241,7 @@ impl Routes {
                 }
                 Ok(accounts
                     .iter()
-                    .map(|a| by_account.remove(&a.to_string()).unwrap_or_default())
+                    .map(|a| by_account.remove(a).unwrap_or_default())
                     .collect())
             }
         }

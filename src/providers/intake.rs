@@ -25,8 +25,9 @@ pub struct WebhookApp {
 /// an object crmsync does not sync (counted, then ignored).
 #[derive(Debug, Clone)]
 pub struct Delivered {
-    /// The account (e.g. a HubSpot portal id).
-    pub account: u64,
+    /// The account as the connection stores it (`external_account_id`:
+    /// a HubSpot portal id in decimal, an org or company id elsewhere).
+    pub account: String,
     /// The event in the neutral shape.
     pub event: Option<Event>,
 }
@@ -98,7 +99,7 @@ pub fn verify(
                 .into_inner()
                 .iter()
                 .map(|e| Delivered {
-                    account: e.portal_id,
+                    account: e.portal_id.to_string(),
                     event: e.to_event(own_app),
                 })
                 .collect())
@@ -108,7 +109,7 @@ pub fn verify(
 
 /// The accounts an unverified body names (none when it is not the CRM's
 /// event shape): one linear parse, no lookup.
-pub fn claimed_accounts(kind: ProviderKind, body: &[u8]) -> Vec<u64> {
+pub fn claimed_accounts(kind: ProviderKind, body: &[u8]) -> Vec<String> {
     match kind {
         ProviderKind::Hubspot => {
             #[derive(serde::Deserialize)]
@@ -119,7 +120,7 @@ pub fn claimed_accounts(kind: ProviderKind, body: &[u8]) -> Vec<u64> {
             serde_json::from_slice::<Vec<Claim>>(body)
                 .unwrap_or_default()
                 .iter()
-                .map(|c| c.portal_id)
+                .map(|c| c.portal_id.to_string())
                 .collect()
         }
     }

@@ -8,10 +8,11 @@
 //! several budgets (burst, search, concurrency). The limits, any of which a
 //! budget may have ([`Limits`], the algorithm in [`window`]):
 //! - **a pace** over a window of any length (HubSpot's 10 s, Pipedrive's
-//!   2 s, Dynamics' 5 min): GCRA, one unit per `W·1.01 / (L − m)` of the
-//!   share of `L` crmsync may use, `m` being the largest cost the pace
-//!   lets through at once (1 for HubSpot: one request per `W / (L − 1)`,
-//!   plus 1 % for arrival jitter);
+//!   2 s, Dynamics' 5 min): GCRA, one unit per
+//!   `max(W·1.01, W + 50 ms) / (L − m + 1)` of the share of `L` crmsync may
+//!   use, `m` being the largest cost the pace lets through at once (1 for
+//!   HubSpot: one request per `W / L`, plus 1 % or 50 ms, whichever is
+//!   more, for arrival jitter);
 //! - **a fixed-window count** (a UTC day for HubSpot's daily budget);
 //! - **a rolling-window count** (Salesforce's and Zoho's 24 h), in buckets;
 //! - **an in-flight limit** (Zoho, Dynamics): a lease per call that expires,
@@ -70,10 +71,11 @@ impl WindowLimit {
     }
 
     /// The pacing period when a call may cost up to `max_cost` at once: one
-    /// unit per `W·1.01 / (usable − max_cost)` (see [`window`]).
+    /// unit per `max(W·1.01, W + 50 ms) / (usable − max_cost + 1)` (see
+    /// [`window`]).
     pub fn paced(&self, share: f64, max_cost: u32) -> Duration {
         let usable = usable(self.requests, share, max_cost.saturating_add(1));
-        self.window.mul_f64(1.01) / (usable - max_cost)
+        Duration::from_micros(window::period_for(micros(self.window), usable, max_cost))
     }
 }
 

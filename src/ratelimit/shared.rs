@@ -120,7 +120,8 @@ if period > 0 then
   local pu = tonumber(A[10])
   if f.pcap and f.pcap < pu then
     pu = f.pcap
-    period = math.max(period, math.floor(tonumber(A[9]) * 1.01 / (math.max(pu, m + 1) - m)))
+    local w = tonumber(A[9])
+    period = math.max(period, math.floor(math.max(w * 1.01, w + 50000) / (math.max(pu, m + 1) - m + 1)))
   end
   if cost > pu then return {0, tonumber(A[9]), 'costly'} end
   start = math.max(start, (f.tat or 0) + math.max(cost - m, 0) * period)

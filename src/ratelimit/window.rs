@@ -8,10 +8,16 @@
 //! - **Pace** (GCRA). A call of cost `n` starts at
 //!   `max(tat + (n − m)⁺·T, now, cool-down)` and moves `tat` to
 //!   `start + n·T`, where `m` is the budget's `max_cost` and
-//!   `T = W·1.01 / (usable − m)`. Between two calls the gap is at least the
-//!   first one's `n·T` plus the second's excess over `m`, so any window `W`
-//!   holds at most `W/T + m < usable` units, whatever the costs: HubSpot's
-//!   pace is the case `m = n = 1` (`T = W·1.01 / (L − 1)`).
+//!   `T = max(W·1.01, W + J) / (usable − m + 1)`, `J` = 50 ms. Between two
+//!   calls the gap is at least the first one's `n·T` plus the second's
+//!   excess over `m`, so the calls starting in any closed window `W` hold at
+//!   most `⌊W/T⌋ + m ≤ usable` units (`W/T < usable − m + 1`), whatever the
+//!   costs: HubSpot's pace is the case `m = n = 1` (`T = W·1.01 / L`). The
+//!   1 % and the 50 ms are room for the CRM's clock and the network: calls
+//!   that arrive closer together than they were sent (up to `J` or 1 % of
+//!   the window, whichever is more) still fit. (Until this release `T` was
+//!   `W·1.01 / (usable − m)`: safe, but a 5-per-second limit was paced at
+//!   4 per 1.01 s, 79 % of it.)
 //! - **Fixed windows** count units per window aligned on the epoch: a
 //!   window of 86,400 s is a UTC day, as HubSpot's daily budget is kept.
 //! - **Rolling windows** count units in buckets of `W / 1440` (at least
@@ -98,9 +104,15 @@ pub fn usable(capacity: u32, share: f64, floor: u32) -> u32 {
 /// The pace period (µs) for `usable` units per `window` µs when a call may
 /// cost up to `max_cost` without waiting extra (see the module docs).
 pub fn period_for(window: u64, usable: u32, max_cost: u32) -> u64 {
-    let room = usable.max(max_cost.saturating_add(1)) - max_cost;
-    (window as f64 * 1.01 / f64::from(room)).floor() as u64
+    let room = usable.max(max_cost.saturating_add(1)) - max_cost + 1;
+    let stretched = (window as f64 * 1.01).max((window + ARRIVAL_JITTER_MICROS) as f64);
+    (stretched / f64::from(room)).floor() as u64
 }
+
+/// How much closer together than they were sent calls may reach the CRM
+/// (network and scheduling jitter) while its window still holds them: the
+/// pace stretches each window by this much, or by 1 %, whichever is more.
+pub const ARRIVAL_JITTER_MICROS: u64 = 50_000;
 
 /// A paced limit as one take sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -530,8 +542,8 @@ mod tests {
 
     #[test]
     fn hubspots_pace_is_the_case_of_calls_costing_one() {
-        // 10 s × 1.01 ÷ 99, as `WindowLimit::period` has always paced it.
-        assert_eq!(period_for(10 * S, 100, 1), 102_020);
+        // 10 s × 1.01 ÷ 100.
+        assert_eq!(period_for(10 * S, 100, 1), 101_000);
         let rules = paced(10 * S, 100, 1);
         let mut state = State::default();
         let mut starts = Vec::new();
@@ -541,7 +553,24 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(starts, [0, 102_020, 204_040]);
+        assert_eq!(starts, [0, 101_000, 202_000]);
+    }
+
+    #[test]
+    fn a_small_limit_is_paced_at_its_capacity_less_the_jitter_room() {
+        // HubSpot's search: 5 a second, one every (1 s + 50 ms) ÷ 5; the
+        // six calls of any closed second never fit in it.
+        assert_eq!(period_for(S, 5, 1), 210_000);
+        let rules = paced(S, 5, 1);
+        let mut state = State::default();
+        let mut starts = Vec::new();
+        for _ in 0..30 {
+            match state.take(&rules, EPOCH, 0, u64::MAX, 1, None) {
+                Outcome::Admitted { wait } => starts.push((EPOCH + wait, 1)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(densest(&starts, S), 5);
     }
 
     #[test]
