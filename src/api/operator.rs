@@ -737,22 +737,23 @@ pub(super) async fn list_dead_letters(
     Ok(id_page(rows, limit, |d| d.id))
 }
 
-/// Queues one open dead letter's job again, then marks it replayed.
+/// Replays one open dead letter (marked replayed, then its job queued:
+/// see [`crate::jobs::replay::replay`]); `None` when it was not open any
+/// more.
 async fn replay_one(
     api: &Api,
     tenant: crate::domain::TenantId,
     dead: &crate::store::DeadLetter,
 ) -> Result<Option<chrono::DateTime<Utc>>, Problem> {
     let by = crate::store::ReplayedBy::Operator;
-    crate::jobs::replay::replay(&api.queue, &api.store, dead, by)
+    crate::jobs::replay::replay(&api.queue, &api.store, (tenant, dead), by)
         .await
         .map_err(|e| match e {
             crate::jobs::JobError::Permanent(m) => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, m)
             }
             other => Problem::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
-        })?;
-    Ok(api.store.mark_replayed(tenant, dead.id, by).await?)
+        })
 }
 
 /// `POST /v1/dead-letters/{id}/replay` → 202 with the dead letter, now
