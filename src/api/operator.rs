@@ -5,11 +5,13 @@
 
 use super::input::{Params, json_object, list_limit, number};
 use super::{Api, Problem, Tenant};
-use crate::domain::validate::{DELTA_INTERVAL_SECS, check_text};
+use crate::domain::validate::DELTA_INTERVAL_SECS;
 use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordId, RunId};
 use crate::jobs::DeltaSyncJob;
 use crate::providers::error::ProviderError;
-use crate::store::{ConnectionRow, Credentials, NewConnection, ObjectMapping, Resolution};
+use crate::store::{
+    ConnectionRow, Credentials, NewConnection, ObjectMapping, Resolution, StoreError,
+};
 use crate::sync::ConflictStrategy;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -642,10 +644,7 @@ pub(super) async fn resolve_conflict(
     let resolution = match (input.resolution.as_str(), input.value) {
         ("platform", None) => Resolution::Platform,
         ("crm", None) => Resolution::Crm,
-        ("value", Some(v)) => {
-            check_text(&v).map_err(|why| Problem::field("value", why))?;
-            Resolution::Value(v)
-        }
+        ("value", Some(v)) => Resolution::Value(v),
         ("value", None) => {
             return Err(Problem::field(
                 "value",
@@ -665,7 +664,15 @@ pub(super) async fn resolve_conflict(
             ));
         }
     };
-    let resolved = api.store.resolve_conflict(tenant, id, &resolution).await?;
+    let resolved = api
+        .store
+        .resolve_conflict(tenant, id, &resolution)
+        .await
+        .map_err(|e| match e {
+            // The chosen value breaks the rule of the conflict's field.
+            StoreError::Invalid(why) => Problem::field("value", why),
+            other => other.into(),
+        })?;
     if let Err(e) = api
         .queue
         .request_push(tenant, resolved.connection_id, "resolve")
@@ -856,6 +863,36 @@ mod openapi_tests {
             }
             Value::Array(items) => items.iter().for_each(|i| refs(i, out)),
             _ => {}
+        }
+    }
+
+    /// Every `deltaIntervalSecs` schema in `v`.
+    fn interval_schemas<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    if key == "deltaIntervalSecs" && value.is_object() {
+                        out.push(value);
+                    }
+                    interval_schemas(value, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| interval_schemas(i, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_document_states_the_delta_interval_range_the_api_holds() {
+        let doc: Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
+        let mut found = Vec::new();
+        interval_schemas(&doc, &mut found);
+        assert!(found.len() >= 3, "the connection, its create and its patch");
+        let range = crate::domain::validate::DELTA_INTERVAL_SECS;
+        for schema in found {
+            assert_eq!(schema["minimum"], *range.start(), "{schema}");
+            assert_eq!(schema["maximum"], *range.end(), "{schema}");
         }
     }
 

@@ -375,3 +375,72 @@ async fn handlers_get_the_peer_address_as_connect_info() {
     assert_eq!(answer.status, 200, "{}", answer.head);
     assert_eq!(answer.body, local.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_cuts_off_slow_clients_and_caps_its_connections() {
+    // Production's limits are finite and small: a scrape takes milliseconds.
+    let shipped = crmsync::telemetry::LIMITS;
+    assert!(
+        shipped.header_read_timeout.as_secs() <= 10 && shipped.body_read_timeout.as_secs() <= 10
+    );
+    assert!(shipped.max_connections <= 64);
+    let limits = ServerLimits {
+        header_read_timeout: std::time::Duration::from_secs(1),
+        body_read_timeout: std::time::Duration::from_secs(1),
+        max_connections: 2,
+    };
+    let addr = crmsync::telemetry::serve_with("127.0.0.1:0", "test", limits)
+        .await
+        .expect("metrics endpoint");
+    drip_headers(
+        addr,
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+    )
+    .await;
+    let _holding = assert_capped_at_two(addr).await;
+    let metrics = exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(metrics.status, 200, "{}", metrics.head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_without_redis_is_a_problem_that_does_not_leak_the_redis_error() {
+    let mut redis = crate::services::PrivateRedis::start();
+    let mut settings = Settings::defaults().expect("defaults");
+    settings.redis.url = Some(redis.url());
+    settings.queue.backend = Some(crmsync::config::QueueBackend::Redis);
+    settings.queue.namespace = format!("it-ready-{}", uuid::Uuid::now_v7().simple());
+    settings.hubspot.client_secret = Some(secrecy::SecretString::from(SECRET));
+    let queue = crmsync::queue::Queue::connect(&settings, std::path::Path::new("."))
+        .await
+        .expect("queue");
+    let ingress = crmsync::app::ingress(&settings, queue)
+        .await
+        .expect("ingress");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = ingress
+        .router(settings.ingress.max_body_bytes, addr)
+        .expect("router");
+    let _server = spawn(listener, router, ServerLimits::ingress(&settings.ingress));
+    let ready = b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    assert_eq!(exchange(addr, ready).await.status, 200);
+
+    redis.kill();
+    let answer = exchange(addr, ready).await;
+    assert_eq!(answer.status, 503, "{}\n{}", answer.head, answer.body);
+    assert!(answer.is_problem(), "{}\n{}", answer.head, answer.body);
+    let detail = answer.body.to_ascii_lowercase();
+    for leak in ["refused", "os error", "redis://", &redis.port.to_string()] {
+        assert!(
+            !detail.contains(leak),
+            "the answer names {leak:?}: {}",
+            answer.body
+        );
+    }
+}
