@@ -775,7 +775,12 @@ pub(super) async fn replay_dead_letter(
     let Some(mut dead) = api.store.open_dead_letter(tenant, uuid).await? else {
         return Err(not_found());
     };
-    dead.replayed_at = replay_one(&api, tenant, &dead).await?;
+    // Replayed or fixed since it was read: nothing was queued.
+    let Some(at) = replay_one(&api, tenant, &dead).await? else {
+        return Err(not_found());
+    };
+    dead.replayed_at = Some(at);
+    dead.replayed_by = Some(crate::store::ReplayedBy::Operator.as_str().to_string());
     Ok((StatusCode::ACCEPTED, axum::Json(dead)).into_response())
 }
 

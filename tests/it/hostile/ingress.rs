@@ -73,18 +73,13 @@ impl Served {
     }
 }
 
-/// Ingress on Redis under the fleet's namespace, as in production, with the
-/// app secret and an encryption key (so private-app secrets would be tried
-/// too), settings tuned by `tune`; the fleet's routes published.
-async fn ingress(tune: impl FnOnce(&mut Settings)) -> Served {
-    let mut fleet = Fleet::start(Backend::Postgres, 1).await;
-    fleet.start_workers_for(&[JobKind::ProcessWebhook]);
-    let mut settings = fleet.settings.clone();
-    tune(&mut settings);
-    crmsync::app::publish_routes(&settings, &fleet.store)
-        .await
-        .expect("publish routes");
-    let ingress = crmsync::app::ingress(&settings, fleet.deps.queue.clone())
+/// Serves ingress for `settings` on a free loopback port, as
+/// `crmsync-ingress` does.
+async fn serve(
+    settings: &Settings,
+    queue: crmsync::queue::Queue,
+) -> (SocketAddr, Ingress, tokio::task::JoinHandle<()>) {
+    let ingress = crmsync::app::ingress(settings, queue)
         .await
         .expect("ingress");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -96,6 +91,21 @@ async fn ingress(tune: impl FnOnce(&mut Settings)) -> Served {
         .router(settings.ingress.max_body_bytes, addr)
         .expect("router");
     let server = spawn(listener, router, ServerLimits::ingress(&settings.ingress));
+    (addr, ingress, server)
+}
+
+/// Ingress on Redis under the fleet's namespace, as in production, with the
+/// app secret and an encryption key (so private-app secrets would be tried
+/// too), settings tuned by `tune`; the fleet's routes published.
+async fn ingress(tune: impl FnOnce(&mut Settings)) -> Served {
+    let mut fleet = Fleet::start(Backend::Postgres, 1).await;
+    fleet.start_workers_for(&[JobKind::ProcessWebhook]);
+    let mut settings = fleet.settings.clone();
+    tune(&mut settings);
+    crmsync::app::publish_routes(&settings, &fleet.store)
+        .await
+        .expect("publish routes");
+    let (addr, ingress, server) = serve(&settings, fleet.deps.queue.clone()).await;
     Served {
         addr,
         ingress,
@@ -417,17 +427,7 @@ async fn ready_without_redis_is_a_problem_that_does_not_leak_the_redis_error() {
     let queue = crmsync::queue::Queue::connect(&settings, std::path::Path::new("."))
         .await
         .expect("queue");
-    let ingress = crmsync::app::ingress(&settings, queue)
-        .await
-        .expect("ingress");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let router = ingress
-        .router(settings.ingress.max_body_bytes, addr)
-        .expect("router");
-    let _server = spawn(listener, router, ServerLimits::ingress(&settings.ingress));
+    let (addr, _, _server) = serve(&settings, queue).await;
     let ready = b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
     assert_eq!(exchange(addr, ready).await.status, 200);
 

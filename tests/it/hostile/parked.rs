@@ -28,6 +28,7 @@ async fn replay(api: &ApiClient, dead: &DeadLetter) {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert!(body["replayedAt"].is_string(), "{body}");
+    assert_eq!(body["replayedBy"], "operator", "{body}");
 }
 
 /// Whether two dead letters name the same parked record.
