@@ -751,3 +751,26 @@ async fn the_apis_own_server_cuts_off_slow_clients_and_caps_its_connections() {
     assert_eq!(status, StatusCode::OK, "{body}");
     fleet.finish().await;
 }
+
+on_both_backends! {
+    async fn a_replay_whose_job_cannot_be_queued_leaves_its_dead_letter_open(backend) {
+        let fleet = Fleet::start(backend, 0).await;
+        let api = fleet.start_api_client().await;
+        // A dead letter whose job no version reads: queueing it fails for good
+        // (after the letter was marked replayed, which is undone).
+        let job = json!({"tenant": fleet.tenant, "connection": fleet.connection});
+        let id = fleet
+            .store
+            .record_dead_letter(fleet.tenant, fleet.connection, "delta_sync", &job, "failed", 1)
+            .await
+            .expect("a dead letter");
+        let (status, problem, content_type) = api.send(Method::POST, &format!("/v1/dead-letters/{id}/replay"), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert_eq!(content_type, "application/problem+json");
+        let (_, open, _) = api.send(Method::GET, "/v1/dead-letters", None).await;
+        let listed = open["data"].as_array().and_then(|d| d.iter().find(|l| l["id"] == json!(id)).cloned());
+        let listed = listed.unwrap_or_else(|| panic!("the dead letter is still open: {open}"));
+        assert!(listed["replayedAt"].is_null() && listed["replayedBy"].is_null(), "{listed}");
+        fleet.finish().await;
+    }
+}
