@@ -325,6 +325,12 @@ pub struct ApiSettings {
     /// below the entry's). Empty: any absolute http(s) URL.
     #[serde(default)]
     pub oauth_redirect_allow: Vec<String>,
+    /// Addresses or CIDR blocks of the proxies in front of the api (a load
+    /// balancer): only for a peer among them is `X-Forwarded-For` read, and
+    /// its last address not among them is the client's, whose budget of
+    /// failed token checks a request spends. Empty: the peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// The longest header or body read timeout accepted, in seconds: a client
@@ -333,6 +339,11 @@ pub const MAX_READ_TIMEOUT_SECS: u64 = 3600;
 
 /// The most connections one api or ingress process may be told to serve.
 pub const MAX_SERVER_CONNECTIONS: usize = 1_000_000;
+
+/// What `ingress.max_body_bytes` may be: at least one event's worth (a
+/// smaller limit would refuse every delivery), at most 64 MiB (each
+/// connection may hold that much while its body is read).
+pub const INGRESS_BODY_BYTES: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
 
 /// `[worker]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -682,6 +693,17 @@ impl Settings {
                 ));
             }
         }
+        if !INGRESS_BODY_BYTES.contains(&self.ingress.max_body_bytes) {
+            return Err(value(
+                "CRMSYNC__INGRESS__MAX_BODY_BYTES",
+                format!(
+                    "must be between {} and {} bytes (1 KiB to 64 MiB), got {}",
+                    INGRESS_BODY_BYTES.start(),
+                    INGRESS_BODY_BYTES.end(),
+                    self.ingress.max_body_bytes
+                ),
+            ));
+        }
         let public_urls = [
             (
                 "CRMSYNC__INGRESS__PUBLIC_URL",
@@ -706,6 +728,14 @@ impl Settings {
                         "expected the http(s) URL {what}, without query or fragment \
                          (e.g. {example}), got {url:?}"
                     ),
+                ));
+            }
+        }
+        for entry in &self.api.trusted_proxies {
+            if let Err(why) = entry.parse::<crate::http_server::IpRange>() {
+                return Err(value(
+                    "CRMSYNC__API__TRUSTED_PROXIES",
+                    format!("each entry must be an address or CIDR block (e.g. 10.0.0.0/8): {why}"),
                 ));
             }
         }
@@ -1041,6 +1071,14 @@ mod tests {
                 ("CRMSYNC__API__HEADER_READ_TIMEOUT_SECS", "0", "10"),
                 ("CRMSYNC__INGRESS__BODY_READ_TIMEOUT_SECS", "3601", "30"),
                 ("CRMSYNC__API__MAX_CONNECTIONS", "0", "10"),
+                ("CRMSYNC__INGRESS__MAX_BODY_BYTES", "0", "1048576"),
+                ("CRMSYNC__INGRESS__MAX_BODY_BYTES", "67108865", "1024"),
+                ("CRMSYNC__API__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]", "[]"),
+                (
+                    "CRMSYNC__API__TRUSTED_PROXIES",
+                    "[\"proxy.internal\"]",
+                    "[]",
+                ),
                 ("CRMSYNC__INGRESS__PUBLIC_URL", "hooks.example.com", ""),
                 (
                     "CRMSYNC__INGRESS__PUBLIC_URL",
@@ -1055,6 +1093,11 @@ mod tests {
             }
             jail.set_env("CRMSYNC__INGRESS__PUBLIC_URL", "https://hooks.example.com/");
             assert!(load(jail, None)?.ingress.public_url.is_some());
+            jail.set_env(
+                "CRMSYNC__API__TRUSTED_PROXIES",
+                "[\"10.0.0.0/8\", \"fd00::1\"]",
+            );
+            assert_eq!(load(jail, None)?.api.trusted_proxies.len(), 2);
             Ok(())
         });
     }

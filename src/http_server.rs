@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +67,66 @@ impl ServerLimits {
             body_read_timeout: Duration::from_secs(settings.body_read_timeout_secs),
             max_connections: settings.max_connections,
         }
+    }
+}
+
+/// An address or a CIDR block (`10.0.0.0/8`, `192.0.2.7`, `fd00::/8`):
+/// how `api.trusted_proxies` names the proxies whose `X-Forwarded-For` is
+/// believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `addr` is in the range (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match (self.network, addr.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                masked(u128::from(u32::from(net)), 32, self.prefix)
+                    == masked(u128::from(u32::from(a)), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                masked(u128::from(net), 128, self.prefix) == masked(u128::from(a), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The top `prefix` bits of a `bits`-bit address.
+fn masked(value: u128, bits: u8, prefix: u8) -> u128 {
+    match bits - prefix.min(bits) {
+        shift if u32::from(shift) >= 128 => 0,
+        shift => value >> shift,
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR block"))?;
+        let network = network.to_canonical();
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| format!("{text:?} has a prefix that is not 0 to {bits}"))?,
+        };
+        Ok(Self { network, prefix })
     }
 }
 
@@ -326,6 +386,34 @@ impl http_body::Body for Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_hold_their_addresses_and_refuse_bad_text() {
+        let range = |t: &str| t.parse::<IpRange>().unwrap_or_else(|e| panic!("{e}"));
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap_or_else(|e| panic!("{e}"));
+        assert!(range("10.0.0.0/8").contains(ip("10.200.3.4")));
+        assert!(!range("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(range("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!range("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(
+            range("10.0.0.0/8").contains(ip("::ffff:10.1.1.1")),
+            "IPv4-mapped"
+        );
+        assert!(range("fd00::/8").contains(ip("fd12::1")));
+        assert!(!range("fd00::/8").contains(ip("10.0.0.1")));
+        assert!(range("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(range("::/0").contains(ip("2001:db8::1")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "example.com",
+            "10.0.0.0/x",
+            "10.0.0/8",
+        ] {
+            assert!(bad.parse::<IpRange>().is_err(), "{bad}");
+        }
+    }
 
     #[tokio::test]
     async fn plain_server_errors_become_problems_and_json_ones_stay() {

@@ -63,13 +63,14 @@ impl Api {
     ) -> Self {
         let providers = crate::providers::Providers::new(&settings, Default::default())
             .map_err(|e| e.to_string());
+        let auth = std::sync::Arc::new(auth::Auth::new(&settings.api.trusted_proxies));
         Self {
             store,
             queue,
             settings,
             stats,
             redis,
-            auth: Default::default(),
+            auth,
             clock: Clock::default(),
             providers,
         }

@@ -5,11 +5,13 @@
 
 use super::input::{Params, json_object, list_limit, number};
 use super::{Api, Problem, Tenant};
-use crate::domain::validate::{DELTA_INTERVAL_SECS, check_text};
+use crate::domain::validate::DELTA_INTERVAL_SECS;
 use crate::domain::{ConnectionId, ConnectionStatus, CrmObject, ProviderKind, RecordId, RunId};
 use crate::jobs::DeltaSyncJob;
 use crate::providers::error::ProviderError;
-use crate::store::{ConnectionRow, Credentials, NewConnection, ObjectMapping, Resolution};
+use crate::store::{
+    ConnectionRow, Credentials, NewConnection, ObjectMapping, Resolution, StoreError,
+};
 use crate::sync::ConflictStrategy;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -642,10 +644,7 @@ pub(super) async fn resolve_conflict(
     let resolution = match (input.resolution.as_str(), input.value) {
         ("platform", None) => Resolution::Platform,
         ("crm", None) => Resolution::Crm,
-        ("value", Some(v)) => {
-            check_text(&v).map_err(|why| Problem::field("value", why))?;
-            Resolution::Value(v)
-        }
+        ("value", Some(v)) => Resolution::Value(v),
         ("value", None) => {
             return Err(Problem::field(
                 "value",
@@ -665,7 +664,15 @@ pub(super) async fn resolve_conflict(
             ));
         }
     };
-    let resolved = api.store.resolve_conflict(tenant, id, &resolution).await?;
+    let resolved = api
+        .store
+        .resolve_conflict(tenant, id, &resolution)
+        .await
+        .map_err(|e| match e {
+            // The chosen value breaks the rule of the conflict's field.
+            StoreError::Invalid(why) => Problem::field("value", why),
+            other => other.into(),
+        })?;
     if let Err(e) = api
         .queue
         .request_push(tenant, resolved.connection_id, "resolve")
@@ -737,22 +744,23 @@ pub(super) async fn list_dead_letters(
     Ok(id_page(rows, limit, |d| d.id))
 }
 
-/// Queues one open dead letter's job again, then marks it replayed.
+/// Replays one open dead letter (marked replayed, then its job queued:
+/// see [`crate::jobs::replay::replay`]); `None` when it was not open any
+/// more.
 async fn replay_one(
     api: &Api,
     tenant: crate::domain::TenantId,
     dead: &crate::store::DeadLetter,
 ) -> Result<Option<chrono::DateTime<Utc>>, Problem> {
     let by = crate::store::ReplayedBy::Operator;
-    crate::jobs::replay::replay(&api.queue, &api.store, dead, by)
+    crate::jobs::replay::replay(&api.queue, &api.store, (tenant, dead), by)
         .await
         .map_err(|e| match e {
             crate::jobs::JobError::Permanent(m) => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, m)
             }
             other => Problem::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
-        })?;
-    Ok(api.store.mark_replayed(tenant, dead.id, by).await?)
+        })
 }
 
 /// `POST /v1/dead-letters/{id}/replay` → 202 with the dead letter, now
@@ -767,7 +775,12 @@ pub(super) async fn replay_dead_letter(
     let Some(mut dead) = api.store.open_dead_letter(tenant, uuid).await? else {
         return Err(not_found());
     };
-    dead.replayed_at = replay_one(&api, tenant, &dead).await?;
+    // Replayed or fixed since it was read: nothing was queued.
+    let Some(at) = replay_one(&api, tenant, &dead).await? else {
+        return Err(not_found());
+    };
+    dead.replayed_at = Some(at);
+    dead.replayed_by = Some(crate::store::ReplayedBy::Operator.as_str().to_string());
     Ok((StatusCode::ACCEPTED, axum::Json(dead)).into_response())
 }
 
@@ -855,6 +868,36 @@ mod openapi_tests {
             }
             Value::Array(items) => items.iter().for_each(|i| refs(i, out)),
             _ => {}
+        }
+    }
+
+    /// Every `deltaIntervalSecs` schema in `v`.
+    fn interval_schemas<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    if key == "deltaIntervalSecs" && value.is_object() {
+                        out.push(value);
+                    }
+                    interval_schemas(value, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| interval_schemas(i, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_document_states_the_delta_interval_range_the_api_holds() {
+        let doc: Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
+        let mut found = Vec::new();
+        interval_schemas(&doc, &mut found);
+        assert!(found.len() >= 3, "the connection, its create and its patch");
+        let range = crate::domain::validate::DELTA_INTERVAL_SECS;
+        for schema in found {
+            assert_eq!(schema["minimum"], *range.start(), "{schema}");
+            assert_eq!(schema["maximum"], *range.end(), "{schema}");
         }
     }
 

@@ -43,8 +43,9 @@ pub struct DevArgs {
     /// Where the webhook ingress listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     ingress_listen: SocketAddr,
-    /// Stop after this many seconds (0: run until Ctrl-C); for scripts and CI.
-    #[arg(long, default_value_t = 0)]
+    /// Stop after this many seconds (0: run until Ctrl-C; at most 604,800,
+    /// a week); for scripts and CI.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800))]
     exit_after: u64,
 }
 

@@ -21,8 +21,10 @@ pub struct RegisterArgs {
     /// signature rules for one are undocumented.
     #[arg(long)]
     target_url: Option<String>,
-    /// Concurrent deliveries HubSpot may make per account (more than 5).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(6..))]
+    /// Concurrent deliveries HubSpot may make per account: 6 to 100.
+    /// HubSpot documents only the minimum (more than 5); the maximum is
+    /// crmsync's, so one account cannot hold more of ingress's connections.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(6..=100))]
     max_concurrent_requests: u32,
 }
 

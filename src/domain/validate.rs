@@ -22,8 +22,8 @@ pub const DELTA_INTERVAL_SECS: std::ops::RangeInclusive<u64> = 5..=86_400;
 /// Rows per page of an api list (`limit`).
 pub const LIST_LIMIT: std::ops::RangeInclusive<i64> = 1..=200;
 
-/// Checks free text that is no record field (a conflict's chosen value, a
-/// filter): the length and control-character rules of [`check_value`].
+/// The length and control-character rules every field shares (what
+/// [`check_value`] checks first, before each field's own rule).
 pub fn check_text(value: &str) -> Result<(), String> {
     let value = value.trim();
     let chars = value.chars().count();

@@ -219,10 +219,19 @@ async fn post_only() -> Response {
         .into_response()
 }
 
+/// `GET /ready`: whether deliveries can be accepted (Redis answers). The
+/// reason it cannot is logged, never answered: a Redis error names hosts
+/// and ports that are nobody else's business.
 async fn ready(State(ingress): State<Ingress>) -> Response {
     match ingress.dedupe.ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: Redis does not answer");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: webhooks cannot be accepted now",
+            )
+        }
     }
 }
 

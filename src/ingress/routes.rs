@@ -221,15 +221,7 @@ impl Routes {
             }
             Routes::Store(store) => {
                 let mut by_account: HashMap<String, Vec<Route>> = HashMap::new();
-                for (tenant, id) in store
-                    .connection_directory()
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    let row = store
-                        .connection(tenant, id)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                for row in store.every_connection().await.map_err(|e| e.to_string())? {
                     if row.provider.as_str() == provider
                         && let Some(route) = Route::of(&row)
                     {
@@ -258,15 +250,8 @@ pub async fn publish(
     let mut by_key: HashMap<String, Vec<(String, String)>> = HashMap::new();
     let mut by_connection: HashMap<String, Vec<(String, String)>> = HashMap::new();
     let mut stale = Vec::new();
-    for (tenant, id) in store
-        .connection_directory()
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        let row = store
-            .connection(tenant, id)
-            .await
-            .map_err(|e| e.to_string())?;
+    for row in store.every_connection().await.map_err(|e| e.to_string())? {
+        let id = row.id;
         let key = format!(
             "{namespace}:routes:{}:{}",
             row.provider, row.external_account_id

@@ -17,6 +17,8 @@ use super::{
 use crate::domain::{ConnectionId, ConnectionStatus, TenantId};
 use crate::queue::Queue;
 use crate::store::{DeadLetter, ReplayedBy, Store};
+use chrono::{DateTime, Utc};
+use std::future::Future;
 use std::time::Duration;
 
 /// Dead letters re-driven per tenant per round (the rest wait a round).
@@ -58,12 +60,14 @@ pub async fn retry_failed_by_connection(
             if !active.contains(&dead.connection_id) {
                 continue;
             }
-            replay(&deps.queue, &deps.store, &dead, ReplayedBy::RetryFailed).await?;
-            if deps
-                .store
-                .mark_replayed(tenant, dead.id, ReplayedBy::RetryFailed)
-                .await?
-                .is_some()
+            if replay(
+                &deps.queue,
+                &deps.store,
+                (tenant, &dead),
+                ReplayedBy::RetryFailed,
+            )
+            .await?
+            .is_some()
             {
                 *by_connection
                     .entry((tenant, dead.connection_id))
@@ -81,16 +85,64 @@ pub async fn retry_failed_by_connection(
         .collect())
 }
 
-/// Queues the dead letter's job again; by `RetryFailed`, with one more
-/// re-drive on its chain.
+/// Replays one open dead letter: marks it replayed, then queues its job
+/// again. Returns when it was marked, or `None` when it was not open any
+/// more (replayed or fixed meanwhile: nothing is queued).
+///
+/// The order matters for a parked record: the job it queues may refuse the
+/// record again at once, and parking it again updates the record's *open*
+/// dead letter. Marked first, this one is closed by then, so the new
+/// refusal gets a dead letter of its own; queued first, a worker could
+/// update this one between the queueing and the marking, which then closed
+/// it — leaving the record's outbox rows parked with no open dead letter.
+/// When the queueing fails, the dead letter is opened again.
 pub async fn replay(
     queue: &Queue,
     store: &Store,
-    dead: &DeadLetter,
+    (tenant, dead): (TenantId, &DeadLetter),
+    by: ReplayedBy,
+) -> Result<Option<DateTime<Utc>>, JobError> {
+    replay_observed(queue, store, (tenant, dead), by, || async {}).await
+}
+
+/// [`replay`], calling `queued` once the job is queued and before it
+/// returns: where a test runs the queued job, as the fastest worker would,
+/// to show that a refusal on replay lands on a dead letter of its own.
+pub async fn replay_observed<F, Fut>(
+    queue: &Queue,
+    store: &Store,
+    (tenant, dead): (TenantId, &DeadLetter),
+    by: ReplayedBy,
+    queued: F,
+) -> Result<Option<DateTime<Utc>>, JobError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(at) = store.mark_replayed(tenant, dead.id, by).await? else {
+        return Ok(None);
+    };
+    if let Err(e) = enqueue(queue, store, (tenant, dead), by).await {
+        if let Err(reopen) = store.reopen_dead_letter(tenant, dead.id, by).await {
+            tracing::error!(dead_letter.id = %dead.id, error = %reopen, "a dead letter whose replay was not queued stays marked replayed");
+        }
+        return Err(e);
+    }
+    queued().await;
+    Ok(Some(at))
+}
+
+/// Queues the dead letter's job again; by `RetryFailed`, with one more
+/// re-drive on its chain.
+async fn enqueue(
+    queue: &Queue,
+    store: &Store,
+    (tenant, dead): (TenantId, &DeadLetter),
     by: ReplayedBy,
 ) -> Result<(), JobError> {
-    let redrives =
-        u32::try_from(dead.redrives).unwrap_or(u32::MAX) + u32::from(by == ReplayedBy::RetryFailed);
+    let redrives = u32::try_from(dead.redrives)
+        .unwrap_or(u32::MAX)
+        .saturating_add(u32::from(by == ReplayedBy::RetryFailed));
     let again = format!("replay-{}", uuid::Uuid::now_v7());
     let malformed = |e: serde_json::Error| {
         JobError::Permanent(format!(
@@ -178,7 +230,7 @@ pub async fn replay(
                 .mark_pending(dead.connection_id, object, &changed)
                 .await?;
             let job = ProcessWebhookJob {
-                tenant: store_tenant(dead, &malformed)?,
+                tenant,
                 connection: dead.connection_id,
                 object,
                 changed,
@@ -203,7 +255,6 @@ pub async fn replay(
                     dead.id
                 )));
             };
-            let tenant = store_tenant(dead, &malformed)?;
             store
                 .unpark_pushes((tenant, dead.connection_id), record)
                 .await?;
@@ -219,12 +270,4 @@ pub async fn replay(
         }
     }
     Ok(())
-}
-
-/// The tenant a parked record's dead letter belongs to (its job names it).
-fn store_tenant(
-    dead: &DeadLetter,
-    malformed: &impl Fn(serde_json::Error) -> JobError,
-) -> Result<TenantId, JobError> {
-    serde_json::from_value(dead.job.get("tenant").cloned().unwrap_or_default()).map_err(malformed)
 }

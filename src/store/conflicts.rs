@@ -186,7 +186,8 @@ impl Store {
     }
 
     /// Resolves an open conflict (see the module doc); returns the resolved
-    /// conflict. A conflict already resolved is a `Conflict` error.
+    /// conflict. A conflict already resolved is a `Conflict` error; a
+    /// chosen value its field's rule refuses is `Invalid`.
     pub async fn resolve_conflict(
         &self,
         tenant: TenantId,
@@ -211,6 +212,12 @@ impl Store {
             .field
             .parse()
             .map_err(|e: String| StoreError::Corrupt(e))?;
+        // A chosen value is held to its field's rule, as an api write is:
+        // `a@@b` would be stored and then refused by the CRM.
+        if let Resolution::Value(v) = resolution {
+            crate::domain::validate::check_value(field, v)
+                .map_err(|problem| StoreError::Invalid(problem.to_string()))?;
+        }
         let now = Utc::now();
         let record: Option<(Json<RecordFields>, Json<FieldTimes>)> = on_db!(&mut tx, |c| {
             sqlx::query_as(

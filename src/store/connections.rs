@@ -204,7 +204,9 @@ struct ConnectionRecord {
     tenant_id: uuid::Uuid,
     provider: String,
     external_account_id: String,
-    settings: Json<ConnectionSettings>,
+    /// Parsed in [`row`], so a row whose settings do not read fails alone
+    /// rather than the whole statement that listed it.
+    settings: Json<serde_json::Value>,
     status: String,
     status_reason: Option<String>,
     delta_interval_secs: i64,
@@ -240,7 +242,8 @@ fn row(t: ConnectionRecord) -> Result<ConnectionRow, StoreError> {
         tenant: TenantId(t.tenant_id),
         provider: t.provider.parse().map_err(corrupt)?,
         external_account_id: t.external_account_id,
-        settings: t.settings.0,
+        settings: serde_json::from_value(t.settings.0)
+            .map_err(|e| StoreError::Corrupt(format!("settings: {e}")))?,
         status: t.status.parse().map_err(corrupt)?,
         status_reason: t.status_reason,
         delta_interval_secs: u64::try_from(t.delta_interval_secs).unwrap_or(60),
@@ -253,6 +256,33 @@ fn row(t: ConnectionRecord) -> Result<ConnectionRow, StoreError> {
         created_at: t.created_at,
         updated_at: t.updated_at,
     })
+}
+
+/// The connection in `record`, or `None` — reported — when the row cannot
+/// be read (a manual edit, a row written by a newer version, a bug): one
+/// such row must not stop what every other connection's work needs, such
+/// as the scheduler's fleet-wide periodic jobs or the webhook routes.
+fn readable(record: ConnectionRecord) -> Option<ConnectionRow> {
+    let (tenant, id) = (record.tenant_id, record.id);
+    match row(record) {
+        Ok(row) => Some(row),
+        Err(e) => {
+            report_unreadable(tenant, id, &e);
+            None
+        }
+    }
+}
+
+/// Counts and logs a connection row that was skipped because it cannot be
+/// read (names the ids, never the row's content).
+fn report_unreadable(tenant: uuid::Uuid, connection: uuid::Uuid, error: &StoreError) {
+    tracing::warn!(
+        tenant.id = %tenant,
+        connection.id = %connection,
+        error = %error,
+        "connection row cannot be read; skipped"
+    );
+    metrics::counter!("crmsync_store_bad_rows_total", "table" => "connections").increment(1);
 }
 
 /// A delta interval as stored: within [`DELTA_INTERVAL_SECS`] (the
@@ -378,7 +408,9 @@ impl Store {
         serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("credentials: {e}")))
     }
 
-    /// The tenant's connections (deleted ones left out), oldest first.
+    /// The tenant's connections (deleted ones left out), oldest first; a row
+    /// that cannot be read is skipped and reported
+    /// (`crmsync_store_bad_rows_total{table="connections"}`).
     pub async fn list_connections(
         &self,
         tenant: TenantId,
@@ -392,7 +424,22 @@ impl Store {
             .fetch_all(c)
             .await)?;
         tx.commit().await?;
-        rows.into_iter().map(row).collect()
+        Ok(rows.into_iter().filter_map(readable).collect())
+    }
+
+    /// Every connection of every tenant (deleted ones included), oldest
+    /// first; a row that cannot be read is skipped and reported, as by
+    /// [`Self::list_connections`]. What the webhook routes are built from.
+    pub async fn every_connection(&self) -> Result<Vec<ConnectionRow>, StoreError> {
+        let mut rows = Vec::new();
+        for (tenant, id) in self.connection_directory().await? {
+            match self.connection(tenant, id).await {
+                Ok(row) => rows.push(row),
+                Err(e @ StoreError::Corrupt(_)) => report_unreadable(tenant.0, id.0, &e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(rows)
     }
 
     /// Changes a connection's sync settings and delta interval.

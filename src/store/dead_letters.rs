@@ -222,8 +222,8 @@ impl Store {
         Ok(rows.into_iter().map(DeadLetter::from).collect())
     }
 
-    /// Marks a dead letter replayed (after its job was queued again, so a
-    /// failure in between leaves it open rather than lost).
+    /// Marks a dead letter replayed, before its job is queued again (see
+    /// [`crate::jobs::replay::replay`]); `None` when it was not open.
     pub async fn mark_replayed(
         &self,
         tenant: TenantId,
@@ -246,5 +246,30 @@ impl Store {
         })?;
         tx.commit().await?;
         Ok((updated > 0).then_some(now))
+    }
+
+    /// Opens a dead letter again that `by` marked replayed but whose job
+    /// could not be queued, so the failure is not lost. One resolved since
+    /// by another hand (`fixed`) stays resolved.
+    pub async fn reopen_dead_letter(
+        &self,
+        tenant: TenantId,
+        id: uuid::Uuid,
+        by: ReplayedBy,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        on_db!(&mut tx, |c| {
+            sqlx::query(
+                "UPDATE dead_letters SET replayed_at = NULL, replayed_by = NULL
+                  WHERE tenant_id = $1 AND id = $2 AND replayed_by = $3",
+            )
+            .bind(tenant.0)
+            .bind(id)
+            .bind(by.as_str())
+            .execute(c)
+            .await
+            .map(|_| ())
+        })?;
+        tx.commit().await
     }
 }

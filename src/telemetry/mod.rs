@@ -8,6 +8,7 @@ mod traces;
 pub use traces::{TelemetryGuard, continue_trace, current_traceparent, init};
 
 use crate::config::TelemetrySettings;
+use crate::http_server::ServerLimits;
 use crate::queue::Settled;
 use crate::store::RunUpdate;
 use axum::Router;
@@ -35,9 +36,28 @@ pub fn metrics() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Serves `GET /metrics` and `GET /health` on `listen` in the background;
-/// returns the bound address (port 0 picks one), or `None` when disabled.
+/// What the metrics endpoint lets one client hold. Production binds it to
+/// `0.0.0.0:9100`, so whoever reaches the pod reaches it: a scrape takes
+/// milliseconds, so short read timeouts and a few connections suffice, and
+/// a slow-drip client cannot hold it open.
+pub const LIMITS: ServerLimits = ServerLimits {
+    header_read_timeout: Duration::from_secs(10),
+    body_read_timeout: Duration::from_secs(10),
+    max_connections: 64,
+};
+
+/// Serves `GET /metrics` and `GET /health` on `listen` in the background
+/// under [`LIMITS`]; returns the bound address (port 0 picks one).
 pub async fn serve(listen: &str, process: &'static str) -> std::io::Result<SocketAddr> {
+    serve_with(listen, process, LIMITS).await
+}
+
+/// [`serve`] under other limits (tests use short ones).
+pub async fn serve_with(
+    listen: &str,
+    process: &'static str,
+    limits: ServerLimits,
+) -> std::io::Result<SocketAddr> {
     let handle = metrics().cloned();
     let app = Router::new()
         .route(
@@ -53,11 +73,7 @@ pub async fn serve(listen: &str, process: &'static str) -> std::io::Result<Socke
         );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics endpoint stopped");
-        }
-    });
+    crate::http_server::spawn(listener, app, limits);
     Ok(addr)
 }
 

@@ -161,6 +161,81 @@ fn a_bad_configuration_value_stops_the_cli_naming_its_variable() {
 }
 
 #[test]
+fn numbers_out_of_their_range_are_refused_naming_the_flag_and_the_range() {
+    let dir = Workdir::new();
+    let cases: [(&[&str], &str, &str); 6] = [
+        (
+            &["dev", "--delta-interval", "4"],
+            "--delta-interval",
+            "5..=86400",
+        ),
+        (
+            &["dev", "--exit-after", "604801"],
+            "--exit-after",
+            "0..=604800",
+        ),
+        (
+            &[
+                "connect",
+                "hubspot",
+                "--private-app-token",
+                TOKEN,
+                "--expires-in",
+                "0",
+            ],
+            "--expires-in",
+            "1..=86400",
+        ),
+        (
+            &[
+                "connect",
+                "hubspot",
+                "--private-app-token",
+                TOKEN,
+                "--portal-id",
+                "0",
+            ],
+            "--portal-id",
+            "1..",
+        ),
+        (
+            &["webhooks", "register", "--max-concurrent-requests", "5"],
+            "--max-concurrent-requests",
+            "6..=100",
+        ),
+        (
+            &["webhooks", "register", "--max-concurrent-requests", "101"],
+            "--max-concurrent-requests",
+            "6..=100",
+        ),
+    ];
+    for (args, flag, range) in cases {
+        let output = crmsync(dir.path(), &[], args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stdout(&output)
+        );
+        let message = stderr(&output);
+        assert!(
+            message.contains(flag) && message.contains(range),
+            "{args:?}: {message}"
+        );
+        assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+    }
+    let made: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("workdir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        made.is_empty(),
+        "refused before anything was made: {made:?}"
+    );
+}
+
+#[test]
 fn an_unknown_configuration_key_stops_the_cli_naming_the_key() {
     let dir = Workdir::new();
     let output = crmsync(

@@ -150,8 +150,10 @@ on_both_backends! {
         assert!(reply.status.is_success());
         let dead = open_dead_letters(&fleet).await.remove(0);
         let by = crmsync::store::ReplayedBy::Operator;
-        crmsync::jobs::replay::replay(&fleet.deps.queue, &fleet.store, &dead, by).await.expect("replay");
-        fleet.store.mark_replayed(fleet.tenant, dead.id, by).await.expect("mark").expect("was open");
+        crmsync::jobs::replay::replay(&fleet.deps.queue, &fleet.store, (fleet.tenant, &dead), by)
+            .await
+            .expect("replay")
+            .expect("was open");
         let shown = fleet.store.list_dead_letters(fleet.tenant, true, None, None, 1).await.expect("replayed");
         let shown = serde_json::to_value(&shown[0]).expect("json");
         assert_eq!((shown["replayedBy"].as_str(), shown["redrives"].as_i64()), (Some("operator"), Some(3)), "{shown}");

@@ -46,6 +46,11 @@ use error::ApiError;
 use state::{App, HubSpotState, Limits, RuntimeSettings, Tokens, lock};
 use webhooks::WebhookSender;
 
+/// The largest control-API body: above axum's 2 MB default, so a test can
+/// play a careless user pasting megabytes into a field (HubSpot's own
+/// limits on a value are not emulated: what crmsync does with one is).
+const CONTROL_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 /// Everything the sandbox starts with; the `crmsync-sandbox` flags fill it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxConfig {
@@ -388,7 +393,7 @@ impl Sandbox {
             )
             .route(
                 "/crm/v3/properties/{object_type}/{property_name}",
-                get(properties::get_one),
+                get(properties::get_one).patch(properties::update),
             )
             .route(
                 "/crm/v4/associations/{from_object_type}/{to_object_type}/batch/read",
@@ -502,7 +507,8 @@ impl Sandbox {
             .route(
                 "/_sandbox/accounts/{portal_id}/objects/{object_type}/{object_id}/restore",
                 post(control::user_restore),
-            );
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(CONTROL_MAX_BODY_BYTES));
         crm.merge(open)
             .merge(control)
             .fallback(not_found)

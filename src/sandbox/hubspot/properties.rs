@@ -1,4 +1,4 @@
-//! `/crm/v3/properties/{objectType}`: list, read and create property
+//! `/crm/v3/properties/{objectType}`: list, read, create and update property
 //! definitions (spec `crm-properties/v3/properties.json`), including
 //! `hasUniqueValue` properties that writes then keep unique and that serve
 //! as `idProperty`.
@@ -78,6 +78,15 @@ pub async fn get_one(
 struct OptionInput {
     label: String,
     value: String,
+}
+
+impl From<OptionInput> for PropertyOption {
+    fn from(o: OptionInput) -> Self {
+        Self {
+            label: o.label,
+            value: o.value,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -166,10 +175,7 @@ pub async fn create(
         options: input
             .options
             .into_iter()
-            .map(|o| PropertyOption {
-                label: o.label,
-                value: o.value,
-            })
+            .map(PropertyOption::from)
             .collect(),
         created_ms: now_ms(),
         display_order: input.display_order.unwrap_or(-1),
@@ -191,4 +197,60 @@ pub async fn create(
         response.headers_mut().insert("location", location);
     }
     Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PropertyUpdate {
+    label: Option<String>,
+    description: Option<String>,
+    group_name: Option<String>,
+    options: Option<Vec<OptionInput>>,
+    display_order: Option<i64>,
+    form_field: Option<bool>,
+}
+
+/// `PATCH /crm/v3/properties/{objectType}/{propertyName}` → the property
+/// as changed: what an admin does in the settings, e.g. editing the
+/// options of an enumeration (HubSpot lets users edit even built-in ones,
+/// such as Lead Status). A value written before keeps its option; later
+/// writes are held to the new options.
+pub async fn update(
+    Extension(caller): Extension<Caller>,
+    Path((ot, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let object = object_type(&ot)?;
+    let input: PropertyUpdate = parse_body(&body)?;
+    let mut data = lock(&caller.account.data);
+    let Some(def) = data.store(object).properties.get_mut(&name) else {
+        return Err(ApiError::not_found(format!(
+            "Unable to find property {name} for object type {}",
+            object.type_id()
+        )));
+    };
+    if def.read_only {
+        return Err(ApiError::validation(format!(
+            "{name} is a read only property; its definition cannot be changed"
+        )));
+    }
+    if let Some(label) = input.label {
+        def.label = label;
+    }
+    if let Some(description) = input.description {
+        def.description = description;
+    }
+    if let Some(group_name) = input.group_name {
+        def.group_name = group_name;
+    }
+    if let Some(options) = input.options {
+        def.options = options.into_iter().map(PropertyOption::from).collect();
+    }
+    if let Some(order) = input.display_order {
+        def.display_order = order;
+    }
+    if let Some(form_field) = input.form_field {
+        def.form_field = form_field;
+    }
+    Ok(axum::Json(def.to_json()).into_response())
 }

@@ -4,10 +4,12 @@
 //! unknown tokens cost the database nothing and are rate-limited; every
 //! refusal is problem+json.
 
+use super::wire::{assert_capped_at_two, drip_body, drip_headers};
 use crate::fleet::{ApiClient, Backend, Fleet, on_both_backends};
 use crate::scheduler::more_connections;
+use crmsync::config::Settings;
 use crmsync::domain::RecordKind;
-use crmsync::jobs::DeltaSyncJob;
+use crmsync::jobs::{DeltaSyncJob, JobKind};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -24,6 +26,17 @@ fn assert_field_refused(status: StatusCode, problem: &Value, content_type: &str,
             .is_some_and(|d| d.contains(field)),
         "{problem}"
     );
+}
+
+/// Runs one statement with its binds as the fleet's owner, on either
+/// backend (each needs its own typed query).
+macro_rules! owner_query {
+    ($owner:expr, $sql:expr $(, $bind:expr)* $(,)?) => {
+        match $owner {
+            Owner::Postgres(c) => sqlx::query($sql)$(.bind($bind))*.execute(c).await.map(|r| r.rows_affected()),
+            Owner::Sqlite(c) => sqlx::query($sql)$(.bind($bind))*.execute(c).await.map(|r| r.rows_affected()),
+        }
+    };
 }
 
 /// The fleet's database as its owner sees it, past the api and row-level
@@ -70,20 +83,7 @@ impl Owner {
     ) -> Result<u64, sqlx::Error> {
         let sql =
             "UPDATE connections SET delta_interval_secs = $1, next_delta_at = NULL WHERE id = $2";
-        match self {
-            Owner::Postgres(c) => sqlx::query(sql)
-                .bind(secs)
-                .bind(connection)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected()),
-            Owner::Sqlite(c) => sqlx::query(sql)
-                .bind(secs)
-                .bind(connection)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected()),
-        }
+        owner_query!(self, sql, secs, connection)
     }
 }
 
@@ -110,17 +110,21 @@ on_both_backends! {
         let api = fleet.start_api_client().await;
         let leads = || async { fleet.store.records(fleet.tenant, RecordKind::Lead).await.expect("records").len() };
 
-        for (body, field) in record_refusals() {
-            let (status, problem, content_type) = api.send(Method::POST, "/v1/leads", Some(body.clone())).await;
-            assert_field_refused(status, &problem, &content_type, field);
-        }
-        // Not an object, or an object with nothing in it: no empty lead.
-        for body in [json!([]), json!({}), json!({"firstName": "  ", "email": null})] {
-            let (status, problem, content_type) = api.send(Method::POST, "/v1/leads", Some(body.clone())).await;
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
-            assert_eq!(content_type, "application/problem+json");
+        for path in ["/v1/leads", "/v1/contacts"] {
+            for (body, field) in record_refusals() {
+                let (status, problem, content_type) = api.send(Method::POST, path, Some(body.clone())).await;
+                assert_field_refused(status, &problem, &content_type, field);
+            }
+            // Not an object, or an object with nothing in it: no empty record.
+            for body in [json!([]), json!({}), json!({"firstName": "  ", "email": null})] {
+                let (status, problem, content_type) = api.send(Method::POST, path, Some(body.clone())).await;
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {problem}");
+                assert_eq!(content_type, "application/problem+json");
+            }
         }
         assert_eq!(leads().await, 0, "nothing refused was stored");
+        let contacts = fleet.store.records(fleet.tenant, RecordKind::Contact).await.expect("records");
+        assert!(contacts.is_empty(), "no contact either: {contacts:?}");
 
         // At the limits: 500 characters of two bytes each, a phone number as
         // free text, tab and line breaks as text.
@@ -232,8 +236,20 @@ on_both_backends! {
         assert_eq!(owner.set_interval(connection, i64::MAX).await.expect("legacy row"), 1);
         let others = more_connections(&fleet, 3).await;
         let scheduler = crate::scheduler::replica(&fleet).await;
-        let claimed = crmsync::scheduler::tick(&scheduler).await.expect("the tick claims despite the row");
+        let metrics = crmsync::telemetry::metrics().expect("a metrics recorder");
+        let (claimed, logged) = logged(crmsync::scheduler::tick(&scheduler)).await;
+        let claimed = claimed.expect("the tick claims despite the row");
         assert_eq!(claimed, others.len() + 1, "every due delta is claimed, the odd row's too");
+        // Reported: a warning naming the connection, and the metric.
+        assert!(
+            logged.contains("delta interval out of range") && logged.contains(&fleet.connection.to_string()),
+            "{logged}"
+        );
+        assert!(
+            metrics.render().contains(r#"crmsync_scheduler_bad_rows_total{reason="delta_interval_out_of_range"} 1"#),
+            "{}",
+            metrics.render()
+        );
         assert_eq!(crmsync::scheduler::tick(&scheduler).await.expect("tick"), 0, "each is due again only after its interval");
         crate::scheduler::close(scheduler).await;
         fleet.finish().await;
@@ -294,10 +310,15 @@ async fn raw_http(base: &str, request: &[u8]) -> (u16, String, Value) {
     )
 }
 
-/// Serves the fleet's api as `crmsync-api` does, telling it each peer's
-/// address (or not); returns its base URL.
-async fn serve_api(fleet: &Fleet, store: crmsync::store::Store, peers: bool) -> String {
-    let api = crmsync::app::api(&fleet.settings, store, fleet.deps.queue.clone())
+/// Serves the fleet's api as `crmsync-api` does with `settings`, telling it
+/// each peer's address (or not); returns its base URL.
+async fn serve_api(
+    fleet: &Fleet,
+    settings: &Settings,
+    store: crmsync::store::Store,
+    peers: bool,
+) -> String {
+    let api = crmsync::app::api(settings, store, fleet.deps.queue.clone())
         .await
         .expect("api");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -329,21 +350,37 @@ fn client_from(source: [u8; 4]) -> reqwest::Client {
         .expect("client")
 }
 
-/// Sends a wrong token until the api answers 429 (at most 500 tries).
-async fn flood(http: &reqwest::Client, base: &str) -> reqwest::Response {
-    for _ in 0..500 {
-        let response = http
-            .get(format!("{base}/v1/leads"))
-            .bearer_auth("cst_guess")
-            .send()
-            .await
-            .expect("request");
+/// A wrong token sent once, `X-Forwarded-For` set to `forwarded` if given.
+async fn guess(http: &reqwest::Client, base: &str, forwarded: Option<&str>) -> reqwest::Response {
+    let mut request = http
+        .get(format!("{base}/v1/leads"))
+        .bearer_auth("cst_guess");
+    if let Some(forwarded) = forwarded {
+        request = request.header("x-forwarded-for", forwarded);
+    }
+    request.send().await.expect("request")
+}
+
+/// Sends wrong tokens until the api answers 429 (at most 500 tries);
+/// returns that answer and how many 401s came before it.
+async fn flood_as(
+    http: &reqwest::Client,
+    base: &str,
+    forwarded: Option<&str>,
+) -> (reqwest::Response, u32) {
+    for refused in 0..500 {
+        let response = guess(http, base, forwarded).await;
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            return response;
+            return (response, refused);
         }
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     }
     panic!("500 wrong tokens in a row were never rate-limited");
+}
+
+/// [`flood_as`] without a forwarded address.
+async fn flood(http: &reqwest::Client, base: &str) -> reqwest::Response {
+    flood_as(http, base, None).await.0
 }
 
 on_both_backends! {
@@ -355,7 +392,7 @@ on_both_backends! {
         // the store gone, it is still a 401, while a well-shaped unknown
         // token needs the database (503).
         let own_store = crmsync::app::open_store(&fleet.settings, false).await.expect("store");
-        let base = serve_api(&fleet, own_store.clone(), true).await;
+        let base = serve_api(&fleet, &fleet.settings, own_store.clone(), true).await;
         let lower = ApiClient { base: base.clone(), token: token.clone(), http: reqwest::Client::new() };
         let (status, body, _) = lower.send(Method::GET, "/v1/leads", None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -380,7 +417,7 @@ on_both_backends! {
 
         // Guessing from one address is slowed down for that address only; a
         // token verified before keeps working from it.
-        let base = serve_api(&fleet, fleet.store.clone(), true).await;
+        let base = serve_api(&fleet, &fleet.settings, fleet.store.clone(), true).await;
         let attacker = client_from([127, 0, 0, 1]);
         let known = ApiClient { base: base.clone(), token: token.clone(), http: attacker.clone() };
         assert_eq!(known.send(Method::GET, "/v1/leads", None).await.0, StatusCode::OK);
@@ -404,7 +441,7 @@ on_both_backends! {
         assert_eq!(fleet.store.find_tenant("other").await.expect("lookup"), Some(other.id));
 
         // A server that does not say who the peer is: one shared budget.
-        let base = serve_api(&fleet, fleet.store.clone(), false).await;
+        let base = serve_api(&fleet, &fleet.settings, fleet.store.clone(), false).await;
         let limited = flood(&reqwest::Client::new(), &base).await;
         assert!(limited.headers().contains_key("retry-after"));
         fleet.finish().await;
@@ -483,13 +520,8 @@ on_both_backends! {
         let insert = "INSERT INTO dead_letters (id, tenant_id, connection_id, job_kind, job, error, attempts, failed_at, redrives)
                       VALUES ($1, $2, $3, 'delta_sync', $4, 'failed again', 1, $5, 0)";
         let job_text = job("failed-again");
-        match &mut owner {
-            Owner::Postgres(c) => sqlx::query(insert).bind(later).bind(fleet.tenant.0).bind(fleet.connection.0)
-                .bind(sqlx::types::Json(&job_text)).bind(chrono::Utc::now()).execute(c).await.map(|_| ()),
-            Owner::Sqlite(c) => sqlx::query(insert).bind(later).bind(fleet.tenant.0).bind(fleet.connection.0)
-                .bind(sqlx::types::Json(&job_text)).bind(chrono::Utc::now()).execute(c).await.map(|_| ()),
-        }
-        .expect("a later dead letter");
+        owner_query!(&mut owner, insert, later, fleet.tenant.0, fleet.connection.0, sqlx::types::Json(&job_text), chrono::Utc::now())
+            .expect("a later dead letter");
 
         let (status, body, _) = api.send(Method::POST, "/v1/dead-letters/replay", None).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -498,6 +530,247 @@ on_both_backends! {
         let open = open["data"].as_array().expect("data").clone();
         assert_eq!(open.len(), 1, "{open:?}");
         assert_eq!(open[0]["id"], json!(later), "{open:?}");
+        fleet.finish().await;
+    }
+}
+
+/// Runs `work` with this thread's logs (warnings and up) captured; returns
+/// its output and the log text. The work is polled on this thread, so what
+/// it logs is caught.
+async fn logged<T>(work: impl std::future::Future<Output = T>) -> (T, String) {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut lines) = self.0.lock() {
+                lines.extend_from_slice(bytes);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let output = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        work.await
+    };
+    let text = lines
+        .0
+        .lock()
+        .map(|l| String::from_utf8_lossy(&l).to_string())
+        .unwrap_or_default();
+    (output, text)
+}
+
+on_both_backends! {
+    async fn valid_tokens_never_spend_the_budget_that_failed_checks_do(backend) {
+        let fleet = Fleet::start(backend, 0).await;
+        let base = serve_api(&fleet, &fleet.settings, fleet.store.clone(), true).await;
+        let http = client_from([127, 0, 0, 1]);
+        // Behind one address (a load balancer, say): more tenants' first
+        // requests than the burst of failed checks allows, all served.
+        let burst = crmsync::api::AUTH_CHECKS_BURST.get();
+        for i in 0..burst + 10 {
+            let tenant = fleet.store.create_tenant(&format!("tenant-{i}")).await.expect("tenant");
+            let response = http.get(format!("{base}/v1/leads")).bearer_auth(&tenant.token).send().await.expect("request");
+            assert_eq!(response.status(), StatusCode::OK, "tenant {i}'s first request");
+        }
+        // The address's budget is whole: a guesser gets the full burst of 401s.
+        let (limited, refused) = flood_as(&http, &base, None).await;
+        assert!(refused >= burst, "only {refused} guesses before the 429");
+        assert!(limited.headers().contains_key("retry-after"));
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn behind_a_trusted_proxy_failed_checks_are_charged_to_the_forwarded_client(backend) {
+        let fleet = Fleet::start(backend, 0).await;
+        let mut settings = fleet.settings.clone();
+        settings.api.trusted_proxies = vec!["127.0.0.1".into()];
+        let base = serve_api(&fleet, &settings, fleet.store.clone(), true).await;
+        let proxy = client_from([127, 0, 0, 1]);
+        let burst = crmsync::api::AUTH_CHECKS_BURST.get();
+        // The budget each forwarded client gets: a full burst of 401s, then
+        // 429s; charged to another, a client gets (next to) none.
+        let full = |refused: u32| refused >= burst;
+        let spent = |refused: u32| refused < burst / 2;
+        // One client behind the proxy guesses until it is limited; prepending
+        // an address to what the proxy appends escapes nothing…
+        assert!(full(flood_as(&proxy, &base, Some("203.0.113.7")).await.1));
+        assert!(spent(flood_as(&proxy, &base, Some("198.51.100.1, 203.0.113.7")).await.1));
+        // …while another client behind the same proxy has its own budget.
+        assert!(full(flood_as(&proxy, &base, Some("203.0.113.7, 203.0.113.8")).await.1));
+        // A peer that is no trusted proxy is charged itself, whatever it forwards.
+        let direct = client_from([127, 0, 0, 2]);
+        assert!(full(flood_as(&direct, &base, Some("203.0.113.20")).await.1));
+        assert!(spent(flood_as(&direct, &base, Some("203.0.113.21")).await.1), "its X-Forwarded-For is ignored");
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn a_conflict_resolved_with_a_value_is_held_to_its_fields_rule(backend) {
+        let fleet = Fleet::start(backend, 0).await;
+        let api = fleet.start_api_client().await;
+        let (status, lead, _) = api
+            .send(Method::POST, "/v1/leads", Some(json!({"email": "kept@example.com", "status": "new", "firstName": "Kept"})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{lead}");
+        let record: uuid::Uuid = lead["id"].as_str().and_then(|id| id.parse().ok()).expect("id");
+        let mut owner = Owner::connect(&fleet).await;
+        let insert = "INSERT INTO conflicts (id, tenant_id, connection_id, record_id, crm_object, crm_id, field, platform_value, crm_value, status, created_at, updated_at)
+                      VALUES ($1, $2, $3, $4, 'contacts', '1', $5, NULL, NULL, 'open', $6, $6)";
+        for (field, refused, chosen) in [
+            ("email", "a@@b", "chosen@example.com"),
+            ("status", "hot", "qualified"),
+            ("firstName", "A\u{0}B", "Ada"),
+        ] {
+            let conflict = uuid::Uuid::now_v7();
+            owner_query!(&mut owner, insert, conflict, fleet.tenant.0, fleet.connection.0, record, field, chrono::Utc::now())
+                .expect("an open conflict");
+            let path = format!("/v1/conflicts/{conflict}/resolve");
+            let (status, problem, content_type) = api
+                .send(Method::POST, &path, Some(json!({"resolution": "value", "value": refused})))
+                .await;
+            assert_field_refused(status, &problem, &content_type, "value");
+            assert!(problem["detail"].as_str().is_some_and(|d| d.contains(field)), "{problem}");
+            let (_, open, _) = api.send(Method::GET, "/v1/conflicts", None).await;
+            assert!(open["data"].as_array().is_some_and(|d| d.iter().any(|c| c["id"] == json!(conflict))), "still open: {open}");
+            let (status, resolved, _) = api
+                .send(Method::POST, &path, Some(json!({"resolution": "value", "value": chosen})))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{resolved}");
+            assert_eq!(resolved["resolvedValue"], chosen, "{resolved}");
+        }
+        let (_, lead, _) = api.send(Method::GET, &format!("/v1/leads/{record}"), None).await;
+        assert_eq!((&lead["email"], &lead["status"], &lead["firstName"]), (&json!("chosen@example.com"), &json!("qualified"), &json!("Ada")), "{lead}");
+        fleet.finish().await;
+    }
+}
+
+on_both_backends! {
+    async fn one_unreadable_connection_row_stops_no_fleet_wide_work(backend) {
+        let fleet = Fleet::start(backend, 0).await;
+        let others = more_connections(&fleet, 2).await;
+        let job = |tenant: crmsync::domain::TenantId, connection: crmsync::domain::ConnectionId| {
+            serde_json::to_value(DeltaSyncJob { tenant, connection, object: None, trigger: "failed".into(), attempt: 0, resume: None, redrives: 0 })
+                .expect("job")
+        };
+        for (tenant, connection) in &others {
+            fleet.store.record_dead_letter(*tenant, *connection, "delta_sync", &job(*tenant, *connection), "HubSpot was down", 8)
+                .await
+                .expect("a failed job");
+        }
+        // A row no version of crmsync reads (a manual edit, a newer
+        // version's settings): the fleet's own connection.
+        let mut owner = Owner::connect(&fleet).await;
+        let broken = owner_query!(&mut owner, "UPDATE connections SET settings = '{\"objects\": 5}' WHERE id = $1", fleet.connection.0)
+            .expect("a broken row");
+        assert_eq!(broken, 1);
+        let metrics = crmsync::telemetry::metrics().expect("a metrics recorder");
+
+        // The periodic jobs of every other connection are enqueued…
+        let scheduler = crate::scheduler::replica(&fleet).await;
+        let ((), logged) = logged(async {
+            let start = crmsync::jobs::periodic::period_start(chrono::Utc::now(), 3600);
+            for kind in [JobKind::HealthCheck, JobKind::DetectConflicts] {
+                let pushed = crmsync::scheduler::enqueue_period(&scheduler, kind, start).await.expect("enqueued despite the row");
+                assert_eq!(pushed, others.len(), "{kind:?}");
+            }
+        })
+        .await;
+        assert!(logged.contains("cannot be read") && logged.contains(&fleet.connection.to_string()), "{logged}");
+        // …their failed jobs re-driven…
+        let redriven = crmsync::jobs::replay::retry_failed_by_connection(&scheduler).await.expect("re-driven despite the row");
+        assert_eq!(redriven.len(), others.len(), "{redriven:?}");
+        // …and their webhooks routed.
+        match backend {
+            Backend::Postgres => {
+                let published = crmsync::app::publish_routes(&fleet.settings, &fleet.store).await.expect("published despite the row");
+                assert_eq!(published, Some(others.len()));
+            }
+            Backend::Sqlite => {
+                let routes = crmsync::ingress::routes::Routes::Store(fleet.store.clone());
+                let found = routes.lookup("hubspot", crate::support::PORTAL).await.expect("looked up despite the row");
+                assert_eq!(found.len(), others.len(), "{found:?}");
+            }
+        }
+        // The owner's own list skips it too (and the api does not fail).
+        let api = fleet.start_api_client().await;
+        let (status, list, _) = api.send(Method::GET, "/v1/connections", None).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert!(
+            metrics.render().contains(r#"crmsync_store_bad_rows_total{table="connections"}"#),
+            "{}",
+            metrics.render()
+        );
+        crate::scheduler::close(scheduler).await;
+        fleet.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apis_own_server_cuts_off_slow_clients_and_caps_its_connections() {
+    let mut fleet = Fleet::start(Backend::Sqlite, 0).await;
+    fleet.settings.api.header_read_timeout_secs = 1;
+    fleet.settings.api.body_read_timeout_secs = 1;
+    fleet.settings.api.max_connections = 2;
+    let api = fleet.start_api_client().await;
+    let addr = api
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("api address");
+    // Headers dripped past the header timeout: closed unanswered.
+    drip_headers(
+        addr,
+        "GET /v1/leads HTTP/1.1\r\nhost: api\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+    )
+    .await;
+    // A body dripped past the body timeout: a 408 problem, then closed.
+    let head = format!(
+        "POST /v1/leads HTTP/1.1\r\nhost: api\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+        api.token
+    );
+    let answer = drip_body(addr, &head).await;
+    assert_eq!(answer.status, 408, "{}\n{}", answer.head, answer.body);
+    assert!(answer.is_problem(), "{}\n{}", answer.head, answer.body);
+    // Two connections held: a third is turned away, a freed slot served.
+    let _holding = assert_capped_at_two(addr).await;
+    let (status, body, _) = api.send(Method::GET, "/v1/leads", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    fleet.finish().await;
+}
+
+on_both_backends! {
+    async fn a_replay_whose_job_cannot_be_queued_leaves_its_dead_letter_open(backend) {
+        let fleet = Fleet::start(backend, 0).await;
+        let api = fleet.start_api_client().await;
+        // A dead letter whose job no version reads: queueing it fails for good
+        // (after the letter was marked replayed, which is undone).
+        let job = json!({"tenant": fleet.tenant, "connection": fleet.connection});
+        let id = fleet
+            .store
+            .record_dead_letter(fleet.tenant, fleet.connection, "delta_sync", &job, "failed", 1)
+            .await
+            .expect("a dead letter");
+        let (status, problem, content_type) = api.send(Method::POST, &format!("/v1/dead-letters/{id}/replay"), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert_eq!(content_type, "application/problem+json");
+        let (_, open, _) = api.send(Method::GET, "/v1/dead-letters", None).await;
+        let listed = open["data"].as_array().and_then(|d| d.iter().find(|l| l["id"] == json!(id)).cloned());
+        let listed = listed.unwrap_or_else(|| panic!("the dead letter is still open: {open}"));
+        assert!(listed["replayedAt"].is_null() && listed["replayedBy"].is_null(), "{listed}");
         fleet.finish().await;
     }
 }

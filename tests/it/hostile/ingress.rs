@@ -1,54 +1,85 @@
 //! Hostile input: ingress. A forged delivery listing thousands of accounts,
 //! a signature made for another URL, slow-drip and connection-hoarding
-//! clients, and the server's own errors: each refused cheaply and clearly.
-//! Ingress runs on Redis under a namespace of its own, as in production, on
+//! clients, and the server's own errors: each refused cheaply and clearly,
+//! and after each, a genuine delivery is still accepted and processed.
+//! Ingress runs on Redis under the fleet's namespace, as in production, on
 //! the shared server (`crmsync::http_server`) with short timeouts.
 
-use crate::fleet::redis_url;
-use crate::support::SECRET;
-use crmsync::config::{QueueBackend, Settings};
+use super::wire::{
+    GUARD, assert_capped_at_two, deliver, drip_body, drip_headers, event, exchange, post,
+    read_answer, v3_headers,
+};
+use crate::fleet::{Backend, Fleet, wait_for};
+use crate::support::{PORTAL, SECRET};
+use crmsync::config::Settings;
+use crmsync::domain::CanonicalField;
 use crmsync::http_server::{ServerLimits, spawn};
 use crmsync::ingress::{Ingress, MAX_ACCOUNTS_PER_DELIVERY};
-use crmsync::providers::hubspot::webhook::sign_v3;
-use crmsync::secrets::EncryptionKey;
-use secrecy::SecretString;
+use crmsync::jobs::JobKind;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Longest any one step may take before the test fails (a hang guard, not
-/// a measurement).
-const GUARD: Duration = Duration::from_secs(4);
-
+/// Ingress in front of a fleet (Postgres, Redis, a sandbox with one contact
+/// and a webhook worker), so a case can show that a genuine delivery is
+/// still accepted and processed after its hostile client.
 struct Served {
     addr: SocketAddr,
     ingress: Ingress,
     settings: Settings,
-    _server: tokio::task::JoinHandle<()>,
+    fleet: Fleet,
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl Served {
     fn url(&self) -> String {
         format!("http://{}/webhooks/hubspot", self.addr)
     }
+
+    /// A CRM user's edit, delivered signed by the app as HubSpot would:
+    /// accepted (204), and its job brings the edit to the platform.
+    async fn assert_genuine_delivery_processed(&self) {
+        let contacts = self.fleet.sandbox_contacts().await;
+        let id = contacts.keys().next().expect("a contact").clone();
+        let first = format!("Genuine{}", &uuid::Uuid::now_v7().simple().to_string()[..8]);
+        let edit = self
+            .fleet
+            .sandbox
+            .control(
+                reqwest::Method::PATCH,
+                &format!("/_sandbox/accounts/{PORTAL}/objects/contacts/{id}"),
+                Some(json!({"properties": {"firstname": first}})),
+            )
+            .await;
+        assert!(edit.status.is_success(), "{:?}", edit.body);
+        let contact: u64 = id.parse().expect("numeric id");
+        let event_id = uuid::Uuid::new_v4().as_u64_pair().1;
+        let answer = deliver(self.addr, SECRET, &[event(PORTAL, contact, event_id)]).await;
+        assert_eq!(answer.status, 204, "a genuine delivery: {}", answer.body);
+        wait_for("the genuine delivery to be processed", || async {
+            self.fleet
+                .leads()
+                .await
+                .iter()
+                .any(|f| f.get(CanonicalField::FirstName) == Some(first.as_str()))
+        })
+        .await;
+    }
+
+    async fn finish(self) {
+        self.server.abort();
+        self.fleet.finish().await;
+    }
 }
 
-/// Ingress with the app secret and an encryption key (so private-app
-/// secrets would be tried too), settings tuned by `tune`.
-async fn ingress(tune: impl FnOnce(&mut Settings)) -> Served {
-    let mut settings = Settings::defaults().expect("defaults");
-    settings.redis.url = Some(redis_url());
-    settings.queue.backend = Some(QueueBackend::Redis);
-    settings.queue.namespace = format!("it-hostile-{}", uuid::Uuid::now_v7().simple());
-    settings.hubspot.client_secret = Some(SecretString::from(SECRET));
-    settings.secrets.encryption_key = Some(EncryptionKey::generate().expect("key"));
-    tune(&mut settings);
-    let queue = crmsync::queue::Queue::connect(&settings, std::path::Path::new("."))
-        .await
-        .expect("queue");
-    let ingress = crmsync::app::ingress(&settings, queue)
+/// Serves ingress for `settings` on a free loopback port, as
+/// `crmsync-ingress` does.
+async fn serve(
+    settings: &Settings,
+    queue: crmsync::queue::Queue,
+) -> (SocketAddr, Ingress, tokio::task::JoinHandle<()>) {
+    let ingress = crmsync::app::ingress(settings, queue)
         .await
         .expect("ingress");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -60,90 +91,28 @@ async fn ingress(tune: impl FnOnce(&mut Settings)) -> Served {
         .router(settings.ingress.max_body_bytes, addr)
         .expect("router");
     let server = spawn(listener, router, ServerLimits::ingress(&settings.ingress));
+    (addr, ingress, server)
+}
+
+/// Ingress on Redis under the fleet's namespace, as in production, with the
+/// app secret and an encryption key (so private-app secrets would be tried
+/// too), settings tuned by `tune`; the fleet's routes published.
+async fn ingress(tune: impl FnOnce(&mut Settings)) -> Served {
+    let mut fleet = Fleet::start(Backend::Postgres, 1).await;
+    fleet.start_workers_for(&[JobKind::ProcessWebhook]);
+    let mut settings = fleet.settings.clone();
+    tune(&mut settings);
+    crmsync::app::publish_routes(&settings, &fleet.store)
+        .await
+        .expect("publish routes");
+    let (addr, ingress, server) = serve(&settings, fleet.deps.queue.clone()).await;
     Served {
         addr,
         ingress,
         settings,
-        _server: server,
+        fleet,
+        server,
     }
-}
-
-fn event(portal: u64, n: u64) -> Value {
-    json!({"eventId": n, "subscriptionId": 1, "portalId": portal, "appId": 54321,
-           "occurredAt": chrono::Utc::now().timestamp_millis(), "subscriptionType": "contact.propertyChange",
-           "attemptNumber": 0, "objectId": n, "propertyName": "firstname", "propertyValue": "X", "changeSource": "CRM_UI"})
-}
-
-fn v3_headers(secret: &str, url: &str, body: &[u8]) -> Vec<(&'static str, String)> {
-    let ts = chrono::Utc::now().timestamp_millis().to_string();
-    vec![
-        (
-            "x-hubspot-signature-v3",
-            sign_v3(secret.as_bytes(), "POST", url, body, &ts),
-        ),
-        ("x-hubspot-request-timestamp", ts),
-    ]
-}
-
-/// An answer read off the wire.
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn is_problem(&self) -> bool {
-        self.head
-            .to_ascii_lowercase()
-            .contains("content-type: application/problem+json")
-            && serde_json::from_str::<Value>(&self.body)
-                .is_ok_and(|v| v["status"].as_u64() == Some(u64::from(self.status)))
-    }
-}
-
-/// Sends raw bytes on a fresh connection and reads the answer until the
-/// server closes it (every request here asks it to).
-async fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    read_answer(&mut stream).await
-}
-
-async fn read_answer(stream: &mut TcpStream) -> Answer {
-    let mut raw = Vec::new();
-    tokio::time::timeout(GUARD, stream.read_to_end(&mut raw))
-        .await
-        .expect("the server answers and closes in time")
-        .ok();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Answer {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    }
-}
-
-/// A POST to the webhook path with a chosen `Host`.
-fn post(host: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
-    let mut request = format!(
-        "POST /webhooks/hubspot HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
-         connection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut bytes = request.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +144,7 @@ async fn a_forged_delivery_listing_fifty_thousand_accounts_is_refused_before_any
     // Even signed by the app, a delivery naming more accounts than HubSpot
     // ever sends is refused before routing.
     let events: Vec<Value> = (0..=MAX_ACCOUNTS_PER_DELIVERY as u64)
-        .map(|n| event(2_000_000 + n, n))
+        .map(|n| event(2_000_000 + n, n, n))
         .collect();
     let body = serde_json::to_vec(&events).expect("json");
     let answer = exchange(
@@ -189,19 +158,21 @@ async fn a_forged_delivery_listing_fifty_thousand_accounts_is_refused_before_any
     // At the cap, an unsigned delivery is a 401 for one round trip of
     // lookups (to count it against the accounts it names), not one each.
     let events: Vec<Value> = (0..MAX_ACCOUNTS_PER_DELIVERY as u64)
-        .map(|n| event(3_000_000 + n, n))
+        .map(|n| event(3_000_000 + n, n, n))
         .collect();
     let body = serde_json::to_vec(&events).expect("json");
     let answer = exchange(served.addr, &post(&host, &[], &body)).await;
     assert_eq!(answer.status, 401, "{}", answer.body);
     assert!(answer.is_problem());
     assert_eq!(served.ingress.route_lookups(), 1);
+    served.assert_genuine_delivery_processed().await;
+    served.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_signed_url_is_the_bound_address_on_loopback_never_the_host_header() {
     let served = ingress(|_| {}).await;
-    let body = serde_json::to_vec(&json!([event(4_000_000, 1)])).expect("json");
+    let body = serde_json::to_vec(&json!([event(4_000_000, 1, 1)])).expect("json");
     // Signed for another URL of the same app, with a Host that matches it.
     let elsewhere = "http://hooks.elsewhere.example/webhooks/hubspot";
     let answer = exchange(
@@ -226,13 +197,15 @@ async fn the_signed_url_is_the_bound_address_on_loopback_never_the_host_header()
     )
     .await;
     assert_eq!(answer.status, 204, "{}", answer.body);
+    served.assert_genuine_delivery_processed().await;
+    served.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_public_url_only_signatures_for_it_verify() {
     let public = "https://hooks.example.com";
     let served = ingress(|s| s.ingress.public_url = Some(format!("{public}/"))).await;
-    let body = serde_json::to_vec(&json!([event(5_000_000, 1)])).expect("json");
+    let body = serde_json::to_vec(&json!([event(5_000_000, 1, 1)])).expect("json");
     let public_url = format!("{public}/webhooks/hubspot");
     // Behind a TLS proxy: HubSpot signed the public https URL; the Host ingress
     // sees is its own.
@@ -262,6 +235,7 @@ async fn with_a_public_url_only_signatures_for_it_verify() {
         .await;
         assert_eq!(answer.status, 401, "{url}: {}", answer.body);
     }
+    served.finish().await;
 }
 
 #[test]
@@ -288,7 +262,7 @@ fn ingress_refuses_to_start_on_a_non_loopback_address_without_a_public_url() {
             let _ = std::fs::remove_dir_all(&dir);
             panic!("crmsync-ingress started on 0.0.0.0 without a public URL");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     };
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
@@ -306,100 +280,36 @@ fn ingress_refuses_to_start_on_a_non_loopback_address_without_a_public_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_dripping_its_headers_is_cut_off_at_the_header_timeout() {
     let served = ingress(|s| s.ingress.header_read_timeout_secs = 1).await;
-    let stream = TcpStream::connect(served.addr).await.expect("connect");
-    let (mut read, mut write) = stream.into_split();
     // 60 header bytes, one every 100 ms: 6 s, far past the 1 s timeout.
-    let drip = tokio::spawn(async move {
-        let request = format!(
-            "POST /webhooks/hubspot HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n",
-            "a".repeat(30)
-        );
-        for byte in request.bytes() {
-            if write.write_all(&[byte]).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    let mut answer = Vec::new();
-    let ended = tokio::time::timeout(GUARD, read.read_to_end(&mut answer)).await;
-    drip.abort();
-    assert!(
-        ended.is_ok(),
-        "the connection was still open after {GUARD:?}"
+    let head = format!(
+        "POST /webhooks/hubspot HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n",
+        "a".repeat(30)
     );
-    assert!(
-        !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 2"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    drip_headers(served.addr, &head).await;
+    served.assert_genuine_delivery_processed().await;
+    served.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_dripping_its_body_gets_a_408_and_is_disconnected() {
     let served = ingress(|s| s.ingress.body_read_timeout_secs = 1).await;
-    let mut stream = TcpStream::connect(served.addr).await.expect("connect");
-    stream
-        .write_all(
-            b"POST /webhooks/hubspot HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n[",
-        )
-        .await
-        .expect("headers");
-    let (mut read, mut write) = stream.into_split();
-    let drip = tokio::spawn(async move {
-        for _ in 0..60 {
-            if write.write_all(b" ").await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    let mut raw = Vec::new();
-    let ended = tokio::time::timeout(GUARD, read.read_to_end(&mut raw)).await;
-    drip.abort();
-    assert!(
-        ended.is_ok(),
-        "the connection was still open after {GUARD:?}"
-    );
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let answer = Answer {
-        status: head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        head: head.to_string(),
-        body: body.to_string(),
-    };
-    assert_eq!(answer.status, 408, "{text}");
-    assert!(answer.is_problem(), "{text}");
+    let answer = drip_body(
+        served.addr,
+        "POST /webhooks/hubspot HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n[",
+    )
+    .await;
+    assert_eq!(answer.status, 408, "{}\n{}", answer.head, answer.body);
+    assert!(answer.is_problem(), "{}\n{}", answer.head, answer.body);
+    served.assert_genuine_delivery_processed().await;
+    served.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_get_a_503_and_a_freed_slot_is_served_again() {
     let served = ingress(|s| s.ingress.max_connections = 2).await;
-    // Two clients hold the two slots without sending anything.
-    let first = TcpStream::connect(served.addr).await.expect("connect");
-    let _second = TcpStream::connect(served.addr).await.expect("connect");
-    let mut third = TcpStream::connect(served.addr).await.expect("connect");
-    let answer = read_answer(&mut third).await;
-    assert_eq!(answer.status, 503, "{}", answer.head);
-    assert!(answer.is_problem(), "{}\n{}", answer.head, answer.body);
-    assert!(answer.head.to_ascii_lowercase().contains("retry-after: 1"));
-    // One leaves: its slot is served again.
-    drop(first);
-    let health = b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
-    let started = std::time::Instant::now();
-    loop {
-        let answer = exchange(served.addr, health).await;
-        if answer.status == 200 {
-            break;
-        }
-        assert_eq!(answer.status, 503, "{}", answer.head);
-        assert!(started.elapsed() < GUARD, "the freed slot was never reused");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _holding = assert_capped_at_two(served.addr).await;
+    served.assert_genuine_delivery_processed().await;
+    served.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,6 +357,7 @@ async fn the_servers_own_413_404_and_405_are_problem_json() {
         "{}",
         wrong_method.head
     );
+    served.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,4 +384,63 @@ async fn handlers_get_the_peer_address_as_connect_info() {
     let answer = read_answer(&mut stream).await;
     assert_eq!(answer.status, 200, "{}", answer.head);
     assert_eq!(answer.body, local.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_cuts_off_slow_clients_and_caps_its_connections() {
+    // Production's limits are finite and small: a scrape takes milliseconds.
+    let shipped = crmsync::telemetry::LIMITS;
+    assert!(
+        shipped.header_read_timeout.as_secs() <= 10 && shipped.body_read_timeout.as_secs() <= 10
+    );
+    assert!(shipped.max_connections <= 64);
+    let limits = ServerLimits {
+        header_read_timeout: std::time::Duration::from_secs(1),
+        body_read_timeout: std::time::Duration::from_secs(1),
+        max_connections: 2,
+    };
+    let addr = crmsync::telemetry::serve_with("127.0.0.1:0", "test", limits)
+        .await
+        .expect("metrics endpoint");
+    drip_headers(
+        addr,
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+    )
+    .await;
+    let _holding = assert_capped_at_two(addr).await;
+    let metrics = exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(metrics.status, 200, "{}", metrics.head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_without_redis_is_a_problem_that_does_not_leak_the_redis_error() {
+    let mut redis = crate::services::PrivateRedis::start();
+    let mut settings = Settings::defaults().expect("defaults");
+    settings.redis.url = Some(redis.url());
+    settings.queue.backend = Some(crmsync::config::QueueBackend::Redis);
+    settings.queue.namespace = format!("it-ready-{}", uuid::Uuid::now_v7().simple());
+    settings.hubspot.client_secret = Some(secrecy::SecretString::from(SECRET));
+    let queue = crmsync::queue::Queue::connect(&settings, std::path::Path::new("."))
+        .await
+        .expect("queue");
+    let (addr, _, _server) = serve(&settings, queue).await;
+    let ready = b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    assert_eq!(exchange(addr, ready).await.status, 200);
+
+    redis.kill();
+    let answer = exchange(addr, ready).await;
+    assert_eq!(answer.status, 503, "{}\n{}", answer.head, answer.body);
+    assert!(answer.is_problem(), "{}\n{}", answer.head, answer.body);
+    let detail = answer.body.to_ascii_lowercase();
+    for leak in ["refused", "os error", "redis://", &redis.port.to_string()] {
+        assert!(
+            !detail.contains(leak),
+            "the answer names {leak:?}: {}",
+            answer.body
+        );
+    }
 }

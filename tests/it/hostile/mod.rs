@@ -5,4 +5,7 @@
 
 mod api;
 mod ingress;
+mod neighbour;
+mod parked;
 mod records;
+mod wire;
