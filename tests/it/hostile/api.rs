@@ -701,7 +701,7 @@ on_both_backends! {
             }
             Backend::Sqlite => {
                 let routes = crmsync::ingress::routes::Routes::Store(fleet.store.clone());
-                let found = routes.lookup("hubspot", crate::support::PORTAL).await.expect("looked up despite the row");
+                let found = routes.lookup("hubspot", &crate::support::PORTAL.to_string()).await.expect("looked up despite the row");
                 assert_eq!(found.len(), others.len(), "{found:?}");
             }
         }

@@ -65,15 +65,24 @@ impl Neighbour {
             .start_run(tenant, connection, CrmObject::Contacts, RunKind::FullSync)
             .await
             .expect("run");
-        let mut page = FullSyncJob {
+        let plan = FullSyncJob {
             tenant,
             connection,
             object: CrmObject::Contacts,
             run: run.id,
+            partition: None,
             page: 0,
             attempt: 0,
             deferrals: 0,
             redrives: 0,
+        };
+        crmsync::jobs::full_sync::run(&plan, &fleet.deps)
+            .await
+            .expect("the neighbour's full-sync plan");
+        // Two contacts: one partition, the whole list.
+        let mut page = FullSyncJob {
+            partition: Some(0),
+            ..plan
         };
         loop {
             crmsync::jobs::full_sync::run(&page, &fleet.deps)
