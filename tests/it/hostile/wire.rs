@@ -134,14 +134,25 @@ pub(super) async fn assert_capped_at_two(addr: SocketAddr) -> TcpStream {
     assert!(answer.head.to_ascii_lowercase().contains("retry-after: 1"));
     drop(first);
     let health = b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    assert_eq!(exchange_once_free(addr, health).await.status, 200);
+    second
+}
+
+/// Sends `request` on a fresh connection, again while the server answers
+/// 503 for want of a free slot: a server gives a closed connection's slot
+/// back once its task ends, a moment after the client saw the close.
+pub(super) async fn exchange_once_free(addr: SocketAddr, request: &[u8]) -> Answer {
     let started = std::time::Instant::now();
     loop {
-        let answer = exchange(addr, health).await;
-        if answer.status == 200 {
-            return second;
+        let answer = exchange(addr, request).await;
+        if answer.status != 503 {
+            return answer;
         }
-        assert_eq!(answer.status, 503, "{}", answer.head);
-        assert!(started.elapsed() < GUARD, "the freed slot was never reused");
+        assert!(
+            started.elapsed() < GUARD,
+            "a freed slot was never reused: {}",
+            answer.head
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
