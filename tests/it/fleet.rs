@@ -1,17 +1,20 @@
-//! The sync harness: a sandbox HubSpot, a fresh store (a Postgres database of
-//! its own, reached as an application role so row-level security is real, or
-//! an SQLite file), a queue (Redis under a per-test namespace, or SQLite), a
-//! connection, and in-process or child-process workers. `drain`-style helpers
-//! wait on state, never on fixed sleeps.
+//! The sync harness: a CRM's sandbox (HubSpot's unless the test picks
+//! another provider), a fresh store (a Postgres database of its own, reached
+//! as an application role so row-level security is real, or an SQLite
+//! file), a queue (Redis under a per-test namespace, or SQLite), a
+//! connection to the CRM, and in-process or child-process workers.
+//! `drain`-style helpers wait on state, never on fixed sleeps.
 
 use crate::support::{PORTAL, TOKEN, TestSandbox};
 use crmsync::config::{QueueBackend, Settings};
-use crmsync::domain::{ConnectionId, CrmObject, RecordKind, RunId, RunKind, RunStatus, TenantId};
+use crmsync::domain::{
+    ConnectionId, CrmObject, ProviderKind, RecordKind, RunId, RunKind, RunStatus, TenantId,
+};
 use crmsync::jobs::{DeltaSyncJob, Deps, JobKind};
 use crmsync::queue::{WorkerSpec, run_workers};
 use crmsync::sandbox::hubspot::SandboxConfig;
 use crmsync::secrets::EncryptionKey;
-use crmsync::store::{Credentials, RunRow, Store};
+use crmsync::store::{Credentials, DeadLetter, RunRow, Store};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -143,12 +146,78 @@ impl Services {
     }
 }
 
+/// The CRM a fleet syncs with: its provider and how its sandbox starts.
+/// A new provider adds a variant carrying its sandbox's configuration, and
+/// an arm in each `match` on it or on the provider here (starting its
+/// sandbox, pointing the settings at it, connecting, subscribing ingress to
+/// its webhooks): the compiler lists them.
+#[derive(Debug, Clone)]
+pub enum CrmSetup {
+    /// HubSpot's sandbox, configured by the test.
+    Hubspot(SandboxConfig),
+}
+
+impl CrmSetup {
+    /// `provider`'s sandbox with limits too high to matter, no index lag,
+    /// and `people` seeded.
+    pub fn seeded(provider: ProviderKind, people: u64) -> Self {
+        match provider {
+            ProviderKind::Hubspot => Self::Hubspot(SandboxConfig {
+                seed_contacts: people,
+                ..SandboxConfig::for_tests()
+            }),
+        }
+    }
+
+    /// The provider this sets up.
+    pub fn provider(&self) -> ProviderKind {
+        match self {
+            Self::Hubspot(_) => ProviderKind::Hubspot,
+        }
+    }
+}
+
+/// HubSpot tests configure its sandbox directly.
+impl From<SandboxConfig> for CrmSetup {
+    fn from(config: SandboxConfig) -> Self {
+        Self::Hubspot(config)
+    }
+}
+
+/// Connects the fleet's tenant to the account its CRM's sandbox opened at
+/// start-up; answers the connection.
+async fn connect(
+    provider: ProviderKind,
+    settings: &Settings,
+    store: &Store,
+    tenant: TenantId,
+) -> ConnectionId {
+    match provider {
+        ProviderKind::Hubspot => {
+            let credentials = Credentials::PrivateAppToken {
+                token: SecretString::from(TOKEN),
+            };
+            let (connection, portal) =
+                crmsync::cli::connect_hubspot_token(settings, store, tenant, credentials, None)
+                    .await
+                    .expect("connect");
+            assert_eq!(portal, PORTAL);
+            connection
+        }
+    }
+}
+
 /// A running test fleet.
 pub struct Fleet {
     pub backend: Backend,
+    /// The CRM the fleet's connection syncs with.
+    pub provider: ProviderKind,
     pub settings: Settings,
     pub deps: Deps,
     pub store: Store,
+    /// HubSpot's sandbox: the CRM of every fleet until a second provider's
+    /// sandbox joins the harness (as a variant of [`CrmSetup`] and a field
+    /// of its own here).
     pub sandbox: TestSandbox,
     pub tenant: TenantId,
     pub connection: ConnectionId,
@@ -160,26 +229,34 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// A fleet with `contacts` seeded in a fast sandbox and no workers yet.
+    /// A fleet on HubSpot with `contacts` seeded in a fast sandbox and no
+    /// workers yet.
     pub async fn start(backend: Backend, contacts: u64) -> Self {
-        Self::with_sandbox(
-            backend,
-            SandboxConfig {
-                seed_contacts: contacts,
-                ..SandboxConfig::for_tests()
-            },
-        )
-        .await
+        Self::start_crm(ProviderKind::Hubspot, backend, contacts).await
+    }
+
+    /// A fleet on `provider` with `people` seeded in its fast sandbox and
+    /// no workers yet.
+    pub async fn start_crm(provider: ProviderKind, backend: Backend, people: u64) -> Self {
+        Self::with_sandbox(backend, CrmSetup::seeded(provider, people)).await
     }
 
     /// A fleet on a sandbox configured by the test.
-    pub async fn with_sandbox(backend: Backend, config: SandboxConfig) -> Self {
-        Self::on_services(backend, config, Services::shared()).await
+    pub async fn with_sandbox(backend: Backend, crm: impl Into<CrmSetup>) -> Self {
+        Self::on_services(backend, crm, Services::shared()).await
     }
 
     /// A fleet on servers of the test's choosing (its own, to restart them).
-    pub async fn on_services(backend: Backend, config: SandboxConfig, services: Services) -> Self {
-        let sandbox = TestSandbox::with(config).await;
+    pub async fn on_services(
+        backend: Backend,
+        crm: impl Into<CrmSetup>,
+        services: Services,
+    ) -> Self {
+        let crm = crm.into();
+        let provider = crm.provider();
+        let sandbox = match crm {
+            CrmSetup::Hubspot(config) => TestSandbox::with(config).await,
+        };
         let dir =
             std::env::temp_dir().join(format!("crmsync-it-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -210,11 +287,15 @@ impl Fleet {
         settings.worker.job_timeout_secs = 4;
         settings.worker.shutdown_grace_secs = 2;
         settings.secrets.encryption_key = Some(EncryptionKey::generate().expect("key"));
-        settings.hubspot.api_base_url = sandbox.base.clone();
-        settings.hubspot.client_secret = Some(SecretString::from(crate::support::SECRET));
-        settings.hubspot.app_id = Some(crate::support::APP_ID);
-        settings.hubspot.requests_per_10s = 1_000_000;
-        settings.hubspot.search_requests_per_second = 1_000_000;
+        match provider {
+            ProviderKind::Hubspot => {
+                settings.hubspot.api_base_url = sandbox.base.clone();
+                settings.hubspot.client_secret = Some(SecretString::from(crate::support::SECRET));
+                settings.hubspot.app_id = Some(crate::support::APP_ID);
+                settings.hubspot.requests_per_10s = 1_000_000;
+                settings.hubspot.search_requests_per_second = 1_000_000;
+            }
+        }
         settings.sync.delta_interval_secs = 3600;
         settings.sync.guard_secs = 0;
         let store = crmsync::app::open_store(&settings, false)
@@ -230,16 +311,10 @@ impl Fleet {
             .await
             .expect("deps");
         let tenant = store.resolve_tenant(None).await.expect("tenant");
-        let credentials = Credentials::PrivateAppToken {
-            token: SecretString::from(TOKEN),
-        };
-        let (connection, portal) =
-            crmsync::cli::connect_hubspot_token(&settings, &store, tenant, credentials, None)
-                .await
-                .expect("connect");
-        assert_eq!(portal, PORTAL);
+        let connection = connect(provider, &settings, &store, tenant).await;
         Self {
             backend,
+            provider,
             settings,
             deps,
             store,
@@ -254,7 +329,6 @@ impl Fleet {
         }
     }
 
-    /// Starts in-process workers for every job kind.
     /// Rebuilds the fleet's settings and dependencies (before workers start).
     pub async fn rewire(&mut self, change: impl FnOnce(&mut Settings)) {
         let mut settings = self.settings.clone();
@@ -267,6 +341,7 @@ impl Fleet {
         self.settings = settings;
     }
 
+    /// Starts in-process workers for every job kind.
     pub fn start_workers(&mut self) {
         self.start_workers_for(JobKind::ALL);
     }
@@ -388,9 +463,15 @@ impl Fleet {
 
     /// Spawns a `crmsync-worker` child process for full syncs.
     pub fn spawn_worker_process(&self) -> Child {
+        self.spawn_worker_process_for("full_sync,delta_sync")
+    }
+
+    /// Spawns a `crmsync-worker` child process for the job kinds `jobs`
+    /// (its `--jobs`), to be killed with SIGKILL mid-job.
+    pub fn spawn_worker_process_for(&self, jobs: &str) -> Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_crmsync-worker"));
         command
-            .args(["--jobs", "full_sync,delta_sync"])
+            .args(["--jobs", jobs])
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -429,18 +510,44 @@ impl Fleet {
 
     /// Enqueues a push of the connection's pending platform changes.
     pub async fn enqueue_push(&self) {
-        let job = crmsync::jobs::PushChangesJob {
+        self.deps
+            .queue
+            .push_push_changes_after(&self.push_job(), Duration::ZERO)
+            .await
+            .expect("enqueue push");
+    }
+
+    /// A push of the connection with a trigger of its own (never a
+    /// duplicate of another).
+    fn push_job(&self) -> crmsync::jobs::PushChangesJob {
+        crmsync::jobs::PushChangesJob {
             tenant: self.tenant,
             connection: self.connection,
             trigger: uuid::Uuid::now_v7().to_string(),
             attempt: 0,
             redrives: 0,
-        };
-        self.deps
-            .queue
-            .push_push_changes_after(&job, Duration::ZERO)
+        }
+    }
+
+    /// Runs one push of the connection's pending platform changes
+    /// in-process, now; answers the records it wrote. A record the CRM
+    /// refuses is parked and does not fail the push.
+    pub async fn push_now(&self) -> usize {
+        crmsync::jobs::push_changes::run(&self.push_job(), &self.deps)
             .await
-            .expect("enqueue push");
+            .expect("a push with a refused record still succeeds")
+    }
+
+    /// The tenant's records parked now (open dead letters of one record,
+    /// either direction).
+    pub async fn parked(&self) -> Vec<DeadLetter> {
+        self.store
+            .list_dead_letters(self.tenant, false, None, None, 100)
+            .await
+            .expect("dead letters")
+            .into_iter()
+            .filter(|d| d.job_kind == "pull_record" || d.job_kind == "push_record")
+            .collect()
     }
 
     /// Starts a full sync of the connection and returns its run.
@@ -475,18 +582,34 @@ impl Fleet {
         row
     }
 
-    /// Runs delta syncs in-process until one catches up; returns the summed
-    /// counts of its runs.
-    pub async fn delta_sync(&self) -> RunRow {
-        let mut job = DeltaSyncJob {
+    /// A delta sync of the connection's `object` (every object with
+    /// `None`) with a trigger of its own.
+    fn delta_job(&self, object: Option<CrmObject>) -> DeltaSyncJob {
+        DeltaSyncJob {
             tenant: self.tenant,
             connection: self.connection,
-            object: Some(CrmObject::Contacts),
+            object,
             trigger: format!("test-{}", uuid::Uuid::now_v7()),
             attempt: 0,
             resume: None,
             redrives: 0,
-        };
+        }
+    }
+
+    /// Enqueues a delta sync of every object of the connection, for the
+    /// workers to run (and retry).
+    pub async fn enqueue_delta(&self) {
+        self.deps
+            .queue
+            .push_delta_sync(&self.delta_job(None))
+            .await
+            .expect("enqueue delta");
+    }
+
+    /// Runs delta syncs in-process until one catches up; returns the summed
+    /// counts of its runs.
+    pub async fn delta_sync(&self) -> RunRow {
+        let mut job = self.delta_job(Some(CrmObject::Contacts));
         let mut total: Option<RunRow> = None;
         for _ in 0..50 {
             let outcome = crmsync::jobs::delta_sync::run(
@@ -545,6 +668,16 @@ impl Fleet {
             .find(|(_, f)| f.normalized_email() == Some(email.as_str()))
     }
 
+    /// The fields of the current tenant's lead with `email`; fails the
+    /// test if there is none.
+    pub async fn lead(&self, email: &str) -> crmsync::domain::RecordFields {
+        let (_, fields) = self
+            .lead_by_email(email)
+            .await
+            .unwrap_or_else(|| panic!("no platform lead {email}"));
+        fields
+    }
+
     /// The sandbox's contacts as the API lists them: id → properties.
     pub async fn sandbox_contacts(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
         let mut all = std::collections::BTreeMap::new();
@@ -593,12 +726,22 @@ impl Fleet {
             crmsync::http_server::ServerLimits::ingress(&self.settings.ingress),
         );
         if subscribe {
-            self.sandbox
-                .sandbox
-                .subscribe_everything(&format!("{base}/webhooks/hubspot"))
-                .expect("subscribe");
+            self.subscribe(&base);
         }
         base
+    }
+
+    /// Has the CRM's sandbox deliver every event of the synced objects to
+    /// the ingress at `base` (the app-wide route of the fleet's provider).
+    fn subscribe(&self, base: &str) {
+        let target = format!("{base}/webhooks/{}", self.provider);
+        match self.provider {
+            ProviderKind::Hubspot => self
+                .sandbox
+                .sandbox
+                .subscribe_everything(&target)
+                .expect("subscribe"),
+        }
     }
 
     /// Readies a `crmsync-ingress` child process: publishes the routes and
@@ -639,10 +782,7 @@ impl Fleet {
                 .is_ok()
         })
         .await;
-        self.sandbox
-            .sandbox
-            .subscribe_everything(&format!("http://127.0.0.1:{port}/webhooks/hubspot"))
-            .expect("subscribe");
+        self.subscribe(&format!("http://127.0.0.1:{port}"));
     }
 
     /// Ends the fleet and removes its database and files.
@@ -667,51 +807,11 @@ impl Drop for Killed {
     }
 }
 
-/// Asserts the platform holds exactly the sandbox's contacts, field by field.
+/// Asserts the platform holds exactly HubSpot's contacts, field by field:
+/// the conformance suite's check, for tests of HubSpot alone.
 pub async fn assert_mirrors_sandbox(fleet: &Fleet) {
-    let sandbox = fleet.sandbox_contacts().await;
-    let linked: std::collections::BTreeSet<String> = fleet
-        .store
-        .linked_crm_ids(fleet.tenant, fleet.connection, CrmObject::Contacts)
-        .await
-        .expect("links")
-        .into_iter()
-        .collect();
-    let expected: std::collections::BTreeSet<String> = sandbox.keys().cloned().collect();
-    assert_eq!(linked.len(), expected.len(), "one link per CRM record");
-    assert!(linked == expected, "links differ from the sandbox's ids");
-    let leads = fleet.leads().await;
-    assert_eq!(
-        leads.len(),
-        sandbox.len(),
-        "one platform lead per CRM contact, no more"
-    );
-    let by_email: std::collections::BTreeMap<String, &crmsync::domain::RecordFields> = leads
-        .iter()
-        .map(|f| (f.normalized_email().unwrap_or_default().to_string(), f))
-        .collect();
-    use crmsync::domain::CanonicalField as F;
-    for props in sandbox.values() {
-        let email = props["email"]
-            .as_str()
-            .unwrap_or_default()
-            .trim()
-            .to_lowercase();
-        let lead = by_email
-            .get(&email)
-            .unwrap_or_else(|| panic!("no lead for {email}"));
-        for (field, property) in [
-            (F::FirstName, "firstname"),
-            (F::LastName, "lastname"),
-            (F::JobTitle, "jobtitle"),
-        ] {
-            let want = props[property]
-                .as_str()
-                .map(str::trim)
-                .filter(|s| !s.is_empty());
-            assert_eq!(lead.get(field), want, "{email}: {property}");
-        }
-    }
+    use crate::conformance::{assert_mirrors, crm::Crm};
+    assert_mirrors(Crm::Hubspot, fleet).await;
 }
 
 /// Waits (on state) until `check` holds; fails the test after 15 s.
@@ -741,6 +841,34 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// Creates a lead; answers its id.
+    pub async fn create_lead(&self, email: &str, first_name: &str) -> String {
+        let (status, body, _) = self
+            .send(
+                reqwest::Method::POST,
+                "/v1/leads",
+                Some(serde_json::json!({"email": email, "firstName": first_name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    /// Edits a lead's `fields` (the api's JSON names); it must succeed.
+    pub async fn edit_lead(&self, lead: &str, fields: Value) {
+        let path = format!("/v1/leads/{lead}");
+        let (status, body, _) = self.send(reqwest::Method::PATCH, &path, Some(fields)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// The api's view of `connection` (its status, parked records, ...).
+    pub async fn connection_view(&self, connection: ConnectionId) -> Value {
+        let path = format!("/v1/connections/{connection}");
+        let (status, view, _) = self.send(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        view
+    }
+
     /// Sends a request; returns status, JSON body (or null) and content type.
     pub async fn send(
         &self,

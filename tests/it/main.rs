@@ -15,9 +15,7 @@ mod sandbox_latency;
 mod fleet;
 mod services;
 
-mod sync_delta;
 mod sync_full;
-mod sync_resume;
 
 mod api;
 mod cli;
@@ -31,7 +29,6 @@ mod hostile;
 mod hubspot_client;
 mod hubspot_leads;
 mod key_rotation;
-mod lost_edit;
 mod migrations;
 mod oauth_connect;
 mod periodic;

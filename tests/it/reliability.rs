@@ -20,11 +20,10 @@
 //! - 0 requests sent during a cool-down a 429 asked for;
 //! - then, faults off, error answers ≤ 1 % of CRM calls.
 
-use crate::fleet::{ApiClient, Backend, Fleet, Killed, Services};
+use crate::fleet::{ApiClient, Backend, CrmSetup, Fleet, Killed, Services};
 use crate::services::{PrivatePostgres, PrivateRedis};
 use crate::support::{Lcg, PORTAL};
 use crmsync::domain::{CanonicalField, RecordKind};
-use crmsync::sandbox::hubspot::SandboxConfig;
 use crmsync::sandbox::hubspot::model::ObjectType;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -319,11 +318,8 @@ async fn run_suite(strategy: &str, changes: usize) {
         redis_url: redis.url(),
         admin_url: postgres.admin_url(),
     };
-    let config = SandboxConfig {
-        seed_contacts: 200,
-        ..SandboxConfig::for_tests()
-    };
-    let mut fleet = Fleet::on_services(Backend::Postgres, config, services).await;
+    let crm = CrmSetup::seeded(provider, 200);
+    let mut fleet = Fleet::on_services(Backend::Postgres, crm, services).await;
     fleet.start_workers();
     fleet.full_sync().await;
     fleet.stop_workers().await;

@@ -1,15 +1,13 @@
-//! Sync against an unreliable or unwilling CRM: 5xx answers and hanging
-//! requests are retried until every record lands exactly once; credentials
-//! the CRM refuses mark the connection `needs_reauth`; fifty jobs needing a
-//! fresh OAuth token make one refresh. (An expired token refreshed and a
-//! revoked one ending in `needs_reauth` is a conformance scenario.)
+//! Sync against an unwilling CRM: credentials the CRM refuses mark the
+//! connection `needs_reauth`; a delta attempt cut off at the job timeout
+//! does not stay `running`; fifty jobs needing a fresh OAuth token make one
+//! refresh. (Syncs converging through 429s, 5xx, hangs and garbage bodies,
+//! and an expired token refreshed and a revoked one ending in
+//! `needs_reauth`, are conformance scenarios.)
 
-use crate::fleet::{Fleet, assert_mirrors_sandbox, on_both_backends};
+use crate::fleet::{Fleet, on_both_backends};
 use crate::support::{PORTAL, TOKEN, TestSandbox};
-use crmsync::domain::{
-    CanonicalField, ConnectionId, ConnectionStatus, RunId, RunKind, RunStatus, TenantId,
-};
-use crmsync::jobs::DeltaSyncJob;
+use crmsync::domain::{ConnectionId, ConnectionStatus, RunId, RunKind, RunStatus, TenantId};
 use crmsync::store::{Credentials, RunRow};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -21,12 +19,6 @@ const CLIENT_SECRET: &str = "sandbox-client-secret";
 async fn set_faults(sandbox: &TestSandbox, faults: Value) {
     let reply = sandbox.put_control("/_sandbox/faults", faults).await;
     assert!(reply.status.is_success(), "{:?}", reply.body);
-}
-
-async fn faults_injected(sandbox: &TestSandbox) -> u64 {
-    sandbox.counters().await["faultsInjected"]
-        .as_u64()
-        .expect("faultsInjected counter")
 }
 
 /// Waits (on state) until a run of `tenant` ends.
@@ -57,128 +49,6 @@ async fn full_sync_of(
         .expect("start full sync");
     let run = runs.into_iter().next().expect("one object");
     wait_run_of(fleet, tenant, run.id, limit).await
-}
-
-async fn bulk_edit(fleet: &Fleet, ids: &[u64], firstname: &str) {
-    let reply = fleet
-        .sandbox
-        .post_control(
-            &format!("/_sandbox/accounts/{PORTAL}/objects/contacts/bulk-update"),
-            json!({"ids": ids, "properties": {"firstname": firstname}, "suffixWithId": true}),
-        )
-        .await;
-    assert!(reply.status.is_success(), "{:?}", reply.body);
-    assert_eq!(reply.body["updated"].as_u64(), Some(ids.len() as u64));
-}
-
-async fn leads_named(fleet: &Fleet, prefix: &str) -> usize {
-    fleet
-        .leads()
-        .await
-        .iter()
-        .filter(|f| {
-            f.get(CanonicalField::FirstName)
-                .is_some_and(|n| n.starts_with(prefix))
-        })
-        .count()
-}
-
-on_both_backends! {
-    async fn a_full_sync_through_a_crm_failing_one_request_in_five_lands_exactly_the_sandboxs_records(backend) {
-        let mut fleet = Fleet::start(backend, 3_000).await;
-        fleet.start_workers();
-        set_faults(&fleet.sandbox, json!({"errorRate": 0.2})).await;
-        let run = fleet.start_full_sync().await;
-        let done = fleet.wait_run(run.id, Duration::from_secs(60)).await;
-        let injected = faults_injected(&fleet.sandbox).await;
-        set_faults(&fleet.sandbox, json!({})).await;
-        assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
-        assert!(injected > 0, "the sandbox failed no request: the test proves nothing");
-        assert_eq!(
-            (done.processed, done.created, done.failed),
-            (3_000, 3_000, 0),
-            "every page applied exactly once despite {injected} failed requests: {done:?}"
-        );
-        assert_mirrors_sandbox(&fleet).await;
-        fleet.finish().await;
-    }
-}
-
-on_both_backends! {
-    async fn a_full_sync_through_requests_that_hang_times_them_out_and_lands_every_record(backend) {
-        let mut fleet = Fleet::start(backend, 1_000).await;
-        fleet.rewire(|s| s.hubspot.request_timeout_secs = 1).await;
-        fleet.start_workers();
-        set_faults(&fleet.sandbox, json!({"timeoutRate": 0.2})).await;
-        let run = fleet.start_full_sync().await;
-        let done = fleet.wait_run(run.id, Duration::from_secs(60)).await;
-        let injected = faults_injected(&fleet.sandbox).await;
-        set_faults(&fleet.sandbox, json!({})).await;
-        assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
-        assert!(injected > 0, "no request hung: the test proves nothing");
-        assert_eq!(
-            (done.processed, done.created, done.failed),
-            (1_000, 1_000, 0),
-            "{injected} hung requests: {done:?}"
-        );
-        assert_mirrors_sandbox(&fleet).await;
-        fleet.finish().await;
-    }
-}
-
-on_both_backends! {
-    async fn a_queued_delta_through_a_failing_crm_still_brings_every_edit(backend) {
-        let mut fleet = Fleet::start(backend, 3_000).await;
-        fleet.start_workers();
-        fleet.full_sync().await;
-        let ids: Vec<u64> = fleet
-            .sandbox_contacts()
-            .await
-            .keys()
-            .map(|id| id.parse().expect("numeric id"))
-            .collect();
-        let edited = &ids[..1_000];
-        bulk_edit(&fleet, edited, "Edited").await;
-        set_faults(&fleet.sandbox, json!({"errorRate": 0.2})).await;
-        let job = DeltaSyncJob {
-            tenant: fleet.tenant,
-            connection: fleet.connection,
-            object: None,
-            trigger: format!("faults-{}", uuid::Uuid::now_v7()),
-            attempt: 0,
-            resume: None,
-            redrives: 0,
-        };
-        fleet.deps.queue.push_delta_sync(&job).await.expect("enqueue delta");
-        let started = Instant::now();
-        loop {
-            let arrived = leads_named(&fleet, "Edited #").await;
-            let latest = fleet
-                .store
-                .latest_run(fleet.tenant, fleet.connection)
-                .await
-                .expect("latest run");
-            let finished = latest
-                .as_ref()
-                .is_some_and(|r| r.kind == RunKind::DeltaSync && r.status == RunStatus::Succeeded);
-            if arrived == edited.len() && finished {
-                break;
-            }
-            // A liveness bound, not a speed claim: alone this takes ~15 s;
-            // a loaded 2-core CI machine running the suite took 45.
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "{arrived} of {} edits arrived; latest run {latest:?}",
-                edited.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let injected = faults_injected(&fleet.sandbox).await;
-        set_faults(&fleet.sandbox, json!({})).await;
-        assert!(injected > 0, "the sandbox failed no request: the test proves nothing");
-        assert_mirrors_sandbox(&fleet).await;
-        fleet.finish().await;
-    }
 }
 
 on_both_backends! {
@@ -266,16 +136,7 @@ on_both_backends! {
         fleet.start_workers();
         fleet.full_sync().await;
         set_faults(&fleet.sandbox, json!({"timeoutRate": 1.0})).await;
-        let job = DeltaSyncJob {
-            tenant: fleet.tenant,
-            connection: fleet.connection,
-            object: None,
-            trigger: format!("hang-{}", uuid::Uuid::now_v7()),
-            attempt: 0,
-            resume: None,
-            redrives: 0,
-        };
-        fleet.deps.queue.push_delta_sync(&job).await.expect("enqueue delta");
+        fleet.enqueue_delta().await;
         let started = Instant::now();
         let first = loop {
             let latest = fleet

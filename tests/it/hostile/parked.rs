@@ -7,8 +7,9 @@
 //! goes on.
 
 use super::neighbour::Neighbour;
-use super::records::{connection_view, contacts, create_lead, crm_edit, lead, open_parked, push};
+use super::records::crm_edit;
 use super::wire::{deliver, event};
+use crate::conformance::crm::Crm;
 use crate::fleet::{ApiClient, Fleet, on_both_backends, wait_for};
 use crate::support::{PORTAL, SECRET};
 use crmsync::domain::{CanonicalField, RunKind, RunStatus};
@@ -42,7 +43,8 @@ fn same_record(a: &DeadLetter, b: &DeadLetter) -> bool {
 /// attempt) while `old` stays closed by the operator; returns the new one.
 async fn parked_again(fleet: &Fleet, api: &ApiClient, old: &DeadLetter) -> DeadLetter {
     wait_for("the replayed job to park the record again", || async {
-        open_parked(&fleet.store, fleet.tenant)
+        fleet
+            .parked()
             .await
             .iter()
             .any(|d| same_record(d, old) && d.id != old.id)
@@ -56,7 +58,8 @@ async fn parked_again(fleet: &Fleet, api: &ApiClient, old: &DeadLetter) -> DeadL
         .and_then(|all| all.iter().find(|d| d["id"] == json!(old.id)).cloned())
         .unwrap_or_else(|| panic!("{} is not listed replayed: {closed}", old.id));
     assert_eq!(closed["replayedBy"], "operator", "{closed}");
-    let mut open: Vec<DeadLetter> = open_parked(&fleet.store, fleet.tenant)
+    let mut open: Vec<DeadLetter> = fleet
+        .parked()
         .await
         .into_iter()
         .filter(|d| same_record(d, old))
@@ -72,7 +75,7 @@ async fn parked_again(fleet: &Fleet, api: &ApiClient, old: &DeadLetter) -> DeadL
 
 /// The one open parked dead letter.
 async fn only_parked(fleet: &Fleet) -> DeadLetter {
-    let mut parked = open_parked(&fleet.store, fleet.tenant).await;
+    let mut parked = fleet.parked().await;
     assert_eq!(parked.len(), 1, "{parked:?}");
     parked.remove(0)
 }
@@ -83,7 +86,7 @@ on_both_backends! {
         fleet.start_workers_for(&[JobKind::FullSync, JobKind::ProcessWebhook]);
         fleet.full_sync().await;
         let api = fleet.start_api_client().await;
-        let people = contacts(&fleet).await;
+        let people = Crm::Hubspot.emails(&fleet).await;
         let (crm_id, email) = &people[0];
         crm_edit(&fleet, crm_id, json!({"firstname": "Bad\u{0}Name"})).await;
         fleet.delta_sync().await;
@@ -93,17 +96,17 @@ on_both_backends! {
         replay(&api, &first).await;
         let second = parked_again(&fleet, &api, &first).await;
         assert!(second.error.contains("U+0000"), "{}", second.error);
-        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 1);
+        assert_eq!(api.connection_view(fleet.connection).await["parkedRecords"], 1);
 
         // Fixed in the CRM (no delta runs meanwhile), then replayed: applied.
         crm_edit(&fleet, crm_id, json!({"firstname": "Fixed"})).await;
         replay(&api, &second).await;
         wait_for("the replayed read to apply the fix", || async {
-            lead(&fleet, email).await.get(CanonicalField::FirstName) == Some("Fixed")
+            fleet.lead(email).await.get(CanonicalField::FirstName) == Some("Fixed")
         })
         .await;
-        assert!(open_parked(&fleet.store, fleet.tenant).await.is_empty());
-        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 0);
+        assert!(fleet.parked().await.is_empty());
+        assert_eq!(api.connection_view(fleet.connection).await["parkedRecords"], 0);
         fleet.finish().await;
     }
 }
@@ -168,7 +171,7 @@ on_both_backends! {
         }
         wait_for("the workers to push the one and park the other", || async {
             crm_contact(&fleet, "good@example.com").await.is_some()
-                && !open_parked(&fleet.store, fleet.tenant).await.is_empty()
+                && !fleet.parked().await.is_empty()
         })
         .await;
         let first = only_parked(&fleet).await;
@@ -197,10 +200,10 @@ on_both_backends! {
         })
         .await;
         wait_for("its parking to end", || async {
-            open_parked(&fleet.store, fleet.tenant).await.is_empty()
+            fleet.parked().await.is_empty()
         })
         .await;
-        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 0);
+        assert_eq!(api.connection_view(fleet.connection).await["parkedRecords"], 0);
         fleet.finish().await;
     }
 }
@@ -210,8 +213,8 @@ on_both_backends! {
         let fleet = Fleet::start(backend, 0).await;
         let api = fleet.start_api_client().await;
         // `a@b`: valid by the HTML rule, refused by HubSpot.
-        let record = create_lead(&api, "a@b", "Bad").await;
-        assert_eq!(push(&fleet).await, 0);
+        let record = api.create_lead("a@b", "Bad").await;
+        assert_eq!(fleet.push_now().await, 0);
         let first = only_parked(&fleet).await;
 
         // The fastest worker there could be: the push the replay queued
@@ -222,13 +225,13 @@ on_both_backends! {
             (fleet.tenant, &first),
             ReplayedBy::Operator,
             || async {
-                assert_eq!(push(&fleet).await, 0, "refused again");
+                assert_eq!(fleet.push_now().await, 0, "refused again");
             },
         )
         .await
         .expect("replay");
         assert!(replayed.is_some());
-        let open = open_parked(&fleet.store, fleet.tenant).await;
+        let open = fleet.parked().await;
         assert_eq!(open.len(), 1, "the record's refusal is on an open dead letter: {open:?}");
         assert_ne!(open[0].id, first.id);
         assert_eq!(open[0].record_id.map(|r| r.to_string()), Some(record.clone()));
@@ -248,8 +251,8 @@ on_both_backends! {
             .send(Method::PATCH, &format!("/v1/leads/{record}"), Some(json!({"email": "fixed@example.com"})))
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(push(&fleet).await, 1);
-        assert!(open_parked(&fleet.store, fleet.tenant).await.is_empty());
+        assert_eq!(fleet.push_now().await, 1);
+        assert!(fleet.parked().await.is_empty());
         fleet.finish().await;
     }
 }
@@ -261,7 +264,7 @@ on_both_backends! {
         fleet.full_sync().await;
         let base = fleet.start_ingress(false).await;
         let addr = base.trim_start_matches("http://").parse().expect("ingress address");
-        let people = contacts(&fleet).await;
+        let people = Crm::Hubspot.emails(&fleet).await;
         let (bad, good) = (&people[0], &people[1]);
         crm_edit(&fleet, &bad.0, json!({"firstname": "Bad\u{0}Name"})).await;
         crm_edit(&fleet, &good.0, json!({"firstname": "Delivered"})).await;
@@ -277,7 +280,7 @@ on_both_backends! {
         let run = fleet.store.latest_run(fleet.tenant, fleet.connection).await.expect("run").expect("a run");
         assert_eq!(run.status, RunStatus::Succeeded, "the job succeeded: {run:?}");
         assert_eq!((run.updated, run.failed), (1, 1), "{run:?}");
-        assert_eq!(lead(&fleet, &good.1).await.get(CanonicalField::FirstName), Some("Delivered"));
+        assert_eq!(fleet.lead(&good.1).await.get(CanonicalField::FirstName), Some("Delivered"));
         let parked = only_parked(&fleet).await;
         assert_eq!(parked.crm_id.as_deref(), Some(bad.0.as_str()));
         assert!(parked.error.contains("firstName"), "{}", parked.error);
@@ -293,7 +296,7 @@ on_both_backends! {
         let mut fleet = Fleet::start(backend, 5).await;
         let neighbour = Neighbour::start(&fleet).await;
         fleet.start_workers_for(&[JobKind::FullSync]);
-        let people = contacts(&fleet).await;
+        let people = Crm::Hubspot.emails(&fleet).await;
         let bad = &people[2];
         crm_edit(&fleet, &bad.0, json!({"jobtitle": "Head\u{1b}[31m"})).await;
         let run = fleet.full_sync().await;
@@ -308,9 +311,9 @@ on_both_backends! {
         crm_edit(&fleet, &people[0].0, json!({"firstname": "Later"})).await;
         crm_edit(&fleet, &bad.0, json!({"jobtitle": "Head"})).await;
         fleet.delta_sync().await;
-        assert_eq!(lead(&fleet, &people[0].1).await.get(CanonicalField::FirstName), Some("Later"));
-        assert_eq!(lead(&fleet, &bad.1).await.get(CanonicalField::JobTitle), Some("Head"));
-        assert!(open_parked(&fleet.store, fleet.tenant).await.is_empty());
+        assert_eq!(fleet.lead(&people[0].1).await.get(CanonicalField::FirstName), Some("Later"));
+        assert_eq!(fleet.lead(&bad.1).await.get(CanonicalField::JobTitle), Some("Head"));
+        assert!(fleet.parked().await.is_empty());
         fleet.finish().await;
     }
 }
@@ -342,18 +345,18 @@ on_both_backends! {
         assert_eq!(parked.crm_id.as_deref(), Some(born_bad.as_str()));
         assert_eq!(parked.record_id, None, "no platform record was made for it");
         assert!(fleet.lead_by_email("born@example.com").await.is_none());
-        assert_eq!(lead(&fleet, "born-good@example.com").await.get(CanonicalField::FirstName), Some("Good"));
-        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 1);
+        assert_eq!(fleet.lead("born-good@example.com").await.get(CanonicalField::FirstName), Some("Good"));
+        assert_eq!(api.connection_view(fleet.connection).await["parkedRecords"], 1);
 
         // The cursor moved past it: a later edit arrives; the fix creates it.
-        let people = contacts(&fleet).await;
+        let people = Crm::Hubspot.emails(&fleet).await;
         crm_edit(&fleet, &people[0].0, json!({"firstname": "Later"})).await;
         fleet.delta_sync().await;
-        assert_eq!(lead(&fleet, &people[0].1).await.get(CanonicalField::FirstName), Some("Later"));
+        assert_eq!(fleet.lead(&people[0].1).await.get(CanonicalField::FirstName), Some("Later"));
         crm_edit(&fleet, &born_bad, json!({"firstname": "Born"})).await;
         fleet.delta_sync().await;
-        assert_eq!(lead(&fleet, "born@example.com").await.get(CanonicalField::FirstName), Some("Born"));
-        assert!(open_parked(&fleet.store, fleet.tenant).await.is_empty());
+        assert_eq!(fleet.lead("born@example.com").await.get(CanonicalField::FirstName), Some("Born"));
+        assert!(fleet.parked().await.is_empty());
         fleet.finish().await;
     }
 }
@@ -364,24 +367,24 @@ on_both_backends! {
         fleet.start_workers_for(&[JobKind::FullSync]);
         fleet.full_sync().await;
         let neighbour = Neighbour::start(&fleet).await;
-        let people = contacts(&fleet).await;
+        let people = Crm::Hubspot.emails(&fleet).await;
         // 10 MB pasted into a job title, beside a fine edit in the same page.
         crm_edit(&fleet, &people[0].0, json!({"jobtitle": "x".repeat(10_000_000)})).await;
         crm_edit(&fleet, &people[1].0, json!({"firstname": "Fine"})).await;
         let run = fleet.delta_sync().await;
         assert_eq!((run.updated, run.failed), (1, 1), "{run:?}");
-        assert_eq!(lead(&fleet, &people[1].1).await.get(CanonicalField::FirstName), Some("Fine"));
+        assert_eq!(fleet.lead(&people[1].1).await.get(CanonicalField::FirstName), Some("Fine"));
         let parked = only_parked(&fleet).await;
         assert_eq!(parked.crm_id.as_deref(), Some(people[0].0.as_str()));
         assert!(parked.error.contains("jobTitle") && parked.error.contains("10000000 characters"), "{}", parked.error);
         assert!(parked.error.len() < 1_000, "the reason does not carry the value");
-        assert_ne!(lead(&fleet, &people[0].1).await.get(CanonicalField::JobTitle).map(str::len), Some(10_000_000));
+        assert_ne!(fleet.lead(&people[0].1).await.get(CanonicalField::JobTitle).map(str::len), Some(10_000_000));
         neighbour.assert_works(&fleet).await;
 
         crm_edit(&fleet, &people[2].0, json!({"firstname": "Later"})).await;
         fleet.delta_sync().await;
-        assert_eq!(lead(&fleet, &people[2].1).await.get(CanonicalField::FirstName), Some("Later"));
-        assert_eq!(open_parked(&fleet.store, fleet.tenant).await.len(), 1, "read again, still one dead letter");
+        assert_eq!(fleet.lead(&people[2].1).await.get(CanonicalField::FirstName), Some("Later"));
+        assert_eq!(fleet.parked().await.len(), 1, "read again, still one dead letter");
         fleet.finish().await;
     }
 }
@@ -391,7 +394,7 @@ on_both_backends! {
         let mut fleet = Fleet::start(backend, 1).await;
         fleet.start_workers_for(&[JobKind::FullSync]);
         fleet.full_sync().await;
-        let people = contacts(&fleet).await;
+        let people = Crm::Hubspot.emails(&fleet).await;
         crm_edit(&fleet, &people[0].0, json!({"firstname": "Bad\u{0}Name"})).await;
         fleet.delta_sync().await;
         let parked = only_parked(&fleet).await;
@@ -422,18 +425,18 @@ on_both_backends! {
     async fn deleting_a_platform_record_whose_push_is_parked_ends_its_parking(backend) {
         let fleet = Fleet::start(backend, 0).await;
         let api = fleet.start_api_client().await;
-        let record = create_lead(&api, "a@b", "Bad").await;
-        assert_eq!(push(&fleet).await, 0);
+        let record = api.create_lead("a@b", "Bad").await;
+        assert_eq!(fleet.push_now().await, 0);
         let parked = only_parked(&fleet).await;
-        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 1);
+        assert_eq!(api.connection_view(fleet.connection).await["parkedRecords"], 1);
         let (status, body, _) = api.send(Method::DELETE, &format!("/v1/leads/{record}"), None).await;
         assert!(status.is_success(), "{status}: {body}");
-        assert!(open_parked(&fleet.store, fleet.tenant).await.is_empty());
-        assert_eq!(connection_view(&api, &fleet).await["parkedRecords"], 0);
+        assert!(fleet.parked().await.is_empty());
+        assert_eq!(api.connection_view(fleet.connection).await["parkedRecords"], 0);
         let ended = fleet.store.list_dead_letters(fleet.tenant, true, None, None, 10).await.expect("replayed");
         assert!(ended.iter().any(|d| d.id == parked.id && d.replayed_by.as_deref() == Some("fixed")), "{ended:?}");
         // Nothing of it is pushed, and no push fails for it.
-        assert_eq!(push(&fleet).await, 0);
+        assert_eq!(fleet.push_now().await, 0);
         assert!(fleet.store.list_dead_letters(fleet.tenant, false, None, None, 10).await.expect("open").is_empty());
         assert!(!fleet.sandbox_contacts().await.values().any(|c| c["email"] == "a@b"));
         fleet.finish().await;

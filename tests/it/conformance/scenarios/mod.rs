@@ -3,13 +3,25 @@
 //! platform mirrors the CRM, each side's edits reach the other, and nothing
 //! is written twice.
 
-use super::crm::{Crm, Person};
+mod delta;
+mod faults;
+mod killed_push;
+mod parked;
+mod resume;
+
+pub use delta::*;
+pub use faults::*;
+pub use killed_push::*;
+pub use parked::*;
+pub use resume::*;
+
+use super::crm::Crm;
 use crate::fleet::{Backend, Fleet, wait_for};
 use crmsync::domain::{CanonicalField, CrmObject, RecordFields};
 use crmsync::jobs::DetectConflictsJob;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Records of the full-sync scenario: 20,000 by default (the size);
 /// `CRMSYNC_CONFORMANCE_RECORDS` shrinks it for quick runs.
@@ -21,41 +33,53 @@ fn full_sync_size() -> u64 {
 }
 
 /// The platform holds exactly the CRM's people: one linked lead each, with
-/// its email and first name.
-async fn assert_mirrors(crm: Crm, fleet: &Fleet) {
+/// its email, names and job title (each trimmed; empty is unset).
+pub(crate) async fn assert_mirrors(crm: Crm, fleet: &Fleet) {
     let people = crm.people(fleet).await;
-    let linked: Vec<String> = fleet
+    let linked: BTreeSet<String> = fleet
         .store
         .live_crm_ids(fleet.tenant, fleet.connection, CrmObject::Contacts)
         .await
-        .expect("links");
-    let mut linked_sorted = linked.clone();
-    linked_sorted.sort();
-    let mut ids: Vec<String> = people.keys().cloned().collect();
-    ids.sort();
-    assert_eq!(linked_sorted.len(), ids.len(), "one link per CRM record");
-    assert!(linked_sorted == ids, "the links are the CRM's ids");
-    let leads: BTreeMap<String, RecordFields> = fleet
-        .leads()
-        .await
+        .expect("links")
         .into_iter()
-        .map(|f| (f.normalized_email().unwrap_or_default().to_string(), f))
         .collect();
+    let ids: BTreeSet<String> = people.keys().cloned().collect();
+    assert_eq!(linked.len(), ids.len(), "one link per CRM record");
+    assert!(linked == ids, "the links are the CRM's ids");
+    let leads = fleet.leads().await;
     assert_eq!(
         leads.len(),
         people.len(),
         "one lead per CRM record, no more"
     );
-    for Person { email, first_name } in people.values() {
-        let lead = leads
-            .get(email)
+    let by_email: BTreeMap<&str, &RecordFields> = leads
+        .iter()
+        .map(|f| (f.normalized_email().unwrap_or_default(), f))
+        .collect();
+    for person in people.values() {
+        let email = &person.email;
+        let lead = by_email
+            .get(email.as_str())
             .unwrap_or_else(|| panic!("no lead for {email}"));
-        assert_eq!(
-            lead.get(CanonicalField::FirstName).unwrap_or(""),
-            first_name,
-            "{email}"
-        );
+        for (field, value) in [
+            (CanonicalField::FirstName, &person.first_name),
+            (CanonicalField::LastName, &person.last_name),
+            (CanonicalField::JobTitle, &person.job_title),
+        ] {
+            let want = Some(value.trim()).filter(|v| !v.is_empty());
+            assert_eq!(lead.get(field), want, "{email}: {field:?}");
+        }
     }
+}
+
+/// Whether the connection has no platform change left to push (none
+/// pending, none in flight).
+pub(super) async fn nothing_to_push(fleet: &Fleet) -> bool {
+    let (tenant, connection, object) = (fleet.tenant, fleet.connection, CrmObject::Contacts);
+    let pushes = fleet.store.pending_pushes(tenant, connection, object, 1);
+    let deletes = fleet.store.pending_deletes(tenant, connection, object, 1);
+    pushes.await.expect("pending pushes").is_empty()
+        && deletes.await.expect("pending deletes").is_empty()
 }
 
 async fn first_name(fleet: &Fleet, email: &str) -> Option<String> {
@@ -79,7 +103,7 @@ async fn linked(fleet: &Fleet, id: &str) -> bool {
 /// A full sync lands every record; a second writes nothing.
 pub async fn full_sync_lands_every_record_and_a_second_writes_nothing(crm: Crm, backend: Backend) {
     let n = full_sync_size();
-    let mut fleet = Fleet::start(backend, n).await;
+    let mut fleet = Fleet::start_crm(crm.provider(), backend, n).await;
     fleet.start_workers();
     let first = fleet.full_sync().await;
     assert_eq!(
@@ -112,7 +136,7 @@ pub async fn full_sync_lands_every_record_and_a_second_writes_nothing(crm: Crm, 
 /// A CRM user's create, edit, merge and delete reach the platform by
 /// webhook alone: no delta runs.
 pub async fn crm_changes_arrive_by_webhook_with_the_delta_off(crm: Crm, backend: Backend) {
-    let mut fleet = Fleet::start(backend, 20).await;
+    let mut fleet = Fleet::start_crm(crm.provider(), backend, 20).await;
     fleet.start_workers();
     fleet.full_sync().await;
     let _ingress = fleet.start_ingress(true).await;
@@ -135,7 +159,7 @@ pub async fn crm_changes_arrive_by_webhook_with_the_delta_off(crm: Crm, backend:
 /// delta, and — for CRMs whose change feed shows no deletes (HubSpot's
 /// search) — by the anti-entropy sweep, which finds records gone.
 pub async fn crm_changes_arrive_by_delta_with_webhooks_off(crm: Crm, backend: Backend) {
-    let mut fleet = Fleet::start(backend, 20).await;
+    let mut fleet = Fleet::start_crm(crm.provider(), backend, 20).await;
     fleet.start_workers();
     fleet.full_sync().await;
     let deps = fleet.deps.clone();
@@ -200,20 +224,12 @@ where
 /// Platform creates, edits and deletes reach the CRM once each, and two
 /// more cycles of pulling and pushing write nothing: no echo.
 pub async fn platform_changes_reach_the_crm_without_echo_writes(crm: Crm, backend: Backend) {
-    let mut fleet = Fleet::start(backend, 3).await;
+    let mut fleet = Fleet::start_crm(crm.provider(), backend, 3).await;
     fleet.start_workers();
     fleet.full_sync().await;
     let _ingress = fleet.start_ingress(true).await;
     let api = fleet.start_api_client().await;
-    let (status, lead, _) = api
-        .send(
-            Method::POST,
-            "/v1/leads",
-            Some(json!({"email": "hopper@example.com", "firstName": "Grace"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{lead}");
-    let id = lead["id"].as_str().expect("id").to_string();
+    let id = api.create_lead("hopper@example.com", "Grace").await;
     let in_crm = |first: &'static str| {
         let fleet = &fleet;
         async move {
@@ -224,14 +240,8 @@ pub async fn platform_changes_reach_the_crm_without_echo_writes(crm: Crm, backen
         }
     };
     wait_for("the create in the CRM", || in_crm("Grace")).await;
-    let (status, _, _) = api
-        .send(
-            Method::PATCH,
-            &format!("/v1/leads/{id}"),
-            Some(json!({"firstName": "Amazing Grace"})),
-        )
+    api.edit_lead(&id, json!({"firstName": "Amazing Grace"}))
         .await;
-    assert_eq!(status, StatusCode::OK);
     wait_for("the edit in the CRM", || in_crm("Amazing Grace")).await;
     assert_mirrors(crm, &fleet).await;
     // Two cycles: the echoes of our writes come back and are skipped.
@@ -282,7 +292,7 @@ pub async fn an_expired_token_is_refreshed_and_a_revoked_one_marks_needs_reauth(
     backend: Backend,
 ) {
     use crmsync::domain::{ConnectionStatus, RunStatus};
-    let mut fleet = Fleet::start(backend, 250).await;
+    let mut fleet = Fleet::start_crm(crm.provider(), backend, 250).await;
     let (access, refresh) = crm.connect_with_oauth(&mut fleet).await;
     fleet.start_workers();
     crm.expire(&fleet, &access).await;

@@ -1,0 +1,134 @@
+//! Garbage bodies from a CRM: a proxy in front of any CRM's API that
+//! answers a share of the calls the CRM carried out with an HTML page
+//! instead of its JSON — what an overloaded edge in front of a real CRM
+//! sends now and then. It garbles after the CRM did the work, so a write
+//! whose answer it garbles did happen: a retry must not write it twice.
+
+use crate::support::Lcg;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What a garbled call gets: a 200 whose body is not the CRM's JSON.
+const GARBAGE: &str = "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>";
+
+/// Headers a proxy must not copy from one hop to the next.
+const HOP_BY_HOP: [header::HeaderName; 4] = [
+    header::HOST,
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+];
+
+struct Shared {
+    upstream: String,
+    http: reqwest::Client,
+    /// Calls to garble, per million.
+    per_million: AtomicU32,
+    garbled: AtomicU64,
+    /// Seeded: a failing run garbles the same calls again.
+    dice: Mutex<Lcg>,
+}
+
+/// The proxy, serving on loopback until dropped.
+pub struct Garbler {
+    /// Its base URL: where crmsync's settings point for the CRM's API.
+    pub base: String,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Garbler {
+    /// A proxy to `upstream` (a base URL), garbling nothing yet.
+    pub async fn start(upstream: &str) -> Self {
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+            per_million: AtomicU32::new(0),
+            garbled: AtomicU64::new(0),
+            dice: Mutex::new(Lcg(7)),
+        });
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            base: format!("http://{addr}"),
+            shared,
+            server,
+        }
+    }
+
+    /// Garbles this share (in `[0, 1]`) of the successful answers from now on.
+    pub fn set_rate(&self, rate: f64) {
+        let per_million = (rate.clamp(0.0, 1.0) * 1e6) as u32;
+        self.shared.per_million.store(per_million, Ordering::SeqCst);
+    }
+
+    /// Answers garbled so far.
+    pub fn garbled(&self) -> u64 {
+        self.shared.garbled.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Garbler {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Forwards one call and garbles its answer if the dice say so. A client
+/// giving up on a hanging call drops this, and with it the upstream call.
+async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = to_bytes(body, usize::MAX).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = parts.headers;
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let answer = shared
+        .http
+        .request(parts.method, format!("{}{path}", shared.upstream))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let Ok(answer) = answer else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let mut headers: HeaderMap = answer.headers().clone();
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let Ok(bytes) = answer.bytes().await else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let per_million = shared.per_million.load(Ordering::SeqCst);
+    let roll = shared.dice.lock().expect("dice").next(1_000_000);
+    if status.is_success() && roll < per_million as usize {
+        shared.garbled.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            GARBAGE,
+        )
+            .into_response();
+    }
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
