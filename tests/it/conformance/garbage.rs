@@ -4,13 +4,12 @@
 //! sends now and then. It garbles after the CRM did the work, so a write
 //! whose answer it garbles did happen: a retry must not write it twice.
 
-use crate::support::Lcg;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// What a garbled call gets: a 200 whose body is not the CRM's JSON.
 const GARBAGE: &str = "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>";
@@ -26,11 +25,11 @@ const HOP_BY_HOP: [header::HeaderName; 4] = [
 struct Shared {
     upstream: String,
     http: reqwest::Client,
-    /// Calls to garble, per million.
-    per_million: AtomicU32,
+    /// Garble one successful answer in this many (0: none).
+    every: AtomicU32,
+    /// Successful answers since the rate was set.
+    successes: AtomicU64,
     garbled: AtomicU64,
-    /// Seeded: a failing run garbles the same calls again.
-    dice: Mutex<Lcg>,
 }
 
 /// The proxy, serving on loopback until dropped.
@@ -47,9 +46,9 @@ impl Garbler {
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
-            per_million: AtomicU32::new(0),
+            every: AtomicU32::new(0),
+            successes: AtomicU64::new(0),
             garbled: AtomicU64::new(0),
-            dice: Mutex::new(Lcg(7)),
         });
         let app = axum::Router::new()
             .fallback(forward)
@@ -68,10 +67,18 @@ impl Garbler {
         }
     }
 
-    /// Garbles this share (in `[0, 1]`) of the successful answers from now on.
+    /// Garbles this share (in `[0, 1]`) of the successful answers from now
+    /// on: the first, then one in `1 / rate` — counted, not drawn, so a run
+    /// with any successful answer garbles at least one (a test asserting
+    /// garbage was seen never fails by chance).
     pub fn set_rate(&self, rate: f64) {
-        let per_million = (rate.clamp(0.0, 1.0) * 1e6) as u32;
-        self.shared.per_million.store(per_million, Ordering::SeqCst);
+        let every = if rate > 0.0 {
+            (1.0 / rate.clamp(1e-6, 1.0)).round() as u32
+        } else {
+            0
+        };
+        self.shared.successes.store(0, Ordering::SeqCst);
+        self.shared.every.store(every, Ordering::SeqCst);
     }
 
     /// Answers garbled so far.
@@ -86,7 +93,7 @@ impl Drop for Garbler {
     }
 }
 
-/// Forwards one call and garbles its answer if the dice say so. A client
+/// Forwards one call and garbles its answer when its turn comes. A client
 /// giving up on a hanging call drops this, and with it the upstream call.
 async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
@@ -116,9 +123,11 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     let Ok(bytes) = answer.bytes().await else {
         return StatusCode::BAD_GATEWAY.into_response();
     };
-    let per_million = shared.per_million.load(Ordering::SeqCst);
-    let roll = shared.dice.lock().expect("dice").next(1_000_000);
-    if status.is_success() && roll < per_million as usize {
+    let every = u64::from(shared.every.load(Ordering::SeqCst));
+    if status.is_success()
+        && every > 0
+        && shared.successes.fetch_add(1, Ordering::SeqCst) % every == 0
+    {
         shared.garbled.fetch_add(1, Ordering::SeqCst);
         return (
             StatusCode::OK,
