@@ -27,7 +27,7 @@ fn number_rule(field: &str) -> Option<String> {
             LIST_LIMIT.start(),
             LIST_LIMIT.end()
         )),
-        "portalId" => Some("must be a positive integer (the HubSpot portal id)".into()),
+        "portalId" => Some("must be a positive integer (the CRM account's id)".into()),
         _ => None,
     }
 }

@@ -102,19 +102,29 @@ async fn rate_budget(api: &Api, row: &ConnectionRow) -> Value {
     let Some(conn) = &api.redis else {
         return Value::Null;
     };
-    let hubspot = &api.settings.hubspot;
-    let name = format!("hubspot:{}:burst", row.external_account_id);
-    let window = crate::providers::hubspot::BURST_WINDOW;
-    match crate::ratelimit::shared::status(conn, &api.settings.queue.namespace, &name, window).await
+    let budget =
+        crate::providers::watched_budget(row.provider, &api.settings, &row.external_account_id);
+    match crate::ratelimit::shared::status(
+        conn,
+        &api.settings.queue.namespace,
+        &budget.name,
+        budget.window,
+    )
+    .await
     {
-        Ok(status) => json!({
-            "requestsPer10s": hubspot.requests_per_10s,
-            "requestsPerDay": hubspot.requests_per_day,
-            "share": api.settings.budgets.share,
-            "requestsToday": status.requests_today,
-            "waitingForQuotaUntil": status.waiting_until,
-            "coolDownUntil": status.cool_down_until,
-        }),
+        Ok(status) => {
+            let mut view = budget.limits;
+            view.extend([
+                ("share".to_string(), json!(api.settings.budgets.share)),
+                ("requestsToday".to_string(), json!(status.requests_today)),
+                (
+                    "waitingForQuotaUntil".to_string(),
+                    json!(status.waiting_until),
+                ),
+                ("coolDownUntil".to_string(), json!(status.cool_down_until)),
+            ]);
+            Value::Object(view)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "rate budget unavailable");
             Value::Null

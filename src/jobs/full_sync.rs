@@ -101,8 +101,11 @@ pub async fn run(job: &FullSyncJob, deps: &Deps) -> Result<(), JobError> {
     let Some(number) = job.partition else {
         return plan(job, deps, run.pages_done).await;
     };
-    let partitions = deps.store.run_partitions(job.tenant, job.run).await?;
-    let Some(partition) = partitions.iter().find(|p| p.number == number) else {
+    let Some(partition) = deps
+        .store
+        .run_partition(job.tenant, job.run, number)
+        .await?
+    else {
         return Err(JobError::Permanent(format!(
             "run {} has no partition {number}",
             job.run

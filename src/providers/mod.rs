@@ -62,6 +62,26 @@ pub fn default_settings(kind: ProviderKind) -> crate::store::ConnectionSettings 
     }
 }
 
+/// The budget an operator watches for an account (the one most of its
+/// calls draw on): its name among the fleet's budgets, its window, and
+/// the limits it is configured to, as the api shows them.
+#[derive(Debug, Clone)]
+pub struct WatchedBudget {
+    /// The budget's name (its key in Redis, under the namespace).
+    pub name: String,
+    /// Its window.
+    pub window: std::time::Duration,
+    /// Its configured limits, by the api's field names.
+    pub limits: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The budget an operator watches for `account` of a CRM of `kind`.
+pub fn watched_budget(kind: ProviderKind, settings: &Settings, account: &str) -> WatchedBudget {
+    match kind {
+        ProviderKind::Hubspot => hubspot::client::watched_budget(&settings.hubspot, account),
+    }
+}
+
 /// One CRM's adapter; every operation the core needs, dispatched.
 #[derive(Debug, Clone)]
 pub enum Provider {

@@ -61,9 +61,22 @@ impl Store {
         run: RunId,
     ) -> Result<Vec<PartitionRow>, StoreError> {
         let mut tx = self.begin(tenant).await?;
-        let rows = partitions_of(&mut tx, tenant, run).await?;
+        let rows = partitions_of(&mut tx, tenant, run, None).await?;
         tx.commit().await?;
         Ok(rows)
+    }
+
+    /// One partition of a run (what a page job needs; not the whole plan).
+    pub async fn run_partition(
+        &self,
+        tenant: TenantId,
+        run: RunId,
+        number: i32,
+    ) -> Result<Option<PartitionRow>, StoreError> {
+        let mut tx = self.begin(tenant).await?;
+        let row = partitions_of(&mut tx, tenant, run, Some(number)).await?;
+        tx.commit().await?;
+        Ok(row.into_iter().next())
     }
 
     /// Plans a running run's partitions unless it has some: `planned`, or —
@@ -95,7 +108,7 @@ impl Store {
             tx.commit().await?;
             return Ok(Vec::new());
         };
-        let existing = partitions_of(&mut tx, tenant, run).await?;
+        let existing = partitions_of(&mut tx, tenant, run, None).await?;
         if !existing.is_empty() {
             tx.commit().await?;
             return Ok(existing);
@@ -136,24 +149,29 @@ impl Store {
                 .map(|_| ())
             })?;
         }
-        let rows = partitions_of(&mut tx, tenant, run).await?;
+        let rows = partitions_of(&mut tx, tenant, run, None).await?;
         tx.commit().await?;
         Ok(rows)
     }
 }
 
+/// A run's partitions by number, or only `number`.
 async fn partitions_of(
     tx: &mut Tx,
     tenant: TenantId,
     run: RunId,
+    number: Option<i32>,
 ) -> Result<Vec<PartitionRow>, StoreError> {
     let rows: Vec<Row> = on_db!(tx, |c| {
         sqlx::query_as(
             "SELECT partition, by_ids, ids_after, ids_through, page_token, pages_done, finished
-               FROM sync_run_partitions WHERE tenant_id = $1 AND run_id = $2 ORDER BY partition",
+               FROM sync_run_partitions
+              WHERE tenant_id = $1 AND run_id = $2 AND ($3 IS NULL OR partition = $3)
+              ORDER BY partition",
         )
         .bind(tenant.0)
         .bind(run.0)
+        .bind(number)
         .fetch_all(c)
         .await
     })?;

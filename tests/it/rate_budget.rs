@@ -720,3 +720,37 @@ fn a_moved_budget_key_stops_the_process_naming_its_new_key() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The connection view shows the account's fleet-wide budget as the workers
+/// use it: the limits crmsync is configured to and the calls made today.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_view_shows_the_accounts_budget_and_todays_calls() {
+    let mut fleet = crate::fleet::Fleet::start(crate::fleet::Backend::Postgres, 150).await;
+    fleet.start_workers();
+    fleet.full_sync().await;
+    let api = fleet.start_api_client().await;
+    let view = api.connection_view(fleet.connection).await;
+    let budget = &view["rateBudget"];
+    assert_eq!(
+        budget["requestsPer10s"],
+        json!(fleet.settings.hubspot.requests_per_10s),
+        "{view}"
+    );
+    assert_eq!(
+        budget["requestsPerDay"],
+        json!(fleet.settings.hubspot.requests_per_day),
+        "{view}"
+    );
+    assert_eq!(
+        budget["share"],
+        json!(fleet.settings.budgets.share),
+        "{view}"
+    );
+    // 150 contacts are listed whole (on this budget, not search's): two
+    // list pages of 100.
+    assert!(
+        budget["requestsToday"].as_u64().is_some_and(|n| n >= 2),
+        "{view}"
+    );
+    fleet.finish().await;
+}

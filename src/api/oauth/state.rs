@@ -164,7 +164,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn claims(now: DateTime<Utc>) -> Claims {
-        Claims::new(TenantId(uuid::Uuid::new_v4()), ProviderKind::Hubspot, now)
+        Claims::new(TenantId(uuid::Uuid::new_v4()), ProviderKind::ALL[0], now)
     }
 
     fn t(secs: i64) -> DateTime<Utc> {

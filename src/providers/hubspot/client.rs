@@ -70,6 +70,27 @@ impl From<BudgetError> for ProviderError {
     }
 }
 
+/// The name of an account's burst budget (its daily count kept with it).
+pub(crate) fn burst_budget_name(portal: &str) -> String {
+    format!("hubspot:{portal}:burst")
+}
+
+/// The budget an operator watches for a portal: the burst budget most
+/// calls draw on, with the limits crmsync is configured to.
+pub(crate) fn watched_budget(
+    settings: &HubspotSettings,
+    portal: &str,
+) -> crate::providers::WatchedBudget {
+    let mut limits = serde_json::Map::new();
+    limits.insert("requestsPer10s".into(), settings.requests_per_10s.into());
+    limits.insert("requestsPerDay".into(), settings.requests_per_day.into());
+    crate::providers::WatchedBudget {
+        name: burst_budget_name(portal),
+        window: BURST_WINDOW,
+        limits,
+    }
+}
+
 /// The rolling window of HubSpot's burst limit (`TEN_SECONDLY_ROLLING`).
 pub const BURST_WINDOW: Duration = Duration::from_secs(10);
 
@@ -163,7 +184,7 @@ impl HubspotClient {
             kind: "burst",
         };
         Pacer {
-            budget: self.budgets.get(&format!("hubspot:{portal}:burst"), spec),
+            budget: self.budgets.get(&burst_budget_name(portal), spec),
             priority: self.priority,
             prepaid: false,
         }

@@ -2,7 +2,7 @@
 //! OAuth refresh, the default property mapping, and webhook verification.
 
 pub(crate) mod changes;
-mod client;
+pub(crate) mod client;
 mod leads;
 pub mod mapping;
 pub mod oauth;

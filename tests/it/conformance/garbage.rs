@@ -53,13 +53,7 @@ impl Garbler {
         let app = axum::Router::new()
             .fallback(forward)
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, server) = crate::support::serve_on_loopback(app).await;
         Self {
             base: format!("http://{addr}"),
             shared,
